@@ -1,0 +1,17 @@
+//! Orchestrator Lambda: S3 ObjectCreated -> job of batches -> worker fan-out.
+
+use bulk_import::handlers::{orchestrator, Deps};
+use bulk_import::telemetry;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init_lambda();
+    // Configuration and the import definition are checked once, here: a bad
+    // one fails the cold start with a message naming the setting.
+    let deps = Deps::from_env(None).await?;
+    run(service_fn(|event: LambdaEvent<_>| {
+        orchestrator::handle(&deps, event)
+    }))
+    .await
+}

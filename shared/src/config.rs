@@ -1,0 +1,145 @@
+//! Configuration from the environment, read and checked once at cold start:
+//! a missing or malformed setting fails the function at init with a message
+//! naming the variable.
+
+use crate::schema::{Definition, DefinitionError};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {var}={value:?}: {message}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("import definition {location}: cannot be read")]
+    DefinitionUnreadable {
+        location: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `STATE_TABLE`: jobs, batches and staged records.
+    pub state_table: String,
+    /// `QUEUE_URL`: the worker fan-out queue.
+    pub queue_url: String,
+    /// `TARGET_TABLE`: where the built-in processor upserts records.
+    pub target_table: Option<String>,
+    /// `EVENTS_QUEUE_URL`: optional queue for job-completed events.
+    pub events_queue_url: Option<String>,
+    /// `IMPORT_DEFINITION`: a file path or `s3://bucket/key`.
+    pub definition: String,
+    /// `MAX_WORKERS` (10): worker messages per job.
+    pub max_workers: u32,
+    /// `LEASE_SECONDS` (60): batch claim lease, renewed while working.
+    pub lease: Duration,
+    /// `PREPARE_LEASE_SECONDS` (60): how long a silent orchestrator keeps a job.
+    pub prepare_lease: Duration,
+    /// `DEADLINE_MARGIN_SECONDS` (20): stop claiming this long before the
+    /// Lambda deadline.
+    pub deadline_margin: Duration,
+    /// `RETENTION_DAYS` (30): state items expire (TTL) this long after the job
+    /// started.
+    pub retention_days: u32,
+}
+
+fn var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn required(name: &'static str) -> Result<String, ConfigError> {
+    var(name).ok_or(ConfigError::Missing(name))
+}
+
+fn number<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+            var: name,
+            value: v,
+            message: e.to_string(),
+        }),
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        let settings = Settings {
+            state_table: required("STATE_TABLE")?,
+            queue_url: required("QUEUE_URL")?,
+            target_table: var("TARGET_TABLE"),
+            events_queue_url: var("EVENTS_QUEUE_URL"),
+            definition: required("IMPORT_DEFINITION")?,
+            max_workers: number("MAX_WORKERS", 10)?,
+            lease: Duration::from_secs(number("LEASE_SECONDS", 60)?),
+            prepare_lease: Duration::from_secs(number("PREPARE_LEASE_SECONDS", 60)?),
+            deadline_margin: Duration::from_secs(number("DEADLINE_MARGIN_SECONDS", 20)?),
+            retention_days: number("RETENTION_DAYS", 30)?,
+        };
+        if settings.max_workers == 0 {
+            return Err(ConfigError::Invalid {
+                var: "MAX_WORKERS",
+                value: "0".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if settings.lease < Duration::from_secs(3) {
+            return Err(ConfigError::Invalid {
+                var: "LEASE_SECONDS",
+                value: settings.lease.as_secs().to_string(),
+                message: "must be at least 3".into(),
+            });
+        }
+        Ok(settings)
+    }
+}
+
+/// Loads the import definition from a path or an `s3://bucket/key` URI.
+pub async fn load_definition(
+    location: &str,
+    s3: &aws_sdk_s3::Client,
+) -> Result<Definition, ConfigError> {
+    let unreadable =
+        |e: Box<dyn std::error::Error + Send + Sync>| ConfigError::DefinitionUnreadable {
+            location: location.to_owned(),
+            source: e,
+        };
+    let text = if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').ok_or_else(|| ConfigError::Invalid {
+            var: "IMPORT_DEFINITION",
+            value: location.to_owned(),
+            message: "expected s3://bucket/key".into(),
+        })?;
+        let out = s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| unreadable(e.into()))?;
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| unreadable(e.into()))?
+            .into_bytes();
+        String::from_utf8(bytes.to_vec()).map_err(|e| unreadable(e.into()))?
+    } else {
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| unreadable(e.into()))?
+    };
+    Ok(Definition::from_json(&text, location)?)
+}

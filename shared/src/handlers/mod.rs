@@ -1,0 +1,103 @@
+//! Lambda handlers as plain async functions over `Deps`, so the function
+//! binaries stay a few lines and tests call the handlers directly with
+//! events from `events/`.
+
+pub mod orchestrator;
+pub mod worker;
+
+use crate::aws::Clients;
+use crate::config::{load_definition, ConfigError, Settings};
+use crate::events::{JobEvents, SqsEvents};
+use crate::objects::{ObjectSource, S3Objects};
+use crate::prepare::PrepareSettings;
+use crate::process::WorkerSettings;
+use crate::processor::{DynamoUpsert, RecordProcessor};
+use crate::queue::{SqsQueue, WorkQueue};
+use crate::schema::Definition;
+use crate::store::dynamodb::DynamoStore;
+use crate::store::JobStore;
+use std::sync::Arc;
+
+/// Everything a handler needs, built once per cold start.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Arc<dyn JobStore>,
+    pub objects: Arc<dyn ObjectSource>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub events: Arc<dyn JobEvents>,
+    /// What workers run on valid records; `None` in the orchestrator.
+    pub processor: Option<Arc<dyn RecordProcessor>>,
+    pub definition: Arc<Definition>,
+    pub prepare: PrepareSettings,
+    pub worker: WorkerSettings,
+}
+
+impl Deps {
+    /// The standard wiring: DynamoDB store, S3 objects, SQS fan-out, and the
+    /// processor given, else the built-in upsert when `TARGET_TABLE` is set.
+    pub async fn from_env(
+        processor: Option<Arc<dyn RecordProcessor>>,
+    ) -> Result<Deps, ConfigError> {
+        let settings = Settings::from_env()?;
+        let clients = Clients::load().await;
+        Self::new(&settings, &clients, processor).await
+    }
+
+    pub async fn new(
+        settings: &Settings,
+        clients: &Clients,
+        processor: Option<Arc<dyn RecordProcessor>>,
+    ) -> Result<Deps, ConfigError> {
+        let definition = load_definition(&settings.definition, &clients.s3).await?;
+        let processor = match (processor, &settings.target_table) {
+            (Some(p), _) => Some(p),
+            (None, Some(table)) => {
+                if definition.key_field.is_none() {
+                    return Err(ConfigError::Invalid {
+                        var: "IMPORT_DEFINITION",
+                        value: settings.definition.clone(),
+                        message: "the built-in DynamoDB processor needs a keyField".into(),
+                    });
+                }
+                Some(Arc::new(DynamoUpsert::new(clients.dynamodb.clone(), table))
+                    as Arc<dyn RecordProcessor>)
+            }
+            (None, None) => None,
+        };
+        let store = DynamoStore::new(
+            clients.dynamodb.clone(),
+            &settings.state_table,
+            !clients.emulated,
+        )
+        .with_retention_days(settings.retention_days);
+        Ok(Deps {
+            store: Arc::new(store),
+            objects: Arc::new(S3Objects::new(clients.s3.clone())),
+            queue: Arc::new(SqsQueue::new(clients.sqs.clone(), &settings.queue_url)),
+            events: Arc::new(SqsEvents {
+                client: clients.sqs.clone(),
+                queue_url: settings.events_queue_url.clone(),
+            }),
+            processor,
+            definition: Arc::new(definition),
+            prepare: PrepareSettings {
+                max_workers: settings.max_workers,
+                lease_ms: settings.prepare_lease.as_millis() as i64,
+            },
+            worker: WorkerSettings {
+                lease: settings.lease,
+                deadline_margin: settings.deadline_margin,
+                ..WorkerSettings::default()
+            },
+        })
+    }
+}
+
+impl Deps {
+    /// Workers need a processor: fail at cold start, not per message.
+    pub fn require_processor(&self) -> Result<Arc<dyn RecordProcessor>, ConfigError> {
+        self.processor
+            .clone()
+            .ok_or(ConfigError::Missing("TARGET_TABLE"))
+    }
+}

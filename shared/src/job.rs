@@ -1,0 +1,276 @@
+//! The nouns of the system: jobs, batches, staged and validated records,
+//! per-record failures and the job summary users read.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Deterministic job identifier: the same object version always maps to the
+/// same job, so a re-delivered S3 event finds the job it already created.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    /// Derives the id from the object's identity: bucket, key and version id
+    /// (or ETag when the bucket is not versioned).
+    pub fn for_object(bucket: &str, key: &str, version: &str) -> Self {
+        let mut h = Sha256::new();
+        for part in [bucket, key, version] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        JobId(hex::encode(&h.finalize()[..16]))
+    }
+
+    pub fn new(id: impl Into<String>) -> Self {
+        JobId(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a job's input lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRef {
+    pub bucket: String,
+    pub key: String,
+    /// Version id, or the ETag when the bucket is not versioned.
+    pub version: String,
+}
+
+impl SourceRef {
+    pub fn job_id(&self) -> JobId {
+        JobId::for_object(&self.bucket, &self.key, &self.version)
+    }
+}
+
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    /// Batches are being written and/or processed.
+    Processing,
+    Completed,
+    CompletedWithErrors,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobStatus::Processing)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Processing => "PROCESSING",
+            JobStatus::Completed => "COMPLETED",
+            JobStatus::CompletedWithErrors => "COMPLETED_WITH_ERRORS",
+            JobStatus::Failed => "FAILED",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// DynamoDB spend of a job, as DynamoDB bills it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cost {
+    pub requests: u64,
+    pub write_units: f64,
+    pub read_units: f64,
+}
+
+impl Cost {
+    pub fn add(&mut self, other: Cost) {
+        self.requests += other.requests;
+        self.write_units += other.write_units;
+        self.read_units += other.read_units;
+    }
+}
+
+/// The job as stored: status, progress counters and spend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: JobId,
+    pub status: JobStatus,
+    pub source: SourceRef,
+    /// True once prepare has written every batch and the totals are final.
+    pub prepared: bool,
+    pub total_records: u64,
+    pub total_batches: u64,
+    /// Batches written so far (claimable as soon as they are written).
+    pub batches_ready: u64,
+    /// Batches in a terminal state (done or failed).
+    pub batches_done: u64,
+    pub processed: u64,
+    pub failed: u64,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub failure_reason: Option<String>,
+    /// Location of the error report, when one was written.
+    pub report: Option<String>,
+    pub cost: Cost,
+}
+
+impl Job {
+    /// Every batch is terminal and no more will be written.
+    pub fn all_batches_done(&self) -> bool {
+        self.prepared && self.batches_done >= self.total_batches
+    }
+
+    pub fn summary(&self, now_ms: i64) -> JobSummary {
+        let end = self.finished_at_ms.unwrap_or(now_ms);
+        let elapsed_ms = (end - self.created_at_ms).max(0) as u64;
+        let done = self.processed + self.failed;
+        JobSummary {
+            job_id: self.id.clone(),
+            status: self.status,
+            total_records: self.total_records,
+            processed: self.processed,
+            failed: self.failed,
+            elapsed_ms,
+            records_per_second: if elapsed_ms == 0 {
+                0.0
+            } else {
+                (done as f64 * 1000.0 / elapsed_ms as f64).round()
+            },
+            requests: self.cost.requests,
+            write_units: self.cost.write_units,
+            write_units_per_record: if self.total_records == 0 {
+                0.0
+            } else {
+                self.cost.write_units / self.total_records as f64
+            },
+            failure_reason: self.failure_reason.clone(),
+            report: self.report.clone(),
+        }
+    }
+}
+
+/// The one-line summary printed by the CLI and carried by the completed event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSummary {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub total_records: u64,
+    pub processed: u64,
+    pub failed: u64,
+    pub elapsed_ms: u64,
+    pub records_per_second: f64,
+    pub requests: u64,
+    pub write_units: f64,
+    pub write_units_per_record: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+}
+
+/// One input row as prepare stores it: raw text values in the definition's
+/// field order (`None` when the column is absent or the NDJSON key missing),
+/// plus a row-level problem found while parsing (ragged row, bad UTF-8...).
+/// Type validation happens in the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedRecord {
+    /// 1-based line number in the (decompressed) file where the row starts.
+    #[serde(rename = "l")]
+    pub line: u64,
+    #[serde(rename = "v")]
+    pub values: Vec<Option<String>>,
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub issue: Option<FieldIssue>,
+}
+
+/// What is wrong with one value (or with the whole row when `field` is None).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldIssue {
+    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The offending value, truncated for the report.
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(rename = "m")]
+    pub message: String,
+}
+
+/// Longest value kept in a failure report.
+pub const MAX_REPORTED_VALUE_CHARS: usize = 200;
+
+impl FieldIssue {
+    pub fn new(field: Option<&str>, value: Option<&str>, message: impl Into<String>) -> Self {
+        FieldIssue {
+            field: field.map(str::to_owned),
+            value: value.map(truncate_value),
+            message: message.into(),
+        }
+    }
+}
+
+/// Truncates on a char boundary and marks the cut.
+pub fn truncate_value(value: &str) -> String {
+    match value.char_indices().nth(MAX_REPORTED_VALUE_CHARS) {
+        None => value.to_owned(),
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+    }
+}
+
+/// A record that did not make it: its line and every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedRecord {
+    #[serde(rename = "l")]
+    pub line: u64,
+    #[serde(rename = "i")]
+    pub issues: Vec<FieldIssue>,
+}
+
+/// Milliseconds since the Unix epoch (the unit of every timestamp we store).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_id_is_deterministic_and_separates_parts() {
+        let a = JobId::for_object("b", "k", "v1");
+        assert_eq!(a, JobId::for_object("b", "k", "v1"));
+        assert_ne!(a, JobId::for_object("b", "k", "v2"));
+        assert_ne!(
+            JobId::for_object("ab", "c", "v"),
+            JobId::for_object("a", "bc", "v")
+        );
+        assert_eq!(a.as_str().len(), 32);
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let long = "é".repeat(300);
+        let t = truncate_value(&long);
+        assert_eq!(t.chars().count(), MAX_REPORTED_VALUE_CHARS + 1);
+        assert_eq!(truncate_value("short"), "short");
+    }
+}

@@ -1,0 +1,26 @@
+//! Distributed bulk import for AWS serverless.
+//!
+//! An uploaded CSV / NDJSON object becomes a *job* of *batches* in DynamoDB
+//! (`prepare`), which many workers claim, process and commit in parallel
+//! (`process`); whoever commits the last batch finalizes the job exactly once.
+//! Lambda entrypoints are thin wrappers over [`handlers`].
+
+pub mod aws;
+pub mod config;
+pub mod events;
+pub mod handlers;
+pub mod job;
+pub mod objects;
+pub mod prepare;
+pub mod process;
+pub mod processor;
+pub mod queue;
+pub mod retry;
+pub mod schema;
+pub mod source;
+pub mod store;
+pub mod telemetry;
+
+pub use job::{JobId, JobStatus, JobSummary};
+pub use processor::{ProcessContext, ProcessError, RecordProcessor};
+pub use schema::{Definition, ValidRecord};

@@ -1,0 +1,241 @@
+//! Phase one (the orchestrator): turn an uploaded object into a job of
+//! batches. Streams the object, cuts batches deterministically, writes each
+//! one as soon as it is cut, fans out worker messages, and resumes after a
+//! crash from the last written batch.
+
+use crate::events::JobEvents;
+use crate::job::{now_ms, FieldIssue, Job, SourceRef, StagedRecord};
+use crate::objects::{ObjectError, ObjectSource};
+use crate::process::{try_finalize, FinalizeError};
+use crate::queue::{QueueError, WorkMessage, WorkQueue};
+use crate::schema::Definition;
+use crate::source::{OpenOptions, RecordReader, SourceError};
+use crate::store::{
+    codec, CreateOutcome, Finalization, JobStore, NewBatch, PrepareLease, StoreError,
+};
+use crate::JobStatus;
+
+/// A batch is also cut when its records reach this many bytes, so memory
+/// stays bounded whatever the batch size and row size.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct PrepareSettings {
+    /// Worker messages sent per job: min(total batches, this).
+    pub max_workers: u32,
+    /// How long a prepare lease lasts without progress.
+    pub lease_ms: i64,
+}
+
+impl Default for PrepareSettings {
+    fn default() -> Self {
+        PrepareSettings {
+            max_workers: 10,
+            lease_ms: 60_000,
+        }
+    }
+}
+
+pub struct Preparer<'a> {
+    pub store: &'a dyn JobStore,
+    pub objects: &'a dyn ObjectSource,
+    pub queue: &'a dyn WorkQueue,
+    pub events: &'a dyn JobEvents,
+    pub definition: &'a Definition,
+    pub settings: &'a PrepareSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PrepareOutcome {
+    /// Batches written, workers fanned out.
+    Prepared(Job),
+    /// The job already existed and is prepared or finished (a re-delivered event).
+    AlreadyPrepared(Job),
+    /// Another orchestrator is preparing this job right now.
+    InProgress(Job),
+    /// The file was rejected; the job is FAILED with the reason.
+    Rejected(Job),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Finalize(#[from] FinalizeError),
+    #[error("reading the object failed; the job resumes when the event is retried")]
+    Object(#[source] ObjectError),
+    #[error("reading the object failed; the job resumes when the event is retried")]
+    Read(#[source] SourceError),
+}
+
+impl Preparer<'_> {
+    /// Creates (or resumes) the job for `source` and prepares it. `owner`
+    /// identifies this invocation (the Lambda request id).
+    pub async fn run(
+        &self,
+        source: &SourceRef,
+        owner: &str,
+    ) -> Result<PrepareOutcome, PrepareError> {
+        let lease = PrepareLease {
+            owner: owner.to_owned(),
+            lease_ms: self.settings.lease_ms,
+        };
+        let job = match self.store.create_job(source, &lease, now_ms()).await? {
+            CreateOutcome::Created(job) => job,
+            CreateOutcome::Exists(job) if job.prepared || job.status.is_final() => {
+                return Ok(PrepareOutcome::AlreadyPrepared(job));
+            }
+            CreateOutcome::Exists(job) => match self
+                .store
+                .acquire_prepare(&job.id, &lease, now_ms())
+                .await?
+            {
+                Some(job) => {
+                    tracing::info!(job_id = %job.id, from_batch = job.batches_ready, "resuming prepare");
+                    job
+                }
+                None => return Ok(PrepareOutcome::InProgress(job)),
+            },
+        };
+        match self.write_batches(&job, &lease).await {
+            Ok((total_records, total_batches)) => {
+                if total_records == 0 {
+                    let reason = format!("{source}: the file holds no records");
+                    return self.reject(job, reason).await;
+                }
+                self.fan_out(&job, total_batches).await?;
+                let job = self
+                    .store
+                    .finish_prepare(&job.id, &lease, total_records, total_batches)
+                    .await?;
+                tracing::info!(job_id = %job.id, total_records, total_batches, "prepared");
+                // Workers may have finished every batch already.
+                try_finalize(self.store, self.events, self.definition, &job).await?;
+                Ok(PrepareOutcome::Prepared(job))
+            }
+            Err(Stop::Reject(reason)) => self.reject(job, reason).await,
+            Err(Stop::Error(e)) => Err(e),
+        }
+    }
+
+    async fn reject(&self, job: Job, reason: String) -> Result<PrepareOutcome, PrepareError> {
+        tracing::warn!(job_id = %job.id, %reason, "file rejected");
+        let fin = Finalization {
+            status: JobStatus::Failed,
+            reason: Some(reason),
+            report: None,
+            now_ms: now_ms(),
+        };
+        if self.store.finalize(&job.id, &fin, false).await? {
+            if let Some(done) = self.store.get_job(&job.id).await? {
+                if let Err(e) = self.events.job_completed(&done.summary(now_ms())).await {
+                    tracing::error!(job_id = %job.id, error = %e, "job-completed event lost");
+                }
+            }
+        }
+        let job = self.store.get_job(&job.id).await?.unwrap_or(job);
+        Ok(PrepareOutcome::Rejected(job))
+    }
+
+    /// Streams the object into batches; skips writing the batches a previous
+    /// owner already wrote (cutting is deterministic, so they are identical).
+    async fn write_batches(&self, job: &Job, lease: &PrepareLease) -> Result<(u64, u64), Stop> {
+        let body = self.objects.open(&job.source).await.map_err(|e| match e {
+            e if e.is_transient() => Stop::Error(PrepareError::Object(e)),
+            e => Stop::Reject(e.to_string()),
+        })?;
+        let name = job.source.to_string();
+        let opts = OpenOptions {
+            name: &name,
+            content_encoding: body.content_encoding.as_deref(),
+        };
+        let mut reader = RecordReader::open(body.reader, opts, self.definition)
+            .await
+            .map_err(source_stop)?;
+        let resume_from = job.batches_ready;
+        let (mut index, mut total) = (0u64, 0u64);
+        let mut batch: Vec<StagedRecord> = Vec::with_capacity(self.definition.batch_size);
+        let mut batch_bytes = 0usize;
+        while let Some(record) = reader.next_record().await.map_err(source_stop)? {
+            let record = storable(record);
+            batch_bytes += codec::encoded_len(&record);
+            batch.push(record);
+            total += 1;
+            if batch.len() >= self.definition.batch_size || batch_bytes >= MAX_BATCH_BYTES {
+                self.write(job, lease, index, &batch, resume_from).await?;
+                index += 1;
+                batch.clear();
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.write(job, lease, index, &batch, resume_from).await?;
+            index += 1;
+        }
+        Ok((total, index))
+    }
+
+    async fn write(
+        &self,
+        job: &Job,
+        lease: &PrepareLease,
+        index: u64,
+        records: &[StagedRecord],
+        resume_from: u64,
+    ) -> Result<(), Stop> {
+        if index < resume_from {
+            return Ok(());
+        }
+        self.store
+            .add_batch(&job.id, lease, NewBatch { index, records }, now_ms())
+            .await
+            .map_err(|e| Stop::Error(e.into()))
+    }
+
+    async fn fan_out(&self, job: &Job, total_batches: u64) -> Result<(), QueueError> {
+        let count = total_batches.min(u64::from(self.settings.max_workers)) as usize;
+        let message = WorkMessage {
+            job_id: job.id.clone(),
+            continuation: false,
+        };
+        self.queue.send(&vec![message; count]).await
+    }
+}
+
+enum Stop {
+    /// The file is unusable: the job fails with this reason.
+    Reject(String),
+    Error(PrepareError),
+}
+
+fn source_stop(e: SourceError) -> Stop {
+    if e.is_transient() {
+        Stop::Error(PrepareError::Read(e))
+    } else {
+        Stop::Reject(e.to_string())
+    }
+}
+
+/// A record too large for one DynamoDB item is kept as a failed record
+/// (its line and the reason) instead of breaking the batch write.
+fn storable(record: StagedRecord) -> StagedRecord {
+    let size = codec::encoded_len(&record);
+    if size <= codec::MAX_CHUNK_BYTES {
+        return record;
+    }
+    StagedRecord {
+        line: record.line,
+        values: vec![None; record.values.len()],
+        issue: Some(FieldIssue::new(
+            None,
+            None,
+            format!(
+                "record is {size} bytes when stored; the limit is {} bytes",
+                codec::MAX_CHUNK_BYTES
+            ),
+        )),
+    }
+}

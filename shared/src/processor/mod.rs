@@ -1,0 +1,100 @@
+//! What happens to each valid record: the `RecordProcessor` trait users
+//! implement, and the built-in idempotent DynamoDB upsert.
+
+mod dynamodb_upsert;
+
+pub use dynamodb_upsert::DynamoUpsert;
+
+use crate::job::JobId;
+use crate::schema::{Definition, ValidRecord};
+use async_trait::async_trait;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a record could not be processed. Retryable errors are retried with
+/// jittered exponential backoff (up to `maxRetries`); permanent ones fail the
+/// record at once. Either way the batch goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    #[error("{message}")]
+    Permanent {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl ProcessError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        ProcessError::Retryable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        ProcessError::Permanent {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn retryable_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        ProcessError::Retryable {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn permanent_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        ProcessError::Permanent {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProcessError::Retryable { .. })
+    }
+}
+
+/// Where a record comes from, for processors that need it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessContext<'a> {
+    pub job_id: &'a JobId,
+    pub batch_index: u64,
+    /// 0 on the first try, then 1.. on retries of a retryable error.
+    pub retry: u32,
+    pub definition: &'a Definition,
+}
+
+/// Processes validated records. Must be idempotent: after a worker crash a
+/// batch is processed again by another worker.
+#[async_trait]
+pub trait RecordProcessor: Send + Sync {
+    async fn process(
+        &self,
+        record: &ValidRecord,
+        ctx: &ProcessContext<'_>,
+    ) -> Result<(), ProcessError>;
+
+    /// Processes several records at once (override to batch calls); one
+    /// result per record, in order.
+    async fn process_batch(
+        &self,
+        records: &[&ValidRecord],
+        ctx: &ProcessContext<'_>,
+    ) -> Vec<Result<(), ProcessError>> {
+        let mut results = Vec::with_capacity(records.len());
+        for record in records {
+            results.push(self.process(record, ctx).await);
+        }
+        results
+    }
+}

@@ -1,0 +1,122 @@
+//! Fan-out: `{jobId}` messages that wake workers. The `WorkQueue` trait has an
+//! SQS implementation; tests may use the in-memory one.
+
+use crate::job::JobId;
+use async_trait::async_trait;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+
+/// The message body workers receive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkMessage {
+    pub job_id: JobId,
+    /// Sent by a worker that stopped at its deadline with work left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continuation: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("sending to the work queue failed")]
+    Send(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the work queue rejected {0} of the messages")]
+    Rejected(usize),
+}
+
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    async fn send(&self, messages: &[WorkMessage]) -> Result<(), QueueError>;
+}
+
+/// SQS limit on entries per SendMessageBatch.
+const SEND_BATCH_MAX: usize = 10;
+
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl SqsQueue {
+    pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
+        SqsQueue {
+            client,
+            url: url.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl WorkQueue for SqsQueue {
+    async fn send(&self, messages: &[WorkMessage]) -> Result<(), QueueError> {
+        for group in messages.chunks(SEND_BATCH_MAX) {
+            let mut entries: Vec<_> = group
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(serde_json::to_string(m).expect("message serializes"))
+                        .build()
+                        .expect("entry is complete")
+                })
+                .collect();
+            // Failed entries are retried once; SQS reports them per entry
+            // rather than failing the call.
+            for attempt in 0..3 {
+                let out = self
+                    .client
+                    .send_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| QueueError::Send(e.into()))?;
+                let failed: Vec<&str> = out.failed().iter().map(|f| f.id()).collect();
+                if failed.is_empty() {
+                    break;
+                }
+                if attempt == 2 {
+                    return Err(QueueError::Rejected(failed.len()));
+                }
+                entries.retain(|e| failed.contains(&e.id()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects messages in memory (unit tests, single-process runs).
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    pub sent: Mutex<Vec<WorkMessage>>,
+}
+
+#[async_trait]
+impl WorkQueue for MemoryQueue {
+    async fn send(&self, messages: &[WorkMessage]) -> Result<(), QueueError> {
+        self.sent
+            .lock()
+            .expect("queue poisoned")
+            .extend_from_slice(messages);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_body_is_the_documented_json() {
+        let m = WorkMessage {
+            job_id: JobId::new("abc"),
+            continuation: false,
+        };
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"jobId":"abc"}"#);
+        let c: WorkMessage =
+            serde_json::from_str(r#"{"jobId":"abc","continuation":true}"#).unwrap();
+        assert!(c.continuation);
+    }
+}

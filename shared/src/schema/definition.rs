@@ -1,0 +1,318 @@
+//! Loading the definition: JSON shape first (with the path of any error),
+//! then the semantic checks and the compiled state the validator needs.
+
+use super::header::{self, Names};
+use super::validate::{self, Rule};
+use super::{ColumnMap, Definition, DefinitionError, FieldDef, FieldType, InputFormat, Limits};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+const MAX_BATCH_SIZE: usize = 10_000;
+
+/// State derived from the definition once, so validating a record only does
+/// lookups.
+#[derive(Debug, Clone)]
+pub(super) struct Compiled {
+    pub(super) rules: Vec<Rule>,
+    pub(super) names: Names,
+    pub(super) key_index: Option<usize>,
+    pub(super) headerless: ColumnMap,
+}
+
+/// The document as written; `Definition` is this plus checks and compiled state.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawDefinition {
+    fields: Vec<FieldDef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_field: Option<String>,
+    #[serde(default = "default_batch_size")]
+    batch_size: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delimiter: Option<String>,
+    #[serde(default = "default_true")]
+    has_header: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    columns: Option<Vec<String>>,
+    #[serde(default = "default_true")]
+    continue_on_error: bool,
+    #[serde(default = "default_max_retries")]
+    max_retries: u32,
+    #[serde(default = "default_max_attempts")]
+    max_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<InputFormat>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+fn default_batch_size() -> usize {
+    500
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_retries() -> u32 {
+    3
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+
+impl Definition {
+    /// Parses and checks a definition. `origin` (file path or S3 URI) only
+    /// appears in error messages, which also name the offending path such as
+    /// `fields[2].type`.
+    pub fn from_json(text: &str, origin: &str) -> Result<Definition, DefinitionError> {
+        let raw = parse(text, origin)?;
+        build(raw, origin)
+    }
+
+    /// The definition as JSON; loading it back yields an equivalent definition.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a definition always serializes")
+    }
+
+    /// Index of the key field, when the definition has one.
+    pub fn key_field_index(&self) -> Option<usize> {
+        self.compiled.key_index
+    }
+}
+
+impl Serialize for Definition {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        RawDefinition {
+            fields: self.fields.clone(),
+            key_field: self.key_field.clone(),
+            batch_size: self.batch_size,
+            delimiter: self.delimiter.map(|d| char::from(d).to_string()),
+            has_header: self.has_header,
+            columns: self.columns.clone(),
+            continue_on_error: self.continue_on_error,
+            max_retries: self.max_retries,
+            max_attempts: self.max_attempts,
+            format: self.format,
+            limits: self.limits.clone(),
+        }
+        .serialize(serializer)
+    }
+}
+
+fn parse(text: &str, origin: &str) -> Result<RawDefinition, DefinitionError> {
+    let parse_error = |path: String, source| DefinitionError::Parse {
+        origin: origin.to_owned(),
+        path,
+        source,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw: RawDefinition = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // The root path renders as "."; an empty path reads better in messages.
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        parse_error(path, e.into_inner())
+    })?;
+    de.end().map_err(|e| parse_error(String::new(), e))?;
+    Ok(raw)
+}
+
+fn invalid(origin: &str, path: impl Into<String>, message: impl Into<String>) -> DefinitionError {
+    DefinitionError::Invalid {
+        origin: origin.to_owned(),
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError> {
+    if raw.fields.is_empty() {
+        return Err(invalid(origin, "fields", "must list at least one field"));
+    }
+    let mut rules = Vec::with_capacity(raw.fields.len());
+    for (i, field) in raw.fields.iter().enumerate() {
+        rules.push(compile_field(field, i, origin)?);
+    }
+    let names =
+        Names::build(&raw.fields).map_err(|(path, message)| invalid(origin, path, message))?;
+    let key_index = check_key_field(&raw, &names, origin)?;
+
+    if !(1..=MAX_BATCH_SIZE).contains(&raw.batch_size) {
+        return Err(invalid(
+            origin,
+            "batchSize",
+            format!(
+                "must be between 1 and {MAX_BATCH_SIZE}, got {}",
+                raw.batch_size
+            ),
+        ));
+    }
+    let delimiter = match &raw.delimiter {
+        None => None,
+        Some(d) => Some(parse_delimiter(d).map_err(|m| invalid(origin, "delimiter", m))?),
+    };
+    if raw.max_attempts == 0 {
+        return Err(invalid(origin, "maxAttempts", "must be at least 1"));
+    }
+    check_limits(&raw.limits, raw.fields.len(), origin)?;
+
+    let headerless = match &raw.columns {
+        None => ColumnMap {
+            columns: (0..raw.fields.len()).map(Some).collect(),
+            field_count: raw.fields.len(),
+        },
+        Some(_) if raw.has_header => {
+            return Err(invalid(
+                origin,
+                "columns",
+                "only used when hasHeader is false (the header names the columns otherwise)",
+            ));
+        }
+        Some(columns) if columns.is_empty() => {
+            return Err(invalid(origin, "columns", "must list at least one column"));
+        }
+        Some(columns) => header::resolve(&raw.fields, &names, columns.iter().map(String::as_str))
+            .map_err(|e| invalid(origin, "columns", e.to_string()))?,
+    };
+
+    Ok(Definition {
+        fields: raw.fields,
+        key_field: raw.key_field,
+        batch_size: raw.batch_size,
+        delimiter,
+        has_header: raw.has_header,
+        columns: raw.columns,
+        continue_on_error: raw.continue_on_error,
+        max_retries: raw.max_retries,
+        max_attempts: raw.max_attempts,
+        format: raw.format,
+        limits: raw.limits,
+        compiled: Compiled {
+            rules,
+            names,
+            key_index,
+            headerless,
+        },
+    })
+}
+
+fn compile_field(field: &FieldDef, i: usize, origin: &str) -> Result<Rule, DefinitionError> {
+    let at = |key: &str| format!("fields[{i}].{key}");
+    if field.name.trim().is_empty() {
+        return Err(invalid(origin, at("name"), "must not be empty"));
+    }
+    if let Some(j) = field.aliases.iter().position(|a| a.trim().is_empty()) {
+        return Err(invalid(
+            origin,
+            at(&format!("aliases[{j}]")),
+            "must not be empty",
+        ));
+    }
+    if field.kind == FieldType::Enum {
+        if field.values.is_empty() {
+            return Err(invalid(
+                origin,
+                at("values"),
+                "an enum field needs at least one value",
+            ));
+        }
+        // Input is trimmed before the comparison, so such a value could never match.
+        if let Some(j) = field
+            .values
+            .iter()
+            .position(|v| v.is_empty() || v.trim() != v)
+        {
+            return Err(invalid(
+                origin,
+                at(&format!("values[{j}]")),
+                format!(
+                    "{:?} can never match: values are compared after trimming",
+                    field.values[j]
+                ),
+            ));
+        }
+    } else if !field.values.is_empty() {
+        return Err(invalid(
+            origin,
+            at("values"),
+            "only enum fields take values",
+        ));
+    }
+    let pattern = match &field.pattern {
+        None => None,
+        Some(p) => Some(Regex::new(p).map_err(|source| DefinitionError::Pattern {
+            origin: origin.to_owned(),
+            path: at("pattern"),
+            source,
+        })?),
+    };
+    let mut rule = Rule::new(field, pattern);
+    if let Some(default) = &field.default {
+        let typed = validate::typed_default(field, &rule, default)
+            .map_err(|message| invalid(origin, at("default"), message))?;
+        rule.default = Some(typed);
+    }
+    Ok(rule)
+}
+
+fn check_key_field(
+    raw: &RawDefinition,
+    names: &Names,
+    origin: &str,
+) -> Result<Option<usize>, DefinitionError> {
+    let Some(key) = &raw.key_field else {
+        return Ok(None);
+    };
+    let Some(index) = raw.fields.iter().position(|f| f.name == *key) else {
+        let hint = match names.find(key) {
+            Some(i) => format!(" (did you mean {:?}?)", raw.fields[i].name),
+            None => String::new(),
+        };
+        return Err(invalid(
+            origin,
+            "keyField",
+            format!("{key:?} is not a field{hint}"),
+        ));
+    };
+    let field = &raw.fields[index];
+    if !field.required && field.default.is_none() {
+        return Err(invalid(
+            origin,
+            "keyField",
+            format!("{key:?} must be required or have a default, since every record needs a key"),
+        ));
+    }
+    Ok(Some(index))
+}
+
+fn parse_delimiter(d: &str) -> Result<u8, String> {
+    let mut chars = d.chars();
+    let (Some(c), None) = (chars.next(), chars.next()) else {
+        return Err(format!("must be a single character, got {d:?}"));
+    };
+    match c {
+        '"' | '\r' | '\n' => Err(format!(
+            "{c:?} cannot be used: quote, CR and LF are reserved"
+        )),
+        c if c.is_ascii() => Ok(c as u8),
+        c => Err(format!("{c:?} is not an ASCII character")),
+    }
+}
+
+fn check_limits(limits: &Limits, field_count: usize, origin: &str) -> Result<(), DefinitionError> {
+    if limits.max_row_bytes == 0 {
+        return Err(invalid(origin, "limits.maxRowBytes", "must be at least 1"));
+    }
+    if limits.max_fields < field_count {
+        return Err(invalid(
+            origin,
+            "limits.maxFields",
+            format!(
+                "{} is fewer than the {field_count} fields defined",
+                limits.max_fields
+            ),
+        ));
+    }
+    if limits.max_records == 0 {
+        return Err(invalid(origin, "limits.maxRecords", "must be at least 1"));
+    }
+    Ok(())
+}

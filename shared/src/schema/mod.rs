@@ -1,0 +1,176 @@
+//! The import definition: the schema and options of an import, loaded and
+//! checked once at cold start, plus header resolution and the per-record
+//! validator that turns staged text values into typed JSON.
+
+mod definition;
+mod header;
+mod validate;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    Csv,
+    Ndjson,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Date,
+    Datetime,
+    Email,
+    Enum,
+}
+
+/// One field of the definition, as written in the JSON file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FieldDef {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: FieldType,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub required: bool,
+    /// Used when the value is missing or blank. Checked against the type at
+    /// load time; records receive its typed form (see [`Definition::validate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    /// Unanchored regex, applied to the trimmed text once the type parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(default, alias = "enum", skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// Other header names (or NDJSON keys) that feed this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Trim string values; values of every other type are always trimmed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub trim: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Guards against hostile or broken input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_row_bytes: usize,
+    pub max_fields: usize,
+    pub max_records: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_row_bytes: 1 << 20,
+            max_fields: 1000,
+            max_records: 1_000_000_000,
+        }
+    }
+}
+
+/// A loaded, checked import definition.
+///
+/// Only [`Definition::from_json`] builds one, because it also compiles the
+/// patterns, defaults and name lookups the hot path relies on. The public
+/// fields are for reading; changing `fields`, `columns` or `key_field` after
+/// loading does not update that compiled state.
+#[derive(Debug, Clone)]
+pub struct Definition {
+    pub fields: Vec<FieldDef>,
+    pub key_field: Option<String>,
+    pub batch_size: usize,
+    /// `None` means detect it from the data.
+    pub delimiter: Option<u8>,
+    pub has_header: bool,
+    pub columns: Option<Vec<String>>,
+    pub continue_on_error: bool,
+    pub max_retries: u32,
+    /// How many times a batch may be claimed before it is declared poison.
+    pub max_attempts: u32,
+    pub format: Option<InputFormat>,
+    pub limits: Limits,
+    compiled: definition::Compiled,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    /// The JSON does not have the expected shape (syntax, unknown key, wrong type...).
+    #[error("import definition {origin}: {}{source}", path_prefix(.path))]
+    Parse {
+        origin: String,
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("import definition {origin}: {path}: invalid regex: {source}")]
+    Pattern {
+        origin: String,
+        path: String,
+        #[source]
+        source: regex::Error,
+    },
+    /// Well-formed JSON that does not make a usable definition.
+    #[error("import definition {origin}: {path}: {message}")]
+    Invalid {
+        origin: String,
+        path: String,
+        message: String,
+    },
+}
+
+fn path_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
+}
+
+impl DefinitionError {
+    /// Where in the definition the problem is, e.g. `fields[2].type`
+    /// (empty when it concerns the document as a whole).
+    pub fn path(&self) -> &str {
+        match self {
+            DefinitionError::Parse { path, .. }
+            | DefinitionError::Pattern { path, .. }
+            | DefinitionError::Invalid { path, .. } => path,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("missing required column(s): {}", .0.join(", "))]
+    MissingColumns(Vec<String>),
+    #[error("duplicate column name {0:?}")]
+    DuplicateColumn(String),
+}
+
+/// Which definition field each input column feeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnMap {
+    /// `columns[i]` is the field index fed by input column `i`, `None` for
+    /// columns the definition does not know (they are ignored).
+    pub columns: Vec<Option<usize>>,
+    pub field_count: usize,
+}
+
+/// A record that passed validation: typed values keyed by field name.
+/// Missing optional fields without a default are absent, not null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidRecord {
+    pub line: u64,
+    pub values: serde_json::Map<String, serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! The per-record validator: staged text values in, typed JSON values out,
+//! with every problem of a record reported at once.
+
+use super::{Definition, FieldDef, FieldType, ValidRecord};
+use crate::job::{FieldIssue, StagedRecord};
+use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
+use email_address::{EmailAddress, Options};
+use regex::Regex;
+use serde_json::{Map, Number, Value};
+use std::collections::HashSet;
+use std::num::IntErrorKind;
+
+const MISSING: &str = "required value is missing";
+const BAD_INTEGER: &str = "not a valid integer";
+const INTEGER_RANGE: &str = "not a valid integer (out of range)";
+const BAD_NUMBER: &str = "not a valid number";
+const BAD_BOOLEAN: &str = "not a valid boolean (expected true/false, yes/no, y/n or 1/0)";
+const BAD_DATE: &str = "not a valid date (expected YYYY-MM-DD)";
+const BAD_DATETIME: &str = "not a valid date-time (expected RFC 3339, e.g. 2024-01-31T10:00:00Z)";
+const BAD_EMAIL: &str = "not a valid email address";
+
+/// Above this many values a hash lookup beats scanning the list.
+const ENUM_SCAN_MAX: usize = 8;
+
+/// Per-field state prepared at load time.
+#[derive(Debug, Clone)]
+pub(super) struct Rule {
+    pattern: Option<Regex>,
+    pattern_message: String,
+    enum_set: Option<HashSet<String>>,
+    enum_message: String,
+    /// The default in the form a parsed value takes.
+    pub(super) default: Option<Value>,
+}
+
+impl Rule {
+    pub(super) fn new(field: &FieldDef, pattern: Option<Regex>) -> Rule {
+        Rule {
+            pattern_message: field
+                .pattern
+                .as_ref()
+                .map(|p| format!("does not match pattern {p}"))
+                .unwrap_or_default(),
+            pattern,
+            enum_set: (field.values.len() > ENUM_SCAN_MAX)
+                .then(|| field.values.iter().cloned().collect()),
+            enum_message: if field.kind == FieldType::Enum {
+                format!("must be one of: {}", field.values.join(", "))
+            } else {
+                String::new()
+            },
+            default: None,
+        }
+    }
+}
+
+/// Checks a definition's default against its field and returns the value
+/// records will receive, so a field has one JSON type whether the input or
+/// the default supplied it (`"42"` for an integer field becomes `42`).
+pub(super) fn typed_default(
+    field: &FieldDef,
+    rule: &Rule,
+    default: &Value,
+) -> Result<Value, String> {
+    let text = match default {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return Err("must be a string, number or boolean".to_owned()),
+    };
+    parse(field, rule, &text).map_err(|message| {
+        let shown = serde_json::to_string(default).unwrap_or_default();
+        match message.strip_prefix("not ") {
+            Some(rest) => format!("{shown} is not {rest}"),
+            None => format!("{shown} {message}"),
+        }
+    })
+}
+
+/// Parses one present value. Errors are the issue messages.
+fn parse<'r>(field: &FieldDef, rule: &'r Rule, raw: &str) -> Result<Value, &'r str> {
+    let text = raw.trim();
+    let value = match field.kind {
+        FieldType::String => Value::String(if field.trim { text } else { raw }.to_owned()),
+        FieldType::Integer => match text.parse::<i64>() {
+            Ok(n) => Value::from(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    IntErrorKind::PosOverflow | IntErrorKind::NegOverflow
+                ) =>
+            {
+                return Err(INTEGER_RANGE)
+            }
+            Err(_) => return Err(BAD_INTEGER),
+        },
+        FieldType::Number => match text.parse::<f64>().ok().and_then(Number::from_f64) {
+            // from_f64 refuses NaN and infinities, which "nan" and "inf" parse to.
+            Some(n) => Value::Number(n),
+            None => return Err(BAD_NUMBER),
+        },
+        FieldType::Boolean => Value::Bool(parse_bool(text).ok_or(BAD_BOOLEAN)?),
+        FieldType::Date => {
+            parse_date(text).ok_or(BAD_DATE)?;
+            // The strict shape means the input already is the canonical form.
+            Value::String(text.to_owned())
+        }
+        FieldType::Datetime => {
+            let at = parse_datetime(text).ok_or(BAD_DATETIME)?;
+            Value::String(at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        }
+        FieldType::Email => {
+            // A bare address only: a display name ("Jane <jane@x.org>") would
+            // end up stored as the address.
+            let options = Options::default()
+                .without_display_text()
+                .with_required_tld();
+            EmailAddress::parse_with_options(text, options).map_err(|_| BAD_EMAIL)?;
+            Value::String(text.to_owned())
+        }
+        FieldType::Enum => {
+            let known = match &rule.enum_set {
+                Some(set) => set.contains(text),
+                None => field.values.iter().any(|v| v == text),
+            };
+            if !known {
+                return Err(&rule.enum_message);
+            }
+            Value::String(text.to_owned())
+        }
+    };
+    if let Some(pattern) = &rule.pattern {
+        if !pattern.is_match(text) {
+            return Err(&rule.pattern_message);
+        }
+    }
+    Ok(value)
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    const TRUE: [&str; 4] = ["true", "yes", "y", "1"];
+    const FALSE: [&str; 4] = ["false", "no", "n", "0"];
+    if TRUE.iter().any(|t| t.eq_ignore_ascii_case(text)) {
+        Some(true)
+    } else if FALSE.iter().any(|f| f.eq_ignore_ascii_case(text)) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Value of a run of ASCII digits; `None` if any byte is not a digit.
+fn digits(bytes: &[u8]) -> Option<u32> {
+    bytes.iter().try_fold(0u32, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+    })
+}
+
+/// Exactly `YYYY-MM-DD`: chrono's `%Y-%m-%d` would also take `2024-1-5`.
+fn parse_date(text: &str) -> Option<NaiveDate> {
+    let b = text.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(
+        digits(&b[..4])? as i32,
+        digits(&b[5..7])?,
+        digits(&b[8..10])?,
+    )
+}
+
+/// `HH:MM:SS` with an optional fraction of up to nanosecond precision.
+fn parse_time(text: &str) -> Option<NaiveTime> {
+    let b = text.as_bytes();
+    if b.len() < 8 || b[2] != b':' || b[5] != b':' {
+        return None;
+    }
+    let nanos = match &b[8..] {
+        [] => 0,
+        [b'.', frac @ ..] if (1..=9).contains(&frac.len()) => {
+            digits(frac)? * 10u32.pow(9 - frac.len() as u32)
+        }
+        _ => return None,
+    };
+    NaiveTime::from_hms_nano_opt(
+        digits(&b[..2])?,
+        digits(&b[3..5])?,
+        digits(&b[6..8])?,
+        nanos,
+    )
+}
+
+/// RFC 3339, or a local date and time (`T` or space separated) taken as UTC.
+fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Some(at.with_timezone(&Utc));
+    }
+    let b = text.as_bytes();
+    if b.len() < 19 || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    // The byte checks above make both slice points char boundaries.
+    let date = parse_date(&text[..10])?;
+    let time = parse_time(&text[11..])?;
+    Some(date.and_time(time).and_utc())
+}
+
+impl Definition {
+    /// Turns a staged record into typed values keyed by field name, or lists
+    /// every problem found. A blank value counts as missing: the default
+    /// stands in, else a required field is an issue and an optional one is
+    /// left out of the output.
+    pub fn validate(&self, record: &StagedRecord) -> Result<ValidRecord, Vec<FieldIssue>> {
+        if let Some(issue) = &record.issue {
+            return Err(vec![issue.clone()]);
+        }
+        let mut values = Map::new();
+        let mut issues = Vec::new();
+        for (i, (field, rule)) in self.fields.iter().zip(&self.compiled.rules).enumerate() {
+            // Rows shorter than the definition are padded by the stager; be
+            // lenient anyway rather than panic on a hand-made record.
+            let raw = record.values.get(i).and_then(Option::as_deref);
+            let outcome = match raw {
+                Some(raw) if !raw.trim().is_empty() => parse(field, rule, raw),
+                _ => match &rule.default {
+                    Some(default) => Ok(default.clone()),
+                    None if field.required => Err(MISSING),
+                    None => continue,
+                },
+            };
+            match outcome {
+                // Once the record has failed its values are not needed.
+                Ok(value) if issues.is_empty() => {
+                    values.insert(field.name.clone(), value);
+                }
+                Ok(_) => {}
+                Err(message) => issues.push(FieldIssue::new(Some(&field.name), raw, message)),
+            }
+        }
+        if issues.is_empty() {
+            Ok(ValidRecord {
+                line: record.line,
+                values,
+            })
+        } else {
+            Err(issues)
+        }
+    }
+}

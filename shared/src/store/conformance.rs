@@ -1,0 +1,458 @@
+//! The `JobStore` conformance suite: plain async functions, one per protocol
+//! rule, run against every backend by `conformance_tests!` (one test each, a
+//! fresh store each, so one failure does not hide the rest).
+
+use super::*;
+use crate::job::FieldIssue;
+
+const LEASE: i64 = 60_000;
+const T0: i64 = 1_700_000_000_000;
+
+fn source(name: &str) -> SourceRef {
+    SourceRef {
+        bucket: "uploads".into(),
+        key: format!("{name}.csv"),
+        version: "v1".into(),
+    }
+}
+
+fn lease(owner: &str) -> PrepareLease {
+    PrepareLease {
+        owner: owner.into(),
+        lease_ms: LEASE,
+    }
+}
+
+fn records(batch: u64, n: u64) -> Vec<StagedRecord> {
+    (0..n)
+        .map(|i| StagedRecord {
+            line: batch * 100 + i + 2,
+            values: vec![
+                Some(format!("user{i}@example.com")),
+                Some(format!("User {i}")),
+                None,
+            ],
+            issue: None,
+        })
+        .collect()
+}
+
+/// A job with `batches` batches of 3 records; prepared unless `open`.
+async fn job_with(store: &dyn JobStore, name: &str, batches: u64, open: bool) -> JobId {
+    let src = source(name);
+    let owner = lease("orchestrator");
+    let CreateOutcome::Created(job) = store.create_job(&src, &owner, T0).await.unwrap() else {
+        panic!("job should be new");
+    };
+    for index in 0..batches {
+        let recs = records(index, 3);
+        store
+            .add_batch(
+                &job.id,
+                &owner,
+                NewBatch {
+                    index,
+                    records: &recs,
+                },
+                T0,
+            )
+            .await
+            .unwrap();
+    }
+    if !open {
+        store
+            .finish_prepare(&job.id, &owner, batches * 3, batches)
+            .await
+            .unwrap();
+    }
+    job.id
+}
+
+async fn claim(store: &dyn JobStore, job: &JobId, worker: &str, now: i64) -> ClaimedBatch {
+    match store.claim_batch(job, worker, now, LEASE).await.unwrap() {
+        Claim::Batch(c) => c,
+        other => panic!("expected a batch for {worker}, got {other:?}"),
+    }
+}
+
+fn done(processed: u64) -> BatchOutcome {
+    BatchOutcome {
+        state: BatchState::Done,
+        processed,
+        failed: vec![],
+        error: None,
+    }
+}
+
+fn fin(status: JobStatus) -> Finalization {
+    Finalization {
+        status,
+        reason: None,
+        report: None,
+        now_ms: T0 + 1,
+    }
+}
+
+pub async fn create_job_is_idempotent_per_object_version(store: &dyn JobStore) {
+    let src = source("dup");
+    let first = store.create_job(&src, &lease("a"), T0).await.unwrap();
+    let second = store.create_job(&src, &lease("b"), T0 + 5).await.unwrap();
+    let CreateOutcome::Created(job) = first else {
+        panic!("first delivery creates the job")
+    };
+    let CreateOutcome::Exists(again) = second else {
+        panic!("second delivery finds it")
+    };
+    assert_eq!(job.id, again.id);
+    assert_eq!(again.created_at_ms, T0);
+    let other = SourceRef {
+        version: "v2".into(),
+        ..src
+    };
+    assert!(matches!(
+        store.create_job(&other, &lease("a"), T0).await.unwrap(),
+        CreateOutcome::Created(_)
+    ));
+}
+
+pub async fn batches_are_claimable_as_soon_as_written(store: &dyn JobStore) {
+    let job = job_with(store, "early", 1, true).await;
+    let c = claim(store, &job, "w1", T0).await;
+    assert_eq!((c.index, c.version, c.record_count), (0, 1, 3));
+    assert_eq!(store.load_records(&c).await.unwrap(), records(0, 3));
+}
+
+pub async fn each_batch_goes_to_one_of_two_racing_workers(store: &dyn JobStore) {
+    let job = job_with(store, "race", 1, false).await;
+    let (a, b) = tokio::join!(
+        store.claim_batch(&job, "w1", T0, LEASE),
+        store.claim_batch(&job, "w2", T0, LEASE)
+    );
+    let won = [a.unwrap(), b.unwrap()]
+        .into_iter()
+        .filter(|c| matches!(c, Claim::Batch(_)))
+        .count();
+    assert_eq!(won, 1, "exactly one worker gets the batch");
+}
+
+pub async fn every_batch_is_handed_out_once_while_leases_are_live(store: &dyn JobStore) {
+    let job = job_with(store, "many", 5, false).await;
+    let mut seen = Vec::new();
+    for w in 0..7 {
+        match store
+            .claim_batch(&job, &format!("w{w}"), T0, LEASE)
+            .await
+            .unwrap()
+        {
+            Claim::Batch(c) => seen.push(c.index),
+            Claim::NoneAvailable => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+}
+
+pub async fn expired_lease_is_reclaimed_with_a_higher_version(store: &dyn JobStore) {
+    let job = job_with(store, "stale", 1, false).await;
+    let first = claim(store, &job, "w1", T0).await;
+    assert!(matches!(
+        store
+            .claim_batch(&job, "w2", T0 + LEASE - 1, LEASE)
+            .await
+            .unwrap(),
+        Claim::NoneAvailable
+    ));
+    let second = claim(store, &job, "w2", T0 + LEASE + 1).await;
+    assert_eq!(second.index, first.index);
+    assert!(second.version > first.version);
+}
+
+pub async fn zombie_worker_cannot_commit_reclaimed_batch(store: &dyn JobStore) {
+    let job = job_with(store, "zombie", 1, false).await;
+    let zombie = claim(store, &job, "w1", T0).await;
+    let fresh = claim(store, &job, "w2", T0 + LEASE + 1).await;
+    let err = store
+        .commit_batch(&zombie, &done(3), T0 + LEASE + 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ClaimLost { .. }), "{err}");
+    store
+        .commit_batch(&fresh, &done(3), T0 + LEASE + 3)
+        .await
+        .unwrap();
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!(
+        (j.batches_done, j.processed),
+        (1, 3),
+        "the batch counts once"
+    );
+}
+
+pub async fn zombie_worker_cannot_extend_or_release_a_reclaimed_lease(store: &dyn JobStore) {
+    let job = job_with(store, "zombie-lease", 1, false).await;
+    let zombie = claim(store, &job, "w1", T0).await;
+    store.extend_lease(&zombie, T0 + 2 * LEASE).await.unwrap();
+    // The extension holds: the batch is not reclaimable at the old expiry.
+    assert!(matches!(
+        store
+            .claim_batch(&job, "w2", T0 + LEASE + 1, LEASE)
+            .await
+            .unwrap(),
+        Claim::NoneAvailable
+    ));
+    let _fresh = claim(store, &job, "w2", T0 + 2 * LEASE + 1).await;
+    assert!(matches!(
+        store.extend_lease(&zombie, T0 + 5 * LEASE).await,
+        Err(StoreError::ClaimLost { .. })
+    ));
+    assert!(matches!(
+        store.release_batch(&zombie, "boom").await,
+        Err(StoreError::ClaimLost { .. })
+    ));
+}
+
+pub async fn committing_twice_counts_once(store: &dyn JobStore) {
+    let job = job_with(store, "twice", 2, false).await;
+    let c = claim(store, &job, "w1", T0).await;
+    store.commit_batch(&c, &done(3), T0).await.unwrap();
+    assert!(matches!(
+        store.commit_batch(&c, &done(3), T0).await,
+        Err(StoreError::ClaimLost { .. })
+    ));
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!((j.batches_done, j.processed, j.failed), (1, 3, 0));
+}
+
+pub async fn counters_and_failures_move_with_the_batch(store: &dyn JobStore) {
+    let job = job_with(store, "counts", 2, false).await;
+    let a = claim(store, &job, "w1", T0).await;
+    let failed = vec![
+        FailedRecord {
+            line: 3,
+            issues: vec![FieldIssue::new(
+                Some("email"),
+                Some("nope"),
+                "not a valid email address",
+            )],
+        },
+        FailedRecord {
+            line: 4,
+            issues: vec![FieldIssue::new(None, None, "expected 3 fields, found 4")],
+        },
+    ];
+    let outcome = BatchOutcome {
+        state: BatchState::Done,
+        processed: 1,
+        failed: failed.clone(),
+        error: None,
+    };
+    store.commit_batch(&a, &outcome, T0).await.unwrap();
+    assert_eq!(store.failed_records(&job, a.index).await.unwrap(), failed);
+    let info = store.batch_info(&job, a.index).await.unwrap().unwrap();
+    assert_eq!(
+        (info.state, info.processed, info.failed),
+        (BatchState::Done, 1, 2)
+    );
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!((j.batches_done, j.processed, j.failed), (1, 1, 2));
+    let b = claim(store, &job, "w1", T0).await;
+    assert!(store
+        .failed_records(&job, b.index)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn released_batch_is_reclaimable_at_once_and_keeps_its_error(store: &dyn JobStore) {
+    let job = job_with(store, "release", 1, false).await;
+    let c = claim(store, &job, "w1", T0).await;
+    store
+        .release_batch(&c, "target table unavailable")
+        .await
+        .unwrap();
+    let again = claim(store, &job, "w2", T0 + 1).await;
+    assert_eq!(again.index, c.index);
+    assert_eq!(again.version, c.version + 1);
+    assert_eq!(
+        again.last_error.as_deref(),
+        Some("target table unavailable")
+    );
+}
+
+pub async fn finalize_waits_for_prepare_and_every_batch(store: &dyn JobStore) {
+    let job = job_with(store, "final", 2, true).await;
+    let a = claim(store, &job, "w1", T0).await;
+    let b = claim(store, &job, "w2", T0).await;
+    store.commit_batch(&a, &done(3), T0).await.unwrap();
+    assert!(
+        !store
+            .finalize(&job, &fin(JobStatus::Completed), true)
+            .await
+            .unwrap(),
+        "a batch is still open"
+    );
+    store.commit_batch(&b, &done(3), T0).await.unwrap();
+    assert!(
+        !store
+            .finalize(&job, &fin(JobStatus::Completed), true)
+            .await
+            .unwrap(),
+        "prepare has not finished"
+    );
+    store
+        .finish_prepare(&job, &lease("orchestrator"), 6, 2)
+        .await
+        .unwrap();
+    assert!(store
+        .finalize(&job, &fin(JobStatus::Completed), true)
+        .await
+        .unwrap());
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!(j.status, JobStatus::Completed);
+    assert_eq!(j.finished_at_ms, Some(T0 + 1));
+    assert!(matches!(
+        store.claim_batch(&job, "w3", T0, LEASE).await.unwrap(),
+        Claim::JobFinished(JobStatus::Completed)
+    ));
+}
+
+pub async fn exactly_one_of_racing_finalizers_wins(store: &dyn JobStore) {
+    let job = job_with(store, "finalizers", 1, false).await;
+    let c = claim(store, &job, "w1", T0).await;
+    store.commit_batch(&c, &done(3), T0).await.unwrap();
+    let f = fin(JobStatus::Completed);
+    let results = futures::future::join_all((0..6).map(|_| store.finalize(&job, &f, true))).await;
+    let wins = results
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|won| *won)
+        .count();
+    assert_eq!(wins, 1);
+}
+
+pub async fn abort_finalizes_before_all_batches_are_done(store: &dyn JobStore) {
+    let job = job_with(store, "abort", 3, false).await;
+    let mut f = fin(JobStatus::Failed);
+    f.reason = Some("2 records failed and continueOnError is false".into());
+    assert!(store.finalize(&job, &f, false).await.unwrap());
+    assert!(
+        !store
+            .finalize(&job, &fin(JobStatus::Completed), false)
+            .await
+            .unwrap(),
+        "final is final"
+    );
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!(j.status, JobStatus::Failed);
+    assert_eq!(j.failure_reason, f.reason);
+}
+
+pub async fn prepare_lease_fences_a_second_orchestrator(store: &dyn JobStore) {
+    let job = job_with(store, "prepare", 1, true).await;
+    let second = lease("orchestrator-2");
+    assert!(
+        store
+            .acquire_prepare(&job, &second, T0 + 1)
+            .await
+            .unwrap()
+            .is_none(),
+        "first lease is live"
+    );
+    let taken = store
+        .acquire_prepare(&job, &second, T0 + LEASE + 1)
+        .await
+        .unwrap()
+        .expect("expired lease");
+    assert_eq!(
+        taken.batches_ready, 1,
+        "the new owner resumes after the written batch"
+    );
+    let recs = records(1, 3);
+    let stale = store
+        .add_batch(
+            &job,
+            &lease("orchestrator"),
+            NewBatch {
+                index: 1,
+                records: &recs,
+            },
+            T0 + LEASE + 2,
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::PrepareLeaseLost(_))));
+    store
+        .add_batch(
+            &job,
+            &second,
+            NewBatch {
+                index: 1,
+                records: &recs,
+            },
+            T0 + LEASE + 2,
+        )
+        .await
+        .unwrap();
+    let rewrite = store
+        .add_batch(
+            &job,
+            &second,
+            NewBatch {
+                index: 1,
+                records: &recs,
+            },
+            T0 + LEASE + 3,
+        )
+        .await;
+    assert!(
+        matches!(rewrite, Err(StoreError::PrepareLeaseLost(_))),
+        "a batch is written once"
+    );
+    let j = store.finish_prepare(&job, &second, 6, 2).await.unwrap();
+    assert!(j.prepared);
+    assert_eq!(
+        (j.total_records, j.total_batches, j.batches_ready),
+        (6, 2, 2)
+    );
+    assert!(
+        store
+            .acquire_prepare(&job, &second, T0 + 10 * LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "prepare is over"
+    );
+}
+
+/// Stamps out one `#[tokio::test]` per conformance case for a backend;
+/// `$make` is an async block returning a fresh store.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            create_job_is_idempotent_per_object_version,
+            batches_are_claimable_as_soon_as_written,
+            each_batch_goes_to_one_of_two_racing_workers,
+            every_batch_is_handed_out_once_while_leases_are_live,
+            expired_lease_is_reclaimed_with_a_higher_version,
+            zombie_worker_cannot_commit_reclaimed_batch,
+            zombie_worker_cannot_extend_or_release_a_reclaimed_lease,
+            committing_twice_counts_once,
+            counters_and_failures_move_with_the_batch,
+            released_batch_is_reclaimable_at_once_and_keeps_its_error,
+            finalize_waits_for_prepare_and_every_batch,
+            exactly_one_of_racing_finalizers_wins,
+            abort_finalizes_before_all_batches_are_done,
+            prepare_lease_fences_a_second_orchestrator,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let store = $make.await;
+                $crate::store::conformance::$case(&store).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,245 @@
+//! Item shapes and keys of the state table (see docs/design.md). One table,
+//! generic `pk`/`sk` keys, one sparse index (`leases`) over unfinished batches.
+
+use crate::job::{Cost, Job, JobId, JobStatus, SourceRef};
+use crate::store::{BatchInfo, BatchState};
+use serde::{Deserialize, Serialize};
+
+pub const LEASE_INDEX: &str = "leases";
+pub const JOB_SK: &str = "JOB";
+pub const BATCH_SK: &str = "BATCH";
+/// Failed records are spread over this many partitions per job, so a job
+/// with many failures does not write to one hot partition.
+pub const FAILURE_SHARDS: u64 = 16;
+
+pub fn job_pk(job: &JobId) -> String {
+    format!("J#{job}")
+}
+
+pub fn batch_pk(job: &JobId, index: u64) -> String {
+    format!("J#{job}#B#{index}")
+}
+
+pub fn chunk_sk(n: usize) -> String {
+    format!("C#{n:04}")
+}
+
+pub fn failure_pk(job: &JobId, index: u64) -> String {
+    format!("J#{job}#E#{:02}", index % FAILURE_SHARDS)
+}
+
+pub fn failure_sk_prefix(index: u64) -> String {
+    format!("{index:012}#")
+}
+
+pub fn failure_sk(index: u64, part: usize) -> String {
+    format!("{index:012}#{part:04}")
+}
+
+/// The job item. Counters move only through `ADD` in the same writes that
+/// change batches, so they are exact.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobItem {
+    pub pk: String,
+    pub sk: String,
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub bucket: String,
+    pub key: String,
+    pub version: String,
+    pub prepared: bool,
+    #[serde(default)]
+    pub total_records: u64,
+    #[serde(default)]
+    pub total_batches: u64,
+    #[serde(default)]
+    pub batches_ready: u64,
+    #[serde(default)]
+    pub batches_done: u64,
+    /// Next batch index to hand out.
+    #[serde(default)]
+    pub cursor: u64,
+    #[serde(default)]
+    pub processed: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare_owner: Option<String>,
+    #[serde(default)]
+    pub prepare_lease_until: i64,
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+    #[serde(default)]
+    pub requests: u64,
+    #[serde(default)]
+    pub write_units: f64,
+    #[serde(default)]
+    pub read_units: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+impl JobItem {
+    pub fn new(
+        source: &SourceRef,
+        owner: &str,
+        lease_until: i64,
+        now_ms: i64,
+        expires_at: Option<i64>,
+    ) -> Self {
+        let id = source.job_id();
+        JobItem {
+            pk: job_pk(&id),
+            sk: JOB_SK.into(),
+            job_id: id,
+            status: JobStatus::Processing,
+            bucket: source.bucket.clone(),
+            key: source.key.clone(),
+            version: source.version.clone(),
+            prepared: false,
+            total_records: 0,
+            total_batches: 0,
+            batches_ready: 0,
+            batches_done: 0,
+            cursor: 0,
+            processed: 0,
+            failed: 0,
+            prepare_owner: Some(owner.into()),
+            prepare_lease_until: lease_until,
+            created_at: now_ms,
+            finished_at: None,
+            failure_reason: None,
+            report: None,
+            requests: 0,
+            write_units: 0.0,
+            read_units: 0.0,
+            expires_at,
+        }
+    }
+
+    pub fn into_job(self) -> Job {
+        Job {
+            id: self.job_id,
+            status: self.status,
+            source: SourceRef {
+                bucket: self.bucket,
+                key: self.key,
+                version: self.version,
+            },
+            prepared: self.prepared,
+            total_records: self.total_records,
+            total_batches: self.total_batches,
+            batches_ready: self.batches_ready,
+            batches_done: self.batches_done,
+            processed: self.processed,
+            failed: self.failed,
+            created_at_ms: self.created_at,
+            finished_at_ms: self.finished_at,
+            failure_reason: self.failure_reason,
+            report: self.report,
+            cost: Cost {
+                requests: self.requests,
+                write_units: self.write_units,
+                read_units: self.read_units,
+            },
+        }
+    }
+}
+
+/// The batch control item: small (one write unit), separate from the records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItem {
+    pub pk: String,
+    pub sk: String,
+    pub index: u64,
+    pub state: BatchState,
+    pub version: u64,
+    pub records: u64,
+    pub chunks: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default)]
+    pub lease_until: i64,
+    /// Lease index key: present only while the batch is unfinished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsk: Option<i64>,
+    #[serde(default)]
+    pub processed: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+impl BatchItem {
+    pub fn info(&self) -> BatchInfo {
+        BatchInfo {
+            index: self.index,
+            state: self.state,
+            version: self.version,
+            worker: self.worker.clone(),
+            lease_until_ms: self.lease_until,
+            record_count: self.records,
+            processed: self.processed,
+            failed: self.failed,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+/// Packed records (`codec`) of one batch, or packed failures of one batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackedItem {
+    pub pk: String,
+    pub sk: String,
+    #[serde(with = "serde_bytes")]
+    pub d: Vec<u8>,
+    #[serde(default, rename = "expiresAt", skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+impl Serialize for BatchState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        BatchState::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown batch state {s:?}")))
+    }
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Pending => "PENDING",
+            BatchState::Processing => "PROCESSING",
+            BatchState::Done => "DONE",
+            BatchState::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "PENDING" => BatchState::Pending,
+            "PROCESSING" => BatchState::Processing,
+            "DONE" => BatchState::Done,
+            "FAILED" => BatchState::Failed,
+            _ => return None,
+        })
+    }
+}

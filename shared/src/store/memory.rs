@@ -1,0 +1,344 @@
+//! In-memory `JobStore` with the same protocol as the DynamoDB one: a cursor
+//! hands out batch indexes, expired or orphaned batches are reclaimed after
+//! the cursor runs out, every write after a claim is fenced by its version.
+
+use super::*;
+use crate::job::Cost;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone)]
+struct StoredBatch {
+    info: BatchInfo,
+    records: Vec<StagedRecord>,
+    failures: Vec<FailedRecord>,
+}
+
+#[derive(Debug)]
+struct JobState {
+    job: Job,
+    cursor: u64,
+    prepare: Option<(String, i64)>,
+    batches: Vec<StoredBatch>,
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    jobs: Mutex<HashMap<JobId, JobState>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_job<T>(
+        &self,
+        job: &JobId,
+        f: impl FnOnce(&mut JobState) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut jobs = self.jobs.lock().expect("memory store poisoned");
+        let state = jobs
+            .get_mut(job)
+            .ok_or_else(|| StoreError::JobNotFound(job.clone()))?;
+        f(state)
+    }
+}
+
+fn claim_lost(claim: &ClaimedBatch) -> StoreError {
+    StoreError::ClaimLost {
+        job: claim.job_id.clone(),
+        index: claim.index,
+        version: claim.version,
+    }
+}
+
+fn held<'a>(
+    state: &'a mut JobState,
+    claim: &ClaimedBatch,
+) -> Result<&'a mut StoredBatch, StoreError> {
+    match state.batches.get_mut(claim.index as usize) {
+        Some(b) if b.info.state == BatchState::Processing && b.info.version == claim.version => {
+            Ok(b)
+        }
+        _ => Err(claim_lost(claim)),
+    }
+}
+
+fn take(
+    state: &mut JobState,
+    index: u64,
+    worker: &str,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Option<ClaimedBatch> {
+    let batch = &mut state.batches[index as usize];
+    let claimable = match batch.info.state {
+        BatchState::Pending => true,
+        BatchState::Processing => batch.info.lease_until_ms < now_ms,
+        BatchState::Done | BatchState::Failed => false,
+    };
+    if !claimable {
+        return None;
+    }
+    let info = &mut batch.info;
+    info.state = BatchState::Processing;
+    info.version += 1;
+    info.worker = Some(worker.to_owned());
+    info.lease_until_ms = now_ms + lease_ms;
+    Some(ClaimedBatch {
+        job_id: state.job.id.clone(),
+        index,
+        version: info.version,
+        worker: worker.to_owned(),
+        lease_until_ms: info.lease_until_ms,
+        record_count: info.record_count,
+        last_error: info.last_error.clone(),
+    })
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn create_job(
+        &self,
+        source: &SourceRef,
+        lease: &PrepareLease,
+        now_ms: i64,
+    ) -> Result<CreateOutcome, StoreError> {
+        let id = source.job_id();
+        let mut jobs = self.jobs.lock().expect("memory store poisoned");
+        if let Some(existing) = jobs.get(&id) {
+            return Ok(CreateOutcome::Exists(existing.job.clone()));
+        }
+        let job = Job {
+            id: id.clone(),
+            status: JobStatus::Processing,
+            source: source.clone(),
+            prepared: false,
+            total_records: 0,
+            total_batches: 0,
+            batches_ready: 0,
+            batches_done: 0,
+            processed: 0,
+            failed: 0,
+            created_at_ms: now_ms,
+            finished_at_ms: None,
+            failure_reason: None,
+            report: None,
+            cost: Cost::default(),
+        };
+        jobs.insert(
+            id,
+            JobState {
+                job: job.clone(),
+                cursor: 0,
+                prepare: Some((lease.owner.clone(), now_ms + lease.lease_ms)),
+                batches: Vec::new(),
+            },
+        );
+        Ok(CreateOutcome::Created(job))
+    }
+
+    async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError> {
+        Ok(self
+            .jobs
+            .lock()
+            .expect("memory store poisoned")
+            .get(job)
+            .map(|s| s.job.clone()))
+    }
+
+    async fn acquire_prepare(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        now_ms: i64,
+    ) -> Result<Option<Job>, StoreError> {
+        self.with_job(job, |s| {
+            if s.job.prepared || s.job.status.is_final() {
+                return Ok(None);
+            }
+            let free = match &s.prepare {
+                Some((owner, until)) => owner == &lease.owner || *until < now_ms,
+                None => true,
+            };
+            if !free {
+                return Ok(None);
+            }
+            s.prepare = Some((lease.owner.clone(), now_ms + lease.lease_ms));
+            Ok(Some(s.job.clone()))
+        })
+    }
+
+    async fn add_batch(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        batch: NewBatch<'_>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.with_job(job, |s| {
+            let owns = matches!(&s.prepare, Some((owner, _)) if owner == &lease.owner);
+            if !owns || s.job.prepared || s.job.batches_ready != batch.index {
+                return Err(StoreError::PrepareLeaseLost(job.clone()));
+            }
+            s.prepare = Some((lease.owner.clone(), now_ms + lease.lease_ms));
+            s.batches.push(StoredBatch {
+                info: BatchInfo {
+                    index: batch.index,
+                    state: BatchState::Pending,
+                    version: 0,
+                    worker: None,
+                    lease_until_ms: 0,
+                    record_count: batch.records.len() as u64,
+                    processed: 0,
+                    failed: 0,
+                    last_error: None,
+                },
+                records: batch.records.to_vec(),
+                failures: Vec::new(),
+            });
+            s.job.batches_ready += 1;
+            Ok(())
+        })
+    }
+
+    async fn finish_prepare(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        total_records: u64,
+        total_batches: u64,
+    ) -> Result<Job, StoreError> {
+        self.with_job(job, |s| {
+            let owns = matches!(&s.prepare, Some((owner, _)) if owner == &lease.owner);
+            if !owns || s.job.prepared || s.job.batches_ready != total_batches {
+                return Err(StoreError::PrepareLeaseLost(job.clone()));
+            }
+            s.prepare = None;
+            s.job.prepared = true;
+            s.job.total_records = total_records;
+            s.job.total_batches = total_batches;
+            Ok(s.job.clone())
+        })
+    }
+
+    async fn claim_batch(
+        &self,
+        job: &JobId,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Claim, StoreError> {
+        self.with_job(job, |s| {
+            if s.job.status.is_final() {
+                return Ok(Claim::JobFinished(s.job.status));
+            }
+            // Mirror the DynamoDB store: the cursor first, then anything the
+            // cursor already handed out whose lease expired or never started.
+            while s.cursor < s.job.batches_ready {
+                let index = s.cursor;
+                s.cursor += 1;
+                if let Some(c) = take(s, index, worker, now_ms, lease_ms) {
+                    return Ok(Claim::Batch(c));
+                }
+            }
+            for index in 0..s.cursor {
+                if let Some(c) = take(s, index, worker, now_ms, lease_ms) {
+                    return Ok(Claim::Batch(c));
+                }
+            }
+            Ok(Claim::NoneAvailable)
+        })
+    }
+
+    async fn load_records(&self, claim: &ClaimedBatch) -> Result<Vec<StagedRecord>, StoreError> {
+        self.with_job(&claim.job_id, |s| {
+            s.batches
+                .get(claim.index as usize)
+                .map(|b| b.records.clone())
+                .ok_or_else(|| StoreError::Corrupt {
+                    job: claim.job_id.clone(),
+                    message: format!("batch {} has no records", claim.index),
+                })
+        })
+    }
+
+    async fn extend_lease(&self, claim: &ClaimedBatch, until_ms: i64) -> Result<(), StoreError> {
+        self.with_job(&claim.job_id, |s| {
+            held(s, claim)?.info.lease_until_ms = until_ms;
+            Ok(())
+        })
+    }
+
+    async fn release_batch(&self, claim: &ClaimedBatch, error: &str) -> Result<(), StoreError> {
+        self.with_job(&claim.job_id, |s| {
+            let b = held(s, claim)?;
+            b.info.lease_until_ms = 0;
+            b.info.last_error = Some(error.to_owned());
+            Ok(())
+        })
+    }
+
+    async fn commit_batch(
+        &self,
+        claim: &ClaimedBatch,
+        outcome: &BatchOutcome,
+        _now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.with_job(&claim.job_id, |s| {
+            let b = held(s, claim)?;
+            b.info.state = outcome.state;
+            b.info.processed = outcome.processed;
+            b.info.failed = outcome.failed.len() as u64;
+            b.info.last_error = outcome.error.clone().or(b.info.last_error.take());
+            b.failures = outcome.failed.clone();
+            s.job.batches_done += 1;
+            s.job.processed += outcome.processed;
+            s.job.failed += outcome.failed.len() as u64;
+            Ok(())
+        })
+    }
+
+    async fn finalize(
+        &self,
+        job: &JobId,
+        fin: &Finalization,
+        require_all_done: bool,
+    ) -> Result<bool, StoreError> {
+        self.with_job(job, |s| {
+            if s.job.status.is_final() || (require_all_done && !s.job.all_batches_done()) {
+                return Ok(false);
+            }
+            s.job.status = fin.status;
+            s.job.failure_reason = fin.reason.clone();
+            s.job.report = fin.report.clone();
+            s.job.finished_at_ms = Some(fin.now_ms);
+            Ok(true)
+        })
+    }
+
+    async fn failed_records(
+        &self,
+        job: &JobId,
+        batch: u64,
+    ) -> Result<Vec<FailedRecord>, StoreError> {
+        self.with_job(job, |s| {
+            Ok(s.batches
+                .get(batch as usize)
+                .map(|b| b.failures.clone())
+                .unwrap_or_default())
+        })
+    }
+
+    async fn batch_info(&self, job: &JobId, index: u64) -> Result<Option<BatchInfo>, StoreError> {
+        self.with_job(job, |s| {
+            Ok(s.batches.get(index as usize).map(|b| b.info.clone()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    crate::conformance_tests!(async { super::MemoryStore::new() });
+}

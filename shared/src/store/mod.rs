@@ -1,0 +1,229 @@
+//! Job state: the `JobStore` trait (the batch protocol: prepare fencing,
+//! claim, lease, fenced commit, exactly-once finalization) and its backends.
+//! `memory` serves unit and property tests; `dynamodb` is the real thing.
+//! Both pass the same conformance suite (`conformance`).
+
+pub mod codec;
+pub mod conformance;
+pub mod dynamodb;
+pub mod memory;
+
+use crate::job::{FailedRecord, Job, JobId, JobStatus, SourceRef, StagedRecord};
+use async_trait::async_trait;
+
+/// A batch as prepare hands it to the store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewBatch<'a> {
+    pub index: u64,
+    pub records: &'a [StagedRecord],
+}
+
+/// Who holds the right to write a job's batches, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareLease {
+    pub owner: String,
+    pub lease_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    /// A new job, whose prepare lease the caller holds.
+    Created(Job),
+    /// The job already existed (re-delivered event).
+    Exists(Job),
+}
+
+/// A batch this worker holds: its claim version fences every later write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedBatch {
+    pub job_id: JobId,
+    pub index: u64,
+    /// Incremented by every claim; also the number of attempts so far.
+    pub version: u64,
+    pub worker: String,
+    pub lease_until_ms: i64,
+    pub record_count: u64,
+    /// Why the previous attempt gave up, when it said so.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    Batch(ClaimedBatch),
+    /// Nothing claimable now: every written batch is done or under a live lease.
+    NoneAvailable,
+    /// The job is final; nothing more will ever be claimable.
+    JobFinished(JobStatus),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    Pending,
+    Processing,
+    Done,
+    /// Abandoned after too many attempts; its records count as failed.
+    Failed,
+}
+
+/// What a worker commits for a batch it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    pub state: BatchState,
+    pub processed: u64,
+    pub failed: Vec<FailedRecord>,
+    pub error: Option<String>,
+}
+
+/// A batch as stored (for inspection, tests and the sweeper).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchInfo {
+    pub index: u64,
+    pub state: BatchState,
+    pub version: u64,
+    pub worker: Option<String>,
+    pub lease_until_ms: i64,
+    pub record_count: u64,
+    pub processed: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+}
+
+/// The final word on a job, written exactly once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finalization {
+    pub status: JobStatus,
+    pub reason: Option<String>,
+    pub report: Option<String>,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    #[error("batch {index} of job {job}: claim version {version} was superseded (the lease expired and the batch was reclaimed)")]
+    ClaimLost {
+        job: JobId,
+        index: u64,
+        version: u64,
+    },
+    #[error("job {0}: another orchestrator holds the prepare lease")]
+    PrepareLeaseLost(JobId),
+    #[error("job {job}: stored data is corrupt: {message}")]
+    Corrupt { job: JobId, message: String },
+    #[error("{operation} failed after retries")]
+    Backend {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    pub fn backend(
+        operation: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Backend {
+            operation,
+            source: source.into(),
+        }
+    }
+
+    /// Worth another attempt later (as opposed to a protocol outcome).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Backend { .. })
+    }
+}
+
+/// The batch protocol. Times are passed in (milliseconds since the epoch)
+/// so tests control the clock.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Creates the job for an object version unless it exists; the creator
+    /// holds the prepare lease.
+    async fn create_job(
+        &self,
+        source: &SourceRef,
+        lease: &PrepareLease,
+        now_ms: i64,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Takes over an unfinished prepare whose previous owner's lease expired
+    /// (or that the caller already owns). `None` when someone else holds it
+    /// or prepare has finished.
+    async fn acquire_prepare(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        now_ms: i64,
+    ) -> Result<Option<Job>, StoreError>;
+
+    /// Writes a batch and its records and makes it claimable, fenced by the
+    /// prepare lease (which it extends). Batches are added in index order.
+    async fn add_batch(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        batch: NewBatch<'_>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Records the totals and marks prepare finished. Returns the job after.
+    async fn finish_prepare(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        total_records: u64,
+        total_batches: u64,
+    ) -> Result<Job, StoreError>;
+
+    /// Claims the next batch: a pending one, or one whose lease expired.
+    async fn claim_batch(
+        &self,
+        job: &JobId,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Claim, StoreError>;
+
+    async fn load_records(&self, claim: &ClaimedBatch) -> Result<Vec<StagedRecord>, StoreError>;
+
+    /// Extends the lease while the claim is still ours; `ClaimLost` otherwise.
+    async fn extend_lease(&self, claim: &ClaimedBatch, until_ms: i64) -> Result<(), StoreError>;
+
+    /// Gives a claimed batch back at once (after an error), so another worker
+    /// can retry it without waiting for the lease to expire.
+    async fn release_batch(&self, claim: &ClaimedBatch, error: &str) -> Result<(), StoreError>;
+
+    /// Commits the batch's terminal state together with the job's counters and
+    /// its failed records, only if the claim is still ours (`ClaimLost`).
+    async fn commit_batch(
+        &self,
+        claim: &ClaimedBatch,
+        outcome: &BatchOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Moves the job from PROCESSING to a final status. When `require_all_done`,
+    /// only if prepare has finished and every batch is terminal (normal
+    /// completion); otherwise unconditionally (abort). True for the one caller
+    /// that succeeded.
+    async fn finalize(
+        &self,
+        job: &JobId,
+        fin: &Finalization,
+        require_all_done: bool,
+    ) -> Result<bool, StoreError>;
+
+    /// Failed records of one batch, in input order.
+    async fn failed_records(
+        &self,
+        job: &JobId,
+        batch: u64,
+    ) -> Result<Vec<FailedRecord>, StoreError>;
+
+    async fn batch_info(&self, job: &JobId, index: u64) -> Result<Option<BatchInfo>, StoreError>;
+}
