@@ -8,8 +8,10 @@
 pub mod aws;
 pub mod config;
 pub mod events;
+pub mod export;
 pub mod handlers;
 pub mod job;
+pub mod local;
 pub mod objects;
 pub mod prepare;
 pub mod process;

@@ -224,7 +224,18 @@ impl Worker<'_> {
 
     /// Validates and processes the batch's records into an outcome.
     async fn process(&self, claim: &ClaimedBatch) -> Result<BatchOutcome, StoreError> {
-        let records = self.store.load_records(claim).await?;
+        let records = self.store.load_records(&claim.job_id, claim.index).await?;
+        if records.len() as u64 != claim.record_count {
+            return Err(StoreError::Corrupt {
+                job: claim.job_id.clone(),
+                message: format!(
+                    "batch {} holds {} records, expected {}",
+                    claim.index,
+                    records.len(),
+                    claim.record_count
+                ),
+            });
+        }
         let max_attempts = u64::from(self.definition.max_attempts);
         if claim.version > max_attempts {
             return Ok(poisoned(claim, &records, max_attempts));

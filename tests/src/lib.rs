@@ -1,1 +1,233 @@
-//! Test harness.
+//! Harness for the integration tests: every test gets its own bucket, queue
+//! and tables on the emulator (named with a random prefix), and talks to it
+//! through the real SDK clients. The emulator is required: without
+//! `AWS_ENDPOINT_URL` the tests fail loudly instead of skipping.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use bulk_import::aws::Clients;
+use bulk_import::config::Settings;
+use bulk_import::events::MemoryEvents;
+use bulk_import::handlers::orchestrator::{self, Prepared};
+use bulk_import::handlers::Deps;
+use bulk_import::job::{Job, JobId};
+use bulk_import::local::{context, ensure_resources, s3_put_event, PollStats, Poller, Resources};
+use bulk_import::store::dynamodb::table::create_state_table;
+use bulk_import::store::dynamodb::DynamoStore;
+use bulk_import::store::JobStore;
+use lambda_runtime::LambdaEvent;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// Clients for the emulator; panics when it is not configured.
+pub async fn clients() -> Clients {
+    if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
+        panic!(
+            "AWS_ENDPOINT_URL is not set. The integration tests need the AWS emulator: \
+             run them with `make test`, which starts moto server."
+        );
+    }
+    Clients::load().await
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A `DynamoStore` on a fresh state table.
+pub async fn fresh_store() -> DynamoStore {
+    let clients = clients().await;
+    let table = unique("state");
+    create_state_table(&clients.dynamodb, &table)
+        .await
+        .expect("create state table");
+    DynamoStore::new(clients.dynamodb.clone(), table, false)
+}
+
+/// A complete deployment on the emulator: bucket, queue with DLQ, state and
+/// target tables, and the handlers' dependencies.
+pub struct Stack {
+    pub clients: Clients,
+    pub resources: Resources,
+    pub queue_url: String,
+    pub deps: Deps,
+    pub events: Arc<MemoryEvents>,
+    /// Separate store for inspection, so test reads are not billed to jobs.
+    pub watcher: DynamoStore,
+}
+
+pub struct StackOptions {
+    pub lease: Duration,
+    pub max_workers: u32,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            lease: Duration::from_secs(60),
+            max_workers: 4,
+        }
+    }
+}
+
+impl Stack {
+    pub async fn new(definition_json: &str) -> Stack {
+        Self::with(definition_json, StackOptions::default()).await
+    }
+
+    pub async fn with(definition_json: &str, opts: StackOptions) -> Stack {
+        let clients = clients().await;
+        let name = unique("t");
+        let definition =
+            bulk_import::Definition::from_json(definition_json, "test").expect("test definition");
+        let resources = Resources {
+            bucket: name.clone(),
+            queue: name.clone(),
+            state_table: format!("{name}-state"),
+            target_table: format!("{name}-target"),
+            target_key: definition.key_field.clone().unwrap_or_else(|| "id".into()),
+            visibility_timeout: Duration::from_secs(60),
+        };
+        let created = ensure_resources(&clients, &resources)
+            .await
+            .expect("create resources");
+        let path = std::env::temp_dir().join(format!("{name}.json"));
+        std::fs::write(&path, definition_json).expect("write definition");
+        let settings = Settings {
+            state_table: resources.state_table.clone(),
+            queue_url: created.queue_url.clone(),
+            target_table: Some(resources.target_table.clone()),
+            events_queue_url: None,
+            definition: path.to_string_lossy().into_owned(),
+            max_workers: opts.max_workers,
+            lease: opts.lease,
+            prepare_lease: Duration::from_secs(60),
+            deadline_margin: Duration::from_secs(5),
+            retention_days: 1,
+        };
+        let mut deps = Deps::new(&settings, &clients, None).await.expect("deps");
+        let events = Arc::new(MemoryEvents::default());
+        deps.events = events.clone();
+        let watcher = DynamoStore::new(clients.dynamodb.clone(), &resources.state_table, false);
+        Stack {
+            clients,
+            resources,
+            queue_url: created.queue_url,
+            deps,
+            events,
+            watcher,
+        }
+    }
+
+    /// Uploads an object and returns the S3 event Lambda would deliver.
+    pub async fn upload(
+        &self,
+        key: &str,
+        body: impl Into<Vec<u8>>,
+    ) -> aws_lambda_events::event::s3::S3Event {
+        let body: Vec<u8> = body.into();
+        let size = body.len() as i64;
+        let out = self
+            .clients
+            .s3
+            .put_object()
+            .bucket(&self.resources.bucket)
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .expect("put object");
+        s3_put_event(
+            &self.resources.bucket,
+            key,
+            out.e_tag().expect("etag"),
+            out.version_id(),
+            size,
+        )
+    }
+
+    pub async fn orchestrate(&self, event: aws_lambda_events::event::s3::S3Event) -> Vec<Prepared> {
+        orchestrator::handle(
+            &self.deps,
+            LambdaEvent::new(event, context(Duration::from_secs(900))),
+        )
+        .await
+        .expect("orchestrator handler")
+    }
+
+    /// Runs `n` concurrent pollers (stand-ins for Lambda's SQS event source
+    /// mapping) until the job is final.
+    pub async fn run_workers(&self, n: usize, job: &JobId) -> PollStats {
+        let pollers = (0..n).map(|_| {
+            let poller = Poller {
+                sqs: self.clients.sqs.clone(),
+                queue_url: self.queue_url.clone(),
+                deps: self.deps.clone(),
+                invocation_timeout: Duration::from_secs(120),
+            };
+            async move {
+                poller
+                    .run_until(|| async {
+                        self.watcher
+                            .get_job(job)
+                            .await
+                            .expect("get job")
+                            .expect("job exists")
+                            .status
+                            .is_final()
+                    })
+                    .await
+                    .expect("poller")
+            }
+        });
+        let mut total = PollStats::default();
+        for s in futures::future::join_all(pollers).await {
+            total.invocations += s.invocations;
+            total.messages += s.messages;
+            total.failed_messages += s.failed_messages;
+        }
+        total
+    }
+
+    pub async fn job(&self, id: &JobId) -> Job {
+        self.watcher
+            .get_job(id)
+            .await
+            .expect("get job")
+            .expect("job exists")
+    }
+
+    /// Every item of a table (paginated scan).
+    pub async fn scan(&self, table: &str) -> Vec<Item> {
+        let mut items = Vec::new();
+        let mut pages = self
+            .clients
+            .dynamodb
+            .scan()
+            .table_name(table)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            items.extend(page.expect("scan").items.unwrap_or_default());
+        }
+        items
+    }
+
+    pub async fn target_items(&self) -> Vec<Item> {
+        self.scan(&self.resources.target_table).await
+    }
+
+    /// Messages left on the work queue (approximate, as SQS reports it).
+    pub async fn jobs_in_state_table(&self) -> usize {
+        self.scan(&self.resources.state_table)
+            .await
+            .iter()
+            .filter(|i| i.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) == Some("JOB"))
+            .count()
+    }
+}

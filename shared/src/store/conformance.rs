@@ -119,7 +119,10 @@ pub async fn batches_are_claimable_as_soon_as_written(store: &dyn JobStore) {
     let job = job_with(store, "early", 1, true).await;
     let c = claim(store, &job, "w1", T0).await;
     assert_eq!((c.index, c.version, c.record_count), (0, 1, 3));
-    assert_eq!(store.load_records(&c).await.unwrap(), records(0, 3));
+    assert_eq!(
+        store.load_records(&job, c.index).await.unwrap(),
+        records(0, 3)
+    );
 }
 
 pub async fn each_batch_goes_to_one_of_two_racing_workers(store: &dyn JobStore) {

@@ -252,14 +252,14 @@ impl JobStore for MemoryStore {
         })
     }
 
-    async fn load_records(&self, claim: &ClaimedBatch) -> Result<Vec<StagedRecord>, StoreError> {
-        self.with_job(&claim.job_id, |s| {
+    async fn load_records(&self, job: &JobId, index: u64) -> Result<Vec<StagedRecord>, StoreError> {
+        self.with_job(job, |s| {
             s.batches
-                .get(claim.index as usize)
+                .get(index as usize)
                 .map(|b| b.records.clone())
                 .ok_or_else(|| StoreError::Corrupt {
-                    job: claim.job_id.clone(),
-                    message: format!("batch {} has no records", claim.index),
+                    job: job.clone(),
+                    message: format!("batch {index} does not exist"),
                 })
         })
     }

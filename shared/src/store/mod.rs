@@ -189,7 +189,8 @@ pub trait JobStore: Send + Sync {
         lease_ms: i64,
     ) -> Result<Claim, StoreError>;
 
-    async fn load_records(&self, claim: &ClaimedBatch) -> Result<Vec<StagedRecord>, StoreError>;
+    /// The staged records of a batch, in input order.
+    async fn load_records(&self, job: &JobId, index: u64) -> Result<Vec<StagedRecord>, StoreError>;
 
     /// Extends the lease while the claim is still ours; `ClaimLost` otherwise.
     async fn extend_lease(&self, claim: &ClaimedBatch, until_ms: i64) -> Result<(), StoreError>;

@@ -767,15 +767,14 @@ impl JobStore for DynamoStore {
         Ok(Claim::NoneAvailable)
     }
 
-    async fn load_records(&self, claim: &ClaimedBatch) -> Result<Vec<StagedRecord>, StoreError> {
-        let job = &claim.job_id;
-        let mut records = Vec::with_capacity(claim.record_count as usize);
+    async fn load_records(&self, job: &JobId, index: u64) -> Result<Vec<StagedRecord>, StoreError> {
+        let mut records = Vec::new();
         let mut pages = self
             .client
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :pk AND begins_with(sk, :c)")
-            .expression_attribute_values(":pk", s(batch_pk(job, claim.index)))
+            .expression_attribute_values(":pk", s(batch_pk(job, index)))
             .expression_attribute_values(":c", s("C#"))
             .consistent_read(true)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
@@ -802,17 +801,6 @@ impl JobStore for DynamoStore {
                 records
                     .extend(codec::unpack::<StagedRecord>(&packed.d).map_err(|e| corrupt(job, e))?);
             }
-        }
-        if records.len() as u64 != claim.record_count {
-            return Err(corrupt(
-                job,
-                format!(
-                    "batch {} holds {} records, expected {}",
-                    claim.index,
-                    records.len(),
-                    claim.record_count
-                ),
-            ));
         }
         Ok(records)
     }
@@ -876,7 +864,8 @@ impl JobStore for DynamoStore {
             (":f".into(), n(outcome.failed.len())),
             (":at".into(), n(now_ms)),
         ]);
-        let mut set = "SET #state = :st, processed = :p, failed = :f, finishedAt = :at".to_string();
+        let mut set =
+            "SET #state = :st, #processed = :p, failed = :f, finishedAt = :at".to_string();
         if let Some(e) = &outcome.error {
             batch_values.insert(":e".into(), s(truncate_value(e)));
             set.push_str(", lastError = :e");
@@ -886,7 +875,10 @@ impl JobStore for DynamoStore {
             .set_key(Some(key(batch_pk(job, claim.index), BATCH_SK)))
             .update_expression(format!("{set} REMOVE gpk, gsk"))
             .condition_expression("#state = :processing AND version = :v")
-            .set_expression_attribute_names(Some(names(&[("#state", "state")])))
+            .set_expression_attribute_names(Some(names(&[
+                ("#state", "state"),
+                ("#processed", "processed"),
+            ])))
             .set_expression_attribute_values(Some(batch_values))
             .build()
             .expect("update is complete");
@@ -900,9 +892,10 @@ impl JobStore for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key(job_pk(job), JOB_SK)))
             .update_expression(format!(
-                "{ADD_COST}, batchesDone :one, processed :p, failed :f"
+                "{ADD_COST}, batchesDone :one, #processed :p, failed :f"
             ))
             .condition_expression("attribute_exists(pk)")
+            .set_expression_attribute_names(Some(names(&[("#processed", "processed")])))
             .set_expression_attribute_values(Some(job_values))
             .build()
             .expect("update is complete");

@@ -1,0 +1,177 @@
+//! `bulkimport run`: the whole pipeline in one process, the way it runs on
+//! AWS: the orchestrator handler gets an S3 event, worker handlers get SQS
+//! messages through pollers that stand in for the event source mapping.
+
+use crate::Names;
+use anyhow::{bail, Context as _};
+use bulk_import::aws::Clients;
+use bulk_import::config::{load_definition, Settings};
+use bulk_import::export::export_ndjson;
+use bulk_import::handlers::{orchestrator, Deps};
+use bulk_import::job::{now_ms, JobId};
+use bulk_import::local::{context, ensure_resources, s3_put_event, Poller, Resources};
+use bulk_import::store::dynamodb::DynamoStore;
+use bulk_import::store::JobStore;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use lambda_runtime::LambdaEvent;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// CSV or NDJSON file (optionally .gz).
+    file: PathBuf,
+    /// Import definition (JSON).
+    #[arg(long)]
+    definition: PathBuf,
+    /// Concurrent worker pollers.
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
+    /// Write the imported records, in input order, as NDJSON.
+    #[arg(long)]
+    export: Option<PathBuf>,
+    /// Object key to upload to (default: uploads/<run id>/<file name>).
+    #[arg(long)]
+    key: Option<String>,
+    /// Simulated worker function timeout, seconds.
+    #[arg(long, default_value_t = 300)]
+    invocation_timeout: u64,
+    /// Batch lease, seconds.
+    #[arg(long, default_value_t = 60)]
+    lease: u64,
+    /// Give up if the job has not finished after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+}
+
+pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
+    let clients = Clients::load().await;
+    let definition_path = args.definition.to_string_lossy().into_owned();
+    let definition = load_definition(&definition_path, &clients.s3).await?;
+    let invocation_timeout = Duration::from_secs(args.invocation_timeout);
+    let resources = Resources {
+        bucket: names.bucket.clone(),
+        queue: names.queue.clone(),
+        state_table: names.state_table.clone(),
+        target_table: names.target_table.clone(),
+        target_key: definition.key_field.clone().unwrap_or_else(|| "id".into()),
+        visibility_timeout: invocation_timeout + Duration::from_secs(30),
+    };
+    let created = ensure_resources(&clients, &resources)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+
+    let file_name = args
+        .file
+        .file_name()
+        .context("FILE has no file name")?
+        .to_string_lossy()
+        .into_owned();
+    let key = args
+        .key
+        .clone()
+        .unwrap_or_else(|| format!("uploads/{}/{file_name}", now_ms()));
+    let body = aws_sdk_s3::primitives::ByteStream::from_path(&args.file)
+        .await
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let put = clients
+        .s3
+        .put_object()
+        .bucket(&resources.bucket)
+        .key(&key)
+        .body(body)
+        .send()
+        .await?;
+    let etag = put
+        .e_tag()
+        .context("PutObject returned no ETag")?
+        .to_owned();
+    let size = std::fs::metadata(&args.file)?.len() as i64;
+
+    let settings = Settings {
+        state_table: resources.state_table.clone(),
+        queue_url: created.queue_url.clone(),
+        target_table: Some(resources.target_table.clone()),
+        events_queue_url: None,
+        definition: definition_path.clone(),
+        max_workers: args.workers,
+        lease: Duration::from_secs(args.lease),
+        prepare_lease: Duration::from_secs(60),
+        deadline_margin: Duration::from_secs(20).min(invocation_timeout / 4),
+        retention_days: 1,
+    };
+    let deps = Deps::new(&settings, &clients, None).await?;
+    // Status polling gets its own store so its reads are not billed to the job.
+    let watcher = DynamoStore::new(
+        clients.dynamodb.clone(),
+        &resources.state_table,
+        !clients.emulated,
+    );
+
+    let started = Instant::now();
+    let event = s3_put_event(&resources.bucket, &key, &etag, put.version_id(), size);
+    let prepared = orchestrator::handle(
+        &deps,
+        LambdaEvent::new(event, context(Duration::from_secs(900))),
+    )
+    .await?;
+    let first = prepared
+        .into_iter()
+        .next()
+        .context("the orchestrator handled no record")?;
+    let job_id = JobId::new(first.job_id);
+    eprintln!(
+        "job {job_id}: {} ({} records, {} batches)",
+        first.outcome, first.total_records, first.total_batches
+    );
+
+    let bar = ProgressBar::new(first.total_records);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} records ({per_sec})",
+        )
+        .expect("template"),
+    );
+    let deadline = started + Duration::from_secs(args.timeout);
+    let pollers = (0..args.workers).map(|_| {
+        let poller = Poller {
+            sqs: clients.sqs.clone(),
+            queue_url: created.queue_url.clone(),
+            deps: deps.clone(),
+            invocation_timeout,
+        };
+        let (watcher, job, bar) = (&watcher, &job_id, &bar);
+        async move {
+            poller
+                .run_until(|| async move {
+                    match watcher.get_job(job).await {
+                        Ok(Some(j)) => {
+                            bar.set_position(j.processed + j.failed);
+                            j.status.is_final() || Instant::now() > deadline
+                        }
+                        _ => Instant::now() > deadline,
+                    }
+                })
+                .await
+        }
+    });
+    for result in futures::future::join_all(pollers).await {
+        result.map_err(|e| anyhow::anyhow!(e))?;
+    }
+    bar.finish_and_clear();
+
+    let job = watcher.get_job(&job_id).await?.context("job vanished")?;
+    if !job.status.is_final() {
+        bail!("job {job_id} did not finish within {} s", args.timeout);
+    }
+    if let Some(path) = &args.export {
+        let mut out = tokio::io::BufWriter::new(tokio::fs::File::create(path).await?);
+        let n = export_ndjson(&watcher, &definition, &job, &mut out).await?;
+        eprintln!("exported {n} records to {}", path.display());
+    }
+    let mut summary = serde_json::to_value(job.summary(now_ms()))?;
+    summary["wallMs"] = (started.elapsed().as_millis() as u64).into();
+    println!("{summary}");
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! NDJSON lines to staged records.
+//!
+//! Keys are matched per object with [`Definition::field_index`] (the header's
+//! name and alias rules) rather than through `resolve_header`: a key missing
+//! from one object is that record's problem, not the file's. Unknown keys are
+//! ignored; when two keys feed one field, the one spelled exactly like the
+//! field wins.
+
+use super::{BoxRead, Ctx, SourceError};
+use crate::job::{FieldIssue, StagedRecord};
+use crate::schema::Definition;
+use serde_json::{Map, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BUFFER_BYTES: usize = 64 * 1024;
+
+pub(super) struct NdjsonSource {
+    rdr: BufReader<BoxRead>,
+    line_buf: Vec<u8>,
+    /// Number of the last line read.
+    line: u64,
+    /// Owned so that the reader is `'static`; only its name lookup is used.
+    def: Definition,
+}
+
+impl NdjsonSource {
+    pub fn new(stream: BoxRead, def: &Definition) -> Self {
+        NdjsonSource {
+            rdr: BufReader::with_capacity(BUFFER_BYTES, stream),
+            line_buf: Vec::new(),
+            line: 0,
+            def: def.clone(),
+        }
+    }
+
+    pub async fn next(&mut self, ctx: &Ctx) -> Result<Option<StagedRecord>, SourceError> {
+        while self.read_line(ctx).await? {
+            if self.line_buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let line = self.line;
+            let record = match serde_json::from_slice::<Map<String, Value>>(&self.line_buf) {
+                Ok(object) if object.len() > ctx.limits.max_fields => {
+                    return Err(SourceError::TooManyFields {
+                        name: ctx.name.clone(),
+                        line,
+                        found: object.len(),
+                        limit: ctx.limits.max_fields,
+                    });
+                }
+                Ok(object) => StagedRecord {
+                    line,
+                    values: self.values(object),
+                    issue: None,
+                },
+                Err(e) => StagedRecord {
+                    line,
+                    values: vec![None; self.def.fields.len()],
+                    issue: Some(FieldIssue::new(
+                        None,
+                        None,
+                        format!("not a JSON object: {e}"),
+                    )),
+                },
+            };
+            return Ok(Some(record));
+        }
+        Ok(None)
+    }
+
+    fn values(&self, object: Map<String, Value>) -> Vec<Option<String>> {
+        #[derive(Clone, Copy, PartialEq, PartialOrd)]
+        enum Match {
+            None,
+            Loose,
+            Exact,
+        }
+        let fields = &self.def.fields;
+        let mut values = vec![None; fields.len()];
+        let mut matched = vec![Match::None; fields.len()];
+        for (key, value) in object {
+            let Some(i) = self.def.field_index(&key) else {
+                continue;
+            };
+            let quality = if fields[i].name == key {
+                Match::Exact
+            } else {
+                Match::Loose
+            };
+            if quality > matched[i] {
+                matched[i] = quality;
+                values[i] = text(value);
+            }
+        }
+        values
+    }
+
+    /// Reads the next line (without its terminator) into `line_buf`; false
+    /// at the end of the input. Fails as soon as the line outgrows the limit
+    /// so that a file without newlines is never buffered whole.
+    async fn read_line(&mut self, ctx: &Ctx) -> Result<bool, SourceError> {
+        self.line_buf.clear();
+        let mut any = false;
+        loop {
+            let buf = self.rdr.fill_buf().await.map_err(|e| ctx.io_error(e))?;
+            if buf.is_empty() {
+                if !any {
+                    return Ok(false);
+                }
+                if self.line_buf.last() == Some(&b'\r') {
+                    self.line_buf.pop();
+                }
+                if self.line_buf.len() > ctx.limits.max_row_bytes {
+                    return Err(self.too_large(ctx));
+                }
+                self.line += 1;
+                return Ok(true);
+            }
+            any = true;
+            let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], true),
+                None => (buf, false),
+            };
+            self.line_buf.extend_from_slice(chunk);
+            let used = chunk.len() + usize::from(done);
+            self.rdr.consume(used);
+            if self.line_buf.last() == Some(&b'\r') && done {
+                self.line_buf.pop();
+            }
+            // One byte of grace for the '\r' of a CRLF not seen yet.
+            if self.line_buf.len() > ctx.limits.max_row_bytes + usize::from(!done) {
+                return Err(self.too_large(ctx));
+            }
+            if done {
+                self.line += 1;
+                return Ok(true);
+            }
+        }
+    }
+
+    fn too_large(&self, ctx: &Ctx) -> SourceError {
+        SourceError::RowTooLarge {
+            name: ctx.name.clone(),
+            line: self.line + 1,
+            limit: ctx.limits.max_row_bytes,
+        }
+    }
+}
+
+/// Strings as they are, other scalars and nested values as their compact
+/// JSON text.
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    }
+}
