@@ -30,6 +30,20 @@ impl OrchestratorError {
     }
 }
 
+impl From<OrchestratorError> for lambda_runtime::Diagnostic {
+    fn from(e: OrchestratorError) -> Self {
+        // The message chain, without Debug internals.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        lambda_runtime::Diagnostic { error_type: e.error_type().into(), error_message: message }
+    }
+}
+
 /// One line per object in the handler's response (and logs).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
