@@ -55,6 +55,13 @@ enum Command {
     /// Upload FILE, run the orchestrator and N concurrent workers until the
     /// job finalizes; print the job summary as the last line (JSON).
     Run(run::RunArgs),
+    /// Create the bucket, queue (with its DLQ) and tables unless they exist;
+    /// print their names and URLs as JSON.
+    Setup {
+        /// Key attribute of the target table (the definition's keyField).
+        #[arg(long, default_value = "email")]
+        target_key: String,
+    },
     /// Write a sample users CSV (about 100 bytes a row) for `examples/users.json`.
     Generate {
         /// Output file.
@@ -75,6 +82,29 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(&cli.names, args).await,
+        Command::Setup { target_key } => {
+            let clients = bulk_import::aws::Clients::load().await;
+            let resources = bulk_import::local::Resources {
+                bucket: cli.names.bucket.clone(),
+                queue: cli.names.queue.clone(),
+                state_table: cli.names.state_table.clone(),
+                target_table: cli.names.target_table.clone(),
+                target_key,
+                visibility_timeout: std::time::Duration::from_secs(360),
+            };
+            let created = bulk_import::local::ensure_resources(&clients, &resources)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let out = serde_json::json!({
+                "bucket": resources.bucket,
+                "queueUrl": created.queue_url,
+                "dlqUrl": created.dlq_url,
+                "stateTable": resources.state_table,
+                "targetTable": resources.target_table,
+            });
+            println!("{out}");
+            Ok(())
+        }
         Command::Generate {
             out,
             rows,

@@ -20,6 +20,7 @@ pub mod queue;
 pub mod retry;
 pub mod schema;
 pub mod source;
+pub mod sweep;
 pub mod store;
 pub mod telemetry;
 

@@ -3,6 +3,7 @@
 //! events from `events/`.
 
 pub mod orchestrator;
+pub mod sweeper;
 pub mod worker;
 
 use crate::aws::Clients;
