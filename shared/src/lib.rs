@@ -20,8 +20,8 @@ pub mod queue;
 pub mod retry;
 pub mod schema;
 pub mod source;
-pub mod sweep;
 pub mod store;
+pub mod sweep;
 pub mod telemetry;
 
 pub use job::{JobId, JobStatus, JobSummary};

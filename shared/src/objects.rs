@@ -85,3 +85,36 @@ impl ObjectSource for S3Objects {
         }
     }
 }
+
+/// Objects held in memory (unit tests), keyed by bucket and key.
+#[derive(Debug, Default)]
+pub struct MemoryObjects {
+    objects: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<u8>>>,
+}
+
+impl MemoryObjects {
+    pub fn put(&self, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
+        self.objects
+            .lock()
+            .expect("objects poisoned")
+            .insert((bucket.into(), key.into()), body.into());
+    }
+}
+
+#[async_trait]
+impl ObjectSource for MemoryObjects {
+    async fn open(&self, source: &SourceRef) -> Result<ObjectBody, ObjectError> {
+        let body = self
+            .objects
+            .lock()
+            .expect("objects poisoned")
+            .get(&(source.bucket.clone(), source.key.clone()))
+            .cloned()
+            .ok_or_else(|| ObjectError::NotFound(source.to_string()))?;
+        Ok(ObjectBody {
+            size: Some(body.len() as i64),
+            content_encoding: None,
+            reader: Box::new(std::io::Cursor::new(body)),
+        })
+    }
+}

@@ -8,5 +8,8 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 async fn main() -> Result<(), Error> {
     telemetry::init_lambda();
     let deps = Deps::from_env(None).await?;
-    run(service_fn(|event: LambdaEvent<_>| sweeper::handle(&deps, event))).await
+    run(service_fn(|event: LambdaEvent<_>| {
+        sweeper::handle(&deps, event)
+    }))
+    .await
 }

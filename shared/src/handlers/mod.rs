@@ -6,6 +6,9 @@ pub mod orchestrator;
 pub mod sweeper;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use crate::aws::Clients;
 use crate::config::{load_definition, ConfigError, Settings};
 use crate::events::{JobEvents, SqsEvents};

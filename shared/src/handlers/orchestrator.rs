@@ -40,7 +40,10 @@ impl From<OrchestratorError> for lambda_runtime::Diagnostic {
             message.push_str(&s.to_string());
             source = s.source();
         }
-        lambda_runtime::Diagnostic { error_type: e.error_type().into(), error_message: message }
+        lambda_runtime::Diagnostic {
+            error_type: e.error_type().into(),
+            error_message: message,
+        }
     }
 }
 

@@ -1,0 +1,193 @@
+//! The pipeline end to end on the emulator: S3 upload -> orchestrator ->
+//! DynamoDB -> SQS -> concurrent workers -> exactly-once finalization.
+
+use bulk_import::job::JobId;
+use bulk_import::store::{BatchState, JobStore};
+use bulk_import::JobStatus;
+use integration_tests::Stack;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+const DEFINITION: &str = r#"{
+  "fields": [
+    {"name": "email", "type": "email", "required": true},
+    {"name": "name", "type": "string", "required": true, "trim": true, "aliases": ["full name"]},
+    {"name": "age", "type": "integer"},
+    {"name": "plan", "type": "enum", "values": ["free", "pro"], "default": "free"}
+  ],
+  "keyField": "email",
+  "batchSize": 500,
+  "delimiter": ",",
+  "hasHeader": true,
+  "continueOnError": true,
+  "maxRetries": 3
+}"#;
+
+/// 10k rows; every 97th is invalid, cycling through three kinds of error.
+/// Returns the CSV, the valid emails, and the expected failures by line.
+fn users(rows: u64) -> (String, HashSet<String>, BTreeMap<u64, &'static str>) {
+    let mut csv = String::from("email,full name,age,plan\n");
+    let mut valid = HashSet::new();
+    let mut invalid = BTreeMap::new();
+    for i in 0..rows {
+        let line = i + 2;
+        let email = format!("user{i}@example.com");
+        let (email_cell, age, plan) = if i % 97 == 96 {
+            match (i / 97) % 3 {
+                0 => {
+                    invalid.insert(line, "email");
+                    (format!("user{i}-at-example.com"), "30", "pro")
+                }
+                1 => {
+                    invalid.insert(line, "age");
+                    (email.clone(), "thirty", "pro")
+                }
+                _ => {
+                    invalid.insert(line, "plan");
+                    (email.clone(), "30", "gold")
+                }
+            }
+        } else {
+            valid.insert(email.clone());
+            (email.clone(), "30", if i % 2 == 0 { "pro" } else { "" })
+        };
+        csv.push_str(&format!("{email_cell}, User {i} ,{age},{plan}\n"));
+    }
+    (csv, valid, invalid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_rows_with_four_workers_import_every_valid_record_exactly_once() {
+    let stack = Stack::new(DEFINITION).await;
+    let (csv, valid, invalid) = users(10_000);
+    let event = stack.upload("uploads/users 10k.csv", csv).await;
+    let prepared = stack.orchestrate(event).await;
+    let job_id = JobId::new(&prepared[0].job_id);
+    assert_eq!(
+        (prepared[0].total_records, prepared[0].total_batches),
+        (10_000, 20)
+    );
+
+    stack.run_workers(4, &job_id).await;
+
+    let job = stack.job(&job_id).await;
+    assert_eq!(job.status, JobStatus::CompletedWithErrors);
+    assert_eq!(job.total_records, 10_000);
+    assert_eq!(job.processed, valid.len() as u64);
+    assert_eq!(job.failed, invalid.len() as u64);
+    assert_eq!(job.batches_done, 20);
+    assert_eq!(
+        stack.events.completed.lock().unwrap().len(),
+        1,
+        "completed exactly once"
+    );
+
+    // Every valid record is in the target table, exactly once (the table is
+    // keyed by email, so count and key set together prove it).
+    let items = stack.target_items().await;
+    let keys: HashSet<String> = items
+        .iter()
+        .map(|i| i["email"].as_s().expect("email is a string").clone())
+        .collect();
+    assert_eq!(items.len(), valid.len());
+    assert_eq!(keys, valid);
+    let sample = items
+        .iter()
+        .find(|i| i["email"].as_s().unwrap() == "user1@example.com")
+        .unwrap();
+    assert_eq!(sample["name"].as_s().unwrap(), "User 1", "trimmed");
+    assert_eq!(sample["plan"].as_s().unwrap(), "free", "default applied");
+    assert_eq!(sample["age"].as_n().unwrap(), "30");
+
+    // Invalid rows are reported with their line numbers and reasons.
+    let mut reported = BTreeMap::new();
+    for batch in 0..job.total_batches {
+        let info = stack
+            .watcher
+            .batch_info(&job_id, batch)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.state, BatchState::Done, "batch {batch}");
+        for failure in stack.watcher.failed_records(&job_id, batch).await.unwrap() {
+            let issue = &failure.issues[0];
+            assert!(!issue.message.is_empty());
+            reported.insert(failure.line, issue.field.clone().unwrap());
+        }
+    }
+    let expected: BTreeMap<u64, String> =
+        invalid.iter().map(|(l, f)| (*l, f.to_string())).collect();
+    assert_eq!(reported, expected);
+
+    // The cost report is on the job.
+    assert!(job.cost.requests > 0);
+    assert!(job.cost.write_units > 0.0);
+}
+
+#[tokio::test]
+async fn the_same_s3_event_delivered_twice_gives_one_job() {
+    let stack = Stack::new(DEFINITION).await;
+    let (csv, _, _) = users(1_200);
+    let event = stack.upload("uploads/twice.csv", csv).await;
+    let (first, second) = tokio::join!(
+        stack.orchestrate(event.clone()),
+        stack.orchestrate(event.clone())
+    );
+    let third = stack.orchestrate(event).await;
+    assert_eq!(first[0].job_id, second[0].job_id);
+    assert_eq!(first[0].job_id, third[0].job_id);
+    let outcomes: HashSet<&str> = [first[0].outcome, second[0].outcome].into();
+    assert!(outcomes.contains("prepared"), "{outcomes:?}");
+    assert_eq!(third[0].outcome, "duplicate");
+    assert_eq!(stack.jobs_in_state_table().await, 1);
+
+    let job_id = JobId::new(&first[0].job_id);
+    stack.run_workers(2, &job_id).await;
+    let job = stack.job(&job_id).await;
+    assert_eq!(job.total_records, 1_200);
+    assert_eq!(job.processed + job.failed, 1_200);
+    assert_eq!(stack.events.completed.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_required_column_fails_the_job_with_that_reason() {
+    let stack = Stack::new(DEFINITION).await;
+    let event = stack
+        .upload("uploads/no-email.csv", "full name,age\nAda,36\n")
+        .await;
+    let prepared = stack.orchestrate(event).await;
+    assert_eq!(prepared[0].outcome, "rejected");
+    let job = stack.job(&JobId::new(&prepared[0].job_id)).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let reason = job.failure_reason.unwrap();
+    assert!(
+        reason.contains("missing required column") && reason.contains("email"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("uploads/no-email.csv"),
+        "names the file: {reason}"
+    );
+}
+
+#[tokio::test]
+async fn write_units_per_record_stay_within_budget() {
+    let stack = Stack::new(DEFINITION).await;
+    let (csv, _, _) = users(2_000);
+    let bytes = csv.len() as f64;
+    let event = stack.upload("uploads/cost.csv", csv).await;
+    let prepared = stack.orchestrate(event).await;
+    let job_id = JobId::new(&prepared[0].job_id);
+    stack.run_workers(2, &job_id).await;
+    let job = stack.job(&job_id).await;
+    let per_record = job.cost.write_units / job.total_records as f64;
+    let per_batch_fixed = 20.0;
+    let budget =
+        1.2 * (bytes / 2_000.0 / 1024.0) * 2_000.0 + per_batch_fixed * job.total_batches as f64;
+    assert!(
+        job.cost.write_units <= budget,
+        "{} write units > budget {budget}",
+        job.cost.write_units
+    );
+    assert!(per_record < 0.3, "{per_record} write units per record");
+    let _ = HashMap::<(), ()>::new();
+}
