@@ -121,8 +121,9 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
         .next()
         .context("the orchestrator handled no record")?;
     let job_id = JobId::new(first.job_id);
+    let prepare_ms = started.elapsed().as_millis() as u64;
     eprintln!(
-        "job {job_id}: {} ({} records, {} batches)",
+        "job {job_id}: {} ({} records, {} batches) in {prepare_ms} ms",
         first.outcome, first.total_records, first.total_batches
     );
 
@@ -171,6 +172,7 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
         eprintln!("exported {n} records to {}", path.display());
     }
     let mut summary = serde_json::to_value(job.summary(now_ms()))?;
+    summary["prepareMs"] = prepare_ms.into();
     summary["wallMs"] = (started.elapsed().as_millis() as u64).into();
     println!("{summary}");
     Ok(())
