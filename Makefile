@@ -1,5 +1,7 @@
 # Local development. `make demo` and `make test` work on a fresh clone: they
-# install the AWS emulator (moto server) into .venv when it is missing.
+# install the AWS emulator (moto server) into .venv when it is missing, and
+# the deploy tools (cargo-lambda, cfn-lint, the SAM translator) the same way.
+# Deploying: `make build` then `sam deploy --guided` (docs/deploy.md).
 
 CARGO ?= cargo
 FILE ?=
@@ -10,15 +12,16 @@ ROWS ?= 100000
 
 export FILE DEFINITION WORKERS EXPORT ROWS
 
-.PHONY: demo test unit lint build clean
+.PHONY: demo test unit lint check build build-check lint-template \
+	invoke-orchestrator invoke-worker invoke-sweeper clean
 
 ## demo: the whole pipeline on a 100k-row sample (or FILE=... DEFINITION=...)
 demo:
 	$(CARGO) build -p bulk-import-cli
 	scripts/with-moto.sh scripts/demo.sh
 
-## test: every test, integration ones against moto server
-test:
+## test: check, then every test, integration ones against moto server
+test: check
 	$(CARGO) build --workspace --all-targets
 	scripts/with-moto.sh $(CARGO) test --workspace
 
@@ -31,6 +34,37 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## check: lint, lint-template and build-check
+check: lint lint-template build-check
+
+## build: release Lambda packages in target/lambda/<fn>/ for sam deploy (DEFINITION=... to bundle another definition)
+build:
+	BUILD_PROFILE=release scripts/build.sh
+
+## build-check: the same build in debug mode, into target/lambda-debug/ (fast; never what gets deployed)
+build-check:
+	BUILD_PROFILE=debug scripts/build.sh
+
+## lint-template: cfn-lint template.yaml, and again after the SAM transform
+lint-template:
+	scripts/lint-template.sh
+
+## invoke-orchestrator: cargo lambda invoke the orchestrator on a sample upload, against moto
+invoke-orchestrator:
+	$(CARGO) build -p bulk-import-cli
+	scripts/with-moto.sh scripts/invoke.sh orchestrator
+
+## invoke-worker: the orchestrator, then the worker on the fan-out messages until the job ends
+invoke-worker:
+	$(CARGO) build -p bulk-import-cli
+	scripts/with-moto.sh scripts/invoke.sh worker
+
+## invoke-sweeper: the orchestrator, then a scheduled sweep (no worker ran)
+invoke-sweeper:
+	$(CARGO) build -p bulk-import-cli
+	scripts/with-moto.sh scripts/invoke.sh sweeper
+
+## clean: cargo clean (target/, Lambda packages included) and the demo files
 clean:
 	$(CARGO) clean
 	rm -rf .demo

@@ -121,10 +121,15 @@ pub struct Job {
     pub total_batches: u64,
     /// Batches written so far (claimable as soon as they are written).
     pub batches_ready: u64,
+    /// Batches handed out to workers so far (the claim cursor).
+    pub batches_handed_out: u64,
     /// Batches in a terminal state (done or failed).
     pub batches_done: u64,
     pub processed: u64,
     pub failed: u64,
+    /// Until when the current orchestrator holds the right to write batches
+    /// (0 once prepare has finished).
+    pub prepare_lease_until_ms: i64,
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     pub failure_reason: Option<String>,

@@ -118,6 +118,36 @@ async fn ten_thousand_rows_with_four_workers_import_every_valid_record_exactly_o
         invalid.iter().map(|(l, f)| (*l, f.to_string())).collect();
     assert_eq!(reported, expected);
 
+    // The export holds the imported records, in input order.
+    let mut out = Vec::new();
+    let definition = bulk_import::Definition::from_json(DEFINITION, "test").unwrap();
+    let written = bulk_import::export::export_ndjson(&stack.watcher, &definition, &job, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(written, valid.len() as u64);
+    let exported: Vec<serde_json::Value> = out
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let order: Vec<u64> = exported
+        .iter()
+        .map(|r| {
+            r["email"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("user")
+                .trim_end_matches("@example.com")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "input order");
+    assert_eq!(
+        exported[0],
+        serde_json::json!({"email": "user0@example.com", "name": "User 0", "age": 30, "plan": "pro"})
+    );
+
     // The cost report is on the job.
     assert!(job.cost.requests > 0);
     assert!(job.cost.write_units > 0.0);

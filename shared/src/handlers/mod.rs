@@ -105,3 +105,22 @@ impl Deps {
             .ok_or(ConfigError::Missing("TARGET_TABLE"))
     }
 }
+
+/// A Lambda error report: a stable `error_type` and the message chain of
+/// the error and its sources (never Debug internals).
+pub(crate) fn diagnostic(
+    error_type: &str,
+    error: &dyn std::error::Error,
+) -> lambda_runtime::Diagnostic {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    lambda_runtime::Diagnostic {
+        error_type: error_type.into(),
+        error_message: message,
+    }
+}

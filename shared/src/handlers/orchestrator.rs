@@ -33,17 +33,7 @@ impl OrchestratorError {
 impl From<OrchestratorError> for lambda_runtime::Diagnostic {
     fn from(e: OrchestratorError) -> Self {
         // The message chain, without Debug internals.
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        lambda_runtime::Diagnostic {
-            error_type: e.error_type().into(),
-            error_message: message,
-        }
+        super::diagnostic(e.error_type(), &e)
     }
 }
 

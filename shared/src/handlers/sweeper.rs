@@ -1,15 +1,28 @@
-//! Scheduled sweeper: makes sure no job stays PROCESSING forever when every
-//! worker (or the orchestrator) died. See `sweep`.
+//! Scheduled sweeper: restarts jobs whose workers or orchestrator died
+//! (see `sweep`).
 
 use super::Deps;
+use crate::sweep::{sweep, SweepError, SweepReport};
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use lambda_runtime::LambdaEvent;
 
-/// Runs one sweep over the active jobs.
 pub async fn handle(
     deps: &Deps,
     event: LambdaEvent<EventBridgeEvent>,
-) -> Result<crate::sweep::SweepReport, lambda_runtime::Error> {
-    let _ = event;
-    Ok(crate::sweep::sweep(deps).await?)
+) -> Result<SweepReport, SweepError> {
+    let report = sweep(deps, &format!("sweeper:{}", event.context.request_id)).await?;
+    tracing::info!(
+        active = report.active_jobs,
+        refanned = report.refanned,
+        resumed = report.prepares_resumed,
+        finalized = report.finalized,
+        "sweep done"
+    );
+    Ok(report)
+}
+
+impl From<SweepError> for lambda_runtime::Diagnostic {
+    fn from(e: SweepError) -> Self {
+        super::diagnostic("SweepFailed", &e)
+    }
 }

@@ -222,3 +222,157 @@ async fn sweeper_fixture_deserializes_and_runs() {
         continuation: false,
     };
 }
+
+mod sweeping {
+    use super::*;
+    use crate::job::{now_ms, SourceRef};
+    use crate::store::{BatchOutcome, BatchState, Claim, CreateOutcome, NewBatch, PrepareLease};
+
+    const MINUTE: i64 = 60_000;
+
+    fn source() -> SourceRef {
+        SourceRef {
+            bucket: "bulk-import-uploads".into(),
+            key: "uploads/users 2026-11(1).csv".into(),
+            version: "etag:d41d8cd98f00b204e9800998ecf8427e".into(),
+        }
+    }
+
+    /// A prepared job of `batches` batches of two records, created long ago.
+    async fn old_job(f: &Fixture, batches: u64) -> crate::JobId {
+        let long_ago = now_ms() - 30 * MINUTE;
+        let lease = PrepareLease {
+            owner: "orchestrator".into(),
+            lease_ms: MINUTE,
+        };
+        let CreateOutcome::Created(job) = f
+            .store
+            .create_job(&source(), &lease, long_ago)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let mut all = Vec::new();
+        let mut reader = crate::source::RecordReader::open(
+            std::io::Cursor::new(CSV.as_bytes().to_vec()),
+            crate::source::OpenOptions::new("users.csv"),
+            &f.deps.definition,
+        )
+        .await
+        .unwrap();
+        while let Some(r) = reader.next_record().await.unwrap() {
+            all.push(r);
+        }
+        for index in 0..batches {
+            let records = &all[(index as usize * 2)..(index as usize * 2 + 2)];
+            f.store
+                .add_batch(&job.id, &lease, NewBatch { index, records }, long_ago)
+                .await
+                .unwrap();
+        }
+        f.store
+            .finish_prepare(&job.id, &lease, batches * 2, batches)
+            .await
+            .unwrap();
+        job.id
+    }
+
+    async fn sweep(f: &Fixture) -> crate::sweep::SweepReport {
+        let event: EventBridgeEvent = serde_json::from_str(SCHEDULE).unwrap();
+        sweeper::handle(&f.deps, LambdaEvent::new(event, Context::default()))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn job_whose_workers_all_died_is_fanned_out_again() {
+        let f = fixture(CSV);
+        let job = old_job(&f, 2).await;
+        // A worker claimed a batch long ago and died.
+        let Claim::Batch(_) = f
+            .store
+            .claim_batch(&job, "dead", now_ms() - 20 * MINUTE, MINUTE)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let report = sweep(&f).await;
+        assert_eq!((report.active_jobs, report.refanned), (1, 1));
+        let sent = f.queue.sent.lock().unwrap().clone();
+        assert_eq!(
+            sent.len(),
+            2,
+            "one message per waiting batch, up to max workers"
+        );
+        assert!(sent.iter().all(|m| m.job_id == job));
+    }
+
+    #[tokio::test]
+    async fn job_with_a_live_worker_is_left_alone() {
+        let f = fixture(CSV);
+        let job = old_job(&f, 2).await;
+        let Claim::Batch(_) = f
+            .store
+            .claim_batch(&job, "alive", now_ms(), 10 * MINUTE)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let report = sweep(&f).await;
+        assert_eq!((report.active_jobs, report.refanned), (1, 0));
+        assert!(f.queue.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn job_whose_last_worker_died_before_finalizing_is_finalized_once() {
+        let f = fixture(CSV);
+        let job = old_job(&f, 1).await;
+        let Claim::Batch(c) = f
+            .store
+            .claim_batch(&job, "w", now_ms(), MINUTE)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let outcome = BatchOutcome {
+            state: BatchState::Done,
+            processed: 2,
+            failed: vec![],
+            error: None,
+        };
+        f.store.commit_batch(&c, &outcome, now_ms()).await.unwrap();
+        assert_eq!(sweep(&f).await.finalized, 1);
+        assert_eq!(sweep(&f).await.active_jobs, 0);
+        let done = f.store.get_job(&job).await.unwrap().unwrap();
+        assert_eq!(done.status, JobStatus::Completed);
+        assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn abandoned_prepare_is_resumed_after_its_lease() {
+        let f = fixture(CSV);
+        let long_ago = now_ms() - 30 * MINUTE;
+        let lease = PrepareLease {
+            owner: "crashed".into(),
+            lease_ms: MINUTE,
+        };
+        let CreateOutcome::Created(job) = f
+            .store
+            .create_job(&source(), &lease, long_ago)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let report = sweep(&f).await;
+        assert_eq!(report.prepares_resumed, 1);
+        let job = f.store.get_job(&job.id).await.unwrap().unwrap();
+        assert!(job.prepared);
+        assert_eq!((job.total_records, job.total_batches), (5, 3));
+        assert_eq!(f.queue.sent.lock().unwrap().len(), 3);
+    }
+}

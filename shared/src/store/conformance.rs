@@ -427,6 +427,46 @@ pub async fn prepare_lease_fences_a_second_orchestrator(store: &dyn JobStore) {
     );
 }
 
+pub async fn active_jobs_are_those_still_processing(store: &dyn JobStore) {
+    let a = job_with(store, "active-a", 1, false).await;
+    let b = job_with(store, "active-b", 1, true).await;
+    let mut active = store.active_jobs().await.unwrap();
+    active.sort();
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(active, both);
+    assert!(store
+        .finalize(&a, &fin(JobStatus::Failed), false)
+        .await
+        .unwrap());
+    assert_eq!(store.active_jobs().await.unwrap(), vec![b]);
+}
+
+pub async fn lease_view_tells_live_workers_from_stalled_batches(store: &dyn JobStore) {
+    let job = job_with(store, "view", 3, false).await;
+    let view = store.lease_view(&job, T0).await.unwrap();
+    assert_eq!(
+        view,
+        LeaseView {
+            live: false,
+            reclaimable: 0
+        },
+        "batches not handed out yet are not stalled"
+    );
+    let _dead = claim(store, &job, "dead", T0 - 2 * LEASE).await;
+    let _alive = claim(store, &job, "alive", T0).await;
+    let view = store.lease_view(&job, T0).await.unwrap();
+    assert_eq!(
+        view,
+        LeaseView {
+            live: true,
+            reclaimable: 1
+        }
+    );
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!(j.batches_handed_out, 2);
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for a backend;
 /// `$make` is an async block returning a fresh store.
 #[macro_export]
@@ -447,6 +487,8 @@ macro_rules! conformance_tests {
             exactly_one_of_racing_finalizers_wins,
             abort_finalizes_before_all_batches_are_done,
             prepare_lease_fences_a_second_orchestrator,
+            active_jobs_are_those_still_processing,
+            lease_view_tells_live_workers_from_stalled_batches,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -17,7 +17,6 @@ struct StoredBatch {
 #[derive(Debug)]
 struct JobState {
     job: Job,
-    cursor: u64,
     prepare: Option<(String, i64)>,
     batches: Vec<StoredBatch>,
 }
@@ -118,9 +117,11 @@ impl JobStore for MemoryStore {
             total_records: 0,
             total_batches: 0,
             batches_ready: 0,
+            batches_handed_out: 0,
             batches_done: 0,
             processed: 0,
             failed: 0,
+            prepare_lease_until_ms: now_ms + lease.lease_ms,
             created_at_ms: now_ms,
             finished_at_ms: None,
             failure_reason: None,
@@ -131,7 +132,6 @@ impl JobStore for MemoryStore {
             id,
             JobState {
                 job: job.clone(),
-                cursor: 0,
                 prepare: Some((lease.owner.clone(), now_ms + lease.lease_ms)),
                 batches: Vec::new(),
             },
@@ -166,6 +166,7 @@ impl JobStore for MemoryStore {
                 return Ok(None);
             }
             s.prepare = Some((lease.owner.clone(), now_ms + lease.lease_ms));
+            s.job.prepare_lease_until_ms = now_ms + lease.lease_ms;
             Ok(Some(s.job.clone()))
         })
     }
@@ -183,6 +184,7 @@ impl JobStore for MemoryStore {
                 return Err(StoreError::PrepareLeaseLost(job.clone()));
             }
             s.prepare = Some((lease.owner.clone(), now_ms + lease.lease_ms));
+            s.job.prepare_lease_until_ms = now_ms + lease.lease_ms;
             s.batches.push(StoredBatch {
                 info: BatchInfo {
                     index: batch.index,
@@ -216,6 +218,7 @@ impl JobStore for MemoryStore {
                 return Err(StoreError::PrepareLeaseLost(job.clone()));
             }
             s.prepare = None;
+            s.job.prepare_lease_until_ms = 0;
             s.job.prepared = true;
             s.job.total_records = total_records;
             s.job.total_batches = total_batches;
@@ -236,14 +239,14 @@ impl JobStore for MemoryStore {
             }
             // Mirror the DynamoDB store: the cursor first, then anything the
             // cursor already handed out whose lease expired or never started.
-            while s.cursor < s.job.batches_ready {
-                let index = s.cursor;
-                s.cursor += 1;
+            while s.job.batches_handed_out < s.job.batches_ready {
+                let index = s.job.batches_handed_out;
+                s.job.batches_handed_out += 1;
                 if let Some(c) = take(s, index, worker, now_ms, lease_ms) {
                     return Ok(Claim::Batch(c));
                 }
             }
-            for index in 0..s.cursor {
+            for index in 0..s.job.batches_handed_out {
                 if let Some(c) = take(s, index, worker, now_ms, lease_ms) {
                     return Ok(Claim::Batch(c));
                 }
@@ -328,6 +331,31 @@ impl JobStore for MemoryStore {
                 .get(batch as usize)
                 .map(|b| b.failures.clone())
                 .unwrap_or_default())
+        })
+    }
+
+    async fn active_jobs(&self) -> Result<Vec<JobId>, StoreError> {
+        let jobs = self.jobs.lock().expect("memory store poisoned");
+        let mut ids: Vec<JobId> = jobs
+            .values()
+            .filter(|s| !s.job.status.is_final())
+            .map(|s| s.job.id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn lease_view(&self, job: &JobId, now_ms: i64) -> Result<LeaseView, StoreError> {
+        self.with_job(job, |s| {
+            let mut view = LeaseView::default();
+            for b in &s.batches[..s.job.batches_handed_out as usize] {
+                match b.info.state {
+                    BatchState::Processing if b.info.lease_until_ms >= now_ms => view.live = true,
+                    BatchState::Processing | BatchState::Pending => view.reclaimable += 1,
+                    BatchState::Done | BatchState::Failed => {}
+                }
+            }
+            Ok(view)
         })
     }
 

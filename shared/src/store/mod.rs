@@ -227,4 +227,20 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<FailedRecord>, StoreError>;
 
     async fn batch_info(&self, job: &JobId, index: u64) -> Result<Option<BatchInfo>, StoreError>;
+
+    /// Jobs still PROCESSING (the sweeper's worklist).
+    async fn active_jobs(&self) -> Result<Vec<JobId>, StoreError>;
+
+    /// Whether anyone is working on `job` and what is waiting for a worker.
+    async fn lease_view(&self, job: &JobId, now_ms: i64) -> Result<LeaseView, StoreError>;
+}
+
+/// Claims at a glance, for deciding whether a job needs workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaseView {
+    /// Some batch is held under a live lease (a worker is alive).
+    pub live: bool,
+    /// Batches handed out whose lease expired or that were never claimed
+    /// (counted up to a small cap).
+    pub reclaimable: u64,
 }

@@ -83,7 +83,15 @@ pub struct JobItem {
     pub read_units: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// Lease index key while the job is PROCESSING: the sweeper's list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsk: Option<i64>,
 }
+
+/// Index partition listing the jobs still PROCESSING.
+pub const ACTIVE_JOBS: &str = "JOBS";
 
 impl JobItem {
     pub fn new(
@@ -120,6 +128,8 @@ impl JobItem {
             write_units: 0.0,
             read_units: 0.0,
             expires_at,
+            gpk: Some(ACTIVE_JOBS.into()),
+            gsk: Some(now_ms),
         }
     }
 
@@ -136,9 +146,15 @@ impl JobItem {
             total_records: self.total_records,
             total_batches: self.total_batches,
             batches_ready: self.batches_ready,
+            batches_handed_out: self.cursor,
             batches_done: self.batches_done,
             processed: self.processed,
             failed: self.failed,
+            prepare_lease_until_ms: if self.prepared {
+                0
+            } else {
+                self.prepare_lease_until
+            },
             created_at_ms: self.created_at,
             finished_at_ms: self.finished_at,
             failure_reason: self.failure_reason,

@@ -373,19 +373,23 @@ impl DynamoStore {
         }
     }
 
-    /// Batches whose lease expired, or that the cursor handed out but nobody
-    /// claimed: the index holds only unfinished batches, keyed by lease expiry
-    /// (0 for never claimed).
-    async fn expired(&self, job: &JobId, now_ms: i64) -> Result<Vec<u64>, StoreError> {
+    async fn index_query(
+        &self,
+        job: &JobId,
+        condition: &str,
+        gpk: String,
+        now_ms: i64,
+        limit: i32,
+    ) -> Result<Vec<Item>, StoreError> {
         let out = self
             .client
             .query()
             .table_name(&self.table)
             .index_name(LEASE_INDEX)
-            .key_condition_expression("gpk = :job AND gsk < :now")
-            .expression_attribute_values(":job", s(job_pk(job)))
+            .key_condition_expression(condition)
+            .expression_attribute_values(":gpk", s(gpk))
             .expression_attribute_values(":now", n(now_ms))
-            .limit(25)
+            .limit(limit)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
@@ -404,9 +408,18 @@ impl DynamoStore {
                 .collect::<Vec<_>>()
                 .as_slice(),
         );
+        Ok(out.items.unwrap_or_default())
+    }
+
+    /// Batches whose lease expired, or that the cursor handed out but nobody
+    /// claimed: the index holds only unfinished batches, keyed by lease expiry
+    /// (0 for never claimed).
+    async fn expired(&self, job: &JobId, now_ms: i64) -> Result<Vec<u64>, StoreError> {
+        let items = self
+            .index_query(job, "gpk = :gpk AND gsk < :now", job_pk(job), now_ms, 25)
+            .await?;
         let prefix = format!("{}#B#", job_pk(job));
-        Ok(out
-            .items()
+        Ok(items
             .iter()
             .filter_map(|i| {
                 i.get("pk")?
@@ -967,7 +980,7 @@ impl JobStore for DynamoStore {
         }
         let result = self
             .update(job_pk(job), JOB_SK)
-            .update_expression(format!("{set} REMOVE prepareOwner {ADD_COST}"))
+            .update_expression(format!("{set} REMOVE prepareOwner, gpk, gsk {ADD_COST}"))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
             .set_expression_attribute_values(Some(values))
@@ -1014,6 +1027,68 @@ impl JobStore for DynamoStore {
             }
         }
         Ok(failed)
+    }
+
+    async fn active_jobs(&self) -> Result<Vec<JobId>, StoreError> {
+        let mut ids = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(LEASE_INDEX)
+            .key_condition_expression("gpk = :gpk")
+            .expression_attribute_values(":gpk", s(ACTIVE_JOBS))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for item in page
+                .map_err(|e| StoreError::backend("Query", e))?
+                .items
+                .unwrap_or_default()
+            {
+                if let Some(id) = item
+                    .get("pk")
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|pk| pk.strip_prefix("J#"))
+                {
+                    ids.push(JobId::new(id));
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn lease_view(&self, job: &JobId, now_ms: i64) -> Result<LeaseView, StoreError> {
+        let live = self
+            .index_query(job, "gpk = :gpk AND gsk >= :now", job_pk(job), now_ms, 1)
+            .await?;
+        let stale = self
+            .index_query(job, "gpk = :gpk AND gsk < :now", job_pk(job), now_ms, 25)
+            .await?;
+        // The index also holds batches the cursor has not handed out yet
+        // (PENDING too); only those behind the cursor are stalled.
+        let handed_out = self
+            .get_job(job)
+            .await?
+            .map(|j| j.batches_handed_out)
+            .unwrap_or(0);
+        let prefix = format!("{}#B#", job_pk(job));
+        let reclaimable = stale
+            .iter()
+            .filter_map(|i| {
+                i.get("pk")?
+                    .as_s()
+                    .ok()?
+                    .strip_prefix(&prefix)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .filter(|index| *index < handed_out)
+            .count() as u64;
+        Ok(LeaseView {
+            live: !live.is_empty(),
+            reclaimable,
+        })
     }
 
     async fn batch_info(&self, job: &JobId, index: u64) -> Result<Option<BatchInfo>, StoreError> {
