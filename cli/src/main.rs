@@ -3,6 +3,7 @@
 
 mod generate;
 mod run;
+mod worker;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -55,6 +56,9 @@ enum Command {
     /// Upload FILE, run the orchestrator and N concurrent workers until the
     /// job finalizes; print the job summary as the last line (JSON).
     Run(run::RunArgs),
+    /// Poll the work queue and run the worker handler on what arrives, like
+    /// the Lambda event source mapping, until the job is final (or forever).
+    Worker(worker::WorkerArgs),
     /// Create the bucket, queue (with its DLQ) and tables unless they exist;
     /// print their names and URLs as JSON.
     Setup {
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(&cli.names, args).await,
+        Command::Worker(args) => worker::run(&cli.names, args).await,
         Command::Setup { target_key } => {
             let clients = bulk_import::aws::Clients::load().await;
             let resources = bulk_import::local::Resources {

@@ -9,6 +9,7 @@ pub mod aws;
 pub mod config;
 pub mod events;
 pub mod export;
+pub mod faults;
 pub mod handlers;
 pub mod job;
 pub mod local;

@@ -53,6 +53,8 @@ pub async fn fresh_store() -> DynamoStore {
 /// target tables, and the handlers' dependencies.
 pub struct Stack {
     pub clients: Clients,
+    /// Path of the definition file the handlers loaded.
+    pub definition_path: std::path::PathBuf,
     pub resources: Resources,
     pub queue_url: String,
     pub deps: Deps,
@@ -64,6 +66,9 @@ pub struct Stack {
 pub struct StackOptions {
     pub lease: Duration,
     pub max_workers: u32,
+    /// The work queue's visibility timeout (how soon a message whose worker
+    /// died comes back).
+    pub visibility_timeout: Duration,
 }
 
 impl Default for StackOptions {
@@ -71,6 +76,7 @@ impl Default for StackOptions {
         StackOptions {
             lease: Duration::from_secs(60),
             max_workers: 4,
+            visibility_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -91,7 +97,7 @@ impl Stack {
             state_table: format!("{name}-state"),
             target_table: format!("{name}-target"),
             target_key: definition.key_field.clone().unwrap_or_else(|| "id".into()),
-            visibility_timeout: Duration::from_secs(60),
+            visibility_timeout: opts.visibility_timeout,
         };
         let created = ensure_resources(&clients, &resources)
             .await
@@ -116,6 +122,7 @@ impl Stack {
         let watcher = DynamoStore::new(clients.dynamodb.clone(), &resources.state_table, false);
         Stack {
             clients,
+            definition_path: path,
             resources,
             queue_url: created.queue_url,
             deps,
