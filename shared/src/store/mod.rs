@@ -7,6 +7,8 @@ pub mod codec;
 pub mod conformance;
 pub mod dynamodb;
 pub mod memory;
+#[cfg(test)]
+mod proptests;
 
 use crate::job::{FailedRecord, Job, JobId, JobStatus, SourceRef, StagedRecord};
 use async_trait::async_trait;
