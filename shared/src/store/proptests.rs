@@ -39,26 +39,64 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn done() -> BatchOutcome {
-    BatchOutcome { state: BatchState::Done, processed: RECORDS_PER_BATCH, failed: vec![], error: None }
+    BatchOutcome {
+        state: BatchState::Done,
+        processed: RECORDS_PER_BATCH,
+        failed: vec![],
+        error: None,
+    }
 }
 
 async fn finalize(store: &MemoryStore, job: &JobId, now: i64) -> bool {
-    let fin = Finalization { status: JobStatus::Completed, reason: None, report: None, now_ms: now };
+    let fin = Finalization {
+        status: JobStatus::Completed,
+        reason: None,
+        report: None,
+        now_ms: now,
+    };
     store.finalize(job, &fin, true).await.unwrap()
 }
 
 async fn run(batches: u64, ops: Vec<Op>) {
     let store = MemoryStore::new();
-    let src = SourceRef { bucket: "b".into(), key: "k".into(), version: "v".into() };
-    let lease = PrepareLease { owner: "o".into(), lease_ms: LEASE };
+    let src = SourceRef {
+        bucket: "b".into(),
+        key: "k".into(),
+        version: "v".into(),
+    };
+    let lease = PrepareLease {
+        owner: "o".into(),
+        lease_ms: LEASE,
+    };
     let mut now = 1_000_000;
-    let CreateOutcome::Created(job) = store.create_job(&src, &lease, now).await.unwrap() else { unreachable!() };
-    let records: Vec<StagedRecord> =
-        (0..RECORDS_PER_BATCH).map(|i| StagedRecord { line: i + 2, values: vec![], issue: None }).collect();
+    let CreateOutcome::Created(job) = store.create_job(&src, &lease, now).await.unwrap() else {
+        unreachable!()
+    };
+    let records: Vec<StagedRecord> = (0..RECORDS_PER_BATCH)
+        .map(|i| StagedRecord {
+            line: i + 2,
+            values: vec![],
+            issue: None,
+        })
+        .collect();
     for index in 0..batches {
-        store.add_batch(&job.id, &lease, NewBatch { index, records: &records }, now).await.unwrap();
+        store
+            .add_batch(
+                &job.id,
+                &lease,
+                NewBatch {
+                    index,
+                    records: &records,
+                },
+                now,
+            )
+            .await
+            .unwrap();
     }
-    store.finish_prepare(&job.id, &lease, batches * RECORDS_PER_BATCH, batches).await.unwrap();
+    store
+        .finish_prepare(&job.id, &lease, batches * RECORDS_PER_BATCH, batches)
+        .await
+        .unwrap();
 
     let mut held: HashMap<usize, ClaimedBatch> = HashMap::new();
     let mut committed: HashMap<u64, u32> = HashMap::new();
@@ -66,11 +104,19 @@ async fn run(batches: u64, ops: Vec<Op>) {
     for op in ops {
         match op {
             Op::Claim(w) if !held.contains_key(&w) => {
-                if let Claim::Batch(c) = store.claim_batch(&job.id, &format!("w{w}"), now, LEASE).await.unwrap() {
+                if let Claim::Batch(c) = store
+                    .claim_batch(&job.id, &format!("w{w}"), now, LEASE)
+                    .await
+                    .unwrap()
+                {
                     // Nobody else may hold this batch under a live lease.
                     for (other, h) in &held {
                         if h.index == c.index {
-                            assert!(h.lease_until_ms < now, "w{w} took batch {} from live w{other}", c.index);
+                            assert!(
+                                h.lease_until_ms < now,
+                                "w{w} took batch {} from live w{other}",
+                                c.index
+                            );
                             assert!(h.version < c.version);
                         }
                     }
@@ -110,7 +156,10 @@ async fn run(batches: u64, ops: Vec<Op>) {
             Op::Claim(_) => {}
         }
         let j = store.get_job(&job.id).await.unwrap().unwrap();
-        assert!(committed.values().all(|n| *n == 1), "a batch committed twice: {committed:?}");
+        assert!(
+            committed.values().all(|n| *n == 1),
+            "a batch committed twice: {committed:?}"
+        );
         assert_eq!(j.batches_done, committed.len() as u64);
         assert_eq!(j.processed, committed.len() as u64 * RECORDS_PER_BATCH);
         assert!(finalized <= 1);
@@ -123,7 +172,11 @@ async fn run(batches: u64, ops: Vec<Op>) {
     // finishes the job.
     now += 2 * LEASE;
     loop {
-        match store.claim_batch(&job.id, "survivor", now, LEASE).await.unwrap() {
+        match store
+            .claim_batch(&job.id, "survivor", now, LEASE)
+            .await
+            .unwrap()
+        {
             Claim::Batch(c) => {
                 store.commit_batch(&c, &done(), now).await.unwrap();
                 *committed.entry(c.index).or_default() += 1;
@@ -139,7 +192,15 @@ async fn run(batches: u64, ops: Vec<Op>) {
     assert_eq!(j.processed, batches * RECORDS_PER_BATCH);
     assert!(committed.values().all(|n| *n == 1));
     for index in 0..batches {
-        assert_eq!(store.batch_info(&job.id, index).await.unwrap().unwrap().state, BatchState::Done);
+        assert_eq!(
+            store
+                .batch_info(&job.id, index)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            BatchState::Done
+        );
     }
 }
 
