@@ -171,18 +171,13 @@ async fn run(batches: u64, ops: Vec<Op>) {
     // Everyone else dies; one fresh worker, after the leases run out,
     // finishes the job.
     now += 2 * LEASE;
-    loop {
-        match store
-            .claim_batch(&job.id, "survivor", now, LEASE)
-            .await
-            .unwrap()
-        {
-            Claim::Batch(c) => {
-                store.commit_batch(&c, &done(), now).await.unwrap();
-                *committed.entry(c.index).or_default() += 1;
-            }
-            Claim::NoneAvailable | Claim::JobFinished(_) => break,
-        }
+    while let Claim::Batch(c) = store
+        .claim_batch(&job.id, "survivor", now, LEASE)
+        .await
+        .unwrap()
+    {
+        store.commit_batch(&c, &done(), now).await.unwrap();
+        *committed.entry(c.index).or_default() += 1;
     }
     finalized += finalize(&store, &job.id, now).await as u32;
     let j = store.get_job(&job.id).await.unwrap().unwrap();
