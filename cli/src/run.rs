@@ -90,16 +90,12 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
     let size = std::fs::metadata(&args.file)?.len() as i64;
 
     let settings = Settings {
-        state_table: resources.state_table.clone(),
-        queue_url: created.queue_url.clone(),
         target_table: Some(resources.target_table.clone()),
-        events_queue_url: None,
-        definition: definition_path.clone(),
         max_workers: args.workers,
         lease: Duration::from_secs(args.lease),
-        prepare_lease: Duration::from_secs(60),
         deadline_margin: Duration::from_secs(20).min(invocation_timeout / 4),
         retention_days: 1,
+        ..Settings::new(&resources.state_table, &created.queue_url, &definition_path)
     };
     let deps = Deps::new(&settings, &clients, None).await?;
     // Status polling gets its own store so its reads are not billed to the job.

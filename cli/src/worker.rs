@@ -45,16 +45,16 @@ pub async fn run(names: &Names, args: WorkerArgs) -> anyhow::Result<()> {
         .unwrap_or_default();
     let timeout = Duration::from_secs(args.invocation_timeout);
     let settings = Settings {
-        state_table: names.state_table.clone(),
-        queue_url: queue_url.clone(),
         target_table: Some(names.target_table.clone()),
         events_queue_url: args.events_queue_url.clone(),
-        definition: args.definition.to_string_lossy().into_owned(),
-        max_workers: 10,
         lease: Duration::from_secs(args.lease),
-        prepare_lease: Duration::from_secs(60),
         deadline_margin: Duration::from_secs(20).min(timeout / 4),
         retention_days: 1,
+        ..Settings::new(
+            &names.state_table,
+            &queue_url,
+            args.definition.to_string_lossy(),
+        )
     };
     let deps = Deps::new(&settings, &clients, None).await?;
     let watcher = DynamoStore::new(

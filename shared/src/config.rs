@@ -35,6 +35,10 @@ pub struct Settings {
     pub target_table: Option<String>,
     /// `EVENTS_QUEUE_URL`: optional queue for job-completed events.
     pub events_queue_url: Option<String>,
+    /// `REPORT_BUCKET`: where error reports go (default: the upload bucket).
+    pub report_bucket: Option<String>,
+    /// `REPORT_PREFIX` (`reports/`): key prefix of error reports.
+    pub report_prefix: String,
     /// `IMPORT_DEFINITION`: a file path or `s3://bucket/key`.
     pub definition: String,
     /// `MAX_WORKERS` (10): worker messages per job.
@@ -74,12 +78,36 @@ where
 }
 
 impl Settings {
+    /// Settings with every default, for local runs and tests.
+    pub fn new(
+        state_table: impl Into<String>,
+        queue_url: impl Into<String>,
+        definition: impl Into<String>,
+    ) -> Settings {
+        Settings {
+            state_table: state_table.into(),
+            queue_url: queue_url.into(),
+            target_table: None,
+            events_queue_url: None,
+            report_bucket: None,
+            report_prefix: "reports/".into(),
+            definition: definition.into(),
+            max_workers: 10,
+            lease: Duration::from_secs(60),
+            prepare_lease: Duration::from_secs(60),
+            deadline_margin: Duration::from_secs(20),
+            retention_days: 30,
+        }
+    }
+
     pub fn from_env() -> Result<Settings, ConfigError> {
         let settings = Settings {
             state_table: required("STATE_TABLE")?,
             queue_url: required("QUEUE_URL")?,
             target_table: var("TARGET_TABLE"),
             events_queue_url: var("EVENTS_QUEUE_URL"),
+            report_bucket: var("REPORT_BUCKET"),
+            report_prefix: var("REPORT_PREFIX").unwrap_or_else(|| "reports/".into()),
             definition: required("IMPORT_DEFINITION")?,
             max_workers: number("MAX_WORKERS", 10)?,
             lease: Duration::from_secs(number("LEASE_SECONDS", 60)?),

@@ -4,16 +4,14 @@
 //! crash from the last written batch.
 
 use crate::events::JobEvents;
+use crate::finalize::{FinalizeError, Finalizer};
 use crate::job::{now_ms, FieldIssue, Job, SourceRef, StagedRecord};
 use crate::objects::{ObjectError, ObjectSource};
-use crate::process::{try_finalize, FinalizeError};
 use crate::queue::{QueueError, WorkMessage, WorkQueue};
+use crate::report::ReportSink;
 use crate::schema::Definition;
 use crate::source::{OpenOptions, RecordReader, SourceError};
-use crate::store::{
-    codec, CreateOutcome, Finalization, JobStore, NewBatch, PrepareLease, StoreError,
-};
-use crate::JobStatus;
+use crate::store::{codec, CreateOutcome, JobStore, NewBatch, PrepareLease, StoreError};
 
 /// A batch is also cut when its records reach this many bytes, so memory
 /// stays bounded whatever the batch size and row size.
@@ -41,6 +39,7 @@ pub struct Preparer<'a> {
     pub objects: &'a dyn ObjectSource,
     pub queue: &'a dyn WorkQueue,
     pub events: &'a dyn JobEvents,
+    pub reports: &'a dyn ReportSink,
     pub definition: &'a Definition,
     pub settings: &'a PrepareSettings,
 }
@@ -113,7 +112,7 @@ impl Preparer<'_> {
                     .await?;
                 tracing::info!(job_id = %job.id, total_records, total_batches, "prepared");
                 // Workers may have finished every batch already.
-                try_finalize(self.store, self.events, self.definition, &job).await?;
+                self.finalizer().complete(&job).await?;
                 Ok(PrepareOutcome::Prepared(job))
             }
             Err(Stop::Reject(reason)) => self.reject(job, reason).await,
@@ -121,21 +120,18 @@ impl Preparer<'_> {
         }
     }
 
+    fn finalizer(&self) -> Finalizer<'_> {
+        Finalizer {
+            store: self.store,
+            events: self.events,
+            reports: self.reports,
+            definition: self.definition,
+        }
+    }
+
     async fn reject(&self, job: Job, reason: String) -> Result<PrepareOutcome, PrepareError> {
         tracing::warn!(job_id = %job.id, %reason, "file rejected");
-        let fin = Finalization {
-            status: JobStatus::Failed,
-            reason: Some(reason),
-            report: None,
-            now_ms: now_ms(),
-        };
-        if self.store.finalize(&job.id, &fin, false).await? {
-            if let Some(done) = self.store.get_job(&job.id).await? {
-                if let Err(e) = self.events.job_completed(&done.summary(now_ms())).await {
-                    tracing::error!(job_id = %job.id, error = %e, "job-completed event lost");
-                }
-            }
-        }
+        self.finalizer().fail(&job.id, reason).await?;
         let job = self.store.get_job(&job.id).await?.unwrap_or(job);
         Ok(PrepareOutcome::Rejected(job))
     }

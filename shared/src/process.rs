@@ -3,13 +3,13 @@
 //! batch finalizes the job, exactly once.
 
 use crate::events::JobEvents;
-use crate::job::{now_ms, FailedRecord, FieldIssue, Job, JobId, JobStatus, StagedRecord};
+use crate::finalize::{FinalizeError, Finalizer};
+use crate::job::{now_ms, FailedRecord, FieldIssue, JobId, StagedRecord};
 use crate::processor::{ProcessContext, RecordProcessor};
+use crate::report::ReportSink;
 use crate::retry::Backoff;
 use crate::schema::{Definition, ValidRecord};
-use crate::store::{
-    BatchOutcome, BatchState, Claim, ClaimedBatch, Finalization, JobStore, StoreError,
-};
+use crate::store::{BatchOutcome, BatchState, Claim, ClaimedBatch, JobStore, StoreError};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -36,6 +36,7 @@ pub struct Worker<'a> {
     pub store: &'a dyn JobStore,
     pub processor: &'a dyn RecordProcessor,
     pub events: &'a dyn JobEvents,
+    pub reports: &'a dyn ReportSink,
     pub definition: &'a Definition,
     pub settings: &'a WorkerSettings,
 }
@@ -64,74 +65,11 @@ pub struct RunReport {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum FinalizeError {
+pub enum WorkError {
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Finalizes `job` if prepare has finished and every batch is terminal.
-/// True for the one caller whose conditional update succeeded; only it emits
-/// the job-completed event.
-pub async fn try_finalize(
-    store: &dyn JobStore,
-    events: &dyn JobEvents,
-    definition: &Definition,
-    job: &Job,
-) -> Result<bool, FinalizeError> {
-    if job.status.is_final() || !job.all_batches_done() {
-        return Ok(false);
-    }
-    let (status, reason) = final_status(job, definition);
-    let fin = Finalization {
-        status,
-        reason,
-        report: None,
-        now_ms: now_ms(),
-    };
-    if !store.finalize(&job.id, &fin, true).await? {
-        return Ok(false);
-    }
-    announce(store, events, &job.id).await?;
-    Ok(true)
-}
-
-async fn announce(
-    store: &dyn JobStore,
-    events: &dyn JobEvents,
-    job: &JobId,
-) -> Result<(), StoreError> {
-    if let Some(done) = store.get_job(job).await? {
-        let summary = done.summary(now_ms());
-        tracing::info!(job_id = %job, status = %summary.status, processed = summary.processed, failed = summary.failed, "job finalized");
-        if let Err(e) = events.job_completed(&summary).await {
-            tracing::error!(job_id = %job, error = %e, "job-completed event could not be published");
-        }
-    }
-    Ok(())
-}
-
-/// The final status follows from the counters, which cannot change once
-/// every batch is terminal.
-pub fn final_status(job: &Job, definition: &Definition) -> (JobStatus, Option<String>) {
-    let total = job.processed + job.failed;
-    if job.failed == 0 {
-        (JobStatus::Completed, None)
-    } else if !definition.continue_on_error {
-        (
-            JobStatus::Failed,
-            Some(format!(
-                "{} of {total} records failed and continueOnError is false",
-                job.failed
-            )),
-        )
-    } else if job.processed == 0 {
-        (
-            JobStatus::Failed,
-            Some(format!("all {total} records failed")),
-        )
-    } else {
-        (JobStatus::CompletedWithErrors, None)
-    }
+    #[error(transparent)]
+    Finalize(#[from] FinalizeError),
 }
 
 impl Worker<'_> {
@@ -141,7 +79,7 @@ impl Worker<'_> {
         job: &JobId,
         worker_id: &str,
         deadline: Option<Instant>,
-    ) -> Result<RunReport, StoreError> {
+    ) -> Result<RunReport, WorkError> {
         let mut report = RunReport {
             stop: StopReason::NoWork,
             batches: 0,
@@ -189,11 +127,11 @@ impl Worker<'_> {
                 }
                 Err(e) if e.is_transient() => {
                     // Hand the batch back so another attempt need not wait
-                    // for the lease; the error is the batch's last error.
+                    // for the lease (if this fails too, the lease expires).
                     let _ = self.store.release_batch(&claim, &e.to_string()).await;
-                    return Err(e);
+                    return Err(e.into());
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
             slowest = slowest.max(started.elapsed());
         }
@@ -309,38 +247,35 @@ impl Worker<'_> {
         processed
     }
 
-    /// After a commit: abort the job on a failure when `continueOnError` is
-    /// off, else finalize it if this was the last batch.
-    async fn after_commit(&self, job: &JobId, outcome: &BatchOutcome) -> Result<bool, StoreError> {
-        if !outcome.failed.is_empty() && !self.definition.continue_on_error {
-            let first = &outcome.failed[0];
-            let reason = format!(
-                "line {}: {} (continueOnError is false)",
-                first.line,
-                first
-                    .issues
-                    .first()
-                    .map(|i| i.message.as_str())
-                    .unwrap_or("record failed")
-            );
-            let fin = Finalization {
-                status: JobStatus::Failed,
-                reason: Some(reason),
-                report: None,
-                now_ms: now_ms(),
-            };
-            if self.store.finalize(job, &fin, false).await? {
-                announce(self.store, self.events, job).await?;
-                return Ok(true);
-            }
-            return Ok(false);
+    fn finalizer(&self) -> Finalizer<'_> {
+        Finalizer {
+            store: self.store,
+            events: self.events,
+            reports: self.reports,
+            definition: self.definition,
+        }
+    }
+
+    /// After a commit: fail the job on a failed record when `continueOnError`
+    /// is off, else complete it if this was the last batch.
+    async fn after_commit(&self, job: &JobId, outcome: &BatchOutcome) -> Result<bool, WorkError> {
+        if let Some(first) = outcome
+            .failed
+            .first()
+            .filter(|_| !self.definition.continue_on_error)
+        {
+            let message = first
+                .issues
+                .first()
+                .map(|i| i.message.as_str())
+                .unwrap_or("record failed");
+            let reason = format!("line {}: {message} (continueOnError is false)", first.line);
+            return Ok(self.finalizer().fail(job, reason).await?);
         }
         let Some(current) = self.store.get_job(job).await? else {
-            return Err(StoreError::JobNotFound(job.clone()));
+            return Err(StoreError::JobNotFound(job.clone()).into());
         };
-        try_finalize(self.store, self.events, self.definition, &current)
-            .await
-            .map_err(|FinalizeError::Store(e)| e)
+        Ok(self.finalizer().complete(&current).await?)
     }
 }
 
@@ -371,8 +306,10 @@ fn poisoned(claim: &ClaimedBatch, records: &[StagedRecord], max_attempts: u64) -
 mod tests {
     use super::*;
     use crate::events::MemoryEvents;
+    use crate::job::JobStatus;
     use crate::job::SourceRef;
     use crate::processor::ProcessError;
+    use crate::report::MemoryReports;
     use crate::store::memory::MemoryStore;
     use crate::store::{CreateOutcome, NewBatch, PrepareLease};
     use async_trait::async_trait;
@@ -486,10 +423,12 @@ mod tests {
             flaky: 2,
             ..Default::default()
         };
+        let reports = MemoryReports::default();
         let worker = Worker {
             store: &store,
             processor: &processor,
             events: &events,
+            reports: &reports,
             definition: &def,
             settings: &s,
         };
@@ -529,10 +468,12 @@ mod tests {
             flaky: 10,
             ..Default::default()
         };
+        let reports = MemoryReports::default();
         let worker = Worker {
             store: &store,
             processor: &processor,
             events: &events,
+            reports: &reports,
             definition: &def,
             settings: &s,
         };
@@ -599,10 +540,12 @@ mod tests {
         }
         let (events, def, s) = (MemoryEvents::default(), definition(""), settings());
         let processor = Scripted::default();
+        let reports = MemoryReports::default();
         let worker = Worker {
             store: &store,
             processor: &processor,
             events: &events,
+            reports: &reports,
             definition: &def,
             settings: &s,
         };
@@ -650,10 +593,12 @@ mod tests {
             settings(),
         );
         let processor = Scripted::default();
+        let reports = MemoryReports::default();
         let worker = Worker {
             store: &store,
             processor: &processor,
             events: &events,
+            reports: &reports,
             definition: &def,
             settings: &s,
         };
@@ -693,10 +638,12 @@ mod tests {
             ..settings()
         };
         let gate = Gate(tokio::sync::Notify::new());
+        let reports = MemoryReports::default();
         let worker = Worker {
             store: &store,
             processor: &gate,
             events: &events,
+            reports: &reports,
             definition: &def,
             settings: &s,
         };

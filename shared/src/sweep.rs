@@ -3,10 +3,10 @@
 //! last committer died before finalizing, and re-fans out workers to a job
 //! with waiting batches and no live lease.
 
+use crate::finalize::{FinalizeError, Finalizer};
 use crate::handlers::Deps;
 use crate::job::{now_ms, JobId};
 use crate::prepare::{PrepareError, Preparer};
-use crate::process::{try_finalize, FinalizeError};
 use crate::queue::{QueueError, WorkMessage};
 use crate::store::StoreError;
 use serde::Serialize;
@@ -59,6 +59,7 @@ pub async fn sweep(deps: &Deps, owner: &str) -> Result<SweepReport, SweepError> 
                     objects: deps.objects.as_ref(),
                     queue: deps.queue.as_ref(),
                     events: deps.events.as_ref(),
+                    reports: deps.reports.as_ref(),
                     definition: &deps.definition,
                     settings: &deps.prepare,
                 };
@@ -74,7 +75,13 @@ pub async fn sweep(deps: &Deps, owner: &str) -> Result<SweepReport, SweepError> 
             continue;
         }
         if job.all_batches_done() {
-            if try_finalize(store, deps.events.as_ref(), &deps.definition, &job).await? {
+            let finalizer = Finalizer {
+                store,
+                events: deps.events.as_ref(),
+                reports: deps.reports.as_ref(),
+                definition: &deps.definition,
+            };
+            if finalizer.complete(&job).await? {
                 tracing::warn!(job_id = %id, "finalized a job whose last worker stopped before finalizing");
                 report.finalized += 1;
             }

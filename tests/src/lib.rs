@@ -105,16 +105,16 @@ impl Stack {
         let path = std::env::temp_dir().join(format!("{name}.json"));
         std::fs::write(&path, definition_json).expect("write definition");
         let settings = Settings {
-            state_table: resources.state_table.clone(),
-            queue_url: created.queue_url.clone(),
             target_table: Some(resources.target_table.clone()),
-            events_queue_url: None,
-            definition: path.to_string_lossy().into_owned(),
             max_workers: opts.max_workers,
             lease: opts.lease,
-            prepare_lease: Duration::from_secs(60),
             deadline_margin: Duration::from_secs(5),
             retention_days: 1,
+            ..Settings::new(
+                &resources.state_table,
+                &created.queue_url,
+                path.to_string_lossy(),
+            )
         };
         let mut deps = Deps::new(&settings, &clients, None).await.expect("deps");
         let events = Arc::new(MemoryEvents::default());

@@ -118,6 +118,27 @@ async fn ten_thousand_rows_with_four_workers_import_every_valid_record_exactly_o
         invalid.iter().map(|(l, f)| (*l, f.to_string())).collect();
     assert_eq!(reported, expected);
 
+    // The error report is in S3, one row per failure, in input order.
+    let location = format!("s3://{}/reports/{}.csv", stack.resources.bucket, job_id);
+    assert_eq!(job.report.as_deref(), Some(location.as_str()));
+    let object = stack
+        .clients
+        .s3
+        .get_object()
+        .bucket(&stack.resources.bucket)
+        .key(format!("reports/{job_id}.csv"))
+        .send()
+        .await
+        .expect("report object");
+    let body = object.body.collect().await.unwrap().into_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("line,field,value,message"));
+    let report_lines: Vec<u64> = lines
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(report_lines, invalid.keys().copied().collect::<Vec<_>>());
+
     // The export holds the imported records, in input order.
     let mut out = Vec::new();
     let definition = bulk_import::Definition::from_json(DEFINITION, "test").unwrap();

@@ -17,6 +17,7 @@ use crate::prepare::PrepareSettings;
 use crate::process::WorkerSettings;
 use crate::processor::{DynamoUpsert, RecordProcessor};
 use crate::queue::{SqsQueue, WorkQueue};
+use crate::report::{ReportSink, S3Reports};
 use crate::schema::Definition;
 use crate::store::dynamodb::DynamoStore;
 use crate::store::JobStore;
@@ -29,6 +30,7 @@ pub struct Deps {
     pub objects: Arc<dyn ObjectSource>,
     pub queue: Arc<dyn WorkQueue>,
     pub events: Arc<dyn JobEvents>,
+    pub reports: Arc<dyn ReportSink>,
     /// What workers run on valid records; `None` in the orchestrator.
     pub processor: Option<Arc<dyn RecordProcessor>>,
     pub definition: Arc<Definition>,
@@ -81,6 +83,11 @@ impl Deps {
             events: Arc::new(SqsEvents {
                 client: clients.sqs.clone(),
                 queue_url: settings.events_queue_url.clone(),
+            }),
+            reports: Arc::new(S3Reports {
+                client: clients.s3.clone(),
+                bucket: settings.report_bucket.clone(),
+                prefix: settings.report_prefix.clone(),
             }),
             processor,
             definition: Arc::new(definition),

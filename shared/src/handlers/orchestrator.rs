@@ -98,6 +98,7 @@ pub async fn handle(
         objects: deps.objects.as_ref(),
         queue: deps.queue.as_ref(),
         events: deps.events.as_ref(),
+        reports: deps.reports.as_ref(),
         definition: &deps.definition,
         settings: &deps.prepare,
     };

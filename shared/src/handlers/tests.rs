@@ -7,6 +7,7 @@ use crate::job::JobStatus;
 use crate::objects::MemoryObjects;
 use crate::processor::{ProcessContext, ProcessError};
 use crate::queue::{MemoryQueue, WorkMessage};
+use crate::report::MemoryReports;
 use crate::schema::ValidRecord;
 use crate::store::memory::MemoryStore;
 use async_trait::async_trait;
@@ -41,6 +42,7 @@ impl RecordProcessor for Recorder {
 
 struct Fixture {
     deps: Deps,
+    reports: Arc<MemoryReports>,
     store: Arc<MemoryStore>,
     queue: Arc<MemoryQueue>,
     events: Arc<MemoryEvents>,
@@ -55,6 +57,7 @@ fn fixture(csv: &str) -> Fixture {
     let queue = Arc::new(MemoryQueue::default());
     let events = Arc::new(MemoryEvents::default());
     let recorder = Arc::new(Recorder::default());
+    let reports = Arc::new(MemoryReports::default());
     let mut definition = Definition::from_json(DEFINITION, "examples/users.json").unwrap();
     definition.batch_size = 2;
     let deps = Deps {
@@ -62,6 +65,7 @@ fn fixture(csv: &str) -> Fixture {
         objects,
         queue: queue.clone(),
         events: events.clone(),
+        reports: reports.clone(),
         processor: Some(recorder.clone()),
         definition: Arc::new(definition),
         prepare: PrepareSettings {
@@ -72,6 +76,7 @@ fn fixture(csv: &str) -> Fixture {
     };
     Fixture {
         deps,
+        reports,
         store,
         queue,
         events,
@@ -144,6 +149,15 @@ async fn fixtures_drive_the_whole_pipeline_to_one_completion() {
         .map(|r| (r.line, r.issues[0].field.as_deref()))
         .collect();
     assert_eq!(summary, vec![(4, Some("email")), (6, Some("plan"))]);
+
+    // The error report lists them, and the job says where it is.
+    let reports = f.reports.reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(job.report.as_deref(), Some(reports[0].0.as_str()));
+    assert_eq!(
+        reports[0].1,
+        "line,field,value,message\n4,email,not-an-email,not a valid email address\n6,plan,gold,\"must be one of: free, pro, team\"\n"
+    );
 
     // A continuation for a finished job is a no-op that succeeds.
     let again = worker::handle(

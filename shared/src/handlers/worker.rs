@@ -52,6 +52,7 @@ pub async fn handle(
         store: deps.store.as_ref(),
         processor: processor.as_ref(),
         events: deps.events.as_ref(),
+        reports: deps.reports.as_ref(),
         definition: &deps.definition,
         settings: &deps.worker,
     };

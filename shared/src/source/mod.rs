@@ -4,6 +4,8 @@
 
 mod csv;
 mod detect;
+#[doc(hidden)]
+pub mod fuzzing;
 mod meter;
 mod ndjson;
 #[cfg(test)]

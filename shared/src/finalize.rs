@@ -1,0 +1,111 @@
+//! Ending a job, exactly once: the conditional update from PROCESSING that
+//! exactly one caller wins, the error report written before it, and the
+//! job-completed event sent only by the winner.
+
+use crate::events::JobEvents;
+use crate::job::{now_ms, Job, JobId, JobStatus};
+use crate::report::{ReportError, ReportSink};
+use crate::schema::Definition;
+use crate::store::{Finalization, JobStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinalizeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+}
+
+pub struct Finalizer<'a> {
+    pub store: &'a dyn JobStore,
+    pub events: &'a dyn JobEvents,
+    pub reports: &'a dyn ReportSink,
+    pub definition: &'a Definition,
+}
+
+impl Finalizer<'_> {
+    /// Completes `job` if prepare has finished and every batch is terminal.
+    /// True for the one caller whose conditional update succeeded.
+    pub async fn complete(&self, job: &Job) -> Result<bool, FinalizeError> {
+        if job.status.is_final() || !job.all_batches_done() {
+            return Ok(false);
+        }
+        let (status, reason) = final_status(job, self.definition);
+        // The report is written before the job says where it is; with every
+        // batch terminal its content is final, so racing finalizers write
+        // the same object.
+        let report = if job.failed > 0 {
+            Some(self.reports.write(job, self.store).await?)
+        } else {
+            None
+        };
+        let fin = Finalization {
+            status,
+            reason,
+            report,
+            now_ms: now_ms(),
+        };
+        if !self.store.finalize(&job.id, &fin, true).await? {
+            return Ok(false);
+        }
+        self.announce(&job.id).await?;
+        Ok(true)
+    }
+
+    /// Ends `job` as FAILED now, whatever its batches (a file-level error,
+    /// or a failed record with `continueOnError` off).
+    pub async fn fail(&self, job: &JobId, reason: String) -> Result<bool, FinalizeError> {
+        let report = match self.store.get_job(job).await? {
+            Some(j) if j.failed > 0 && !j.status.is_final() => {
+                Some(self.reports.write(&j, self.store).await?)
+            }
+            _ => None,
+        };
+        let fin = Finalization {
+            status: JobStatus::Failed,
+            reason: Some(reason),
+            report,
+            now_ms: now_ms(),
+        };
+        if !self.store.finalize(job, &fin, false).await? {
+            return Ok(false);
+        }
+        self.announce(job).await?;
+        Ok(true)
+    }
+
+    async fn announce(&self, job: &JobId) -> Result<(), StoreError> {
+        if let Some(done) = self.store.get_job(job).await? {
+            let summary = done.summary(now_ms());
+            tracing::info!(job_id = %job, status = %summary.status, processed = summary.processed, failed = summary.failed, "job finalized");
+            if let Err(e) = self.events.job_completed(&summary).await {
+                tracing::error!(job_id = %job, error = %e, "job-completed event could not be published");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The final status follows from the counters, which cannot change once
+/// every batch is terminal.
+pub fn final_status(job: &Job, definition: &Definition) -> (JobStatus, Option<String>) {
+    let total = job.processed + job.failed;
+    if job.failed == 0 {
+        (JobStatus::Completed, None)
+    } else if !definition.continue_on_error {
+        (
+            JobStatus::Failed,
+            Some(format!(
+                "{} of {total} records failed and continueOnError is false",
+                job.failed
+            )),
+        )
+    } else if job.processed == 0 {
+        (
+            JobStatus::Failed,
+            Some(format!("all {total} records failed")),
+        )
+    } else {
+        (JobStatus::CompletedWithErrors, None)
+    }
+}
