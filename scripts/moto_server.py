@@ -1,10 +1,12 @@
-"""moto server with DynamoDB requests serialized.
+"""moto server with DynamoDB's single-item writes serialized.
 
 DynamoDB applies a condition check and its write atomically; moto's
 DynamoDB backend does not lock, so under moto's threaded server two
-concurrent conditional writes can both pass their check. Running DynamoDB
-requests one at a time restores the guarantee the protocol relies on.
-S3 and SQS requests (including long polls) stay concurrent.
+concurrent conditional writes can both pass their check. Running the
+writes that can carry a condition (PutItem, UpdateItem, DeleteItem,
+TransactWriteItems) one at a time restores the guarantee the protocol
+relies on. Everything else (reads, BatchWriteItem, S3, SQS long polls)
+stays concurrent.
 
 Usage: moto_server.py HOST PORT
 """
@@ -22,12 +24,14 @@ from moto.moto_server.werkzeug_app import (
 )
 
 app = DomainDispatcherApplication(create_backend_app)
-dynamodb = threading.Lock()
+conditional_writes = threading.Lock()
+CONDITIONAL = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems")
 
 
 def application(environ, start_response):
-    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
-        with dynamodb:
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target.startswith("DynamoDB_") and target.rsplit(".", 1)[-1] in CONDITIONAL:
+        with conditional_writes:
             # Consume the response inside the lock: the write happens while
             # the body is produced.
             return list(app(environ, start_response))

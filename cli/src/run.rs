@@ -8,7 +8,7 @@ use bulk_import::aws::Clients;
 use bulk_import::config::{load_definition, Settings};
 use bulk_import::export::export_ndjson;
 use bulk_import::handlers::{orchestrator, Deps};
-use bulk_import::job::{now_ms, JobId};
+use bulk_import::job::now_ms;
 use bulk_import::local::{context, ensure_resources, s3_put_event, Poller, Resources};
 use bulk_import::store::dynamodb::DynamoStore;
 use bulk_import::store::JobStore;
@@ -107,23 +107,31 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let event = s3_put_event(&resources.bucket, &key, &etag, put.version_id(), size);
-    let prepared = orchestrator::handle(
-        &deps,
-        LambdaEvent::new(event, context(Duration::from_secs(900))),
-    )
-    .await?;
-    let first = prepared
-        .into_iter()
-        .next()
-        .context("the orchestrator handled no record")?;
-    let job_id = JobId::new(first.job_id);
-    let prepare_ms = started.elapsed().as_millis() as u64;
-    eprintln!(
-        "job {job_id}: {} ({} records, {} batches) in {prepare_ms} ms",
-        first.outcome, first.total_records, first.total_batches
-    );
+    let job_id = orchestrator::source_of(&event.records[0], 0)?.job_id();
+    // The orchestrator runs alongside the workers, as on AWS: batches are
+    // claimable as soon as they are written.
+    let orchestrator_failed = std::sync::atomic::AtomicBool::new(false);
+    let orchestrate = async {
+        let prepared = orchestrator::handle(
+            &deps,
+            LambdaEvent::new(event, context(Duration::from_secs(900))),
+        )
+        .await
+        .inspect_err(|_| orchestrator_failed.store(true, std::sync::atomic::Ordering::SeqCst))?;
+        let first = prepared
+            .into_iter()
+            .next()
+            .context("the orchestrator handled no record")?;
+        let prepare_ms = started.elapsed().as_millis() as u64;
+        eprintln!(
+            "job {job_id}: {} ({} records, {} batches) in {prepare_ms} ms",
+            first.outcome, first.total_records, first.total_batches
+        );
+        Ok::<_, anyhow::Error>(prepare_ms)
+    };
 
-    let bar = ProgressBar::new(first.total_records);
+    let batch_size = definition.batch_size as u64;
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
             "{elapsed_precise} [{bar:40}] {pos}/{len} records ({per_sec})",
@@ -138,14 +146,18 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
             deps: deps.clone(),
             invocation_timeout,
         };
-        let (watcher, job, bar) = (&watcher, &job_id, &bar);
+        let (watcher, job, bar, orchestrator_failed) =
+            (&watcher, &job_id, &bar, &orchestrator_failed);
         async move {
             poller
                 .run_until(|| async move {
                     match watcher.get_job(job).await {
                         Ok(Some(j)) => {
+                            bar.set_length(j.total_records.max(j.batches_ready * batch_size));
                             bar.set_position(j.processed + j.failed);
-                            j.status.is_final() || Instant::now() > deadline
+                            j.status.is_final()
+                                || Instant::now() > deadline
+                                || orchestrator_failed.load(std::sync::atomic::Ordering::SeqCst)
                         }
                         _ => Instant::now() > deadline,
                     }
@@ -153,7 +165,9 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
                 .await
         }
     });
-    for result in futures::future::join_all(pollers).await {
+    let (prepared, polled) = tokio::join!(orchestrate, futures::future::join_all(pollers));
+    let prepare_ms = prepared?;
+    for result in polled {
         result.map_err(|e| anyhow::anyhow!(e))?;
     }
     bar.finish_and_clear();

@@ -105,11 +105,17 @@ impl Preparer<'_> {
                     let reason = format!("{source}: the file holds no records");
                     return self.reject(job, reason).await;
                 }
-                self.fan_out(&job, total_batches).await?;
+                let resumed = job.batches_ready > 0;
                 let job = self
                     .store
                     .finish_prepare(&job.id, &lease, total_records, total_batches)
                     .await?;
+                if resumed {
+                    // The workers woken before the crash may be gone.
+                    let waiting = total_batches.saturating_sub(job.batches_handed_out);
+                    self.wake(&job, waiting.min(u64::from(self.settings.max_workers)))
+                        .await?;
+                }
                 tracing::info!(job_id = %job.id, total_records, total_batches, "prepared");
                 // Workers may have finished every batch already.
                 self.finalizer().complete(&job).await?;
@@ -188,16 +194,21 @@ impl Preparer<'_> {
         self.store
             .add_batch(&job.id, lease, NewBatch { index, records }, now_ms())
             .await
-            .map_err(|e| Stop::Error(e.into()))
+            .map_err(|e| Stop::Error(e.into()))?;
+        // One more worker for each of the first batches: workers start while
+        // the file is still being read, up to MAX_WORKERS of them.
+        if index < u64::from(self.settings.max_workers) {
+            self.wake(job, 1).await.map_err(|e| Stop::Error(e.into()))?;
+        }
+        Ok(())
     }
 
-    async fn fan_out(&self, job: &Job, total_batches: u64) -> Result<(), QueueError> {
-        let count = total_batches.min(u64::from(self.settings.max_workers)) as usize;
+    async fn wake(&self, job: &Job, workers: u64) -> Result<(), QueueError> {
         let message = WorkMessage {
             job_id: job.id.clone(),
             continuation: false,
         };
-        self.queue.send(&vec![message; count]).await
+        self.queue.send(&vec![message; workers as usize]).await
     }
 }
 

@@ -89,6 +89,7 @@ impl Worker<'_> {
             finalized: false,
         };
         let mut slowest = Duration::ZERO;
+        let mut waits = 0;
         loop {
             if let Some(deadline) = deadline {
                 let needed = self.settings.deadline_margin.max(slowest * 2);
@@ -103,7 +104,16 @@ impl Worker<'_> {
                 .claim_batch(job, worker_id, now_ms(), lease_ms)
                 .await?
             {
-                Claim::Batch(c) => c,
+                Claim::Batch(c) => {
+                    waits = 0;
+                    c
+                }
+                Claim::Wait => {
+                    // Prepare is still writing batches: poll, backing off.
+                    self.settings.backoff.wait(waits.min(4)).await;
+                    waits += 1;
+                    continue;
+                }
                 Claim::NoneAvailable => {
                     report.stop = StopReason::NoWork;
                     return Ok(report);

@@ -123,6 +123,14 @@ pub async fn batches_are_claimable_as_soon_as_written(store: &dyn JobStore) {
         store.load_records(&job, c.index).await.unwrap(),
         records(0, 3)
     );
+    let next = store.claim_batch(&job, "w2", T0, LEASE).await.unwrap();
+    assert_eq!(next, Claim::Wait, "more batches are coming");
+    store
+        .finish_prepare(&job, &lease("orchestrator"), 3, 1)
+        .await
+        .unwrap();
+    let next = store.claim_batch(&job, "w2", T0, LEASE).await.unwrap();
+    assert_eq!(next, Claim::NoneAvailable);
 }
 
 pub async fn each_batch_goes_to_one_of_two_racing_workers(store: &dyn JobStore) {

@@ -251,7 +251,11 @@ impl JobStore for MemoryStore {
                     return Ok(Claim::Batch(c));
                 }
             }
-            Ok(Claim::NoneAvailable)
+            Ok(if s.job.prepared {
+                Claim::NoneAvailable
+            } else {
+                Claim::Wait
+            })
         })
     }
 

@@ -52,8 +52,10 @@ pub struct ClaimedBatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     Batch(ClaimedBatch),
-    /// Nothing claimable now: every written batch is done or under a live lease.
+    /// Nothing claimable now: every batch is done or under a live lease.
     NoneAvailable,
+    /// Nothing claimable yet, but prepare is still writing batches.
+    Wait,
     /// The job is final; nothing more will ever be claimable.
     JobFinished(JobStatus),
 }

@@ -265,8 +265,9 @@ impl DynamoStore {
         }
     }
 
-    /// Hands out the next batch index from the job's cursor.
-    async fn next_index(&self, job: &JobId) -> Result<Result<u64, Option<JobStatus>>, StoreError> {
+    /// Hands out the next batch index from the job's cursor; otherwise says
+    /// why there is none (`Err` holds the claim answer to give).
+    async fn next_index(&self, job: &JobId) -> Result<Result<u64, Claim>, StoreError> {
         let result = self
             .update(job_pk(job), JOB_SK)
             .update_expression("SET #cursor = #cursor + :one")
@@ -300,7 +301,13 @@ impl DynamoStore {
                     None => Err(StoreError::JobNotFound(job.clone())),
                     Some(item) => {
                         let item: JobItem = from_item(item).map_err(|e| corrupt(job, e))?;
-                        Ok(Err(item.status.is_final().then_some(item.status)))
+                        Ok(Err(if item.status.is_final() {
+                            Claim::JobFinished(item.status)
+                        } else if item.prepared {
+                            Claim::NoneAvailable
+                        } else {
+                            Claim::Wait
+                        }))
                     }
                 }
             }
@@ -768,16 +775,19 @@ impl JobStore for DynamoStore {
                         return Ok(Claim::Batch(c));
                     }
                 }
-                Err(Some(status)) => return Ok(Claim::JobFinished(status)),
-                Err(None) => break,
+                Err(Claim::JobFinished(status)) => return Ok(Claim::JobFinished(status)),
+                Err(exhausted) => {
+                    for index in self.expired(job, now_ms).await? {
+                        if let Some(c) =
+                            self.try_claim(job, index, worker, now_ms, lease_ms).await?
+                        {
+                            return Ok(Claim::Batch(c));
+                        }
+                    }
+                    return Ok(exhausted);
+                }
             }
         }
-        for index in self.expired(job, now_ms).await? {
-            if let Some(c) = self.try_claim(job, index, worker, now_ms, lease_ms).await? {
-                return Ok(Claim::Batch(c));
-            }
-        }
-        Ok(Claim::NoneAvailable)
     }
 
     async fn load_records(&self, job: &JobId, index: u64) -> Result<Vec<StagedRecord>, StoreError> {
