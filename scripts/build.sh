@@ -32,10 +32,9 @@ case "$profile" in
   *) echo "BUILD_PROFILE must be release or debug, not $profile" >&2; exit 2 ;;
 esac
 
+venv_install cargo-lambda "$cargo_lambda_version"
 "$venv/bin/python" -c 'import json, sys; json.load(open(sys.argv[1]))' "$definition" ||
   { echo "DEFINITION=$definition is not a readable JSON file" >&2; exit 2; }
-
-venv_install cargo-lambda "$cargo_lambda_version"
 export PATH="$venv/bin:$PATH"
 
 host=$(rustc -vV | sed -n 's/^host: //p')

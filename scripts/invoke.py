@@ -168,6 +168,13 @@ def drain(args):
     json.dump(bodies, sys.stdout)
 
 
+def head(args):
+    """The first lines of an s3://bucket/key object."""
+    bucket, key = args.url.removeprefix("s3://").split("/", 1)
+    body = s3().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    print("\n".join(body.splitlines()[: args.lines]))
+
+
 def get(args):
     """A field of a JSON document (dotted path), e.g. `get 0.jobId`."""
     value = json.load(sys.stdin)
@@ -221,6 +228,11 @@ def main():
     p = sub.add_parser("drain")
     p.add_argument("queue_url")
     p.set_defaults(run=drain)
+
+    p = sub.add_parser("head")
+    p.add_argument("url")
+    p.add_argument("--lines", type=int, default=5)
+    p.set_defaults(run=head)
 
     p = sub.add_parser("get")
     p.add_argument("path")

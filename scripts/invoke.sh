@@ -68,8 +68,12 @@ env_vars=(
   "MAX_WORKERS=${INVOKE_MAX_WORKERS:-2}"
   "LEASE_SECONDS=60"
   "PREPARE_LEASE_SECONDS=60"
+  # cargo lambda watch sends a fixed deadline in 1970; the worker ignores a
+  # deadline that has already passed and works until nothing is claimable.
   "DEADLINE_MARGIN_SECONDS=20"
   "RETENTION_DAYS=30"
+  "REPORT_BUCKET=$bucket"
+  "REPORT_PREFIX=reports/"
 )
 watch_args=(--ignore-changes --invoke-address 127.0.0.1 --invoke-port "$port")
 for v in "${env_vars[@]}"; do watch_args+=(--env-var "$v"); done
@@ -142,6 +146,11 @@ if [ "$mode" = worker ]; then
   step "job events (EVENTS_QUEUE_URL)"
   py drain "$events_url"
   echo
+  report=$(py job "$state_table" "$job_id" | py get report 2>/dev/null || true)
+  if [ -n "$report" ]; then
+    step "error report $report (first lines)"
+    py head "$report"
+  fi
   status=$(py job "$state_table" "$job_id" | py get status)
   if [ "$status" = PROCESSING ]; then
     echo "the job did not finish" >&2

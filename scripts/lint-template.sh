@@ -2,7 +2,8 @@
 # Lints template.yaml with cfn-lint (errors and warnings fail), then
 # translates it with the SAM translator, offline, as CloudFormation would on
 # deploy, and lints the result: that catches what SAM itself rejects and
-# what only shows after the transform (cycles, generated resources).
+# what only shows after the transform (cycles, generated resources). Last,
+# scripts/check-iam.py checks the policies' actions and "*" resources.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -19,4 +20,5 @@ out="$root/target/sam"
 mkdir -p "$out"
 "$venv/bin/python" "$root/scripts/sam-translate.py" "$template" >"$out/template.json"
 "$venv/bin/cfn-lint" -- "$out/template.json"
+"$venv/bin/python" "$root/scripts/check-iam.py" "$out/template.json"
 echo "$template: cfn-lint clean, SAM transform ($out/template.json) cfn-lint clean" >&2

@@ -96,11 +96,17 @@ pub fn s3_put_event(
     record["eventTime"] = chrono::Utc::now().to_rfc3339().into();
     record["s3"]["bucket"]["name"] = bucket.into();
     record["s3"]["bucket"]["arn"] = format!("arn:aws:s3:::{bucket}").into();
+    // S3 encodes keys in events like a form: `+` for a space.
     let encoded: String = key
         .split('/')
         .map(|part| {
-            percent_encoding::utf8_percent_encode(part, percent_encoding::NON_ALPHANUMERIC)
-                .to_string()
+            part.split(' ')
+                .map(|w| {
+                    percent_encoding::utf8_percent_encode(w, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+                .join("+")
         })
         .collect::<Vec<_>>()
         .join("/");

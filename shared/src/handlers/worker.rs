@@ -12,15 +12,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
 /// The Lambda deadline as an `Instant` (the context gives epoch millis).
+/// A deadline already past when the invocation starts is not a real one
+/// (local emulators send a fixed placeholder): run without a deadline.
 fn deadline_of(deadline_ms: u64) -> Option<Instant> {
-    if deadline_ms == 0 {
-        return None;
-    }
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .ok()?
         .as_millis() as u64;
-    Some(Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms)))
+    if deadline_ms <= now_ms {
+        if deadline_ms != 0 {
+            tracing::warn!(
+                deadline_ms,
+                "invocation deadline is in the past; ignoring it"
+            );
+        }
+        return None;
+    }
+    Some(Instant::now() + Duration::from_millis(deadline_ms - now_ms))
 }
 
 /// Runs one worker loop per distinct job in the event (duplicates of a job

@@ -1,0 +1,98 @@
+"""Least-privilege checks on the IAM policies of a CloudFormation template
+(the SAM-translated one, so generated roles are seen too):
+
+- every action exists (cfn-lint's copy of the IAM service authorization
+  reference), so a made-up action such as dynamodb:TransactWriteItems fails;
+- no wildcard in an allowed action;
+- "*" as a resource only for actions that have no resource-level
+  permissions (ALLOWED_STAR).
+
+Usage: python scripts/check-iam.py target/sam/template.json
+"""
+
+import json
+import os
+import sys
+
+import cfnlint
+
+ALLOWED_STAR = {"xray:puttracesegments", "xray:puttelemetryrecords"}
+
+
+def known_actions():
+    path = os.path.join(
+        os.path.dirname(cfnlint.__file__), "data", "AdditionalSpecs", "Policies.json"
+    )
+    with open(path, encoding="utf-8") as f:
+        services = json.load(f)
+    return {
+        f"{prefix}:{action}".lower()
+        for prefix, service in services.items()
+        for action in service.get("Actions", {})
+    }
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def statements(document):
+    """Statements, with both branches of any Fn::If."""
+    for s in as_list(document.get("Statement", [])):
+        if isinstance(s, dict) and "Fn::If" in s:
+            for branch in s["Fn::If"][1:]:
+                if isinstance(branch, dict) and "Ref" not in branch:
+                    yield branch
+        elif isinstance(s, dict):
+            yield s
+
+
+def resources_of(statement):
+    for r in as_list(statement.get("Resource", [])):
+        if isinstance(r, dict) and "Fn::If" in r:
+            yield from (b for b in r["Fn::If"][1:] if b != {"Ref": "AWS::NoValue"})
+        else:
+            yield r
+
+
+def documents(template):
+    for name, resource in template.get("Resources", {}).items():
+        props = resource.get("Properties", {})
+        kind = resource.get("Type")
+        if kind == "AWS::IAM::Role":
+            for p in props.get("Policies", []):
+                yield f"{name}/{p.get('PolicyName')}", p["PolicyDocument"]
+        elif kind in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
+            yield name, props["PolicyDocument"]
+
+
+def main():
+    with open(sys.argv[1], encoding="utf-8") as f:
+        template = json.load(f)
+    known = known_actions()
+    problems = []
+    checked = 0
+    for where, document in documents(template):
+        for s in statements(document):
+            if s.get("Effect") != "Allow":
+                continue
+            actions = [a for a in as_list(s.get("Action", [])) if isinstance(a, str)]
+            for action in actions:
+                checked += 1
+                if "*" in action:
+                    problems.append(f"{where}: wildcard action {action}")
+                elif action.lower() not in known:
+                    problems.append(f"{where}: {action} is not an IAM action")
+            if "*" in list(resources_of(s)):
+                for action in actions:
+                    if action.lower() not in ALLOWED_STAR:
+                        problems.append(f"{where}: {action} on resource *")
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        sys.exit(1)
+    print(f"IAM: {checked} allowed actions checked, none unknown, wildcard or on * needlessly", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
