@@ -12,7 +12,7 @@ ROWS ?= 100000
 
 export FILE DEFINITION WORKERS EXPORT ROWS
 
-.PHONY: demo test unit lint check build build-check lint-template \
+.PHONY: demo test unit lint check build build-check lint-template chaos bench \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
 
 ## demo: the whole pipeline on a 100k-row sample (or FILE=... DEFINITION=...)
@@ -24,6 +24,15 @@ demo:
 test: check
 	$(CARGO) build --workspace --all-targets
 	scripts/with-moto.sh $(CARGO) test --workspace
+
+## chaos: the chaos test at full size: 50k rows, 8 worker processes, 40 SIGKILLs, injected faults
+chaos:
+	$(CARGO) build --workspace --all-targets
+	CHAOS_ROWS=50000 CHAOS_KILLS=40 scripts/with-moto.sh $(CARGO) test -p integration-tests --test chaos -- --nocapture
+
+## bench: CPU cost of parsing, validation and packing (criterion); `make demo` prints end-to-end figures
+bench:
+	$(CARGO) bench -p bulk-import --bench throughput
 
 ## unit: the tests that need no emulator
 unit:
