@@ -9,6 +9,8 @@ DEFINITION ?=
 WORKERS ?= 4
 EXPORT ?=
 ROWS ?= 100000
+# PROFILE=release builds the demo optimized (slower to build, faster to run).
+PROFILE ?= debug
 
 export FILE DEFINITION WORKERS EXPORT ROWS
 
@@ -17,8 +19,8 @@ export FILE DEFINITION WORKERS EXPORT ROWS
 
 ## demo: the whole pipeline on a 100k-row sample (or FILE=... DEFINITION=...)
 demo:
-	$(CARGO) build -p bulk-import-cli
-	scripts/with-moto.sh scripts/demo.sh
+	$(CARGO) build -p bulk-import-cli $(if $(filter release,$(PROFILE)),--release)
+	BULKIMPORT=target/$(PROFILE)/bulkimport scripts/with-moto.sh scripts/demo.sh
 
 ## test: check, then every test, integration ones against moto server
 test: check

@@ -16,7 +16,9 @@ fi
 port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log="${MOTO_LOG:-$root/target/moto-$port.log}"
 mkdir -p "$(dirname "$log")"
-"$venv/bin/python" "$root/scripts/moto_server.py" 127.0.0.1 "$port" >"$log" 2>&1 &
+# Small multipart parts, so tests can exercise multipart uploads without
+# producing 5 MiB (S3's real minimum, which the code respects by default).
+S3_UPLOAD_PART_MIN_SIZE=1024 "$venv/bin/python" "$root/scripts/moto_server.py" 127.0.0.1 "$port" >"$log" 2>&1 &
 moto_pid=$!
 trap 'kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true' EXIT
 

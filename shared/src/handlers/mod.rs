@@ -84,11 +84,11 @@ impl Deps {
                 client: clients.sqs.clone(),
                 queue_url: settings.events_queue_url.clone(),
             }),
-            reports: Arc::new(S3Reports {
-                client: clients.s3.clone(),
-                bucket: settings.report_bucket.clone(),
-                prefix: settings.report_prefix.clone(),
-            }),
+            reports: Arc::new(S3Reports::new(
+                clients.s3.clone(),
+                settings.report_bucket.clone(),
+                &settings.report_prefix,
+            )),
             processor,
             definition: Arc::new(definition),
             prepare: PrepareSettings {

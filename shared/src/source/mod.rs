@@ -2,6 +2,7 @@
 //! arrive, are decompressed, sniffed (format, text, delimiter), parsed as CSV
 //! or NDJSON and mapped onto the definition's fields as [`StagedRecord`]s.
 
+mod chunks;
 mod csv;
 mod detect;
 #[doc(hidden)]
@@ -11,6 +12,7 @@ mod ndjson;
 #[cfg(test)]
 mod tests;
 
+use self::chunks::FixedChunks;
 use self::csv::CsvSource;
 use self::detect::{Compression, BOM, SNIFF_BYTES};
 use self::meter::RowOverflow;
@@ -22,9 +24,12 @@ use std::fmt;
 use std::io::{self, Cursor};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Compressed bytes handed to the gzip decoder at once.
+const GZIP_INPUT_BYTES: usize = 64 * 1024;
 
 /// What the reader is told about the input besides its bytes.
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +161,7 @@ impl RecordReader {
             Compression::None => raw,
             Compression::Gzip => {
                 ctx.gzip = true;
-                let mut decoder = GzipDecoder::new(BufReader::new(raw));
+                let mut decoder = GzipDecoder::new(FixedChunks::new(raw, GZIP_INPUT_BYTES));
                 decoder.multiple_members(true);
                 Box::new(decoder)
             }
