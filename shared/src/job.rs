@@ -162,6 +162,7 @@ impl Job {
             },
             requests: self.cost.requests,
             write_units: self.cost.write_units,
+            read_units: self.cost.read_units,
             write_units_per_record: if self.total_records == 0 {
                 0.0
             } else {
@@ -186,6 +187,7 @@ pub struct JobSummary {
     pub records_per_second: f64,
     pub requests: u64,
     pub write_units: f64,
+    pub read_units: f64,
     pub write_units_per_record: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
