@@ -12,10 +12,15 @@ use crate::report::ReportSink;
 use crate::schema::Definition;
 use crate::source::{OpenOptions, RecordReader, SourceError};
 use crate::store::{codec, CreateOutcome, JobStore, NewBatch, PrepareLease, StoreError};
+use std::time::{Duration, Instant};
 
 /// A batch is also cut when its records reach this many bytes, so memory
 /// stays bounded whatever the batch size and row size.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Time kept in hand before the deadline: enough to write one more batch
+/// and release the lease.
+pub const HANDOFF_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct PrepareSettings {
@@ -54,6 +59,9 @@ pub enum PrepareOutcome {
     InProgress(Job),
     /// The file was rejected; the job is FAILED with the reason.
     Rejected(Job),
+    /// The invocation's deadline came first: the lease is released and the
+    /// next sweep resumes from the last written batch.
+    HandedOff(Job),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +86,18 @@ impl Preparer<'_> {
         source: &SourceRef,
         owner: &str,
     ) -> Result<PrepareOutcome, PrepareError> {
+        self.run_until(source, owner, None).await
+    }
+
+    /// `run`, handing the prepare over (to the next sweep) instead of
+    /// starting another batch when `deadline` is less than
+    /// `HANDOFF_MARGIN` away.
+    pub async fn run_until(
+        &self,
+        source: &SourceRef,
+        owner: &str,
+        deadline: Option<Instant>,
+    ) -> Result<PrepareOutcome, PrepareError> {
         let lease = PrepareLease {
             owner: owner.to_owned(),
             lease_ms: self.settings.lease_ms,
@@ -99,7 +119,7 @@ impl Preparer<'_> {
                 None => return Ok(PrepareOutcome::InProgress(job)),
             },
         };
-        match self.write_batches(&job, &lease).await {
+        match self.write_batches(&job, &lease, deadline).await {
             Ok((total_records, total_batches)) => {
                 if total_records == 0 {
                     let reason = format!("{source}: the file holds no records");
@@ -122,6 +142,12 @@ impl Preparer<'_> {
                 Ok(PrepareOutcome::Prepared(job))
             }
             Err(Stop::Reject(reason)) => self.reject(job, reason).await,
+            Err(Stop::Handoff) => {
+                self.store.release_prepare(&job.id, &lease).await?;
+                let job = self.store.get_job(&job.id).await?.unwrap_or(job);
+                tracing::warn!(job_id = %job.id, batches = job.batches_ready, "deadline near; prepare handed over to the sweeper");
+                Ok(PrepareOutcome::HandedOff(job))
+            }
             Err(Stop::Error(e)) => Err(e),
         }
     }
@@ -144,7 +170,12 @@ impl Preparer<'_> {
 
     /// Streams the object into batches; skips writing the batches a previous
     /// owner already wrote (cutting is deterministic, so they are identical).
-    async fn write_batches(&self, job: &Job, lease: &PrepareLease) -> Result<(u64, u64), Stop> {
+    async fn write_batches(
+        &self,
+        job: &Job,
+        lease: &PrepareLease,
+        deadline: Option<Instant>,
+    ) -> Result<(u64, u64), Stop> {
         let body = self.objects.open(&job.source).await.map_err(|e| match e {
             e if e.is_transient() => Stop::Error(PrepareError::Object(e)),
             e => Stop::Reject(e.to_string()),
@@ -167,6 +198,11 @@ impl Preparer<'_> {
             batch.push(record);
             total += 1;
             if batch.len() >= self.definition.batch_size || batch_bytes >= MAX_BATCH_BYTES {
+                let near = deadline
+                    .is_some_and(|d| d.saturating_duration_since(Instant::now()) < HANDOFF_MARGIN);
+                if near && index >= resume_from {
+                    return Err(Stop::Handoff);
+                }
                 self.write(job, lease, index, &batch, resume_from).await?;
                 index += 1;
                 batch.clear();
@@ -215,6 +251,8 @@ impl Preparer<'_> {
 enum Stop {
     /// The file is unusable: the job fails with this reason.
     Reject(String),
+    /// Too close to the deadline to write another batch.
+    Handoff,
     Error(PrepareError),
 }
 
@@ -244,5 +282,60 @@ fn storable(record: StagedRecord) -> StagedRecord {
                 codec::MAX_CHUNK_BYTES
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::MemoryEvents;
+    use crate::objects::MemoryObjects;
+    use crate::queue::MemoryQueue;
+    use crate::report::MemoryReports;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn an_orchestrator_near_its_deadline_hands_over_and_the_next_one_resumes_at_once() {
+        let def = Definition::from_json(
+            r#"{"fields": [{"name": "n", "type": "integer"}], "batchSize": 2}"#,
+            "t",
+        )
+        .unwrap();
+        let objects = MemoryObjects::default();
+        objects.put("b", "k.csv", "n\n1\n2\n3\n4\n5\n");
+        let (store, queue, events, reports) = (
+            MemoryStore::new(),
+            MemoryQueue::default(),
+            MemoryEvents::default(),
+            MemoryReports::default(),
+        );
+        let settings = PrepareSettings::default();
+        let preparer = Preparer {
+            store: &store,
+            objects: &objects,
+            queue: &queue,
+            events: &events,
+            reports: &reports,
+            definition: &def,
+            settings: &settings,
+        };
+        let source = SourceRef {
+            bucket: "b".into(),
+            key: "k.csv".into(),
+            version: "v".into(),
+        };
+        let soon = Instant::now() + Duration::from_secs(1);
+        let PrepareOutcome::HandedOff(job) = preparer
+            .run_until(&source, "first", Some(soon))
+            .await
+            .unwrap()
+        else {
+            panic!("expected a handoff")
+        };
+        assert_eq!((job.prepared, job.prepare_lease_until_ms), (false, 0));
+        let PrepareOutcome::Prepared(job) = preparer.run(&source, "second").await.unwrap() else {
+            panic!("the released prepare is resumed without waiting for the lease")
+        };
+        assert_eq!((job.total_records, job.total_batches), (5, 3));
     }
 }

@@ -10,6 +10,7 @@ use crate::prepare::{PrepareError, Preparer};
 use crate::queue::{QueueError, WorkMessage};
 use crate::store::StoreError;
 use serde::Serialize;
+use std::time::Instant;
 
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -39,7 +40,11 @@ pub enum SweepError {
 
 /// One pass over the active jobs. `owner` names this sweep when it takes a
 /// prepare over (the Lambda request id).
-pub async fn sweep(deps: &Deps, owner: &str) -> Result<SweepReport, SweepError> {
+pub async fn sweep(
+    deps: &Deps,
+    owner: &str,
+    deadline: Option<Instant>,
+) -> Result<SweepReport, SweepError> {
     let store = deps.store.as_ref();
     let mut report = SweepReport::default();
     for id in store.active_jobs().await? {
@@ -64,7 +69,7 @@ pub async fn sweep(deps: &Deps, owner: &str) -> Result<SweepReport, SweepError> 
                     settings: &deps.prepare,
                 };
                 preparer
-                    .run(&job.source, owner)
+                    .run_until(&job.source, owner, deadline)
                     .await
                     .map_err(|source| SweepError::Prepare {
                         job: id.clone(),

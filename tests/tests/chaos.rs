@@ -239,7 +239,7 @@ async fn job_survives_killed_workers_duplicates_and_throttling() {
             duplicates += 3;
         }
         if last_sweep.elapsed() > Duration::from_secs(5) {
-            bulk_import::sweep::sweep(&stack.deps, "chaos-sweeper")
+            bulk_import::sweep::sweep(&stack.deps, "chaos-sweeper", None)
                 .await
                 .expect("sweep");
             sweeps += 1;

@@ -22,6 +22,7 @@ use crate::schema::Definition;
 use crate::store::dynamodb::DynamoStore;
 use crate::store::JobStore;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Everything a handler needs, built once per cold start.
 #[derive(Clone)]
@@ -130,4 +131,24 @@ pub(crate) fn diagnostic(
         error_type: error_type.into(),
         error_message: message,
     }
+}
+
+/// The Lambda deadline as an `Instant` (the context gives epoch millis).
+/// A deadline already past when the invocation starts is not a real one
+/// (local emulators send a fixed placeholder): run without a deadline.
+pub(crate) fn deadline_of(deadline_ms: u64) -> Option<Instant> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    if deadline_ms <= now_ms {
+        if deadline_ms != 0 {
+            tracing::warn!(
+                deadline_ms,
+                "invocation deadline is in the past; ignoring it"
+            );
+        }
+        return None;
+    }
+    Some(Instant::now() + Duration::from_millis(deadline_ms - now_ms))
 }

@@ -93,6 +93,7 @@ pub async fn handle(
     event: LambdaEvent<S3Event>,
 ) -> Result<Vec<Prepared>, OrchestratorError> {
     let owner = event.context.request_id.clone();
+    let deadline = super::deadline_of(event.context.deadline);
     let preparer = Preparer {
         store: deps.store.as_ref(),
         objects: deps.objects.as_ref(),
@@ -106,11 +107,16 @@ pub async fn handle(
     for (i, record) in event.payload.records.iter().enumerate() {
         let source = source_of(record, i)?;
         let span = tracing::info_span!("prepare", job_id = %source.job_id(), object = %source);
-        let (outcome, job) = match preparer.run(&source, &owner).instrument(span).await? {
+        let (outcome, job) = match preparer
+            .run_until(&source, &owner, deadline)
+            .instrument(span)
+            .await?
+        {
             PrepareOutcome::Prepared(job) => ("prepared", job),
             PrepareOutcome::AlreadyPrepared(job) => ("duplicate", job),
             PrepareOutcome::InProgress(job) => ("in-progress", job),
             PrepareOutcome::Rejected(job) => ("rejected", job),
+            PrepareOutcome::HandedOff(job) => ("handed-off", job),
         };
         tracing::info!(outcome, status = %job.status, total_records = job.total_records, "object handled");
         results.push(Prepared {

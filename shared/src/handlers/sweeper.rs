@@ -10,7 +10,13 @@ pub async fn handle(
     deps: &Deps,
     event: LambdaEvent<EventBridgeEvent>,
 ) -> Result<SweepReport, SweepError> {
-    let report = sweep(deps, &format!("sweeper:{}", event.context.request_id)).await?;
+    let deadline = super::deadline_of(event.context.deadline);
+    let report = sweep(
+        deps,
+        &format!("sweeper:{}", event.context.request_id),
+        deadline,
+    )
+    .await?;
     tracing::info!(
         active = report.active_jobs,
         refanned = report.refanned,

@@ -8,28 +8,7 @@ use crate::queue::WorkMessage;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
-
-/// The Lambda deadline as an `Instant` (the context gives epoch millis).
-/// A deadline already past when the invocation starts is not a real one
-/// (local emulators send a fixed placeholder): run without a deadline.
-fn deadline_of(deadline_ms: u64) -> Option<Instant> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_millis() as u64;
-    if deadline_ms <= now_ms {
-        if deadline_ms != 0 {
-            tracing::warn!(
-                deadline_ms,
-                "invocation deadline is in the past; ignoring it"
-            );
-        }
-        return None;
-    }
-    Some(Instant::now() + Duration::from_millis(deadline_ms - now_ms))
-}
 
 /// Runs one worker loop per distinct job in the event (duplicates of a job
 /// share it). Returns the ids of messages to retry.
@@ -38,7 +17,7 @@ pub async fn handle(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     let processor = deps.require_processor()?;
-    let deadline = deadline_of(event.context.deadline);
+    let deadline = super::deadline_of(event.context.deadline);
     let mut failures = Vec::new();
     let mut jobs: BTreeMap<JobId, Vec<String>> = BTreeMap::new();
     for message in &event.payload.records {

@@ -475,6 +475,38 @@ pub async fn lease_view_tells_live_workers_from_stalled_batches(store: &dyn JobS
     assert_eq!(j.batches_handed_out, 2);
 }
 
+pub async fn released_prepare_lease_is_taken_over_at_once(store: &dyn JobStore) {
+    let job = job_with(store, "handoff", 1, true).await;
+    let next = lease("orchestrator-2");
+    assert!(store
+        .acquire_prepare(&job, &next, T0 + 1)
+        .await
+        .unwrap()
+        .is_none());
+    // A stranger's release changes nothing.
+    store
+        .release_prepare(&job, &lease("stranger"))
+        .await
+        .unwrap();
+    assert!(store
+        .acquire_prepare(&job, &next, T0 + 2)
+        .await
+        .unwrap()
+        .is_none());
+    store
+        .release_prepare(&job, &lease("orchestrator"))
+        .await
+        .unwrap();
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!(j.prepare_lease_until_ms, 0);
+    let taken = store
+        .acquire_prepare(&job, &next, T0 + 3)
+        .await
+        .unwrap()
+        .expect("released lease");
+    assert_eq!(taken.batches_ready, 1);
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for a backend;
 /// `$make` is an async block returning a fresh store.
 #[macro_export]
@@ -495,6 +527,7 @@ macro_rules! conformance_tests {
             exactly_one_of_racing_finalizers_wins,
             abort_finalizes_before_all_batches_are_done,
             prepare_lease_fences_a_second_orchestrator,
+            released_prepare_lease_is_taken_over_at_once,
             active_jobs_are_those_still_processing,
             lease_view_tells_live_workers_from_stalled_batches,
         );

@@ -205,6 +205,16 @@ impl JobStore for MemoryStore {
         })
     }
 
+    async fn release_prepare(&self, job: &JobId, lease: &PrepareLease) -> Result<(), StoreError> {
+        self.with_job(job, |s| {
+            if matches!(&s.prepare, Some((owner, _)) if owner == &lease.owner) {
+                s.prepare = Some((lease.owner.clone(), 0));
+                s.job.prepare_lease_until_ms = 0;
+            }
+            Ok(())
+        })
+    }
+
     async fn finish_prepare(
         &self,
         job: &JobId,

@@ -175,6 +175,10 @@ pub trait JobStore: Send + Sync {
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
+    /// Gives the prepare lease up at once (an orchestrator near its deadline),
+    /// so the next sweep resumes the prepare without waiting for it to expire.
+    async fn release_prepare(&self, job: &JobId, lease: &PrepareLease) -> Result<(), StoreError>;
+
     /// Records the totals and marks prepare finished. Returns the job after.
     async fn finish_prepare(
         &self,

@@ -56,6 +56,41 @@ async fn malformed_gzip_is_a_decompress_error() {
     assert!(matches!(err, SourceError::Decompress { .. }), "{err:?}");
 }
 
+/// A gzip member whose deflate data lies past the sniffed first bytes (behind
+/// a long file name), decodes to NUL bytes and then turns corrupt.
+fn gzip_corrupt_after_binary_output() -> Vec<u8> {
+    let mut member = vec![0x1f, 0x8b, 8, 0x08, 0, 0, 0, 0, 0, 0xff];
+    member.extend(std::iter::repeat_n(b'n', SNIFF_BYTES));
+    member.push(0);
+    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    deflate.write_all(&[0; 2 * SNIFF_BYTES]).unwrap();
+    deflate.flush().unwrap();
+    member.extend(deflate.get_ref());
+    // A final block of the reserved type 3.
+    member.push(0b111);
+    member
+}
+
+#[tokio::test]
+async fn corrupt_gzip_fails_the_same_way_however_the_body_is_cut() {
+    let input = gzip_corrupt_after_binary_output();
+    let whole = read_all(Cursor::new(input.clone()), "f.csv.gz", &people()).await;
+    let whole = whole.1.expect("an error").to_string();
+    assert!(
+        whole.starts_with("f.csv.gz: the gzip data is corrupt or truncated"),
+        "{whole}"
+    );
+    for size in [1, 7, 500] {
+        let pieces = Pieces::new(input.chunks(size).map(<[u8]>::to_vec));
+        let (_, err) = read_all(pieces, "f.csv.gz", &people()).await;
+        assert_eq!(
+            err.expect("an error").to_string(),
+            whole,
+            "pieces of {size}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unsupported_compression_by_magic_or_suffix() {
     for (name, input, kind) in [

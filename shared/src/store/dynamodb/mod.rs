@@ -718,6 +718,24 @@ impl JobStore for DynamoStore {
         }
     }
 
+    async fn release_prepare(&self, job: &JobId, lease: &PrepareLease) -> Result<(), StoreError> {
+        let result = self
+            .update(job_pk(job), JOB_SK)
+            .update_expression("SET prepareLeaseUntil = :zero")
+            .condition_expression("prepareOwner = :o")
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":o", s(&lease.owner))
+            .send()
+            .await;
+        self.meter.record(job, write(SMALL_ITEM_BYTES), &[]);
+        match result {
+            // Someone else owns it already: nothing to give up.
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(StoreError::backend("UpdateItem", e)),
+        }
+    }
+
     async fn finish_prepare(
         &self,
         job: &JobId,
