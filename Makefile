@@ -14,7 +14,7 @@ PROFILE ?= debug
 
 export FILE DEFINITION WORKERS EXPORT ROWS
 
-.PHONY: demo test unit lint check build build-check lint-template chaos bench \
+.PHONY: demo test unit lint check build build-check lint-template chaos bench fuzz \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
 
 ## demo: the whole pipeline on a 100k-row sample (or FILE=... DEFINITION=...)
@@ -35,6 +35,13 @@ chaos:
 ## bench: CPU cost of parsing, validation and packing (criterion); `make demo` prints end-to-end figures
 bench:
 	$(CARGO) bench -p bulk-import --bench throughput
+
+## fuzz: fuzz the streaming parser and validator (FUZZ_SECONDS=600; installs cargo-fuzz; the corpus is replayed by `make test`)
+FUZZ_SECONDS ?= 600
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -a parse_and_validate -- \
+		-max_total_time=$(FUZZ_SECONDS) -max_len=24576 -len_control=0 -timeout=10
 
 ## unit: the tests that need no emulator
 unit:
