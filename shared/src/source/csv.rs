@@ -159,7 +159,15 @@ impl CsvSource {
             }
         }
         if found != expected {
-            let message = format!("expected {expected} fields, found {found}");
+            let mut message = format!("expected {expected} fields, found {found}");
+            // An unclosed quote swallows the following lines into this
+            // record: say so, or those rows would vanish without a word.
+            if record
+                .iter()
+                .any(|f| f.contains(&b'\n') || f.contains(&b'\r'))
+            {
+                message.push_str(" (a quoted value runs across lines: is a quote left open?)");
+            }
             issue = Some(FieldIssue::new(None, None, message));
         }
         Some(StagedRecord {

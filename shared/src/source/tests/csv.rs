@@ -187,6 +187,18 @@ async fn ragged_rows_too_many_and_too_few_fields() {
 }
 
 #[tokio::test]
+async fn an_unclosed_quote_is_reported_with_the_lines_it_swallowed_in_mind() {
+    let input = b"email,age\n\"a@x.io,1\nb@x.io,2\nc@x.io,3\n";
+    let got = records("f.csv", input, &people()).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].line, 2);
+    assert_eq!(
+        got[0].issue.as_ref().unwrap().message,
+        "expected 2 fields, found 1 (a quoted value runs across lines: is a quote left open?)"
+    );
+}
+
+#[tokio::test]
 async fn invalid_utf8_in_a_field_is_a_record_issue() {
     let input = b"email,age,ignored\na@x.io,4\xff2,\xfe\nb@x.io,1,ok\n";
     assert_eq!(
