@@ -90,15 +90,8 @@ impl DynamoStore {
         };
         match result {
             Ok(out) => {
-                self.meter.record(
-                    job,
-                    cost,
-                    out.consumed_capacity()
-                        .into_iter()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .as_slice(),
-                );
+                self.meter
+                    .record(job, cost, out.consumed_capacity.as_slice());
                 let item: BatchItem =
                     from_item(out.attributes.unwrap_or_default()).map_err(|e| corrupt(job, e))?;
                 Ok(Some(ClaimedBatch {
@@ -174,41 +167,7 @@ impl DynamoStore {
         job: &JobId,
         index: u64,
     ) -> Result<Vec<StagedRecord>, StoreError> {
-        let mut records = Vec::new();
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :c)")
-            .expression_attribute_values(":pk", s(batch_pk(job, index)))
-            .expression_attribute_values(":c", s("C#"))
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| StoreError::backend("Query", e))?;
-            let size: usize = page.items().iter().map(item_size).sum();
-            self.meter.record(
-                job,
-                Cost {
-                    requests: 1,
-                    write_units: 0.0,
-                    read_units: read_units(size, true),
-                },
-                page.consumed_capacity()
-                    .into_iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .as_slice(),
-            );
-            for item in page.items.unwrap_or_default() {
-                let packed: PackedItem = from_item(item).map_err(|e| corrupt(job, e))?;
-                records
-                    .extend(codec::unpack::<StagedRecord>(&packed.d).map_err(|e| corrupt(job, e))?);
-            }
-        }
-        Ok(records)
+        self.query_packed(job, batch_pk(job, index), "C#").await
     }
 
     pub(super) async fn extend_lease(

@@ -26,15 +26,8 @@ impl DynamoStore {
             write_units: 0.0,
             read_units: read_units(size, true),
         };
-        self.meter.record(
-            job,
-            computed,
-            out.consumed_capacity()
-                .into_iter()
-                .cloned()
-                .collect::<Vec<_>>()
-                .as_slice(),
-        );
+        self.meter
+            .record(job, computed, out.consumed_capacity.as_slice());
         Ok(out.item)
     }
 
@@ -178,11 +171,7 @@ impl DynamoStore {
                 write_units: 0.0,
                 read_units: read_units(size, false),
             },
-            out.consumed_capacity()
-                .into_iter()
-                .cloned()
-                .collect::<Vec<_>>()
-                .as_slice(),
+            out.consumed_capacity.as_slice(),
         );
         Ok(out.items.unwrap_or_default())
     }
@@ -223,5 +212,43 @@ impl DynamoStore {
             }),
             Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
+    }
+
+    /// Every packed entry of one partition whose sort key starts with
+    /// `prefix`, in sort-key order (a consistent, paginated Query).
+    pub(super) async fn query_packed<T: serde::de::DeserializeOwned>(
+        &self,
+        job: &JobId,
+        pk: String,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut entries = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":prefix", s(prefix))
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| StoreError::backend("Query", e))?;
+            let size: usize = page.items().iter().map(item_size).sum();
+            let computed = Cost {
+                requests: 1,
+                write_units: 0.0,
+                read_units: read_units(size, true),
+            };
+            self.meter
+                .record(job, computed, page.consumed_capacity.as_slice());
+            for item in page.items.unwrap_or_default() {
+                let packed: PackedItem = from_item(item).map_err(|e| corrupt(job, e))?;
+                entries.extend(codec::unpack::<T>(&packed.d).map_err(|e| corrupt(job, e))?);
+            }
+        }
+        Ok(entries)
     }
 }

@@ -68,29 +68,8 @@ impl DynamoStore {
         job: &JobId,
         batch: u64,
     ) -> Result<Vec<FailedRecord>, StoreError> {
-        let mut failed = Vec::new();
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(failure_pk(job, batch)))
-            .expression_attribute_values(":prefix", s(failure_sk_prefix(batch)))
-            .consistent_read(true)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            for item in page
-                .map_err(|e| StoreError::backend("Query", e))?
-                .items
-                .unwrap_or_default()
-            {
-                let packed: PackedItem = from_item(item).map_err(|e| corrupt(job, e))?;
-                failed
-                    .extend(codec::unpack::<FailedRecord>(&packed.d).map_err(|e| corrupt(job, e))?);
-            }
-        }
-        Ok(failed)
+        self.query_packed(job, failure_pk(job, batch), &failure_sk_prefix(batch))
+            .await
     }
 
     pub(super) async fn active_jobs(&self) -> Result<Vec<JobId>, StoreError> {
