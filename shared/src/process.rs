@@ -109,9 +109,24 @@ impl Worker<'_> {
                     c
                 }
                 Claim::Wait => {
-                    // Prepare is still writing batches: poll, backing off.
-                    self.settings.backoff.wait(waits.min(4)).await;
-                    waits += 1;
+                    // Prepare is still writing batches: poll, backing off,
+                    // with reads (cheaper than a failing cursor write) until
+                    // there is something new to claim.
+                    loop {
+                        self.settings.backoff.wait(waits.min(4)).await;
+                        waits += 1;
+                        let Some(j) = self.store.get_job(job).await? else {
+                            break;
+                        };
+                        let nothing_new = !j.prepared && j.batches_handed_out >= j.batches_ready;
+                        let out_of_time = deadline.is_some_and(|d| {
+                            d.saturating_duration_since(Instant::now())
+                                < self.settings.deadline_margin
+                        });
+                        if j.status.is_final() || !nothing_new || out_of_time {
+                            break;
+                        }
+                    }
                     continue;
                 }
                 Claim::NoneAvailable => {

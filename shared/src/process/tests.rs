@@ -376,3 +376,73 @@ async fn worker_whose_lease_was_taken_stops_and_drops_its_result() {
         .unwrap();
     assert_eq!(store.get_job(&id).await.unwrap().unwrap().processed, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_catches_up_with_prepare_waits_for_the_next_batch() {
+    let store = MemoryStore::new();
+    let lease = PrepareLease {
+        owner: "o".into(),
+        lease_ms: 60_000,
+    };
+    let src = SourceRef {
+        bucket: "b".into(),
+        key: "slow.csv".into(),
+        version: "v".into(),
+    };
+    let CreateOutcome::Created(created) = store.create_job(&src, &lease, now_ms()).await.unwrap()
+    else {
+        panic!()
+    };
+    let first = vec![record(2, "a@x.org")];
+    store
+        .add_batch(
+            &created.id,
+            &lease,
+            NewBatch {
+                index: 0,
+                records: &first,
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    let (events, def, s) = (MemoryEvents::default(), definition(""), settings());
+    let reports = MemoryReports::default();
+    let processor = Scripted::default();
+    let worker = Worker {
+        store: &store,
+        processor: &processor,
+        events: &events,
+        reports: &reports,
+        definition: &def,
+        settings: &s,
+    };
+    // The orchestrator writes the second batch while the worker waits.
+    let orchestrator = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let second = vec![record(3, "b@x.org")];
+        store
+            .add_batch(
+                &created.id,
+                &lease,
+                NewBatch {
+                    index: 1,
+                    records: &second,
+                },
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        store
+            .finish_prepare(&created.id, &lease, 2, 2)
+            .await
+            .unwrap();
+    };
+    let (report, ()) = tokio::join!(worker.run(&created.id, "w", None), orchestrator);
+    let report = report.unwrap();
+    assert_eq!(
+        (report.batches, report.processed, report.finalized),
+        (2, 2, true)
+    );
+    assert_eq!(*processor.done.lock().unwrap(), vec![2, 3]);
+}
