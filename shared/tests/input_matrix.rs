@@ -23,18 +23,16 @@ use bulk_import::job::{JobId, SourceRef};
 use bulk_import::objects::{MemoryObjects, ObjectBody, ObjectError, ObjectSource};
 use bulk_import::prepare::{PrepareOutcome, PrepareSettings, Preparer};
 use bulk_import::process::{Worker, WorkerSettings};
+use bulk_import::processor::MemoryProcessor;
 use bulk_import::queue::MemoryQueue;
 use bulk_import::report::MemoryReports;
 use bulk_import::retry::Backoff;
 use bulk_import::store::memory::MemoryStore;
 use bulk_import::store::JobStore;
-use bulk_import::{
-    Definition, JobStatus, ProcessContext, ProcessError, RecordProcessor, ValidRecord,
-};
+use bulk_import::{Definition, JobStatus};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::io::StreamReader;
 
@@ -98,7 +96,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
         MemoryEvents::default(),
         MemoryReports::default(),
     );
-    let recorder = Recorder::default();
+    let recorder = MemoryProcessor::default();
     let source = SourceRef {
         bucket: BUCKET.into(),
         key: name.into(),
@@ -164,23 +162,6 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
 
 async fn current(store: &MemoryStore, job: &JobId) -> bulk_import::job::Job {
     store.get_job(job).await.unwrap().expect("the job exists")
-}
-
-#[derive(Default)]
-struct Recorder {
-    records: Mutex<Vec<ValidRecord>>,
-}
-
-#[async_trait]
-impl RecordProcessor for Recorder {
-    async fn process(
-        &self,
-        record: &ValidRecord,
-        _ctx: &ProcessContext<'_>,
-    ) -> Result<(), ProcessError> {
-        self.records.lock().unwrap().push(record.clone());
-        Ok(())
-    }
 }
 
 /// An object whose body arrives in reads of the given sizes, like a slow

@@ -5,17 +5,14 @@ use super::*;
 use crate::events::MemoryEvents;
 use crate::job::JobStatus;
 use crate::objects::MemoryObjects;
-use crate::processor::{ProcessContext, ProcessError};
+use crate::processor::MemoryProcessor;
 use crate::queue::{MemoryQueue, WorkMessage};
 use crate::report::MemoryReports;
-use crate::schema::ValidRecord;
 use crate::store::memory::MemoryStore;
-use async_trait::async_trait;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Context, LambdaEvent};
-use std::sync::Mutex;
 
 const DEFINITION: &str = include_str!("../../../examples/users.json");
 const S3_PUT: &str = include_str!("../../../events/s3-put.json");
@@ -23,30 +20,13 @@ const SQS_WORK: &str = include_str!("../../../events/sqs-work.json");
 const SQS_CONTINUATION: &str = include_str!("../../../events/sqs-continuation.json");
 const SCHEDULE: &str = include_str!("../../../events/sweeper-schedule.json");
 
-#[derive(Default)]
-struct Recorder {
-    records: Mutex<Vec<ValidRecord>>,
-}
-
-#[async_trait]
-impl RecordProcessor for Recorder {
-    async fn process(
-        &self,
-        record: &ValidRecord,
-        _ctx: &ProcessContext<'_>,
-    ) -> Result<(), ProcessError> {
-        self.records.lock().unwrap().push(record.clone());
-        Ok(())
-    }
-}
-
 struct Fixture {
     deps: Deps,
     reports: Arc<MemoryReports>,
     store: Arc<MemoryStore>,
     queue: Arc<MemoryQueue>,
     events: Arc<MemoryEvents>,
-    recorder: Arc<Recorder>,
+    recorder: Arc<MemoryProcessor>,
 }
 
 fn fixture(csv: &str) -> Fixture {
@@ -56,7 +36,7 @@ fn fixture(csv: &str) -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let queue = Arc::new(MemoryQueue::default());
     let events = Arc::new(MemoryEvents::default());
-    let recorder = Arc::new(Recorder::default());
+    let recorder = Arc::new(MemoryProcessor::default());
     let reports = Arc::new(MemoryReports::default());
     let mut definition = Definition::from_json(DEFINITION, "examples/users.json").unwrap();
     definition.batch_size = 2;

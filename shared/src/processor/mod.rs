@@ -98,3 +98,24 @@ pub trait RecordProcessor: Send + Sync {
         results
     }
 }
+
+/// Keeps every record it is given, in memory (tests and dry runs).
+#[derive(Debug, Default)]
+pub struct MemoryProcessor {
+    pub records: std::sync::Mutex<Vec<ValidRecord>>,
+}
+
+#[async_trait]
+impl RecordProcessor for MemoryProcessor {
+    async fn process(
+        &self,
+        record: &ValidRecord,
+        _ctx: &ProcessContext<'_>,
+    ) -> Result<(), ProcessError> {
+        self.records
+            .lock()
+            .expect("processor poisoned")
+            .push(record.clone());
+        Ok(())
+    }
+}
