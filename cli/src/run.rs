@@ -11,7 +11,7 @@ use bulk_import::handlers::{orchestrator, Deps};
 use bulk_import::job::now_ms;
 use bulk_import::local::{context, ensure_resources, s3_put_event, Poller, Resources};
 use bulk_import::store::dynamodb::DynamoStore;
-use bulk_import::store::JobStore;
+use bulk_import::store::JobControl;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lambda_runtime::LambdaEvent;

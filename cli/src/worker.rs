@@ -9,7 +9,7 @@ use bulk_import::handlers::Deps;
 use bulk_import::job::JobId;
 use bulk_import::local::Poller;
 use bulk_import::store::dynamodb::DynamoStore;
-use bulk_import::store::JobStore;
+use bulk_import::store::JobControl;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;

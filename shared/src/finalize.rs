@@ -6,7 +6,7 @@ use crate::events::JobEvents;
 use crate::job::{now_ms, Job, JobId, JobStatus};
 use crate::report::{ReportError, ReportSink};
 use crate::schema::Definition;
-use crate::store::{Finalization, JobStore, StoreError};
+use crate::store::{Finalization, FinalizeWhen, JobStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
@@ -45,7 +45,11 @@ impl Finalizer<'_> {
             report,
             now_ms: now_ms(),
         };
-        if !self.store.finalize(&job.id, &fin, true).await? {
+        if !self
+            .store
+            .finalize(&job.id, &fin, FinalizeWhen::AllBatchesDone)
+            .await?
+        {
             return Ok(false);
         }
         self.announce(&job.id).await?;
@@ -67,7 +71,7 @@ impl Finalizer<'_> {
             report,
             now_ms: now_ms(),
         };
-        if !self.store.finalize(job, &fin, false).await? {
+        if !self.store.finalize(job, &fin, FinalizeWhen::Now).await? {
             return Ok(false);
         }
         self.announce(job).await?;

@@ -98,6 +98,10 @@ pub struct Cost {
     pub requests: u64,
     pub write_units: f64,
     pub read_units: f64,
+    /// Writes DynamoDB turned away because a transaction held the item
+    /// (retried with backoff; they cost time, not data).
+    #[serde(default)]
+    pub conflicts: u64,
 }
 
 impl Cost {
@@ -105,6 +109,7 @@ impl Cost {
         self.requests += other.requests;
         self.write_units += other.write_units;
         self.read_units += other.read_units;
+        self.conflicts += other.conflicts;
     }
 }
 
@@ -163,6 +168,7 @@ impl Job {
             requests: self.cost.requests,
             write_units: self.cost.write_units,
             read_units: self.cost.read_units,
+            conflicts: self.cost.conflicts,
             write_units_per_record: if self.total_records == 0 {
                 0.0
             } else {
@@ -188,6 +194,8 @@ pub struct JobSummary {
     pub requests: u64,
     pub write_units: f64,
     pub read_units: f64,
+    #[serde(default)]
+    pub conflicts: u64,
     pub write_units_per_record: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,

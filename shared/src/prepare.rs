@@ -22,6 +22,13 @@ pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// and release the lease.
 pub const HANDOFF_MARGIN: Duration = Duration::from_secs(30);
 
+/// Written batches are published (made claimable) in groups of this many,
+/// so the job item takes one write per group instead of one per batch...
+pub const PUBLISH_EVERY: u64 = 8;
+/// ...or sooner when this long passed since the last publication, so a slow
+/// file still feeds its workers. The first batch is published at once.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct PrepareSettings {
     /// Worker messages sent per job: min(total batches, this).
@@ -119,23 +126,28 @@ impl Preparer<'_> {
                 None => return Ok(PrepareOutcome::InProgress(job)),
             },
         };
-        match self.write_batches(&job, &lease, deadline).await {
+        let mut progress = Progress {
+            written: job.batches_ready,
+            published: job.batches_ready,
+            last_publish: Instant::now(),
+            woken: 0,
+        };
+        match self
+            .write_batches(&job, &lease, deadline, &mut progress)
+            .await
+        {
             Ok((total_records, total_batches)) => {
                 if total_records == 0 {
                     let reason = format!("{source}: the file holds no records");
                     return self.reject(job, reason).await;
                 }
-                let resumed = job.batches_ready > 0;
                 let job = self
                     .store
                     .finish_prepare(&job.id, &lease, total_records, total_batches)
                     .await?;
-                if resumed {
-                    // The workers woken before the crash may be gone.
-                    let waiting = total_batches.saturating_sub(job.batches_handed_out);
-                    self.wake(&job, waiting.min(u64::from(self.settings.max_workers)))
-                        .await?;
-                }
+                // Wake the rest (a resumed prepare wakes anew: the workers
+                // woken before the crash may be gone).
+                self.wake_for(&job, total_batches, &mut progress).await?;
                 tracing::info!(job_id = %job.id, total_records, total_batches, "prepared");
                 // Workers may have finished every batch already.
                 self.finalizer().complete(&job).await?;
@@ -143,6 +155,7 @@ impl Preparer<'_> {
             }
             Err(Stop::Reject(reason)) => self.reject(job, reason).await,
             Err(Stop::Handoff) => {
+                self.publish(&job, &lease, &mut progress).await?;
                 self.store.release_prepare(&job.id, &lease).await?;
                 let job = self.store.get_job(&job.id).await?.unwrap_or(job);
                 tracing::warn!(job_id = %job.id, batches = job.batches_ready, "deadline near; prepare handed over to the sweeper");
@@ -175,6 +188,7 @@ impl Preparer<'_> {
         job: &Job,
         lease: &PrepareLease,
         deadline: Option<Instant>,
+        progress: &mut Progress,
     ) -> Result<(u64, u64), Stop> {
         let body = self.objects.open(&job.source).await.map_err(|e| match e {
             e if e.is_transient() => Stop::Error(PrepareError::Object(e)),
@@ -203,14 +217,16 @@ impl Preparer<'_> {
                 if near && index >= resume_from {
                     return Err(Stop::Handoff);
                 }
-                self.write(job, lease, index, &batch, resume_from).await?;
+                self.write(job, lease, index, &batch, resume_from, progress)
+                    .await?;
                 index += 1;
                 batch.clear();
                 batch_bytes = 0;
             }
         }
         if !batch.is_empty() {
-            self.write(job, lease, index, &batch, resume_from).await?;
+            self.write(job, lease, index, &batch, resume_from, progress)
+                .await?;
             index += 1;
         }
         Ok((total, index))
@@ -223,18 +239,58 @@ impl Preparer<'_> {
         index: u64,
         records: &[StagedRecord],
         resume_from: u64,
+        progress: &mut Progress,
     ) -> Result<(), Stop> {
         if index < resume_from {
             return Ok(());
         }
         self.store
-            .add_batch(&job.id, lease, NewBatch { index, records }, now_ms())
+            .write_batch(&job.id, NewBatch { index, records }, now_ms())
             .await
             .map_err(|e| Stop::Error(e.into()))?;
-        // One more worker for each of the first batches: workers start while
-        // the file is still being read, up to MAX_WORKERS of them.
-        if index < u64::from(self.settings.max_workers) {
-            self.wake(job, 1).await.map_err(|e| Stop::Error(e.into()))?;
+        progress.written = index + 1;
+        let waiting = progress.written - progress.published;
+        if progress.published == 0
+            || waiting >= PUBLISH_EVERY
+            || progress.last_publish.elapsed() >= PUBLISH_INTERVAL
+        {
+            self.publish(job, lease, progress)
+                .await
+                .map_err(Stop::Error)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every written batch claimable and wakes workers for them: one
+    /// per batch, up to MAX_WORKERS, so workers start while the file is
+    /// still being read.
+    async fn publish(
+        &self,
+        job: &Job,
+        lease: &PrepareLease,
+        progress: &mut Progress,
+    ) -> Result<(), PrepareError> {
+        if progress.written > progress.published {
+            self.store
+                .publish(&job.id, lease, progress.written, now_ms())
+                .await?;
+            progress.published = progress.written;
+            progress.last_publish = Instant::now();
+        }
+        self.wake_for(job, progress.published, progress).await?;
+        Ok(())
+    }
+
+    async fn wake_for(
+        &self,
+        job: &Job,
+        ready: u64,
+        progress: &mut Progress,
+    ) -> Result<(), QueueError> {
+        let wanted = ready.min(u64::from(self.settings.max_workers));
+        if wanted > progress.woken {
+            self.wake(job, wanted - progress.woken).await?;
+            progress.woken = wanted;
         }
         Ok(())
     }
@@ -246,6 +302,14 @@ impl Preparer<'_> {
         };
         self.queue.send(&vec![message; workers as usize]).await
     }
+}
+
+/// How far this prepare got: batches written, published, workers woken.
+struct Progress {
+    written: u64,
+    published: u64,
+    last_publish: Instant,
+    woken: u64,
 }
 
 enum Stop {

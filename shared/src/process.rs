@@ -94,6 +94,9 @@ impl Worker<'_> {
             if let Some(deadline) = deadline {
                 let needed = self.settings.deadline_margin.max(slowest * 2);
                 if deadline.saturating_duration_since(Instant::now()) < needed {
+                    if report.batches > 0 {
+                        report.finalized |= self.complete(job).await?;
+                    }
                     report.stop = StopReason::Deadline;
                     return Ok(report);
                 }
@@ -130,6 +133,10 @@ impl Worker<'_> {
                     continue;
                 }
                 Claim::NoneAvailable => {
+                    // Whoever finds nothing left after the last commit
+                    // finalizes; every committer looks once more before it
+                    // leaves, so the last one always sees the full count.
+                    report.finalized |= self.complete(job).await?;
                     report.stop = StopReason::NoWork;
                     return Ok(report);
                 }
@@ -282,21 +289,27 @@ impl Worker<'_> {
     }
 
     /// After a commit: fail the job on a failed record when `continueOnError`
-    /// is off, else complete it if this was the last batch.
+    /// is off. (Completion is checked when a worker runs out of batches, not
+    /// after every commit, so the per-batch path reads no job-wide state.)
     async fn after_commit(&self, job: &JobId, outcome: &BatchOutcome) -> Result<bool, WorkError> {
-        if let Some(first) = outcome
+        let Some(first) = outcome
             .failed
             .first()
             .filter(|_| !self.definition.continue_on_error)
-        {
-            let message = first
-                .issues
-                .first()
-                .map(|i| i.message.as_str())
-                .unwrap_or("record failed");
-            let reason = format!("line {}: {message} (continueOnError is false)", first.line);
-            return Ok(self.finalizer().fail(job, reason).await?);
-        }
+        else {
+            return Ok(false);
+        };
+        let message = first
+            .issues
+            .first()
+            .map(|i| i.message.as_str())
+            .unwrap_or("record failed");
+        let reason = format!("line {}: {message} (continueOnError is false)", first.line);
+        Ok(self.finalizer().fail(job, reason).await?)
+    }
+
+    /// Completes the job if prepare has finished and every batch is terminal.
+    async fn complete(&self, job: &JobId) -> Result<bool, WorkError> {
         let Some(current) = self.store.get_job(job).await? else {
             return Err(StoreError::JobNotFound(job.clone()).into());
         };

@@ -28,7 +28,7 @@ use bulk_import::queue::MemoryQueue;
 use bulk_import::report::MemoryReports;
 use bulk_import::retry::Backoff;
 use bulk_import::store::memory::MemoryStore;
-use bulk_import::store::JobStore;
+use bulk_import::store::JobControl;
 use bulk_import::{Definition, JobStatus};
 use bytes::Bytes;
 use serde_json::{json, Value};

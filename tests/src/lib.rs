@@ -13,7 +13,7 @@ use bulk_import::job::{Job, JobId};
 use bulk_import::local::{context, ensure_resources, s3_put_event, PollStats, Poller, Resources};
 use bulk_import::store::dynamodb::table::create_state_table;
 use bulk_import::store::dynamodb::DynamoStore;
-use bulk_import::store::JobStore;
+use bulk_import::store::JobControl;
 use lambda_runtime::LambdaEvent;
 use std::collections::HashMap;
 use std::sync::Arc;

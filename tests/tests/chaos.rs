@@ -10,7 +10,7 @@
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use bulk_import::events::SqsEvents;
 use bulk_import::job::JobId;
-use bulk_import::store::{BatchState, JobStore};
+use bulk_import::store::{BatchState, JobControl};
 use bulk_import::JobStatus;
 use integration_tests::{Stack, StackOptions};
 use rand::Rng;

@@ -4,7 +4,9 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use bulk_import::job::{SourceRef, StagedRecord};
-use bulk_import::store::{Claim, CreateOutcome, JobStore, LeaseView, NewBatch, PrepareLease};
+use bulk_import::store::{
+    Claim, ClaimStore, CreateOutcome, JobControl, LeaseView, NewBatch, PrepareLease, PrepareStore,
+};
 use integration_tests::{clients, fresh_store};
 
 #[tokio::test]
@@ -29,9 +31,8 @@ async fn a_batch_handed_out_but_never_claimed_is_recovered_through_the_lease_ind
     }];
     for index in 0..2 {
         store
-            .add_batch(
+            .write_batch(
                 &job.id,
-                &lease,
                 NewBatch {
                     index,
                     records: &records,
@@ -43,16 +44,16 @@ async fn a_batch_handed_out_but_never_claimed_is_recovered_through_the_lease_ind
     }
     store.finish_prepare(&job.id, &lease, 2, 2).await.unwrap();
 
-    // A worker bumps the cursor for batch 0, then dies before claiming it.
+    // A worker bumps the cursor (shard 0's) for batch 0, then dies before
+    // claiming it.
     clients()
         .await
         .dynamodb
         .update_item()
         .table_name(store.table())
-        .key("pk", AttributeValue::S(format!("J#{}", job.id)))
-        .key("sk", AttributeValue::S("JOB".into()))
-        .update_expression("SET #c = #c + :one")
-        .expression_attribute_names("#c", "cursor")
+        .key("pk", AttributeValue::S(format!("J#{}#K#0", job.id)))
+        .key("sk", AttributeValue::S("CURSOR".into()))
+        .update_expression("SET k = :one")
         .expression_attribute_values(":one", AttributeValue::N("1".into()))
         .send()
         .await

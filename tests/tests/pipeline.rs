@@ -2,7 +2,7 @@
 //! DynamoDB -> SQS -> concurrent workers -> exactly-once finalization.
 
 use bulk_import::job::JobId;
-use bulk_import::store::{BatchState, JobStore};
+use bulk_import::store::{BatchState, JobControl};
 use bulk_import::JobStatus;
 use integration_tests::Stack;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -9,6 +9,7 @@ use crate::processor::MemoryProcessor;
 use crate::queue::{MemoryQueue, WorkMessage};
 use crate::report::MemoryReports;
 use crate::store::memory::MemoryStore;
+use crate::store::{ClaimStore, JobControl, PrepareStore};
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::SqsEvent;
@@ -261,7 +262,7 @@ mod sweeping {
         for index in 0..batches {
             let records = &all[(index as usize * 2)..(index as usize * 2 + 2)];
             f.store
-                .add_batch(&job.id, &lease, NewBatch { index, records }, long_ago)
+                .write_batch(&job.id, NewBatch { index, records }, long_ago)
                 .await
                 .unwrap();
         }

@@ -8,6 +8,7 @@ use crate::job::SourceRef;
 use crate::processor::ProcessError;
 use crate::report::MemoryReports;
 use crate::store::memory::MemoryStore;
+use crate::store::{ClaimStore, JobControl, PrepareStore};
 use crate::store::{CreateOutcome, NewBatch, PrepareLease};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -55,10 +56,7 @@ async fn open_job(store: &MemoryStore, batches: &[Vec<StagedRecord>]) -> JobId {
             index: index as u64,
             records,
         };
-        store
-            .add_batch(&job.id, &lease(), batch, now_ms())
-            .await
-            .unwrap();
+        store.write_batch(&job.id, batch, now_ms()).await.unwrap();
     }
     job.id
 }
@@ -381,10 +379,7 @@ async fn a_worker_that_catches_up_with_prepare_waits_for_the_next_batch() {
             index: 1,
             records: &second,
         };
-        f.store
-            .add_batch(&id, &lease(), batch, now_ms())
-            .await
-            .unwrap();
+        f.store.write_batch(&id, batch, now_ms()).await.unwrap();
         f.store.finish_prepare(&id, &lease(), 2, 2).await.unwrap();
     };
     let (report, ()) = tokio::join!(worker.run(&id, "w", None), orchestrator);

@@ -47,9 +47,8 @@ async fn job_with(store: &dyn JobStore, name: &str, batches: u64, open: bool) ->
     for index in 0..batches {
         let recs = records(index, 3);
         store
-            .add_batch(
+            .write_batch(
                 &job.id,
-                &owner,
                 NewBatch {
                     index,
                     records: &recs,
@@ -58,6 +57,7 @@ async fn job_with(store: &dyn JobStore, name: &str, batches: u64, open: bool) ->
             )
             .await
             .unwrap();
+        store.publish(&job.id, &owner, index + 1, T0).await.unwrap();
     }
     if !open {
         store
@@ -298,7 +298,11 @@ pub async fn finalize_waits_for_prepare_and_every_batch(store: &dyn JobStore) {
     store.commit_batch(&a, &done(3), T0).await.unwrap();
     assert!(
         !store
-            .finalize(&job, &fin(JobStatus::Completed), true)
+            .finalize(
+                &job,
+                &fin(JobStatus::Completed),
+                FinalizeWhen::AllBatchesDone
+            )
             .await
             .unwrap(),
         "a batch is still open"
@@ -306,7 +310,11 @@ pub async fn finalize_waits_for_prepare_and_every_batch(store: &dyn JobStore) {
     store.commit_batch(&b, &done(3), T0).await.unwrap();
     assert!(
         !store
-            .finalize(&job, &fin(JobStatus::Completed), true)
+            .finalize(
+                &job,
+                &fin(JobStatus::Completed),
+                FinalizeWhen::AllBatchesDone
+            )
             .await
             .unwrap(),
         "prepare has not finished"
@@ -316,7 +324,11 @@ pub async fn finalize_waits_for_prepare_and_every_batch(store: &dyn JobStore) {
         .await
         .unwrap();
     assert!(store
-        .finalize(&job, &fin(JobStatus::Completed), true)
+        .finalize(
+            &job,
+            &fin(JobStatus::Completed),
+            FinalizeWhen::AllBatchesDone
+        )
         .await
         .unwrap());
     let j = store.get_job(&job).await.unwrap().unwrap();
@@ -333,7 +345,10 @@ pub async fn exactly_one_of_racing_finalizers_wins(store: &dyn JobStore) {
     let c = claim(store, &job, "w1", T0).await;
     store.commit_batch(&c, &done(3), T0).await.unwrap();
     let f = fin(JobStatus::Completed);
-    let results = futures::future::join_all((0..6).map(|_| store.finalize(&job, &f, true))).await;
+    let results = futures::future::join_all(
+        (0..6).map(|_| store.finalize(&job, &f, FinalizeWhen::AllBatchesDone)),
+    )
+    .await;
     let wins = results
         .into_iter()
         .map(Result::unwrap)
@@ -346,10 +361,10 @@ pub async fn abort_finalizes_before_all_batches_are_done(store: &dyn JobStore) {
     let job = job_with(store, "abort", 3, false).await;
     let mut f = fin(JobStatus::Failed);
     f.reason = Some("2 records failed and continueOnError is false".into());
-    assert!(store.finalize(&job, &f, false).await.unwrap());
+    assert!(store.finalize(&job, &f, FinalizeWhen::Now).await.unwrap());
     assert!(
         !store
-            .finalize(&job, &fin(JobStatus::Completed), false)
+            .finalize(&job, &fin(JobStatus::Completed), FinalizeWhen::Now)
             .await
             .unwrap(),
         "final is final"
@@ -380,44 +395,46 @@ pub async fn prepare_lease_fences_a_second_orchestrator(store: &dyn JobStore) {
         "the new owner resumes after the written batch"
     );
     let recs = records(1, 3);
-    let stale = store
-        .add_batch(
-            &job,
-            &lease("orchestrator"),
-            NewBatch {
-                index: 1,
-                records: &recs,
-            },
-            T0 + LEASE + 2,
-        )
-        .await;
-    assert!(matches!(stale, Err(StoreError::PrepareLeaseLost(_))));
+    let batch = NewBatch {
+        index: 1,
+        records: &recs,
+    };
+    // Writing a batch is idempotent and unfenced (its content is fixed by
+    // the file); making it claimable is fenced.
     store
-        .add_batch(
-            &job,
-            &second,
-            NewBatch {
-                index: 1,
-                records: &recs,
-            },
-            T0 + LEASE + 2,
-        )
+        .write_batch(&job, batch, T0 + LEASE + 2)
         .await
         .unwrap();
-    let rewrite = store
-        .add_batch(
-            &job,
-            &second,
-            NewBatch {
-                index: 1,
-                records: &recs,
-            },
-            T0 + LEASE + 3,
-        )
+    let stale = store
+        .publish(&job, &lease("orchestrator"), 2, T0 + LEASE + 2)
         .await;
+    assert!(matches!(stale, Err(StoreError::PrepareLeaseLost(_))));
+    let c = claim(store, &job, "w1", T0 + LEASE + 2).await;
+    assert_eq!(c.index, 0, "an unpublished batch is not claimable");
+    assert_eq!(
+        store
+            .claim_batch(&job, "w2", T0 + LEASE + 2, LEASE)
+            .await
+            .unwrap(),
+        Claim::Wait
+    );
+    store
+        .write_batch(&job, batch, T0 + LEASE + 3)
+        .await
+        .unwrap();
+    store
+        .publish(&job, &second, 2, T0 + LEASE + 3)
+        .await
+        .unwrap();
+    let next = claim(store, &job, "w2", T0 + LEASE + 3).await;
+    assert_eq!((next.index, next.record_count), (1, 3));
+    assert_eq!(store.load_records(&job, 1).await.unwrap(), recs);
     assert!(
-        matches!(rewrite, Err(StoreError::PrepareLeaseLost(_))),
-        "a batch is written once"
+        matches!(
+            store.publish(&job, &second, 1, T0 + LEASE + 4).await,
+            Err(StoreError::PrepareLeaseLost(_))
+        ),
+        "publication never goes back"
     );
     let j = store.finish_prepare(&job, &second, 6, 2).await.unwrap();
     assert!(j.prepared);
@@ -444,7 +461,7 @@ pub async fn active_jobs_are_those_still_processing(store: &dyn JobStore) {
     both.sort();
     assert_eq!(active, both);
     assert!(store
-        .finalize(&a, &fin(JobStatus::Failed), false)
+        .finalize(&a, &fin(JobStatus::Failed), FinalizeWhen::Now)
         .await
         .unwrap());
     assert_eq!(store.active_jobs().await.unwrap(), vec![b]);
@@ -507,6 +524,92 @@ pub async fn released_prepare_lease_is_taken_over_at_once(store: &dyn JobStore) 
     assert_eq!(taken.batches_ready, 1);
 }
 
+pub async fn after_an_early_finalization_commits_count_and_prepare_is_fenced(store: &dyn JobStore) {
+    let owner = lease("orchestrator");
+    let job = job_with(store, "aborted", 2, true).await;
+    let in_flight = claim(store, &job, "w1", T0).await;
+    assert!(store
+        .finalize(&job, &fin(JobStatus::Failed), FinalizeWhen::Now)
+        .await
+        .unwrap());
+    // The batch in flight was processed: its commit still counts.
+    store
+        .commit_batch(&in_flight, &done(3), T0 + 1)
+        .await
+        .unwrap();
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!(
+        (j.status, j.batches_done, j.processed),
+        (JobStatus::Failed, 1, 3)
+    );
+    // Nothing more is published or claimed.
+    let recs = records(2, 3);
+    store
+        .write_batch(
+            &job,
+            NewBatch {
+                index: 2,
+                records: &recs,
+            },
+            T0 + 2,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.publish(&job, &owner, 3, T0 + 2).await,
+        Err(StoreError::PrepareLeaseLost(_))
+    ));
+    assert!(matches!(
+        store.finish_prepare(&job, &owner, 9, 3).await,
+        Err(StoreError::PrepareLeaseLost(_))
+    ));
+    assert_eq!(
+        store.claim_batch(&job, "w2", T0 + 3, LEASE).await.unwrap(),
+        Claim::JobFinished(JobStatus::Failed)
+    );
+}
+
+pub async fn counters_add_up_over_many_batches_and_workers(store: &dyn JobStore) {
+    const BATCHES: u64 = 21;
+    let job = job_with(store, "many-batches", BATCHES, false).await;
+    let mut seen = Vec::new();
+    for round in 0.. {
+        let worker = format!("w{}", round % 5);
+        match store.claim_batch(&job, &worker, T0, LEASE).await.unwrap() {
+            Claim::Batch(c) => {
+                seen.push(c.index);
+                let outcome = BatchOutcome {
+                    state: BatchState::Done,
+                    processed: 2,
+                    failed: vec![FailedRecord {
+                        line: c.index * 100 + 2,
+                        issues: vec![FieldIssue::new(None, None, "bad")],
+                    }],
+                    error: None,
+                };
+                store.commit_batch(&c, &outcome, T0).await.unwrap();
+            }
+            Claim::NoneAvailable => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, (0..BATCHES).collect::<Vec<_>>(), "each batch once");
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!(
+        (j.batches_handed_out, j.batches_done, j.processed, j.failed),
+        (BATCHES, BATCHES, 2 * BATCHES, BATCHES)
+    );
+    assert!(store
+        .finalize(
+            &job,
+            &fin(JobStatus::CompletedWithErrors),
+            FinalizeWhen::AllBatchesDone
+        )
+        .await
+        .unwrap());
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for a backend;
 /// `$make` is an async block returning a fresh store.
 #[macro_export]
@@ -530,6 +633,8 @@ macro_rules! conformance_tests {
             released_prepare_lease_is_taken_over_at_once,
             active_jobs_are_those_still_processing,
             lease_view_tells_live_workers_from_stalled_batches,
+            after_an_early_finalization_commits_count_and_prepare_is_fenced,
+            counters_add_up_over_many_batches_and_workers,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -1,10 +1,11 @@
-//! In-memory `JobStore` with the same protocol as the DynamoDB one: a cursor
-//! hands out batch indexes, expired or orphaned batches are reclaimed after
-//! the cursor runs out, every write after a claim is fenced by its version.
+//! In-memory `JobStore` with the same protocol as the DynamoDB one: batches
+//! are written, then published; a cursor hands out published batch indexes,
+//! expired or orphaned batches are reclaimed after the cursor runs out,
+//! every write after a claim is fenced by its version.
 
 use super::*;
 use crate::job::Cost;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 #[derive(Debug, Clone)]
@@ -18,7 +19,17 @@ struct StoredBatch {
 struct JobState {
     job: Job,
     prepare: Option<(String, i64)>,
-    batches: Vec<StoredBatch>,
+    /// Written batches, published or not (`job.batches_ready` says).
+    batches: BTreeMap<u64, StoredBatch>,
+}
+
+impl JobState {
+    /// Whether `lease` may still write this job's batches.
+    fn preparing(&self, lease: &PrepareLease) -> bool {
+        matches!(&self.prepare, Some((owner, _)) if owner == &lease.owner)
+            && !self.job.prepared
+            && !self.job.status.is_final()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -44,23 +55,15 @@ impl MemoryStore {
     }
 }
 
-fn claim_lost(claim: &ClaimedBatch) -> StoreError {
-    StoreError::ClaimLost {
-        job: claim.job_id.clone(),
-        index: claim.index,
-        version: claim.version,
-    }
-}
-
 fn held<'a>(
     state: &'a mut JobState,
     claim: &ClaimedBatch,
 ) -> Result<&'a mut StoredBatch, StoreError> {
-    match state.batches.get_mut(claim.index as usize) {
+    match state.batches.get_mut(&claim.index) {
         Some(b) if b.info.state == BatchState::Processing && b.info.version == claim.version => {
             Ok(b)
         }
-        _ => Err(claim_lost(claim)),
+        _ => Err(StoreError::claim_lost(claim)),
     }
 }
 
@@ -71,7 +74,7 @@ fn take(
     now_ms: i64,
     lease_ms: i64,
 ) -> Option<ClaimedBatch> {
-    let batch = &mut state.batches[index as usize];
+    let batch = state.batches.get_mut(&index)?;
     let claimable = match batch.info.state {
         BatchState::Pending => true,
         BatchState::Processing => batch.info.lease_until_ms < now_ms,
@@ -97,7 +100,7 @@ fn take(
 }
 
 #[async_trait]
-impl JobStore for MemoryStore {
+impl PrepareStore for MemoryStore {
     async fn create_job(
         &self,
         source: &SourceRef,
@@ -133,19 +136,10 @@ impl JobStore for MemoryStore {
             JobState {
                 job: job.clone(),
                 prepare: Some((lease.owner.clone(), now_ms + lease.lease_ms)),
-                batches: Vec::new(),
+                batches: BTreeMap::new(),
             },
         );
         Ok(CreateOutcome::Created(job))
-    }
-
-    async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError> {
-        Ok(self
-            .jobs
-            .lock()
-            .expect("memory store poisoned")
-            .get(job)
-            .map(|s| s.job.clone()))
     }
 
     async fn acquire_prepare(
@@ -171,21 +165,14 @@ impl JobStore for MemoryStore {
         })
     }
 
-    async fn add_batch(
+    async fn write_batch(
         &self,
         job: &JobId,
-        lease: &PrepareLease,
         batch: NewBatch<'_>,
-        now_ms: i64,
+        _now_ms: i64,
     ) -> Result<(), StoreError> {
         self.with_job(job, |s| {
-            let owns = matches!(&s.prepare, Some((owner, _)) if owner == &lease.owner);
-            if !owns || s.job.prepared || s.job.batches_ready != batch.index {
-                return Err(StoreError::PrepareLeaseLost(job.clone()));
-            }
-            s.prepare = Some((lease.owner.clone(), now_ms + lease.lease_ms));
-            s.job.prepare_lease_until_ms = now_ms + lease.lease_ms;
-            s.batches.push(StoredBatch {
+            s.batches.entry(batch.index).or_insert_with(|| StoredBatch {
                 info: BatchInfo {
                     index: batch.index,
                     state: BatchState::Pending,
@@ -200,7 +187,24 @@ impl JobStore for MemoryStore {
                 records: batch.records.to_vec(),
                 failures: Vec::new(),
             });
-            s.job.batches_ready += 1;
+            Ok(())
+        })
+    }
+
+    async fn publish(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        ready: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.with_job(job, |s| {
+            if !s.preparing(lease) || s.job.batches_ready > ready {
+                return Err(StoreError::PrepareLeaseLost(job.clone()));
+            }
+            s.prepare = Some((lease.owner.clone(), now_ms + lease.lease_ms));
+            s.job.prepare_lease_until_ms = now_ms + lease.lease_ms;
+            s.job.batches_ready = ready;
             Ok(())
         })
     }
@@ -223,11 +227,11 @@ impl JobStore for MemoryStore {
         total_batches: u64,
     ) -> Result<Job, StoreError> {
         self.with_job(job, |s| {
-            let owns = matches!(&s.prepare, Some((owner, _)) if owner == &lease.owner);
-            if !owns || s.job.prepared || s.job.batches_ready != total_batches {
+            if !s.preparing(lease) || s.job.batches_ready > total_batches {
                 return Err(StoreError::PrepareLeaseLost(job.clone()));
             }
             s.prepare = None;
+            s.job.batches_ready = total_batches;
             s.job.prepare_lease_until_ms = 0;
             s.job.prepared = true;
             s.job.total_records = total_records;
@@ -235,7 +239,10 @@ impl JobStore for MemoryStore {
             Ok(s.job.clone())
         })
     }
+}
 
+#[async_trait]
+impl ClaimStore for MemoryStore {
     async fn claim_batch(
         &self,
         job: &JobId,
@@ -272,7 +279,7 @@ impl JobStore for MemoryStore {
     async fn load_records(&self, job: &JobId, index: u64) -> Result<Vec<StagedRecord>, StoreError> {
         self.with_job(job, |s| {
             s.batches
-                .get(index as usize)
+                .get(&index)
                 .map(|b| b.records.clone())
                 .ok_or_else(|| StoreError::Corrupt {
                     job: job.clone(),
@@ -316,15 +323,28 @@ impl JobStore for MemoryStore {
             Ok(())
         })
     }
+}
+
+#[async_trait]
+impl JobControl for MemoryStore {
+    async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError> {
+        Ok(self
+            .jobs
+            .lock()
+            .expect("memory store poisoned")
+            .get(job)
+            .map(|s| s.job.clone()))
+    }
 
     async fn finalize(
         &self,
         job: &JobId,
         fin: &Finalization,
-        require_all_done: bool,
+        when: FinalizeWhen,
     ) -> Result<bool, StoreError> {
         self.with_job(job, |s| {
-            if s.job.status.is_final() || (require_all_done && !s.job.all_batches_done()) {
+            let waiting = when == FinalizeWhen::AllBatchesDone && !s.job.all_batches_done();
+            if s.job.status.is_final() || waiting {
                 return Ok(false);
             }
             s.job.status = fin.status;
@@ -342,7 +362,7 @@ impl JobStore for MemoryStore {
     ) -> Result<Vec<FailedRecord>, StoreError> {
         self.with_job(job, |s| {
             Ok(s.batches
-                .get(batch as usize)
+                .get(&batch)
                 .map(|b| b.failures.clone())
                 .unwrap_or_default())
         })
@@ -362,7 +382,7 @@ impl JobStore for MemoryStore {
     async fn lease_view(&self, job: &JobId, now_ms: i64) -> Result<LeaseView, StoreError> {
         self.with_job(job, |s| {
             let mut view = LeaseView::default();
-            for b in &s.batches[..s.job.batches_handed_out as usize] {
+            for b in s.batches.range(..s.job.batches_handed_out).map(|(_, b)| b) {
                 match b.info.state {
                     BatchState::Processing if b.info.lease_until_ms >= now_ms => view.live = true,
                     BatchState::Processing | BatchState::Pending => view.reclaimable += 1,
@@ -374,9 +394,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn batch_info(&self, job: &JobId, index: u64) -> Result<Option<BatchInfo>, StoreError> {
-        self.with_job(job, |s| {
-            Ok(s.batches.get(index as usize).map(|b| b.info.clone()))
-        })
+        self.with_job(job, |s| Ok(s.batches.get(&index).map(|b| b.info.clone())))
     }
 }
 

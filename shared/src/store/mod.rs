@@ -134,16 +134,36 @@ impl StoreError {
         }
     }
 
+    /// The claim `claim` was superseded by a reclaim.
+    pub fn claim_lost(claim: &ClaimedBatch) -> Self {
+        StoreError::ClaimLost {
+            job: claim.job_id.clone(),
+            index: claim.index,
+            version: claim.version,
+        }
+    }
+
     /// Worth another attempt later (as opposed to a protocol outcome).
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Backend { .. })
     }
 }
 
-/// The batch protocol. Times are passed in (milliseconds since the epoch)
-/// so tests control the clock.
+/// When a finalization may happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalizeWhen {
+    /// Only once prepare has finished and every batch is terminal (normal
+    /// completion).
+    AllBatchesDone,
+    /// Now, whatever the batches (a file-level error, an abort).
+    Now,
+}
+
+/// Phase one: creating a job and writing its batches, fenced by the
+/// prepare lease. Times are passed in (milliseconds since the epoch) so
+/// tests control the clock.
 #[async_trait]
-pub trait JobStore: Send + Sync {
+pub trait PrepareStore: Send + Sync {
     /// Creates the job for an object version unless it exists; the creator
     /// holds the prepare lease.
     async fn create_job(
@@ -152,8 +172,6 @@ pub trait JobStore: Send + Sync {
         lease: &PrepareLease,
         now_ms: i64,
     ) -> Result<CreateOutcome, StoreError>;
-
-    async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError>;
 
     /// Takes over an unfinished prepare whose previous owner's lease expired
     /// (or that the caller already owns). `None` when someone else holds it
@@ -165,21 +183,35 @@ pub trait JobStore: Send + Sync {
         now_ms: i64,
     ) -> Result<Option<Job>, StoreError>;
 
-    /// Writes a batch and its records and makes it claimable, fenced by the
-    /// prepare lease (which it extends). Batches are added in index order.
-    async fn add_batch(
+    /// Stores a batch and its records, not yet claimable (see `publish`).
+    /// Idempotent: batches are cut deterministically, so a second write of
+    /// the same index (a resumed or a fenced-out orchestrator) changes
+    /// nothing.
+    async fn write_batch(
         &self,
         job: &JobId,
-        lease: &PrepareLease,
         batch: NewBatch<'_>,
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
+    /// Makes batches `0..ready` claimable and extends the prepare lease,
+    /// fenced by it (`PrepareLeaseLost` for a stale owner or a job that is
+    /// no longer preparing). Publishing several batches at once keeps the
+    /// job item out of the per-batch path.
+    async fn publish(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        ready: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
     /// Gives the prepare lease up at once (an orchestrator near its deadline),
-    /// so the next sweep resumes the prepare without waiting for it to expire.
+    /// so the next owner resumes the prepare without waiting for it to expire.
     async fn release_prepare(&self, job: &JobId, lease: &PrepareLease) -> Result<(), StoreError>;
 
-    /// Records the totals and marks prepare finished. Returns the job after.
+    /// Publishes every batch, records the totals and marks prepare finished.
+    /// Returns the job after.
     async fn finish_prepare(
         &self,
         job: &JobId,
@@ -187,8 +219,13 @@ pub trait JobStore: Send + Sync {
         total_records: u64,
         total_batches: u64,
     ) -> Result<Job, StoreError>;
+}
 
-    /// Claims the next batch: a pending one, or one whose lease expired.
+/// Phase two: what a worker does with batches.
+#[async_trait]
+pub trait ClaimStore: Send + Sync {
+    /// Claims the next batch: a published pending one, or one whose lease
+    /// expired.
     async fn claim_batch(
         &self,
         job: &JobId,
@@ -209,22 +246,29 @@ pub trait JobStore: Send + Sync {
 
     /// Commits the batch's terminal state together with the job's counters and
     /// its failed records, only if the claim is still ours (`ClaimLost`).
+    /// A commit after the job was finalized early still counts: its records
+    /// were processed.
     async fn commit_batch(
         &self,
         claim: &ClaimedBatch,
         outcome: &BatchOutcome,
         now_ms: i64,
     ) -> Result<(), StoreError>;
+}
 
-    /// Moves the job from PROCESSING to a final status. When `require_all_done`,
-    /// only if prepare has finished and every batch is terminal (normal
-    /// completion); otherwise unconditionally (abort). True for the one caller
-    /// that succeeded.
+/// Reading and ending jobs (finalizers, the sweeper, status).
+#[async_trait]
+pub trait JobControl: Send + Sync {
+    /// The job with its counters, in one read whatever its size.
+    async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Moves the job from PROCESSING to a final status. True for the one
+    /// caller that succeeded.
     async fn finalize(
         &self,
         job: &JobId,
         fin: &Finalization,
-        require_all_done: bool,
+        when: FinalizeWhen,
     ) -> Result<bool, StoreError>;
 
     /// Failed records of one batch, in input order.
@@ -242,6 +286,11 @@ pub trait JobStore: Send + Sync {
     /// Whether anyone is working on `job` and what is waiting for a worker.
     async fn lease_view(&self, job: &JobId, now_ms: i64) -> Result<LeaseView, StoreError>;
 }
+
+/// The whole batch protocol: every backend implements the three phase traits.
+pub trait JobStore: PrepareStore + ClaimStore + JobControl {}
+
+impl<T: PrepareStore + ClaimStore + JobControl + ?Sized> JobStore for T {}
 
 /// Claims at a glance, for deciding whether a job needs workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

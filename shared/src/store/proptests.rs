@@ -54,7 +54,10 @@ async fn finalize(store: &MemoryStore, job: &JobId, now: i64) -> bool {
         report: None,
         now_ms: now,
     };
-    store.finalize(job, &fin, true).await.unwrap()
+    store
+        .finalize(job, &fin, FinalizeWhen::AllBatchesDone)
+        .await
+        .unwrap()
 }
 
 async fn run(batches: u64, ops: Vec<Op>) {
@@ -81,9 +84,8 @@ async fn run(batches: u64, ops: Vec<Op>) {
         .collect();
     for index in 0..batches {
         store
-            .add_batch(
+            .write_batch(
                 &job.id,
-                &lease,
                 NewBatch {
                     index,
                     records: &records,

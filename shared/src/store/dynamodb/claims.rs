@@ -1,55 +1,58 @@
-//! Handing out batches and finishing them: the cursor, claims, leases and
-//! the fenced commit transaction.
+//! Handing out batches and finishing them: the cursor shards, claims,
+//! leases and the fenced commit transaction.
 
 use super::*;
 
 impl DynamoStore {
-    /// Hands out the next batch index from the job's cursor; otherwise says
-    /// why there is none (`Err` holds the claim answer to give).
-    pub(super) async fn next_index(&self, job: &JobId) -> Result<Result<u64, Claim>, StoreError> {
-        let result = self
-            .update(job_pk(job), JOB_SK)
-            .update_expression("SET #cursor = #cursor + :one")
-            .condition_expression("#status = :processing AND #cursor < batchesReady")
-            .expression_attribute_names("#cursor", "cursor")
-            .expression_attribute_names("#status", "status")
+    /// The job item and every cursor shard, in one consistent read.
+    pub(super) async fn claim_view(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<(JobItem, Vec<CursorItem>)>, StoreError> {
+        let mut keys = vec![key(job_pk(job), JOB_SK)];
+        keys.extend((0..SHARDS).map(|c| key(cursor_pk(job, c), CURSOR_SK)));
+        let mut items = self.get_many(job, keys).await?.into_iter();
+        let Some(Some(job_item)) = items.next() else {
+            return Ok(None);
+        };
+        let job_item: JobItem = from_item(job_item).map_err(|e| corrupt(job, e))?;
+        let cursors = items
+            .map(|i| match i {
+                Some(i) => from_item(i).map_err(|e| corrupt(job, e)),
+                None => Ok(CursorItem::default()),
+            })
+            .collect::<Result<Vec<CursorItem>, StoreError>>()?;
+        Ok(Some((job_item, cursors)))
+    }
+
+    /// Advances cursor shard `shard` unless it already handed out its
+    /// `limit` published batches; the batch index it handed out, or `None`
+    /// when another worker got there first.
+    async fn advance_cursor(
+        &self,
+        job: &JobId,
+        shard: u64,
+        limit: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let update = self
+            .update(cursor_pk(job, shard), CURSOR_SK)
+            .update_expression("SET k = if_not_exists(k, :zero) + :one")
+            .condition_expression("attribute_not_exists(k) OR k < :limit")
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
-            .return_values(ReturnValue::UpdatedNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        self.meter.record(job, write(SMALL_ITEM_BYTES), &[]);
-        match result {
+            .expression_attribute_values(":limit", n(limit))
+            .return_values(ReturnValue::UpdatedNew);
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
             Ok(out) => {
-                let cursor = out
+                let k = out
                     .attributes()
-                    .and_then(|a| a.get("cursor"))
+                    .and_then(|a| a.get("k"))
                     .and_then(|v| v.as_n().ok())
                     .and_then(|v| v.parse::<u64>().ok())
                     .ok_or_else(|| corrupt(job, "cursor update returned no cursor"))?;
-                Ok(Ok(cursor - 1))
+                Ok(Some(shard_batch(shard, k - 1)))
             }
-            Err(e) if is_condition_failed(&e) => {
-                use aws_sdk_dynamodb::operation::update_item::UpdateItemError as E;
-                let old = match e.into_service_error() {
-                    E::ConditionalCheckFailedException(c) => c.item,
-                    _ => None,
-                };
-                match old {
-                    None => Err(StoreError::JobNotFound(job.clone())),
-                    Some(item) => {
-                        let item: JobItem = from_item(item).map_err(|e| corrupt(job, e))?;
-                        Ok(Err(if item.status.is_final() {
-                            Claim::JobFinished(item.status)
-                        } else if item.prepared {
-                            Claim::NoneAvailable
-                        } else {
-                            Claim::Wait
-                        }))
-                    }
-                }
-            }
+            Err(e) if is_condition_failed(&e) => Ok(None),
             Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
     }
@@ -64,7 +67,7 @@ impl DynamoStore {
         lease_ms: i64,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
         let until = now_ms + lease_ms;
-        let result = self
+        let update = self
             .update(batch_pk(job, index), BATCH_SK)
             .update_expression(
                 "SET #state = :processing, version = version + :one, worker = :w, leaseUntil = :until, gsk = :until",
@@ -79,19 +82,15 @@ impl DynamoStore {
             .expression_attribute_values(":w", s(worker))
             .expression_attribute_values(":until", n(until))
             .expression_attribute_values(":now", n(now_ms))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        // Index entry moves (delete + put) on top of the item write.
+            .return_values(ReturnValue::AllNew);
+        // The item write and the index entry's move (delete + put).
         let cost = Cost {
             requests: 1,
             write_units: 3.0,
-            read_units: 0.0,
+            ..Cost::default()
         };
-        match result {
+        match self.send_update(job, update, cost).await {
             Ok(out) => {
-                self.meter
-                    .record(job, cost, out.consumed_capacity.as_slice());
                 let item: BatchItem =
                     from_item(out.attributes.unwrap_or_default()).map_err(|e| corrupt(job, e))?;
                 Ok(Some(ClaimedBatch {
@@ -104,32 +103,33 @@ impl DynamoStore {
                     last_error: item.last_error,
                 }))
             }
-            Err(e) if is_condition_failed(&e) => {
-                self.meter.record(job, write(SMALL_ITEM_BYTES), &[]);
-                Ok(None)
-            }
+            Err(e) if is_condition_failed(&e) => Ok(None),
             Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
     }
 
-    /// Batches whose lease expired, or that the cursor handed out but nobody
-    /// claimed: the index holds only unfinished batches, keyed by lease expiry
-    /// (0 for never claimed).
-    pub(super) async fn expired(&self, job: &JobId, now_ms: i64) -> Result<Vec<u64>, StoreError> {
+    /// Published batches in one lease-index shard whose lease expired, or
+    /// that a cursor handed out but nobody claimed (lease 0).
+    pub(super) async fn expired(
+        &self,
+        job: &JobId,
+        shard: u64,
+        now_ms: i64,
+        ready: u64,
+    ) -> Result<Vec<u64>, StoreError> {
         let items = self
-            .index_query(job, "gpk = :gpk AND gsk < :now", job_pk(job), now_ms, 25)
+            .index_query(
+                job,
+                "gpk = :gpk AND gsk < :now",
+                lease_shard_gpk(job, shard),
+                now_ms,
+                25,
+            )
             .await?;
-        let prefix = format!("{}#B#", job_pk(job));
         Ok(items
             .iter()
-            .filter_map(|i| {
-                i.get("pk")?
-                    .as_s()
-                    .ok()?
-                    .strip_prefix(&prefix)?
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|i| batch_index(job, i))
+            .filter(|index| *index < ready)
             .collect())
     }
 
@@ -140,25 +140,47 @@ impl DynamoStore {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Claim, StoreError> {
+        // Each worker starts at its own shard, so workers rarely race for
+        // one cursor. The loop ends: every pass either claims, or finds
+        // that another worker advanced a cursor or claimed a batch, and
+        // there are finitely many of both.
+        let home = shard_of(worker);
         loop {
-            match self.next_index(job).await? {
-                Ok(index) => {
+            let Some((item, cursors)) = self.claim_view(job).await? else {
+                return Err(StoreError::JobNotFound(job.clone()));
+            };
+            if item.status.is_final() {
+                return Ok(Claim::JobFinished(item.status));
+            }
+            let ready = item.batches_ready;
+            let open = (0..SHARDS)
+                .map(|i| (home + i) % SHARDS)
+                .find(|&c| cursors[c as usize].k < shard_len(ready, c));
+            if let Some(shard) = open {
+                if let Some(index) = self
+                    .advance_cursor(job, shard, shard_len(ready, shard))
+                    .await?
+                {
                     if let Some(c) = self.try_claim(job, index, worker, now_ms, lease_ms).await? {
                         return Ok(Claim::Batch(c));
                     }
                 }
-                Err(Claim::JobFinished(status)) => return Ok(Claim::JobFinished(status)),
-                Err(exhausted) => {
-                    for index in self.expired(job, now_ms).await? {
-                        if let Some(c) =
-                            self.try_claim(job, index, worker, now_ms, lease_ms).await?
-                        {
-                            return Ok(Claim::Batch(c));
-                        }
+                continue;
+            }
+            // Every published batch was handed out: look for abandoned ones.
+            for i in 0..SHARDS {
+                let shard = (home + i) % SHARDS;
+                for index in self.expired(job, shard, now_ms, ready).await? {
+                    if let Some(c) = self.try_claim(job, index, worker, now_ms, lease_ms).await? {
+                        return Ok(Claim::Batch(c));
                     }
-                    return Ok(exhausted);
                 }
             }
+            return Ok(if item.prepared {
+                Claim::NoneAvailable
+            } else {
+                Claim::Wait
+            });
         }
     }
 
@@ -222,10 +244,10 @@ impl DynamoStore {
             .sum();
         let own = Cost {
             requests: 1,
-            // Batch and job items, doubled in a transaction, the index entry
-            // removal, and the failure items.
+            // Batch and counter items, doubled in a transaction, the index
+            // entry removal, and the failure items.
             write_units: 2.0 * (2.0 + failure_units) + 1.0,
-            read_units: 0.0,
+            ..Cost::default()
         };
         let cost = self.meter.take(job, own);
 
@@ -255,26 +277,30 @@ impl DynamoStore {
             .set_expression_attribute_values(Some(batch_values))
             .build()
             .expect("update is complete");
-        let mut job_values: Item = HashMap::from([
+        let mut counter_values: Item = HashMap::from([
             (":one".into(), n(1)),
             (":p".into(), n(outcome.processed)),
             (":f".into(), n(outcome.failed.len())),
         ]);
-        with_cost(&mut job_values, cost);
-        let job_update = Update::builder()
+        with_cost(&mut counter_values, cost);
+        // The batch's counter shard, not the job item: commits of different
+        // shards never meet on one item.
+        let counter_update = Update::builder()
             .table_name(&self.table)
-            .set_key(Some(key(job_pk(job), JOB_SK)))
+            .set_key(Some(key(
+                counter_pk(job, claim.index % SHARDS),
+                COUNTERS_SK,
+            )))
             .update_expression(format!(
                 "{ADD_COST}, batchesDone :one, #processed :p, failed :f"
             ))
-            .condition_expression("attribute_exists(pk)")
             .set_expression_attribute_names(Some(names(&[("#processed", "processed")])))
-            .set_expression_attribute_values(Some(job_values))
+            .set_expression_attribute_values(Some(counter_values))
             .build()
             .expect("update is complete");
         let mut items = vec![
             TransactWriteItem::builder().update(batch_update).build(),
-            TransactWriteItem::builder().update(job_update).build(),
+            TransactWriteItem::builder().update(counter_update).build(),
         ];
         for item in failure_items {
             let put = Put::builder()
@@ -292,17 +318,9 @@ impl DynamoStore {
         ]);
         match self.transact(job, items, own, Some(tok)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(0)) => {
-                self.meter.restore(job, cost);
-                Err(StoreError::ClaimLost {
-                    job: job.clone(),
-                    index: claim.index,
-                    version: claim.version,
-                })
-            }
             Ok(Err(_)) => {
                 self.meter.restore(job, cost);
-                Err(StoreError::JobNotFound(job.clone()))
+                Err(StoreError::claim_lost(claim))
             }
             Err(e) => {
                 self.meter.restore(job, cost);

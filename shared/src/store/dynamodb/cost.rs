@@ -117,6 +117,16 @@ impl Meter {
         cost
     }
 
+    /// Counts a write turned away by a conflict (or throttling) and retried.
+    pub fn conflict(&self, job: &JobId) {
+        self.pending
+            .lock()
+            .expect("meter poisoned")
+            .entry(job.clone())
+            .or_default()
+            .conflicts += 1;
+    }
+
     /// Puts back what a failed flush took (its own request still happened).
     pub fn restore(&self, job: &JobId, cost: Cost) {
         self.pending
@@ -132,7 +142,7 @@ pub fn write(bytes: usize) -> Cost {
     Cost {
         requests: 1,
         write_units: write_units(bytes),
-        read_units: 0.0,
+        ..Cost::default()
     }
 }
 

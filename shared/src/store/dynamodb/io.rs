@@ -1,7 +1,13 @@
 //! The metered calls every operation goes through: one place that records
-//! what each request costs and retries what the SDK does not.
+//! what each request costs and retries what the SDK does not (conflicts with
+//! transactions, throttling that outlasted the SDK's retries).
 
 use super::*;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+type UpdateResult = Result<UpdateItemOutput, SdkError<UpdateItemError, HttpResponse>>;
 
 impl DynamoStore {
     pub(super) async fn get(
@@ -23,12 +29,121 @@ impl DynamoStore {
         let size = out.item().map(item_size).unwrap_or(0);
         let computed = Cost {
             requests: 1,
-            write_units: 0.0,
             read_units: read_units(size, true),
+            ..Cost::default()
         };
         self.meter
             .record(job, computed, out.consumed_capacity.as_slice());
         Ok(out.item)
+    }
+
+    /// Consistent reads of several items in one BatchGetItem per 100 keys,
+    /// in the order of `keys` (`None` for a missing item).
+    pub(super) async fn get_many(
+        &self,
+        job: &JobId,
+        keys: Vec<Item>,
+    ) -> Result<Vec<Option<Item>>, StoreError> {
+        let mut found: Vec<Item> = Vec::with_capacity(keys.len());
+        for group in keys.chunks(100) {
+            let mut pending = KeysAndAttributes::builder()
+                .set_keys(Some(group.to_vec()))
+                .consistent_read(true)
+                .build()
+                .expect("keys are set");
+            let mut attempt = 0;
+            loop {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, pending)
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::backend("BatchGetItem", e))?;
+                let mut responses = out.responses.unwrap_or_default();
+                let items = responses.remove(&self.table).unwrap_or_default();
+                let size: usize = items.iter().map(item_size).sum();
+                self.meter.record(
+                    job,
+                    Cost {
+                        requests: 1,
+                        read_units: read_units(size, true).max(items.len() as f64),
+                        ..Cost::default()
+                    },
+                    out.consumed_capacity.as_deref().unwrap_or_default(),
+                );
+                found.extend(items);
+                match out.unprocessed_keys.and_then(|mut m| m.remove(&self.table)) {
+                    Some(rest) if !rest.keys().is_empty() => {
+                        attempt += 1;
+                        if attempt > MAX_CONFLICT_RETRIES {
+                            return Err(StoreError::backend(
+                                "BatchGetItem",
+                                format!("{} keys still unprocessed", rest.keys().len()),
+                            ));
+                        }
+                        self.backoff.wait(attempt).await;
+                        pending = rest;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let key_of = |i: &Item| {
+            let part = |name: &str| {
+                i.get(name)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            (part("pk"), part("sk"))
+        };
+        let mut by_key: HashMap<_, Item> = found.into_iter().map(|i| (key_of(&i), i)).collect();
+        Ok(keys.iter().map(|k| by_key.remove(&key_of(k))).collect())
+    }
+
+    /// Sends a single-item write, retrying while the item is held by a
+    /// transaction (or throttled). Each retry is counted as a conflict.
+    pub(super) async fn retry_busy<T, E, Fut>(
+        &self,
+        job: &JobId,
+        mut send: impl FnMut() -> Fut,
+    ) -> Result<T, SdkError<E, HttpResponse>>
+    where
+        Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+    {
+        let mut attempt = 0;
+        loop {
+            match send().await {
+                Err(e) if is_busy(&e) && attempt < MAX_CONFLICT_RETRIES => {
+                    self.meter.conflict(job);
+                    attempt += 1;
+                    self.backoff.wait(attempt).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// An UpdateItem through `retry_busy`, metered as `computed` (nothing
+    /// when the update carries its own cost in an `ADD`).
+    pub(super) async fn send_update(
+        &self,
+        job: &JobId,
+        update: UpdateItemFluentBuilder,
+        computed: Cost,
+    ) -> UpdateResult {
+        let result = self.retry_busy(job, || update.clone().send()).await;
+        if computed.requests > 0 {
+            let consumed = result
+                .as_ref()
+                .ok()
+                .and_then(|out| out.consumed_capacity.clone());
+            self.meter.record(job, computed, consumed.as_slice());
+        }
+        result
     }
 
     /// Writes items with BatchWriteItem, 25 a request, retrying
@@ -58,17 +173,26 @@ impl DynamoStore {
                 let out = self
                     .client
                     .batch_write_item()
-                    .request_items(&self.table, requests)
+                    .request_items(&self.table, requests.clone())
                     .return_consumed_capacity(ReturnConsumedCapacity::Total)
                     .send()
-                    .await
-                    .map_err(|e| StoreError::backend("BatchWriteItem", e))?;
+                    .await;
+                let out = match out {
+                    Ok(out) => out,
+                    Err(e) if is_busy(&e) && attempt < MAX_CONFLICT_RETRIES => {
+                        self.meter.conflict(job);
+                        attempt += 1;
+                        self.backoff.wait(attempt).await;
+                        continue;
+                    }
+                    Err(e) => return Err(StoreError::backend("BatchWriteItem", e)),
+                };
                 self.meter.record(
                     job,
                     Cost {
                         requests: 1,
                         write_units: units,
-                        read_units: 0.0,
+                        ..Cost::default()
                     },
                     out.consumed_capacity(),
                 );
@@ -94,11 +218,7 @@ impl DynamoStore {
         Ok(())
     }
 
-    pub(super) fn update(
-        &self,
-        pk: String,
-        sk: &str,
-    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+    pub(super) fn update(&self, pk: String, sk: &str) -> UpdateItemFluentBuilder {
         self.client
             .update_item()
             .table_name(&self.table)
@@ -106,7 +226,8 @@ impl DynamoStore {
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
     }
 
-    /// Runs a transaction, retrying cancellations caused by conflicts.
+    /// Runs a transaction, retrying cancellations caused by conflicts or
+    /// throttling (and nothing else: a validation error would fail again).
     /// `Ok(Err(i))` when the condition on item `i` failed.
     pub(super) async fn transact(
         &self,
@@ -130,9 +251,10 @@ impl DynamoStore {
                 Ok(_) => return Ok(Ok(())),
                 Err(e) => match cancellation(&e) {
                     Some(Cancelled::Condition(i)) => return Ok(Err(i)),
-                    Some(Cancelled::Conflict) if attempt < MAX_CONFLICT_RETRIES => {
+                    Some(Cancelled::Busy) if attempt < MAX_CONFLICT_RETRIES => {
                         // A cancelled transaction is billed too.
                         self.meter.record(job, computed, &[]);
+                        self.meter.conflict(job);
                         attempt += 1;
                         self.backoff.wait(attempt).await;
                     }
@@ -168,8 +290,8 @@ impl DynamoStore {
             job,
             Cost {
                 requests: 1,
-                write_units: 0.0,
                 read_units: read_units(size, false),
+                ..Cost::default()
             },
             out.consumed_capacity.as_slice(),
         );
@@ -179,8 +301,8 @@ impl DynamoStore {
     pub(super) fn fence(
         &self,
         claim: &ClaimedBatch,
-        update: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
-    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        update: UpdateItemFluentBuilder,
+    ) -> UpdateItemFluentBuilder {
         update
             .condition_expression("#state = :processing AND version = :v")
             .expression_attribute_names("#state", "state")
@@ -191,25 +313,20 @@ impl DynamoStore {
     pub(super) async fn fenced_update(
         &self,
         claim: &ClaimedBatch,
-        update: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+        update: UpdateItemFluentBuilder,
     ) -> Result<(), StoreError> {
-        let result = self.fence(claim, update).send().await;
-        self.meter.record(
-            &claim.job_id,
-            Cost {
-                requests: 1,
-                write_units: 3.0,
-                read_units: 0.0,
-            },
-            &[],
-        );
-        match result {
+        // The item write and the index entry's move.
+        let cost = Cost {
+            requests: 1,
+            write_units: 3.0,
+            ..Cost::default()
+        };
+        match self
+            .send_update(&claim.job_id, self.fence(claim, update), cost)
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Err(StoreError::ClaimLost {
-                job: claim.job_id.clone(),
-                index: claim.index,
-                version: claim.version,
-            }),
+            Err(e) if is_condition_failed(&e) => Err(StoreError::claim_lost(claim)),
             Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
     }
@@ -239,8 +356,8 @@ impl DynamoStore {
             let size: usize = page.items().iter().map(item_size).sum();
             let computed = Cost {
                 requests: 1,
-                write_units: 0.0,
                 read_units: read_units(size, true),
+                ..Cost::default()
             };
             self.meter
                 .record(job, computed, page.consumed_capacity.as_slice());

@@ -8,9 +8,15 @@ use serde::{Deserialize, Serialize};
 pub const LEASE_INDEX: &str = "leases";
 pub const JOB_SK: &str = "JOB";
 pub const BATCH_SK: &str = "BATCH";
+pub const CURSOR_SK: &str = "CURSOR";
+pub const COUNTERS_SK: &str = "COUNTERS";
 /// Failed records are spread over this many partitions per job, so a job
 /// with many failures does not write to one hot partition.
 pub const FAILURE_SHARDS: u64 = 16;
+/// Claim cursors, counters and lease-index partitions per job. Batch `i`
+/// belongs to shard `i % SHARDS` everywhere, so each of these items and
+/// partitions sees 1/SHARDS of a job's per-batch writes.
+pub const SHARDS: u64 = 8;
 
 pub fn job_pk(job: &JobId) -> String {
     format!("J#{job}")
@@ -18,6 +24,34 @@ pub fn job_pk(job: &JobId) -> String {
 
 pub fn batch_pk(job: &JobId, index: u64) -> String {
     format!("J#{job}#B#{index}")
+}
+
+pub fn cursor_pk(job: &JobId, shard: u64) -> String {
+    format!("J#{job}#K#{shard}")
+}
+
+pub fn counter_pk(job: &JobId, shard: u64) -> String {
+    format!("J#{job}#N#{shard}")
+}
+
+/// Lease-index partition of a batch.
+pub fn lease_gpk(job: &JobId, index: u64) -> String {
+    format!("J#{job}#L#{}", index % SHARDS)
+}
+
+pub fn lease_shard_gpk(job: &JobId, shard: u64) -> String {
+    format!("J#{job}#L#{shard}")
+}
+
+/// Batches of shard `shard` among the first `ready`: those `i < ready`
+/// with `i % SHARDS == shard`.
+pub fn shard_len(ready: u64, shard: u64) -> u64 {
+    ready / SHARDS + u64::from(shard < ready % SHARDS)
+}
+
+/// The batch a shard's cursor hands out as its `k`-th (0-based).
+pub fn shard_batch(shard: u64, k: u64) -> u64 {
+    shard + k * SHARDS
 }
 
 pub fn chunk_sk(n: usize) -> String {
@@ -36,8 +70,9 @@ pub fn failure_sk(index: u64, part: usize) -> String {
     format!("{index:012}#{part:04}")
 }
 
-/// The job item. Counters move only through `ADD` in the same writes that
-/// change batches, so they are exact.
+/// The job item: identity, status, prepare lease and publication. Written
+/// by prepare once per group of batches and at the end, never per batch:
+/// progress counters live on the counter shards.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobItem {
@@ -53,17 +88,9 @@ pub struct JobItem {
     pub total_records: u64,
     #[serde(default)]
     pub total_batches: u64,
+    /// Batches `0..batchesReady` are claimable.
     #[serde(default)]
     pub batches_ready: u64,
-    #[serde(default)]
-    pub batches_done: u64,
-    /// Next batch index to hand out.
-    #[serde(default)]
-    pub cursor: u64,
-    #[serde(default)]
-    pub processed: u64,
-    #[serde(default)]
-    pub failed: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepare_owner: Option<String>,
     #[serde(default)]
@@ -75,12 +102,15 @@ pub struct JobItem {
     pub failure_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// Spend of prepare and finalization (workers' is on the counters).
     #[serde(default)]
     pub requests: u64,
     #[serde(default)]
     pub write_units: f64,
     #[serde(default)]
     pub read_units: f64,
+    #[serde(default)]
+    pub conflicts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
     /// Lease index key while the job is PROCESSING: the sweeper's list.
@@ -92,6 +122,34 @@ pub struct JobItem {
 
 /// Index partition listing the jobs still PROCESSING.
 pub const ACTIVE_JOBS: &str = "JOBS";
+
+/// One counter shard: what the commits of its batches added up to. Moved
+/// only by `ADD` in the commit transaction, so the sums are exact.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CounterItem {
+    #[serde(default)]
+    pub batches_done: u64,
+    #[serde(default)]
+    pub processed: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub requests: u64,
+    #[serde(default)]
+    pub write_units: f64,
+    #[serde(default)]
+    pub read_units: f64,
+    #[serde(default)]
+    pub conflicts: u64,
+}
+
+/// One claim cursor: how many of its shard's batches it handed out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CursorItem {
+    #[serde(default)]
+    pub k: u64,
+}
 
 impl JobItem {
     pub fn new(
@@ -114,10 +172,6 @@ impl JobItem {
             total_records: 0,
             total_batches: 0,
             batches_ready: 0,
-            batches_done: 0,
-            cursor: 0,
-            processed: 0,
-            failed: 0,
             prepare_owner: Some(owner.into()),
             prepare_lease_until: lease_until,
             created_at: now_ms,
@@ -127,13 +181,33 @@ impl JobItem {
             requests: 0,
             write_units: 0.0,
             read_units: 0.0,
+            conflicts: 0,
             expires_at,
             gpk: Some(ACTIVE_JOBS.into()),
             gsk: Some(now_ms),
         }
     }
 
-    pub fn into_job(self) -> Job {
+    /// The job with its counters summed from the shards and the cursors.
+    pub fn into_job(self, counters: &[CounterItem], cursors: &[CursorItem]) -> Job {
+        let mut cost = Cost {
+            requests: self.requests,
+            write_units: self.write_units,
+            read_units: self.read_units,
+            conflicts: self.conflicts,
+        };
+        let (mut done, mut processed, mut failed) = (0, 0, 0);
+        for c in counters {
+            done += c.batches_done;
+            processed += c.processed;
+            failed += c.failed;
+            cost.add(Cost {
+                requests: c.requests,
+                write_units: c.write_units,
+                read_units: c.read_units,
+                conflicts: c.conflicts,
+            });
+        }
         Job {
             id: self.job_id,
             status: self.status,
@@ -146,10 +220,10 @@ impl JobItem {
             total_records: self.total_records,
             total_batches: self.total_batches,
             batches_ready: self.batches_ready,
-            batches_handed_out: self.cursor,
-            batches_done: self.batches_done,
-            processed: self.processed,
-            failed: self.failed,
+            batches_handed_out: cursors.iter().map(|c| c.k).sum(),
+            batches_done: done,
+            processed,
+            failed,
             prepare_lease_until_ms: if self.prepared {
                 0
             } else {
@@ -159,11 +233,7 @@ impl JobItem {
             finished_at_ms: self.finished_at,
             failure_reason: self.failure_reason,
             report: self.report,
-            cost: Cost {
-                requests: self.requests,
-                write_units: self.write_units,
-                read_units: self.read_units,
-            },
+            cost,
         }
     }
 }

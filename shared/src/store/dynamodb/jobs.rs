@@ -1,26 +1,47 @@
-//! Reading and ending jobs: finalization, failed records, the active-job
-//! list and the lease view the sweeper uses.
+//! Reading and ending jobs: the job with its summed shards, finalization,
+//! failed records, the active-job list and the lease view the sweeper uses.
 
 use super::*;
 
 impl DynamoStore {
+    /// The job item, its cursor shards and its counter shards: one
+    /// BatchGetItem, the same cost whatever the job's size.
     pub(super) async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError> {
-        match self.get(job, job_pk(job), JOB_SK).await? {
-            None => Ok(None),
-            Some(item) => Ok(Some(
-                from_item::<JobItem>(item)
-                    .map_err(|e| corrupt(job, e))?
-                    .into_job(),
-            )),
-        }
+        let mut keys = vec![key(job_pk(job), JOB_SK)];
+        keys.extend((0..SHARDS).map(|c| key(cursor_pk(job, c), CURSOR_SK)));
+        keys.extend((0..SHARDS).map(|c| key(counter_pk(job, c), COUNTERS_SK)));
+        let mut items = self.get_many(job, keys).await?.into_iter();
+        let Some(Some(job_item)) = items.next() else {
+            return Ok(None);
+        };
+        let job_item: JobItem = from_item(job_item).map_err(|e| corrupt(job, e))?;
+        let cursors = items
+            .by_ref()
+            .take(SHARDS as usize)
+            .map(|i| i.map(from_item).transpose().map(Option::unwrap_or_default))
+            .collect::<Result<Vec<CursorItem>, _>>()
+            .map_err(|e| corrupt(job, e))?;
+        let counters = items
+            .map(|i| i.map(from_item).transpose().map(Option::unwrap_or_default))
+            .collect::<Result<Vec<CounterItem>, _>>()
+            .map_err(|e| corrupt(job, e))?;
+        Ok(Some(job_item.into_job(&counters, &cursors)))
     }
 
     pub(super) async fn finalize(
         &self,
         job: &JobId,
         fin: &Finalization,
-        require_all_done: bool,
+        when: FinalizeWhen,
     ) -> Result<bool, StoreError> {
+        if when == FinalizeWhen::AllBatchesDone {
+            // Counters only grow, one commit per batch: once they add up to
+            // the total, no batch is left to change them.
+            match self.get_job(job).await? {
+                Some(j) if j.all_batches_done() && !j.status.is_final() => {}
+                _ => return Ok(false),
+            }
+        }
         let cost = self.meter.take(job, write(SMALL_ITEM_BYTES));
         let mut values: Item = HashMap::from([
             (":processing".into(), s(JobStatus::Processing.as_str())),
@@ -38,19 +59,17 @@ impl DynamoStore {
             set.push_str(", report = :report");
         }
         let mut condition = "#status = :processing".to_string();
-        if require_all_done {
+        if when == FinalizeWhen::AllBatchesDone {
             values.insert(":true".into(), AttributeValue::Bool(true));
-            condition.push_str(" AND prepared = :true AND batchesDone = totalBatches");
+            condition.push_str(" AND prepared = :true");
         }
-        let result = self
+        let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression(format!("{set} REMOVE prepareOwner, gpk, gsk {ADD_COST}"))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
-            .set_expression_attribute_values(Some(values))
-            .send()
-            .await;
-        match result {
+            .set_expression_attribute_values(Some(values));
+        match self.send_update(job, update, Cost::default()).await {
             Ok(_) => Ok(true),
             Err(e) => {
                 self.meter.restore(job, cost);
@@ -106,36 +125,31 @@ impl DynamoStore {
         job: &JobId,
         now_ms: i64,
     ) -> Result<LeaseView, StoreError> {
-        let live = self
-            .index_query(job, "gpk = :gpk AND gsk >= :now", job_pk(job), now_ms, 1)
-            .await?;
-        let stale = self
-            .index_query(job, "gpk = :gpk AND gsk < :now", job_pk(job), now_ms, 25)
-            .await?;
-        // The index also holds batches the cursor has not handed out yet
-        // (PENDING too); only those behind the cursor are stalled.
-        let handed_out = self
-            .get_job(job)
-            .await?
-            .map(|j| j.batches_handed_out)
-            .unwrap_or(0);
-        let prefix = format!("{}#B#", job_pk(job));
-        let reclaimable = stale
-            .iter()
-            .filter_map(|i| {
-                i.get("pk")?
-                    .as_s()
-                    .ok()?
-                    .strip_prefix(&prefix)?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .filter(|index| *index < handed_out)
-            .count() as u64;
-        Ok(LeaseView {
-            live: !live.is_empty(),
-            reclaimable,
-        })
+        let Some((_, cursors)) = self.claim_view(job).await? else {
+            return Ok(LeaseView::default());
+        };
+        // The index also holds batches no cursor has handed out yet (PENDING
+        // too); only those behind their shard's cursor are stalled.
+        let handed_out = |index: u64| index / SHARDS < cursors[(index % SHARDS) as usize].k;
+        let mut view = LeaseView::default();
+        for shard in 0..SHARDS {
+            let gpk = lease_shard_gpk(job, shard);
+            if !view.live {
+                let live = self
+                    .index_query(job, "gpk = :gpk AND gsk >= :now", gpk.clone(), now_ms, 1)
+                    .await?;
+                view.live = !live.is_empty();
+            }
+            let stale = self
+                .index_query(job, "gpk = :gpk AND gsk < :now", gpk, now_ms, 25)
+                .await?;
+            view.reclaimable += stale
+                .iter()
+                .filter_map(|i| batch_index(job, i))
+                .filter(|index| handed_out(*index))
+                .count() as u64;
+        }
+        Ok(view)
     }
 
     pub(super) async fn batch_info(

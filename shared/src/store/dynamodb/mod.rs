@@ -1,5 +1,7 @@
-//! `JobStore` on one DynamoDB table. Claims are O(1) amortized: an atomic
-//! cursor on the job item hands out batch indexes; batches it handed out
+//! `JobStore` on one DynamoDB table, with no item or partition that every
+//! batch writes: claim cursors, counters and lease-index partitions are
+//! sharded by batch index, and prepare publishes batches in groups. Claims
+//! are O(1) amortized: a cursor shard hands out batch indexes; batches
 //! whose lease expired (or whose claimer died before claiming) are found
 //! through the sparse `leases` index, which only holds unfinished batches.
 
@@ -19,8 +21,8 @@ use crate::retry::Backoff;
 use crate::store::codec;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, PutRequest, ReturnConsumedCapacity, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update, WriteRequest,
+    AttributeValue, KeysAndAttributes, Put, PutRequest, ReturnConsumedCapacity, ReturnValue,
+    TransactWriteItem, Update, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
@@ -31,9 +33,11 @@ type Item = HashMap<String, AttributeValue>;
 
 /// BatchWriteItem's limit (the service rejects more; emulators may not).
 const BATCH_WRITE_MAX: usize = 25;
-/// Attempts for work the SDK does not retry itself: UnprocessedItems and
-/// transactions cancelled by a conflicting transaction.
-const MAX_CONFLICT_RETRIES: u32 = 10;
+/// Attempts for work the SDK does not retry itself: UnprocessedItems,
+/// writes to an item a transaction holds, and transactions cancelled by a
+/// conflict. With the default backoff (25 ms doubling to 5 s, full jitter)
+/// that is up to about 30 s of waiting before the error surfaces.
+const MAX_CONFLICT_RETRIES: u32 = 12;
 /// Failure detail committed with one batch stays under this many
 /// uncompressed bytes, so the commit transaction stays under its 4 MB cap.
 const MAX_FAILURE_BYTES: usize = 3 * 1024 * 1024;
@@ -68,6 +72,24 @@ fn corrupt(job: &JobId, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// A worker's home cursor shard.
+fn shard_of(worker: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    worker.hash(&mut h);
+    h.finish() % SHARDS
+}
+
+/// The batch index of a lease-index entry (its `pk`).
+fn batch_index(job: &JobId, item: &Item) -> Option<u64> {
+    item.get("pk")?
+        .as_s()
+        .ok()?
+        .strip_prefix(&format!("{}#B#", job_pk(job)))?
+        .parse()
+        .ok()
+}
+
 fn is_condition_failed<E, R>(e: &SdkError<E, R>) -> bool
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
@@ -75,12 +97,31 @@ where
     e.as_service_error().and_then(|e| e.code()) == Some("ConditionalCheckFailedException")
 }
 
-/// How a transaction was cancelled, per item.
+/// Errors that say "not now" rather than "no": an item held by a
+/// transaction, or throttling the SDK's own retries did not outlast.
+/// Retried with backoff by every write path.
+fn is_busy<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    matches!(
+        e.as_service_error().and_then(|e| e.code()),
+        Some(
+            "TransactionConflictException"
+                | "ThrottlingException"
+                | "ProvisionedThroughputExceededException"
+                | "RequestLimitExceeded"
+        )
+    )
+}
+
+/// How a transaction was cancelled.
 enum Cancelled {
     /// A condition failed on the item at this position.
     Condition(usize),
-    /// Another transaction touched the same items: retry.
-    Conflict,
+    /// Another transaction or write held one of the items, or throttling:
+    /// the same transaction can succeed later.
+    Busy,
 }
 
 fn cancellation<R>(
@@ -96,9 +137,25 @@ fn cancellation<R>(
             {
                 return Some(Cancelled::Condition(i));
             }
-            Some(Cancelled::Conflict)
+            // Anything else (ValidationError, ItemCollectionSizeLimitExceeded,
+            // ...) would fail again the same way.
+            let retryable = reasons.iter().all(|r| {
+                matches!(
+                    r.code(),
+                    None | Some(
+                        "None"
+                            | "TransactionConflict"
+                            | "ThrottlingError"
+                            | "ProvisionedThroughputExceeded"
+                    )
+                )
+            });
+            retryable.then_some(Cancelled::Busy)
         }
-        E::TransactionInProgressException(_) => Some(Cancelled::Conflict),
+        E::TransactionInProgressException(_)
+        | E::ThrottlingException(_)
+        | E::ProvisionedThroughputExceededException(_)
+        | E::RequestLimitExceeded(_) => Some(Cancelled::Busy),
         _ => None,
     }
 }
@@ -160,7 +217,7 @@ fn token(parts: &[&str]) -> String {
 /// Forwards to the inherent methods of the same name, grouped by phase in
 /// `prepare`, `claims` and `jobs` (low-level calls with metering in `io`).
 #[async_trait]
-impl JobStore for DynamoStore {
+impl PrepareStore for DynamoStore {
     async fn create_job(
         &self,
         source: &SourceRef,
@@ -168,10 +225,6 @@ impl JobStore for DynamoStore {
         now_ms: i64,
     ) -> Result<CreateOutcome, StoreError> {
         Self::create_job(self, source, lease, now_ms).await
-    }
-
-    async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError> {
-        Self::get_job(self, job).await
     }
 
     async fn acquire_prepare(
@@ -183,14 +236,23 @@ impl JobStore for DynamoStore {
         Self::acquire_prepare(self, job, lease, now_ms).await
     }
 
-    async fn add_batch(
+    async fn write_batch(
         &self,
         job: &JobId,
-        lease: &PrepareLease,
         batch: NewBatch<'_>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        Self::add_batch(self, job, lease, batch, now_ms).await
+        Self::write_batch(self, job, batch, now_ms).await
+    }
+
+    async fn publish(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        ready: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        Self::publish(self, job, lease, ready, now_ms).await
     }
 
     async fn release_prepare(&self, job: &JobId, lease: &PrepareLease) -> Result<(), StoreError> {
@@ -206,7 +268,10 @@ impl JobStore for DynamoStore {
     ) -> Result<Job, StoreError> {
         Self::finish_prepare(self, job, lease, total_records, total_batches).await
     }
+}
 
+#[async_trait]
+impl ClaimStore for DynamoStore {
     async fn claim_batch(
         &self,
         job: &JobId,
@@ -237,14 +302,21 @@ impl JobStore for DynamoStore {
     ) -> Result<(), StoreError> {
         Self::commit_batch(self, claim, outcome, now_ms).await
     }
+}
+
+#[async_trait]
+impl JobControl for DynamoStore {
+    async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError> {
+        Self::get_job(self, job).await
+    }
 
     async fn finalize(
         &self,
         job: &JobId,
         fin: &Finalization,
-        require_all_done: bool,
+        when: FinalizeWhen,
     ) -> Result<bool, StoreError> {
-        Self::finalize(self, job, fin, require_all_done).await
+        Self::finalize(self, job, fin, when).await
     }
 
     async fn failed_records(

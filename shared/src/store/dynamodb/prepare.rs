@@ -1,4 +1,6 @@
-//! Creating a job and writing its batches, fenced by the prepare lease.
+//! Creating a job and writing its batches. Batch writes are idempotent and
+//! touch only the batch's own partition; the job item is written once per
+//! published group of batches, fenced by the prepare lease.
 
 use super::*;
 
@@ -19,18 +21,16 @@ impl DynamoStore {
         );
         let attrs: Item = to_item(&item).map_err(|e| corrupt(&id, e))?;
         let size = item_size(&attrs);
-        let result = self
+        let put = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(attrs))
-            .condition_expression("attribute_not_exists(pk)")
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
+            .condition_expression("attribute_not_exists(pk)");
+        let result = self.retry_busy(&id, || put.clone().send()).await;
         self.meter.record(&id, write(size), &[]);
         match result {
-            Ok(_) => Ok(CreateOutcome::Created(item.into_job())),
+            Ok(_) => Ok(CreateOutcome::Created(item.into_job(&[], &[]))),
             Err(e) if is_condition_failed(&e) => {
                 let job = self
                     .get_job(&id)
@@ -48,7 +48,7 @@ impl DynamoStore {
         lease: &PrepareLease,
         now_ms: i64,
     ) -> Result<Option<Job>, StoreError> {
-        let result = self
+        let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression("SET prepareOwner = :o, prepareLeaseUntil = :until")
             .condition_expression(
@@ -60,33 +60,24 @@ impl DynamoStore {
             .expression_attribute_values(":false", AttributeValue::Bool(false))
             .expression_attribute_values(":o", s(&lease.owner))
             .expression_attribute_values(":until", n(now_ms + lease.lease_ms))
-            .expression_attribute_values(":now", n(now_ms))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        self.meter.record(job, write(SMALL_ITEM_BYTES), &[]);
-        match result {
-            Ok(out) => {
-                let item: JobItem =
-                    from_item(out.attributes.unwrap_or_default()).map_err(|e| corrupt(job, e))?;
-                Ok(Some(item.into_job()))
-            }
+            .expression_attribute_values(":now", n(now_ms));
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(_) => self.get_job(job).await,
             Err(e) if is_condition_failed(&e) => Ok(None),
             Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
     }
 
-    pub(super) async fn add_batch(
+    pub(super) async fn write_batch(
         &self,
         job: &JobId,
-        lease: &PrepareLease,
         batch: NewBatch<'_>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let expires_at = self.expires_at(now_ms);
         let pk = batch_pk(job, batch.index);
-        // Records first: a batch becomes visible only with all of them stored.
-        // Rewriting them after a crash is harmless: batches are cut
+        // Records first: a batch item exists only with all of its records
+        // stored. Rewriting them is harmless: batches are cut
         // deterministically, so the content is identical.
         let chunks = codec::pack(batch.records);
         let chunk_count = chunks.len() as u64;
@@ -115,64 +106,73 @@ impl DynamoStore {
             chunks: chunk_count,
             worker: None,
             lease_until: 0,
-            gpk: Some(job_pk(job)),
+            gpk: Some(lease_gpk(job, batch.index)),
             gsk: Some(0),
             processed: 0,
             failed: 0,
             last_error: None,
             expires_at,
         };
-        let batch_attrs: Item = to_item(&batch_item).map_err(|e| corrupt(job, e))?;
-        // Transactional writes bill double; the index entry once.
-        let own = Cost {
+        let attrs: Item = to_item(&batch_item).map_err(|e| corrupt(job, e))?;
+        // The item and its index entry.
+        let cost = Cost {
             requests: 1,
-            write_units: 2.0 * (write_units(item_size(&batch_attrs)) + 1.0) + 1.0,
-            read_units: 0.0,
+            write_units: write_units(item_size(&attrs)) + 1.0,
+            ..Cost::default()
         };
-        let cost = self.meter.take(job, own);
+        // Never over an existing batch: it may be claimed or done already.
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(attrs))
+            .condition_expression("attribute_not_exists(pk)");
+        let result = self.retry_busy(job, || put.clone().send()).await;
+        self.meter.record(job, cost, &[]);
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(StoreError::backend("PutItem", e)),
+        }
+    }
+
+    pub(super) async fn publish(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        ready: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let cost = self.meter.take(job, write(SMALL_ITEM_BYTES));
         let mut values: Item = HashMap::from([
             (":o".into(), s(&lease.owner)),
-            (":idx".into(), n(batch.index)),
-            (":next".into(), n(batch.index + 1)),
+            (":ready".into(), n(ready)),
             (":until".into(), n(now_ms + lease.lease_ms)),
             (":false".into(), AttributeValue::Bool(false)),
+            (":processing".into(), s(JobStatus::Processing.as_str())),
         ]);
         with_cost(&mut values, cost);
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(batch_attrs))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .expect("put is complete");
-        let update = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(job_pk(job), JOB_SK)))
+        let update = self
+            .update(job_pk(job), JOB_SK)
             .update_expression(format!(
-                "SET batchesReady = :next, prepareLeaseUntil = :until {ADD_COST}"
+                "SET batchesReady = :ready, prepareLeaseUntil = :until {ADD_COST}"
             ))
-            .condition_expression("prepareOwner = :o AND batchesReady = :idx AND prepared = :false")
-            .set_expression_attribute_values(Some(values))
-            .build()
-            .expect("update is complete");
-        let items = vec![
-            TransactWriteItem::builder().put(put).build(),
-            TransactWriteItem::builder().update(update).build(),
-        ];
-        let tok = token(&[
-            job.as_str(),
-            "batch",
-            &batch.index.to_string(),
-            &lease.owner,
-        ]);
-        match self.transact(job, items, own, Some(tok)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => {
-                self.meter.restore(job, cost);
-                Err(StoreError::PrepareLeaseLost(job.clone()))
-            }
+            .condition_expression(
+                "#status = :processing AND prepareOwner = :o AND prepared = :false \
+                 AND batchesReady <= :ready",
+            )
+            .expression_attribute_names("#status", "status")
+            .set_expression_attribute_values(Some(values));
+        // The cost travels in the update itself.
+        match self.send_update(job, update, Cost::default()).await {
+            Ok(_) => Ok(()),
             Err(e) => {
                 self.meter.restore(job, cost);
-                Err(e)
+                if is_condition_failed(&e) {
+                    Err(StoreError::PrepareLeaseLost(job.clone()))
+                } else {
+                    Err(StoreError::backend("UpdateItem", e))
+                }
             }
         }
     }
@@ -182,16 +182,13 @@ impl DynamoStore {
         job: &JobId,
         lease: &PrepareLease,
     ) -> Result<(), StoreError> {
-        let result = self
+        let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression("SET prepareLeaseUntil = :zero")
             .condition_expression("prepareOwner = :o")
             .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":o", s(&lease.owner))
-            .send()
-            .await;
-        self.meter.record(job, write(SMALL_ITEM_BYTES), &[]);
-        match result {
+            .expression_attribute_values(":o", s(&lease.owner));
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
             // Someone else owns it already: nothing to give up.
             Ok(_) => Ok(()),
             Err(e) if is_condition_failed(&e) => Ok(()),
@@ -213,24 +210,26 @@ impl DynamoStore {
             (":tb".into(), n(total_batches)),
             (":true".into(), AttributeValue::Bool(true)),
             (":false".into(), AttributeValue::Bool(false)),
+            (":processing".into(), s(JobStatus::Processing.as_str())),
         ]);
         with_cost(&mut values, cost);
-        let result = self
+        let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression(format!(
-                "SET prepared = :true, totalRecords = :tr, totalBatches = :tb REMOVE prepareOwner {ADD_COST}"
+                "SET prepared = :true, totalRecords = :tr, totalBatches = :tb, batchesReady = :tb \
+                 REMOVE prepareOwner {ADD_COST}"
             ))
-            .condition_expression("prepareOwner = :o AND batchesReady = :tb AND prepared = :false")
-            .set_expression_attribute_values(Some(values))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                let item: JobItem =
-                    from_item(out.attributes.unwrap_or_default()).map_err(|e| corrupt(job, e))?;
-                Ok(item.into_job())
-            }
+            .condition_expression(
+                "#status = :processing AND prepareOwner = :o AND prepared = :false \
+                 AND batchesReady <= :tb",
+            )
+            .expression_attribute_names("#status", "status")
+            .set_expression_attribute_values(Some(values));
+        match self.send_update(job, update, Cost::default()).await {
+            Ok(_) => self
+                .get_job(job)
+                .await?
+                .ok_or_else(|| StoreError::JobNotFound(job.clone())),
             Err(e) => {
                 self.meter.restore(job, cost);
                 if is_condition_failed(&e) {
