@@ -25,6 +25,7 @@ demo:
 ## test: check, then every test, integration ones against moto server
 test: check
 	$(CARGO) build --workspace --all-targets
+	scripts/with-moto.sh .venv/bin/python scripts/test_moto_server.py
 	scripts/with-moto.sh $(CARGO) test --workspace
 
 ## chaos: the chaos test at full size: 50k rows, 8 worker processes, 40 SIGKILLs, injected faults

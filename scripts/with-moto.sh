@@ -18,7 +18,14 @@ log="${MOTO_LOG:-$root/target/moto-$port.log}"
 mkdir -p "$(dirname "$log")"
 # Small multipart parts, so tests can exercise multipart uploads without
 # producing 5 MiB (S3's real minimum, which the code respects by default).
-S3_UPLOAD_PART_MIN_SIZE=1024 "$venv/bin/python" "$root/scripts/moto_server.py" 127.0.0.1 "$port" >"$log" 2>&1 &
+# DynamoDB's transaction conflicts are emulated (see moto_server.py): each
+# transaction holds its items for MOTO_TRANSACTION_HOLD_MS, and every request
+# waits MOTO_LATENCY_MS, so that requests overlap as they do against AWS.
+S3_UPLOAD_PART_MIN_SIZE=1024 \
+  MOTO_CONFLICTS="${MOTO_CONFLICTS:-1}" \
+  MOTO_TRANSACTION_HOLD_MS="${MOTO_TRANSACTION_HOLD_MS:-5}" \
+  MOTO_LATENCY_MS="${MOTO_LATENCY_MS:-1}" \
+  "$venv/bin/python" "$root/scripts/moto_server.py" 127.0.0.1 "$port" >"$log" 2>&1 &
 moto_pid=$!
 trap 'kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true' EXIT
 

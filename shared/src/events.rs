@@ -1,5 +1,7 @@
-//! Job lifecycle notifications. `job.completed` is emitted only by the one
-//! caller whose finalization succeeded, so subscribers see it once.
+//! Job lifecycle notifications. `job.completed` is recorded on the job when
+//! it finalizes and delivered at least once (the finalizer sends it, the
+//! sweeper resends what was never acknowledged), with a stable event id
+//! subscribers deduplicate on.
 
 use crate::job::JobSummary;
 use async_trait::async_trait;
@@ -35,7 +37,11 @@ impl JobEvents for SqsEvents {
             "job completed"
         );
         if let Some(url) = &self.queue_url {
-            let body = serde_json::json!({ "type": "job.completed", "job": summary });
+            let body = serde_json::json!({
+                "id": summary.event_id,
+                "type": "job.completed",
+                "job": summary,
+            });
             self.client
                 .send_message()
                 .queue_url(url)
@@ -48,15 +54,19 @@ impl JobEvents for SqsEvents {
     }
 }
 
-/// Keeps events in memory (tests).
+/// Keeps events in memory (tests); `failing` makes every send fail.
 #[derive(Debug, Default)]
 pub struct MemoryEvents {
     pub completed: Mutex<Vec<JobSummary>>,
+    pub failing: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
 impl JobEvents for MemoryEvents {
     async fn job_completed(&self, summary: &JobSummary) -> Result<(), EventError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(EventError("events are unavailable".into()));
+        }
         self.completed
             .lock()
             .expect("events poisoned")

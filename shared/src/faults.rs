@@ -1,7 +1,8 @@
 //! Fault injection for resilience tests: an HTTP client wrapper that answers
 //! a share of DynamoDB requests itself, without sending them, with the
 //! errors DynamoDB returns under load (throttling, 500s, transactions
-//! cancelled by a conflict). Off unless `BULKIMPORT_FAULT_RATE` is set.
+//! cancelled by a conflict, single-item writes turned away because a
+//! transaction holds the item). Off unless `BULKIMPORT_FAULT_RATE` is set.
 
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
@@ -103,9 +104,15 @@ fn fault_for(target: &str) -> (u16, &'static str) {
     const THROTTLED: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate of requests exceeds the allowed throughput."}"#;
     const INTERNAL: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"Internal server error"}"#;
     const CONFLICT: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","message":"Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict]","CancellationReasons":[{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"},{"Code":"None"}]}"#;
+    const ITEM_HELD: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#;
+    let single_write = [".PutItem", ".UpdateItem", ".DeleteItem"]
+        .iter()
+        .any(|op| target.ends_with(op));
     let roll = rand::rng().random_range(0..10);
     if target.ends_with(".TransactWriteItems") && roll < 4 {
         (400, CONFLICT)
+    } else if single_write && roll < 4 {
+        (400, ITEM_HELD)
     } else if roll < 8 {
         (400, THROTTLED)
     } else {

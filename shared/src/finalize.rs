@@ -52,7 +52,7 @@ impl Finalizer<'_> {
         {
             return Ok(false);
         }
-        self.announce(&job.id).await?;
+        self.announce(&job.id).await;
         Ok(true)
     }
 
@@ -74,20 +74,65 @@ impl Finalizer<'_> {
         if !self.store.finalize(job, &fin, FinalizeWhen::Now).await? {
             return Ok(false);
         }
-        self.announce(job).await?;
+        self.announce(job).await;
         Ok(true)
     }
 
-    async fn announce(&self, job: &JobId) -> Result<(), StoreError> {
-        if let Some(done) = self.store.get_job(job).await? {
-            let summary = done.summary(now_ms());
-            tracing::info!(job_id = %job, status = %summary.status, processed = summary.processed, failed = summary.failed, "job finalized");
-            if let Err(e) = self.events.job_completed(&summary).await {
-                tracing::error!(job_id = %job, error = %e, "job-completed event could not be published");
+    /// Sends the completion event the finalization recorded as owed, and
+    /// acknowledges it. A failure here loses nothing: the event stays owed
+    /// and the sweeper sends it (`deliver_pending`).
+    async fn announce(&self, job: &JobId) {
+        match deliver(self.store, self.events, job).await {
+            Ok(()) => {}
+            Err(e) => {
+                let error = crate::handlers::error_chain(&e);
+                tracing::warn!(job_id = %job, %error, "job-completed event not sent yet; the sweeper resends it");
             }
         }
-        Ok(())
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Event(#[from] crate::events::EventError),
+}
+
+/// Sends the completion event of a final job and acknowledges it.
+pub async fn deliver(
+    store: &dyn JobStore,
+    events: &dyn JobEvents,
+    job: &JobId,
+) -> Result<(), DeliveryError> {
+    let Some(done) = store.get_job(job).await? else {
+        return Ok(());
+    };
+    let summary = done.summary(now_ms());
+    tracing::info!(job_id = %job, status = %summary.status, processed = summary.processed, failed = summary.failed, "job finalized");
+    events.job_completed(&summary).await?;
+    store.ack_event(job).await?;
+    Ok(())
+}
+
+/// Sends every owed completion event (the sweeper's pass). Returns how many
+/// were sent; one that fails stays owed for the next pass.
+pub async fn deliver_pending(
+    store: &dyn JobStore,
+    events: &dyn JobEvents,
+) -> Result<u64, StoreError> {
+    let mut sent = 0;
+    for job in store.pending_events().await? {
+        match deliver(store, events, &job).await {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                let error = crate::handlers::error_chain(&e);
+                tracing::warn!(job_id = %job, %error, "job-completed event still not sent");
+            }
+        }
+    }
+    Ok(sent)
 }
 
 /// The final status follows from the counters, which cannot change once

@@ -135,6 +135,9 @@ pub struct Job {
     /// Until when the current orchestrator holds the right to write batches
     /// (0 once prepare has finished).
     pub prepare_lease_until_ms: i64,
+    /// Prepare attempts that failed in a row without publishing a batch.
+    #[serde(default)]
+    pub prepare_failures: u32,
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     pub failure_reason: Option<String>,
@@ -154,6 +157,7 @@ impl Job {
         let elapsed_ms = (end - self.created_at_ms).max(0) as u64;
         let done = self.processed + self.failed;
         JobSummary {
+            event_id: format!("{}:completed", self.id),
             job_id: self.id.clone(),
             status: self.status,
             total_records: self.total_records,
@@ -184,6 +188,10 @@ impl Job {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSummary {
+    /// The same for every delivery of this job's completion, so consumers
+    /// of an at-least-once channel can deduplicate.
+    #[serde(default)]
+    pub event_id: String,
     pub job_id: JobId,
     pub status: JobStatus,
     pub total_records: u64,

@@ -161,7 +161,15 @@ impl Preparer<'_> {
                 tracing::warn!(job_id = %job.id, batches = job.batches_ready, "deadline near; prepare handed over to the sweeper");
                 Ok(PrepareOutcome::HandedOff(job))
             }
-            Err(Stop::Error(e)) => Err(e),
+            Err(Stop::Error(e)) => {
+                // Whoever retries (the event's redelivery, the sweeper) need
+                // not wait for the lease to expire.
+                if let Err(release) = self.store.release_prepare(&job.id, &lease).await {
+                    let error = crate::handlers::error_chain(&release);
+                    tracing::warn!(job_id = %job.id, %error, "prepare lease not released");
+                }
+                Err(e)
+            }
         }
     }
 

@@ -1,9 +1,10 @@
 //! The sweeper: makes sure no job stays PROCESSING forever. For each active
-//! job it resumes a prepare whose orchestrator died, finalizes a job whose
-//! last committer died before finalizing, and re-fans out workers to a job
-//! with waiting batches and no live lease.
+//! job it resumes a prepare whose orchestrator died (giving up after
+//! repeated failures), finalizes a job whose last committer died before
+//! finalizing, and re-fans out workers to a job with waiting batches and no
+//! live lease; then it sends completion events nobody delivered.
 
-use crate::finalize::{FinalizeError, Finalizer};
+use crate::finalize::{deliver_pending, FinalizeError, Finalizer};
 use crate::handlers::Deps;
 use crate::job::{now_ms, JobId};
 use crate::prepare::{PrepareError, Preparer};
@@ -11,6 +12,11 @@ use crate::queue::{QueueError, WorkMessage};
 use crate::store::StoreError;
 use serde::Serialize;
 use std::time::Instant;
+
+/// A prepare that failed this many times in a row without publishing a
+/// batch ends its job FAILED with the last error, instead of being retried
+/// by every sweep forever.
+pub const MAX_PREPARE_FAILURES: u32 = 5;
 
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -20,6 +26,10 @@ pub struct SweepReport {
     pub refanned: u64,
     pub prepares_resumed: u64,
     pub finalized: u64,
+    /// Completion events sent that the finalizer had not delivered.
+    pub events_sent: u64,
+    /// Jobs whose recovery failed this pass (logged; the next pass retries).
+    pub failed: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +49,8 @@ pub enum SweepError {
 }
 
 /// One pass over the active jobs. `owner` names this sweep when it takes a
-/// prepare over (the Lambda request id).
+/// prepare over (the Lambda request id). Each job is recovered on its own:
+/// one that fails is logged and counted, and the pass goes on.
 pub async fn sweep(
     deps: &Deps,
     owner: &str,
@@ -48,66 +59,89 @@ pub async fn sweep(
     let store = deps.store.as_ref();
     let mut report = SweepReport::default();
     for id in store.active_jobs().await? {
-        let Some(job) = store.get_job(&id).await? else {
-            continue;
-        };
-        if job.status.is_final() {
-            continue;
+        if let Err(e) = recover(deps, &id, owner, deadline, &mut report).await {
+            report.failed += 1;
+            let error = crate::handlers::error_chain(&e);
+            tracing::error!(job_id = %id, %error, "recovering the job failed; the next sweep retries");
         }
-        report.active_jobs += 1;
-        let now = now_ms();
-        if !job.prepared {
-            if job.prepare_lease_until_ms < now {
-                tracing::warn!(job_id = %id, from_batch = job.batches_ready, "resuming an abandoned prepare");
-                let preparer = Preparer {
-                    store,
-                    objects: deps.objects.as_ref(),
-                    queue: deps.queue.as_ref(),
-                    events: deps.events.as_ref(),
-                    reports: deps.reports.as_ref(),
-                    definition: &deps.definition,
-                    settings: &deps.prepare,
-                };
-                preparer
-                    .run_until(&job.source, owner, deadline)
-                    .await
-                    .map_err(|source| SweepError::Prepare {
-                        job: id.clone(),
-                        source,
-                    })?;
-                report.prepares_resumed += 1;
-            }
-            continue;
-        }
-        if job.all_batches_done() {
-            let finalizer = Finalizer {
+    }
+    report.events_sent = deliver_pending(store, deps.events.as_ref()).await?;
+    Ok(report)
+}
+
+async fn recover(
+    deps: &Deps,
+    id: &JobId,
+    owner: &str,
+    deadline: Option<Instant>,
+    report: &mut SweepReport,
+) -> Result<(), SweepError> {
+    let store = deps.store.as_ref();
+    let finalizer = Finalizer {
+        store,
+        events: deps.events.as_ref(),
+        reports: deps.reports.as_ref(),
+        definition: &deps.definition,
+    };
+    let Some(job) = store.get_job(id).await? else {
+        return Ok(());
+    };
+    if job.status.is_final() {
+        return Ok(());
+    }
+    report.active_jobs += 1;
+    let now = now_ms();
+    if !job.prepared {
+        if job.prepare_lease_until_ms < now {
+            tracing::warn!(job_id = %id, from_batch = job.batches_ready, "resuming an abandoned prepare");
+            let preparer = Preparer {
                 store,
+                objects: deps.objects.as_ref(),
+                queue: deps.queue.as_ref(),
                 events: deps.events.as_ref(),
                 reports: deps.reports.as_ref(),
                 definition: &deps.definition,
+                settings: &deps.prepare,
             };
-            if finalizer.complete(&job).await? {
-                tracing::warn!(job_id = %id, "finalized a job whose last worker stopped before finalizing");
-                report.finalized += 1;
+            if let Err(source) = preparer.run_until(&job.source, owner, deadline).await {
+                let error = crate::handlers::error_chain(&source);
+                let failures = store.note_prepare_failure(id, &error).await?;
+                if failures >= MAX_PREPARE_FAILURES {
+                    let reason = format!("prepare failed {failures} times in a row: {error}");
+                    tracing::error!(job_id = %id, %reason, "giving the job up");
+                    finalizer.fail(id, reason).await?;
+                }
+                return Err(SweepError::Prepare {
+                    job: id.clone(),
+                    source,
+                });
             }
-            continue;
+            report.prepares_resumed += 1;
         }
-        let view = store.lease_view(&id, now).await?;
-        let waiting = job.batches_ready.saturating_sub(job.batches_handed_out) + view.reclaimable;
-        if !view.live && waiting > 0 {
-            let count = waiting.min(u64::from(deps.prepare.max_workers)) as usize;
-            tracing::warn!(job_id = %id, waiting, messages = count, "no live worker; fanning out again");
-            deps.queue
-                .send(&vec![
-                    WorkMessage {
-                        job_id: id.clone(),
-                        continuation: true
-                    };
-                    count
-                ])
-                .await?;
-            report.refanned += 1;
-        }
+        return Ok(());
     }
-    Ok(report)
+    if job.all_batches_done() {
+        if finalizer.complete(&job).await? {
+            tracing::warn!(job_id = %id, "finalized a job whose last worker stopped before finalizing");
+            report.finalized += 1;
+        }
+        return Ok(());
+    }
+    let view = store.lease_view(id, now).await?;
+    let waiting = job.batches_ready.saturating_sub(job.batches_handed_out) + view.reclaimable;
+    if !view.live && waiting > 0 {
+        let count = waiting.min(u64::from(deps.prepare.max_workers)) as usize;
+        tracing::warn!(job_id = %id, waiting, messages = count, "no live worker; fanning out again");
+        deps.queue
+            .send(&vec![
+                WorkMessage {
+                    job_id: id.clone(),
+                    continuation: true
+                };
+                count
+            ])
+            .await?;
+        report.refanned += 1;
+    }
+    Ok(())
 }

@@ -120,6 +120,14 @@ pub(crate) fn diagnostic(
     error_type: &str,
     error: &dyn std::error::Error,
 ) -> lambda_runtime::Diagnostic {
+    lambda_runtime::Diagnostic {
+        error_type: error_type.into(),
+        error_message: error_chain(error),
+    }
+}
+
+/// An error and all its sources, `: `-separated, for logs and reports.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {
@@ -127,10 +135,7 @@ pub(crate) fn diagnostic(
         message.push_str(&s.to_string());
         source = s.source();
     }
-    lambda_runtime::Diagnostic {
-        error_type: error_type.into(),
-        error_message: message,
-    }
+    message
 }
 
 /// The Lambda deadline as an `Instant` (the context gives epoch millis).

@@ -22,6 +22,8 @@ pub async fn handle(
         refanned = report.refanned,
         resumed = report.prepares_resumed,
         finalized = report.finalized,
+        events_sent = report.events_sent,
+        failed = report.failed,
         "sweep done"
     );
     Ok(report)

@@ -370,4 +370,102 @@ mod sweeping {
         assert_eq!((job.total_records, job.total_batches), (5, 3));
         assert_eq!(f.queue.sent.lock().unwrap().len(), 3);
     }
+
+    /// Objects that cannot be read for now (a transient error every time).
+    struct Unreadable {
+        inner: Arc<dyn crate::objects::ObjectSource>,
+        key: &'static str,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::objects::ObjectSource for Unreadable {
+        async fn open(
+            &self,
+            source: &SourceRef,
+        ) -> Result<crate::objects::ObjectBody, crate::objects::ObjectError> {
+            if source.key == self.key {
+                return Err(crate::objects::ObjectError::Transient {
+                    object: source.to_string(),
+                    source: "connection reset".into(),
+                });
+            }
+            self.inner.open(source).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prepare_that_keeps_failing_blocks_no_other_job_and_is_given_up() {
+        let mut f = fixture(CSV);
+        f.deps.objects = Arc::new(Unreadable {
+            inner: f.deps.objects.clone(),
+            key: "uploads/unreadable.csv",
+        });
+        let long_ago = now_ms() - 30 * MINUTE;
+        let crashed = PrepareLease {
+            owner: "crashed".into(),
+            lease_ms: MINUTE,
+        };
+        let broken = SourceRef {
+            key: "uploads/unreadable.csv".into(),
+            ..source()
+        };
+        let mut ids = Vec::new();
+        for src in [&broken, &source()] {
+            let CreateOutcome::Created(job) =
+                f.store.create_job(src, &crashed, long_ago).await.unwrap()
+            else {
+                panic!()
+            };
+            ids.push(job.id);
+        }
+        let (broken_id, good_id) = (&ids[0], &ids[1]);
+        let report = sweep(&f).await;
+        assert_eq!((report.failed, report.prepares_resumed), (1, 1));
+        assert!(f.store.get_job(good_id).await.unwrap().unwrap().prepared);
+        for _ in 1..crate::sweep::MAX_PREPARE_FAILURES {
+            let j = f.store.get_job(broken_id).await.unwrap().unwrap();
+            assert_eq!(j.status, JobStatus::Processing, "not given up yet");
+            sweep(&f).await;
+        }
+        let j = f.store.get_job(broken_id).await.unwrap().unwrap();
+        assert_eq!(j.status, JobStatus::Failed);
+        let reason = j.failure_reason.unwrap();
+        assert!(reason.contains("prepare failed 5 times"), "{reason}");
+        assert!(reason.contains("connection reset"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_completion_event_the_finalizer_could_not_send_is_sent_by_the_sweeper() {
+        let f = fixture(CSV);
+        let job = old_job(&f, 1).await;
+        f.events
+            .failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let Claim::Batch(c) = f
+            .store
+            .claim_batch(&job, "w", now_ms(), MINUTE)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let outcome = BatchOutcome {
+            state: BatchState::Done,
+            processed: 2,
+            failed: vec![],
+            error: None,
+        };
+        f.store.commit_batch(&c, &outcome, now_ms()).await.unwrap();
+        assert_eq!(sweep(&f).await.finalized, 1);
+        assert!(f.events.completed.lock().unwrap().is_empty());
+        assert_eq!(f.store.pending_events().await.unwrap(), vec![job.clone()]);
+        f.events
+            .failing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(sweep(&f).await.events_sent, 1);
+        assert_eq!(sweep(&f).await.events_sent, 0, "acknowledged");
+        let sent = f.events.completed.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].event_id, format!("{job}:completed"));
+    }
 }

@@ -58,7 +58,8 @@ pub async fn handle(
         .instrument(span)
         .await;
         if let Err(e) = result {
-            tracing::error!(job_id = %job, error = %e, "worker run failed; messages will be retried");
+            let error = super::error_chain(e.as_ref());
+            tracing::error!(job_id = %job, %error, "worker run failed; messages will be retried");
             failures.extend(ids);
         }
     }

@@ -610,6 +610,20 @@ pub async fn counters_add_up_over_many_batches_and_workers(store: &dyn JobStore)
         .unwrap());
 }
 
+pub async fn a_finalized_job_owes_its_event_until_acknowledged(store: &dyn JobStore) {
+    let job = job_with(store, "owed", 1, false).await;
+    assert!(store.pending_events().await.unwrap().is_empty());
+    assert!(store
+        .finalize(&job, &fin(JobStatus::Failed), FinalizeWhen::Now)
+        .await
+        .unwrap());
+    assert_eq!(store.pending_events().await.unwrap(), vec![job.clone()]);
+    assert!(store.active_jobs().await.unwrap().is_empty());
+    store.ack_event(&job).await.unwrap();
+    store.ack_event(&job).await.unwrap();
+    assert!(store.pending_events().await.unwrap().is_empty());
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for a backend;
 /// `$make` is an async block returning a fresh store.
 #[macro_export]
@@ -635,6 +649,7 @@ macro_rules! conformance_tests {
             lease_view_tells_live_workers_from_stalled_batches,
             after_an_early_finalization_commits_count_and_prepare_is_fenced,
             counters_add_up_over_many_batches_and_workers,
+            a_finalized_job_owes_its_event_until_acknowledged,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

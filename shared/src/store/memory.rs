@@ -21,6 +21,8 @@ struct JobState {
     prepare: Option<(String, i64)>,
     /// Written batches, published or not (`job.batches_ready` says).
     batches: BTreeMap<u64, StoredBatch>,
+    /// The completion event is owed.
+    event_pending: bool,
 }
 
 impl JobState {
@@ -125,6 +127,7 @@ impl PrepareStore for MemoryStore {
             processed: 0,
             failed: 0,
             prepare_lease_until_ms: now_ms + lease.lease_ms,
+            prepare_failures: 0,
             created_at_ms: now_ms,
             finished_at_ms: None,
             failure_reason: None,
@@ -137,6 +140,7 @@ impl PrepareStore for MemoryStore {
                 job: job.clone(),
                 prepare: Some((lease.owner.clone(), now_ms + lease.lease_ms)),
                 batches: BTreeMap::new(),
+                event_pending: false,
             },
         );
         Ok(CreateOutcome::Created(job))
@@ -204,8 +208,18 @@ impl PrepareStore for MemoryStore {
             }
             s.prepare = Some((lease.owner.clone(), now_ms + lease.lease_ms));
             s.job.prepare_lease_until_ms = now_ms + lease.lease_ms;
+            if ready > s.job.batches_ready {
+                s.job.prepare_failures = 0;
+            }
             s.job.batches_ready = ready;
             Ok(())
+        })
+    }
+
+    async fn note_prepare_failure(&self, job: &JobId, _error: &str) -> Result<u32, StoreError> {
+        self.with_job(job, |s| {
+            s.job.prepare_failures += 1;
+            Ok(s.job.prepare_failures)
         })
     }
 
@@ -351,6 +365,7 @@ impl JobControl for MemoryStore {
             s.job.failure_reason = fin.reason.clone();
             s.job.report = fin.report.clone();
             s.job.finished_at_ms = Some(fin.now_ms);
+            s.event_pending = true;
             Ok(true)
         })
     }
@@ -395,6 +410,24 @@ impl JobControl for MemoryStore {
 
     async fn batch_info(&self, job: &JobId, index: u64) -> Result<Option<BatchInfo>, StoreError> {
         self.with_job(job, |s| Ok(s.batches.get(&index).map(|b| b.info.clone())))
+    }
+
+    async fn pending_events(&self) -> Result<Vec<JobId>, StoreError> {
+        let jobs = self.jobs.lock().expect("memory store poisoned");
+        let mut ids: Vec<JobId> = jobs
+            .values()
+            .filter(|s| s.event_pending)
+            .map(|s| s.job.id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
+        self.with_job(job, |s| {
+            s.event_pending = false;
+            Ok(())
+        })
     }
 }
 

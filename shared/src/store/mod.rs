@@ -210,6 +210,11 @@ pub trait PrepareStore: Send + Sync {
     /// so the next owner resumes the prepare without waiting for it to expire.
     async fn release_prepare(&self, job: &JobId, lease: &PrepareLease) -> Result<(), StoreError>;
 
+    /// Counts one more prepare attempt that failed without publishing
+    /// anything since the last one (publishing resets the count); returns
+    /// the count.
+    async fn note_prepare_failure(&self, job: &JobId, error: &str) -> Result<u32, StoreError>;
+
     /// Publishes every batch, records the totals and marks prepare finished.
     /// Returns the job after.
     async fn finish_prepare(
@@ -262,8 +267,9 @@ pub trait JobControl: Send + Sync {
     /// The job with its counters, in one read whatever its size.
     async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError>;
 
-    /// Moves the job from PROCESSING to a final status. True for the one
-    /// caller that succeeded.
+    /// Moves the job from PROCESSING to a final status and records that its
+    /// completion event is owed (`pending_events`). True for the one caller
+    /// that succeeded.
     async fn finalize(
         &self,
         job: &JobId,
@@ -285,6 +291,12 @@ pub trait JobControl: Send + Sync {
 
     /// Whether anyone is working on `job` and what is waiting for a worker.
     async fn lease_view(&self, job: &JobId, now_ms: i64) -> Result<LeaseView, StoreError>;
+
+    /// Final jobs whose completion event was not acknowledged yet.
+    async fn pending_events(&self) -> Result<Vec<JobId>, StoreError>;
+
+    /// Records that the completion event of `job` was delivered.
+    async fn ack_event(&self, job: &JobId) -> Result<(), StoreError>;
 }
 
 /// The whole batch protocol: every backend implements the three phase traits.

@@ -95,6 +95,10 @@ pub struct JobItem {
     pub prepare_owner: Option<String>,
     #[serde(default)]
     pub prepare_lease_until: i64,
+    #[serde(default)]
+    pub prepare_failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prepare_error: Option<String>,
     pub created_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
@@ -122,6 +126,8 @@ pub struct JobItem {
 
 /// Index partition listing the jobs still PROCESSING.
 pub const ACTIVE_JOBS: &str = "JOBS";
+/// Index partition listing final jobs whose completion event is owed.
+pub const PENDING_EVENTS: &str = "EVENTS";
 
 /// One counter shard: what the commits of its batches added up to. Moved
 /// only by `ADD` in the commit transaction, so the sums are exact.
@@ -174,6 +180,8 @@ impl JobItem {
             batches_ready: 0,
             prepare_owner: Some(owner.into()),
             prepare_lease_until: lease_until,
+            prepare_failures: 0,
+            last_prepare_error: None,
             created_at: now_ms,
             finished_at: None,
             failure_reason: None,
@@ -229,6 +237,7 @@ impl JobItem {
             } else {
                 self.prepare_lease_until
             },
+            prepare_failures: self.prepare_failures,
             created_at_ms: self.created_at,
             finished_at_ms: self.finished_at,
             failure_reason: self.failure_reason,

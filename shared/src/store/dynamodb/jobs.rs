@@ -47,9 +47,11 @@ impl DynamoStore {
             (":processing".into(), s(JobStatus::Processing.as_str())),
             (":st".into(), s(fin.status.as_str())),
             (":at".into(), n(fin.now_ms)),
+            (":events".into(), s(PENDING_EVENTS)),
         ]);
         with_cost(&mut values, cost);
-        let mut set = "SET #status = :st, finishedAt = :at".to_string();
+        // The job moves from the active list to the owed-events list.
+        let mut set = "SET #status = :st, finishedAt = :at, gpk = :events, gsk = :at".to_string();
         if let Some(reason) = &fin.reason {
             values.insert(":reason".into(), s(truncate_value(reason)));
             set.push_str(", failureReason = :reason");
@@ -65,7 +67,7 @@ impl DynamoStore {
         }
         let update = self
             .update(job_pk(job), JOB_SK)
-            .update_expression(format!("{set} REMOVE prepareOwner, gpk, gsk {ADD_COST}"))
+            .update_expression(format!("{set} REMOVE prepareOwner {ADD_COST}"))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
             .set_expression_attribute_values(Some(values));
@@ -92,6 +94,29 @@ impl DynamoStore {
     }
 
     pub(super) async fn active_jobs(&self) -> Result<Vec<JobId>, StoreError> {
+        self.jobs_listed(ACTIVE_JOBS).await
+    }
+
+    pub(super) async fn pending_events(&self) -> Result<Vec<JobId>, StoreError> {
+        self.jobs_listed(PENDING_EVENTS).await
+    }
+
+    pub(super) async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
+        let update = self
+            .update(job_pk(job), JOB_SK)
+            .update_expression("REMOVE gpk, gsk")
+            .condition_expression("gpk = :events")
+            .expression_attribute_values(":events", s(PENDING_EVENTS));
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(_) => Ok(()),
+            // Acknowledged already (a racing sender).
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(StoreError::backend("UpdateItem", e)),
+        }
+    }
+
+    /// Job ids in one partition of the lease index (`JOBS`, `EVENTS`).
+    async fn jobs_listed(&self, list: &str) -> Result<Vec<JobId>, StoreError> {
         let mut ids = Vec::new();
         let mut pages = self
             .client
@@ -99,7 +124,7 @@ impl DynamoStore {
             .table_name(&self.table)
             .index_name(LEASE_INDEX)
             .key_condition_expression("gpk = :gpk")
-            .expression_attribute_values(":gpk", s(ACTIVE_JOBS))
+            .expression_attribute_values(":gpk", s(list))
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {

@@ -188,12 +188,13 @@ impl DynamoStore {
 }
 
 /// `ADD` clause that flushes metered cost into the job item.
-const ADD_COST: &str = "ADD requests :rq, writeUnits :wu, readUnits :ru";
+const ADD_COST: &str = "ADD requests :rq, writeUnits :wu, readUnits :ru, conflicts :cf";
 
 fn with_cost(values: &mut Item, cost: Cost) {
     values.insert(":rq".into(), n(cost.requests));
     values.insert(":wu".into(), n(cost.write_units));
     values.insert(":ru".into(), n(cost.read_units));
+    values.insert(":cf".into(), n(cost.conflicts));
 }
 
 fn names(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -253,6 +254,10 @@ impl PrepareStore for DynamoStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         Self::publish(self, job, lease, ready, now_ms).await
+    }
+
+    async fn note_prepare_failure(&self, job: &JobId, error: &str) -> Result<u32, StoreError> {
+        Self::note_prepare_failure(self, job, error).await
     }
 
     async fn release_prepare(&self, job: &JobId, lease: &PrepareLease) -> Result<(), StoreError> {
@@ -337,5 +342,13 @@ impl JobControl for DynamoStore {
 
     async fn batch_info(&self, job: &JobId, index: u64) -> Result<Option<BatchInfo>, StoreError> {
         Self::batch_info(self, job, index).await
+    }
+
+    async fn pending_events(&self) -> Result<Vec<JobId>, StoreError> {
+        Self::pending_events(self).await
+    }
+
+    async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
+        Self::ack_event(self, job).await
     }
 }

@@ -147,6 +147,7 @@ impl DynamoStore {
         let mut values: Item = HashMap::from([
             (":o".into(), s(&lease.owner)),
             (":ready".into(), n(ready)),
+            (":zero".into(), n(0)),
             (":until".into(), n(now_ms + lease.lease_ms)),
             (":false".into(), AttributeValue::Bool(false)),
             (":processing".into(), s(JobStatus::Processing.as_str())),
@@ -155,7 +156,8 @@ impl DynamoStore {
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression(format!(
-                "SET batchesReady = :ready, prepareLeaseUntil = :until {ADD_COST}"
+                "SET batchesReady = :ready, prepareLeaseUntil = :until, prepareFailures = :zero \
+                 {ADD_COST}"
             ))
             .condition_expression(
                 "#status = :processing AND prepareOwner = :o AND prepared = :false \
@@ -174,6 +176,30 @@ impl DynamoStore {
                     Err(StoreError::backend("UpdateItem", e))
                 }
             }
+        }
+    }
+
+    pub(super) async fn note_prepare_failure(
+        &self,
+        job: &JobId,
+        error: &str,
+    ) -> Result<u32, StoreError> {
+        let update = self
+            .update(job_pk(job), JOB_SK)
+            .update_expression("SET lastPrepareError = :e ADD prepareFailures :one")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":e", s(truncate_value(error)))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::UpdatedNew);
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(out) => Ok(out
+                .attributes()
+                .and_then(|a| a.get("prepareFailures"))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1)),
+            Err(e) if is_condition_failed(&e) => Err(StoreError::JobNotFound(job.clone())),
+            Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
     }
 
