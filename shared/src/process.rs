@@ -5,7 +5,7 @@
 use crate::events::JobEvents;
 use crate::finalize::{FinalizeError, Finalizer};
 use crate::job::{now_ms, FailedRecord, FieldIssue, JobId, StagedRecord};
-use crate::processor::{ProcessContext, RecordProcessor};
+use crate::processor::{ProcessContext, ProcessError, RecordProcessor};
 use crate::report::ReportSink;
 use crate::retry::Backoff;
 use crate::schema::{Definition, ValidRecord};
@@ -253,6 +253,7 @@ impl Worker<'_> {
                 definition: self.definition,
             };
             let results = self.processor.process_batch(&pending, &ctx).await;
+            let results = one_result_per_record(claim, pending.len(), results);
             let mut again = Vec::new();
             for (record, result) in pending.into_iter().zip(results) {
                 match result {
@@ -315,6 +316,25 @@ impl Worker<'_> {
         };
         Ok(self.finalizer().complete(&current).await?)
     }
+}
+
+/// A processor must answer once per record, in order. A miscounting one
+/// must not make records vanish from both counts: records left without a
+/// result fail (permanently: retrying a bug does not fix it), and surplus
+/// results, which belong to no record, are dropped.
+fn one_result_per_record(
+    claim: &ClaimedBatch,
+    records: usize,
+    mut results: Vec<Result<(), ProcessError>>,
+) -> Vec<Result<(), ProcessError>> {
+    let returned = results.len();
+    if returned != records {
+        tracing::error!(job_id = %claim.job_id, batch = claim.index, returned, records, "the processor returned a result count different from the record count");
+        let message = format!("the processor returned {returned} results for {records} records");
+        results.truncate(records);
+        results.resize_with(records, || Err(ProcessError::permanent(message.clone())));
+    }
+    results
 }
 
 /// A batch claimed more than `max_attempts` times crashed every worker that

@@ -390,3 +390,94 @@ async fn a_worker_that_catches_up_with_prepare_waits_for_the_next_batch() {
     );
     assert_eq!(*processor.done.lock().unwrap(), vec![2, 3]);
 }
+
+/// Processes every record but answers for the first `answers` only (or for
+/// more records than it was given), as a buggy batch processor would.
+struct Miscounting {
+    answers: usize,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl RecordProcessor for Miscounting {
+    async fn process(
+        &self,
+        _record: &ValidRecord,
+        _ctx: &ProcessContext<'_>,
+    ) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
+    async fn process_batch(
+        &self,
+        _records: &[&ValidRecord],
+        _ctx: &ProcessContext<'_>,
+    ) -> Vec<Result<(), ProcessError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        (0..self.answers).map(|_| Ok(())).collect()
+    }
+}
+
+#[tokio::test]
+async fn records_the_processor_returned_no_result_for_fail_permanently() {
+    let f = Fixture::new("");
+    let id = job(
+        &f.store,
+        &[vec![
+            record(2, "a@x.org"),
+            record(3, "b@x.org"),
+            record(4, "c@x.org"),
+        ]],
+    )
+    .await;
+    let processor = Miscounting {
+        answers: 1,
+        calls: AtomicU32::new(0),
+    };
+    let report = f.worker(&processor).run(&id, "w", None).await.unwrap();
+    assert_eq!((report.processed, report.failed), (1, 2));
+    assert_eq!(processor.calls.load(Ordering::SeqCst), 1, "not retried");
+    let failed = f.store.failed_records(&id, 0).await.unwrap();
+    assert_eq!(
+        failed
+            .iter()
+            .map(|r| (r.line, r.issues[0].message.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                3,
+                "processing failed: the processor returned 1 results for 3 records"
+            ),
+            (
+                4,
+                "processing failed: the processor returned 1 results for 3 records"
+            ),
+        ]
+    );
+    let j = f.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (j.status, j.processed, j.failed),
+        (JobStatus::CompletedWithErrors, 1, 2)
+    );
+}
+
+#[tokio::test]
+async fn surplus_results_of_the_processor_are_ignored() {
+    let f = Fixture::new("");
+    let id = job(
+        &f.store,
+        &[vec![record(2, "a@x.org"), record(3, "b@x.org")]],
+    )
+    .await;
+    let processor = Miscounting {
+        answers: 5,
+        calls: AtomicU32::new(0),
+    };
+    let report = f.worker(&processor).run(&id, "w", None).await.unwrap();
+    assert_eq!((report.processed, report.failed), (2, 0));
+    let j = f.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (j.status, j.processed, j.failed),
+        (JobStatus::Completed, 2, 0)
+    );
+}
