@@ -194,19 +194,25 @@ impl Worker<'_> {
 
     /// Validates and processes the batch's records into an outcome.
     async fn process(&self, claim: &ClaimedBatch) -> Result<BatchOutcome, StoreError> {
-        let records = self.store.load_records(&claim.job_id, claim.index).await?;
-        if records.len() as u64 != claim.record_count {
-            return Err(StoreError::Corrupt {
-                job: claim.job_id.clone(),
-                message: format!(
-                    "batch {} holds {} records, expected {}",
-                    claim.index,
-                    records.len(),
-                    claim.record_count
-                ),
-            });
-        }
         let max_attempts = u64::from(self.definition.max_attempts);
+        let records = match self.load(claim).await {
+            Ok(records) => records,
+            // Every claim of a corrupt batch fails the same way: after
+            // maxAttempts it is a poison batch, failed without its records.
+            Err(e @ StoreError::Corrupt { .. }) if claim.version > max_attempts => {
+                return Ok(unloadable(claim, &e, max_attempts));
+            }
+            Err(e @ StoreError::Corrupt { .. }) => {
+                // `run` gives back only transiently failed batches; give this
+                // one back too, so the next attempt need not wait for the
+                // lease and the last one can say what went wrong.
+                if let Err(release) = self.store.release_batch(claim, &e.to_string()).await {
+                    tracing::warn!(job_id = %claim.job_id, batch = claim.index, error = %release, "releasing an unloadable batch failed; its lease will expire");
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if claim.version > max_attempts {
             return Ok(poisoned(claim, &records, max_attempts));
         }
@@ -229,6 +235,24 @@ impl Worker<'_> {
             failed,
             error: None,
         })
+    }
+
+    /// The batch's records, checked against the count the claim carries (a
+    /// lost chunk item shows only as missing records).
+    async fn load(&self, claim: &ClaimedBatch) -> Result<Vec<StagedRecord>, StoreError> {
+        let records = self.store.load_records(&claim.job_id, claim.index).await?;
+        if records.len() as u64 != claim.record_count {
+            return Err(StoreError::Corrupt {
+                job: claim.job_id.clone(),
+                message: format!(
+                    "batch {} holds {} records, expected {}",
+                    claim.index,
+                    records.len(),
+                    claim.record_count
+                ),
+            });
+        }
+        Ok(records)
     }
 
     /// Runs the processor with retries for retryable errors; returns how many
@@ -353,6 +377,28 @@ fn poisoned(claim: &ClaimedBatch, records: &[StagedRecord], max_attempts: u64) -
             .iter()
             .map(|r| FailedRecord {
                 line: r.line,
+                issues: vec![FieldIssue::new(None, None, message.clone())],
+            })
+            .collect(),
+        error: Some(message),
+    }
+}
+
+/// A poison batch whose records cannot be loaded: its lines are unknown,
+/// but its record count is not, and the job's counters must add up to it.
+/// So each record fails on line 0 with a message that names the batch.
+fn unloadable(claim: &ClaimedBatch, error: &StoreError, max_attempts: u64) -> BatchOutcome {
+    let message = format!(
+        "batch {}: records could not be loaded after {max_attempts} attempts: {error}",
+        claim.index
+    );
+    tracing::error!(job_id = %claim.job_id, batch = claim.index, attempts = claim.version - 1, error = %error, "unloadable batch failed");
+    BatchOutcome {
+        state: BatchState::Failed,
+        processed: 0,
+        failed: (0..claim.record_count)
+            .map(|_| FailedRecord {
+                line: 0,
                 issues: vec![FieldIssue::new(None, None, message.clone())],
             })
             .collect(),

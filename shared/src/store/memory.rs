@@ -432,6 +432,18 @@ impl JobControl for MemoryStore {
 }
 
 #[cfg(test)]
+impl MemoryStore {
+    /// Forgets the stored records of a batch, as a lost chunk item would;
+    /// the batch still says how many it had.
+    pub(crate) fn lose_records(&self, job: &JobId, index: u64) {
+        let mut jobs = self.jobs.lock().expect("memory store poisoned");
+        let state = jobs.get_mut(job).expect("job exists");
+        let batch = state.batches.get_mut(&index).expect("batch exists");
+        batch.records.clear();
+    }
+}
+
+#[cfg(test)]
 mod tests {
     crate::conformance_tests!(async { super::MemoryStore::new() });
 }
