@@ -361,10 +361,12 @@ fn storable(record: StagedRecord) -> StagedRecord {
 mod tests {
     use super::*;
     use crate::events::MemoryEvents;
+    use crate::job::{FailedRecord, JobStatus};
     use crate::objects::MemoryObjects;
     use crate::queue::MemoryQueue;
     use crate::report::MemoryReports;
     use crate::store::memory::MemoryStore;
+    use crate::store::{BatchOutcome, BatchState, Claim, ClaimStore, PrepareStore};
 
     #[tokio::test]
     async fn an_orchestrator_near_its_deadline_hands_over_and_the_next_one_resumes_at_once() {
@@ -409,5 +411,93 @@ mod tests {
             panic!("the released prepare is resumed without waiting for the lease")
         };
         assert_eq!((job.total_records, job.total_batches), (5, 3));
+    }
+
+    #[tokio::test]
+    async fn a_job_rejected_during_prepare_reports_the_records_that_failed_before() {
+        let def = Definition::from_json(
+            r#"{"fields": [{"name": "n", "type": "integer"}], "batchSize": 2, "limits": {"maxRecords": 2}}"#,
+            "t",
+        )
+        .unwrap();
+        let objects = MemoryObjects::default();
+        objects.put("b", "k.csv", "n\n1\nx\n3\n");
+        let (store, queue, events, reports) = (
+            MemoryStore::new(),
+            MemoryQueue::default(),
+            MemoryEvents::default(),
+            MemoryReports::default(),
+        );
+        let source = SourceRef {
+            bucket: "b".into(),
+            key: "k.csv".into(),
+            version: "v".into(),
+        };
+        // An orchestrator wrote the first batch, and a worker committed it
+        // with a failed record, before the rest of the file was read.
+        let lease = PrepareLease {
+            owner: "orchestrator".into(),
+            lease_ms: 60_000,
+        };
+        let CreateOutcome::Created(job) =
+            store.create_job(&source, &lease, now_ms()).await.unwrap()
+        else {
+            panic!("a new job")
+        };
+        let staged = |line: u64, n: &str| StagedRecord {
+            line,
+            values: vec![Some(n.into())],
+            issue: None,
+        };
+        let records = [staged(2, "1"), staged(3, "x")];
+        let batch = NewBatch {
+            index: 0,
+            records: &records,
+        };
+        store.write_batch(&job.id, batch, now_ms()).await.unwrap();
+        store.publish(&job.id, &lease, 1, now_ms()).await.unwrap();
+        let Claim::Batch(claim) = store
+            .claim_batch(&job.id, "w", now_ms(), 60_000)
+            .await
+            .unwrap()
+        else {
+            panic!("the written batch is claimable")
+        };
+        let outcome = BatchOutcome {
+            state: BatchState::Done,
+            processed: 1,
+            failed: vec![FailedRecord {
+                line: 3,
+                issues: vec![FieldIssue::new(Some("n"), Some("x"), "not an integer")],
+            }],
+            error: None,
+        };
+        store
+            .commit_batch(&claim, &outcome, now_ms())
+            .await
+            .unwrap();
+
+        // The same orchestrator reads on and finds the file over the limit.
+        let settings = PrepareSettings::default();
+        let preparer = Preparer {
+            store: &store,
+            objects: &objects,
+            queue: &queue,
+            events: &events,
+            reports: &reports,
+            definition: &def,
+            settings: &settings,
+        };
+        let PrepareOutcome::Rejected(job) = preparer.run(&source, "orchestrator").await.unwrap()
+        else {
+            panic!("the file is over the record limit")
+        };
+        assert_eq!((job.status, job.prepared), (JobStatus::Failed, false));
+        let reports = reports.reports.lock().unwrap().clone();
+        assert_eq!(job.report.as_deref(), Some(reports[0].0.as_str()));
+        assert_eq!(
+            reports[0].1,
+            "line,field,value,message\n3,n,x,not an integer\n"
+        );
     }
 }

@@ -39,7 +39,11 @@ pub fn csv_pieces<'a>(
 ) -> impl futures::Stream<Item = Result<Vec<u8>, ReportError>> + 'a {
     let header =
         futures::stream::once(async { encode(&[["line", "field", "value", "message"]]).await });
-    let batches = futures::stream::iter(0..job.total_batches)
+    // `total_batches` is 0 until prepare finishes, but a job can fail before
+    // that (continueOnError off, a late file-level error) with failures in
+    // the batches written so far.
+    let written = job.total_batches.max(job.batches_ready);
+    let batches = futures::stream::iter(0..written)
         .map(move |index| store.failed_records(&job.id, index))
         .buffered(PARALLEL_READS)
         .map_err(ReportError::from)
