@@ -158,34 +158,9 @@ impl RecordProcessor for DynamoUpsert {
                 .map(|_| Err(ProcessError::permanent("the definition has no keyField")))
                 .collect();
         };
-        let mut results: Vec<Result<(), ProcessError>> = Vec::with_capacity(records.len());
-        // BatchWriteItem rejects two puts of one key in a request; the last
-        // record of a key wins, as it would if written one by one.
-        let mut latest: HashMap<String, usize> = HashMap::new();
-        let mut items: Vec<Option<Item>> = Vec::with_capacity(records.len());
-        for (i, record) in records.iter().enumerate() {
-            match Self::item(record, key_field) {
-                Ok(item) => {
-                    let key = format!("{:?}", item.get(key_field));
-                    latest.insert(key, i);
-                    items.push(Some(item));
-                    results.push(Ok(()));
-                }
-                Err(e) => {
-                    items.push(None);
-                    results.push(Err(e));
-                }
-            }
-        }
-        let mut to_write: Vec<(usize, Item)> = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            if let Some(item) = item {
-                if latest.get(&format!("{:?}", item.get(key_field))) == Some(&i) {
-                    to_write.push((i, item));
-                }
-            }
-        }
-        for group in to_write.chunks(BATCH_WRITE_MAX) {
+        let items = records.iter().map(|r| Self::item(r, key_field)).collect();
+        let (plan, mut results) = WritePlan::new(items, key_field);
+        for group in plan.writes.chunks(BATCH_WRITE_MAX) {
             match self.write_group(group).await {
                 Ok(()) => {}
                 Err(ProcessError::Permanent { .. }) => {
@@ -195,13 +170,156 @@ impl RecordProcessor for DynamoUpsert {
                     }
                 }
                 Err(e) => {
-                    let message = e.to_string();
-                    for (i, _) in group {
-                        results[*i] = Err(ProcessError::retryable(message.clone()));
+                    for ((i, _), e) in group.iter().zip(e.repeated(group.len())) {
+                        results[*i] = Err(e);
                     }
                 }
             }
         }
+        plan.settle(&mut results);
         results
+    }
+}
+
+/// What one batch of records writes. BatchWriteItem rejects two puts of one
+/// key in a request, so only the last record of a key is written (it would
+/// win if written one by one); the earlier ones ride on its write.
+#[derive(Debug)]
+struct WritePlan {
+    /// The items to write, each with the index of its record.
+    writes: Vec<(usize, Item)>,
+    /// For each record, the record whose write carries its values (itself
+    /// when it is written; `None` when it has no item).
+    carrier: Vec<Option<usize>>,
+}
+
+impl WritePlan {
+    /// Plans the writes of `items` (one per record, `Err` for a record that
+    /// cannot be stored). Returns the plan and each record's result before
+    /// writing: `Ok` for those with an item.
+    fn new(
+        items: Vec<Result<Item, ProcessError>>,
+        key_field: &str,
+    ) -> (WritePlan, Vec<Result<(), ProcessError>>) {
+        let key = |item: &Item| format!("{:?}", item.get(key_field));
+        let mut last: HashMap<String, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Ok(item) = item {
+                last.insert(key(item), i);
+            }
+        }
+        let mut plan = WritePlan {
+            writes: Vec::with_capacity(last.len()),
+            carrier: Vec::with_capacity(items.len()),
+        };
+        let mut results = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Ok(item) => {
+                    let carrier = last[&key(&item)];
+                    if carrier == i {
+                        plan.writes.push((i, item));
+                    }
+                    plan.carrier.push(Some(carrier));
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    plan.carrier.push(None);
+                    results.push(Err(e));
+                }
+            }
+        }
+        (plan, results)
+    }
+
+    /// Completes `results` (those of the written records filled in): a record
+    /// that rode on another's write has that write's result.
+    fn settle(&self, results: &mut [Result<(), ProcessError>]) {
+        let mut riders: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, carrier) in self.carrier.iter().enumerate() {
+            if let Some(c) = *carrier {
+                if c != i && results[c].is_err() {
+                    riders.entry(c).or_default().push(i);
+                }
+            }
+        }
+        for (carrier, riders) in riders {
+            if let Err(e) = std::mem::replace(&mut results[carrier], Ok(())) {
+                let copies = e.repeated(riders.len() + 1);
+                for (i, e) in std::iter::once(carrier).chain(riders).zip(copies) {
+                    results[i] = Err(e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str, n: i64) -> Result<Item, ProcessError> {
+        Ok(Item::from([
+            ("id".to_string(), AttributeValue::S(key.into())),
+            ("n".to_string(), AttributeValue::N(n.to_string())),
+        ]))
+    }
+
+    fn written(plan: &WritePlan) -> Vec<usize> {
+        plan.writes.iter().map(|(i, _)| *i).collect()
+    }
+
+    /// Each record's outcome as (ok, retryable, message).
+    fn outcomes(results: &[Result<(), ProcessError>]) -> Vec<(bool, bool, String)> {
+        results
+            .iter()
+            .map(|r| match r {
+                Ok(()) => (true, false, String::new()),
+                Err(e) => (false, e.is_retryable(), e.to_string()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_last_record_of_a_key_is_written() {
+        let items = vec![item("a", 1), item("b", 2), item("a", 3)];
+        let (plan, results) = WritePlan::new(items, "id");
+        assert_eq!(written(&plan), vec![1, 2]);
+        assert!(results.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn records_superseded_by_a_failed_write_fail_with_its_error() {
+        let items = vec![
+            item("a", 1),
+            item("b", 2),
+            item("a", 3),
+            Err(ProcessError::permanent("field n cannot be stored")),
+            item("b", 4),
+            item("c", 5),
+        ];
+        let (plan, mut results) = WritePlan::new(items, "id");
+        assert_eq!(written(&plan), vec![2, 4, 5]);
+        let cause = std::io::Error::other("ValidationException");
+        results[2] = Err(ProcessError::permanent_from("rejected", cause));
+        results[4] = Err(ProcessError::retryable("throttled"));
+        plan.settle(&mut results);
+        let no = |retryable, message: &str| (false, retryable, message.to_string());
+        assert_eq!(
+            outcomes(&results),
+            vec![
+                no(false, "rejected"),
+                no(true, "throttled"),
+                no(false, "rejected"),
+                no(false, "field n cannot be stored"),
+                no(true, "throttled"),
+                (true, false, String::new()),
+            ]
+        );
+        for i in [0, 2] {
+            let Err(e) = &results[i] else { panic!() };
+            let source = std::error::Error::source(e).expect("the cause is kept");
+            assert_eq!(source.to_string(), "ValidationException");
+        }
     }
 }

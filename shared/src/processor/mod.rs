@@ -8,6 +8,7 @@ pub use dynamodb_upsert::DynamoUpsert;
 use crate::job::JobId;
 use crate::schema::{Definition, ValidRecord};
 use async_trait::async_trait;
+use std::sync::Arc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -61,6 +62,43 @@ impl ProcessError {
 
     pub fn is_retryable(&self) -> bool {
         matches!(self, ProcessError::Retryable { .. })
+    }
+
+    /// This error as `count` errors of its kind and message that share its
+    /// cause: for records that fail together, through one failed call.
+    pub(crate) fn repeated(self, count: usize) -> Vec<ProcessError> {
+        let (retryable, message, source) = match self {
+            ProcessError::Retryable { message, source } => (true, message, source),
+            ProcessError::Permanent { message, source } => (false, message, source),
+        };
+        let source: Option<Arc<dyn std::error::Error + Send + Sync>> = source.map(Arc::from);
+        (0..count)
+            .map(|_| {
+                let message = message.clone();
+                let source = source.clone().map(|s| Box::new(SharedCause(s)) as BoxError);
+                if retryable {
+                    ProcessError::Retryable { message, source }
+                } else {
+                    ProcessError::Permanent { message, source }
+                }
+            })
+            .collect()
+    }
+}
+
+/// One cause behind several errors (a boxed error cannot be cloned).
+#[derive(Debug)]
+struct SharedCause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
