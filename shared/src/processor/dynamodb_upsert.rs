@@ -42,9 +42,13 @@ impl DynamoUpsert {
                     other => other.to_string(),
                 })
             } else {
-                to_attribute_value(value).map_err(|e| {
+                let attr = to_attribute_value(value).map_err(|e| {
                     ProcessError::permanent_from(format!("field {name} cannot be stored"), e)
-                })?
+                })?;
+                check_numbers(&attr).map_err(|problem| {
+                    ProcessError::permanent(format!("field {name}: {problem}"))
+                })?;
+                attr
             };
             item.insert(name.clone(), attr);
         }
@@ -254,6 +258,70 @@ impl WritePlan {
     }
 }
 
+/// DynamoDB refuses a whole BatchWriteItem for one number it cannot store,
+/// and a schema `number` is any finite f64: check each number up front so
+/// only its record fails, with a message that says why.
+fn check_numbers(attr: &AttributeValue) -> Result<(), String> {
+    match attr {
+        AttributeValue::N(n) => number_problem(n).map_or(Ok(()), Err),
+        AttributeValue::Ns(ns) => ns
+            .iter()
+            .try_for_each(|n| number_problem(n).map_or(Ok(()), Err)),
+        AttributeValue::L(list) => list.iter().try_for_each(check_numbers),
+        AttributeValue::M(map) => map.values().try_for_each(check_numbers),
+        _ => Ok(()),
+    }
+}
+
+/// Why DynamoDB would refuse the number `n` (decimal text, as serde_dynamo
+/// writes it: without an exponent for floats, so 1e200 arrives as 201
+/// digits): at most 38 significant digits, and a magnitude between 1E-130
+/// and 9.9999999999999999999999999999999999999E+125, or zero.
+fn number_problem(n: &str) -> Option<String> {
+    let unsigned = n.strip_prefix(['-', '+']).unwrap_or(n);
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()),
+        None => (unsigned, Some(0)),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let Some(exponent) =
+        exponent.filter(|_| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+    else {
+        return Some(format!("{n} is not a number"));
+    };
+    let significant = digits.trim_start_matches('0');
+    let kept = significant.trim_end_matches('0');
+    if kept.is_empty() {
+        return None;
+    }
+    // The power of ten of the leading digit, as in 1.5E+3.
+    let magnitude = (significant.len() as i64 - 1)
+        .saturating_add(exponent)
+        .saturating_sub(frac.len() as i64);
+    let scientific = match kept.split_at(1) {
+        (lead, "") => format!("{lead}E{magnitude:+}"),
+        (lead, rest) => format!("{lead}.{rest}E{magnitude:+}"),
+    };
+    if magnitude > 125 {
+        Some(format!(
+            "{scientific} is larger than DynamoDB numbers can be \
+             (at most 9.9999999999999999999999999999999999999E+125)"
+        ))
+    } else if magnitude < -130 {
+        Some(format!(
+            "{scientific} is closer to zero than DynamoDB numbers can be (at least 1E-130)"
+        ))
+    } else if kept.len() > 38 {
+        Some(format!(
+            "{} has more significant digits than DynamoDB numbers can (at most 38)",
+            crate::job::truncate_value(n)
+        ))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +388,73 @@ mod tests {
             let Err(e) = &results[i] else { panic!() };
             let source = std::error::Error::source(e).expect("the cause is kept");
             assert_eq!(source.to_string(), "ValidationException");
+        }
+    }
+
+    fn record(line: u64, id: &str, n: serde_json::Value) -> ValidRecord {
+        let values = serde_json::json!({"id": id, "n": n});
+        ValidRecord {
+            line,
+            values: values.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn a_number_dynamodb_cannot_store_fails_its_record_alone_naming_the_field() {
+        let records = [
+            record(2, "a", serde_json::json!(1)),
+            record(3, "a", serde_json::json!(1e200)),
+        ];
+        let items = records
+            .iter()
+            .map(|r| DynamoUpsert::item(r, "id"))
+            .collect();
+        let (plan, results) = WritePlan::new(items, "id");
+        assert_eq!(
+            written(&plan),
+            vec![0],
+            "the earlier record of the key is written instead"
+        );
+        let Err(e) = &results[1] else {
+            panic!("1e200 is beyond DynamoDB's numbers")
+        };
+        assert!(!e.is_retryable());
+        assert_eq!(
+            e.to_string(),
+            "field n: 1E+200 is larger than DynamoDB numbers can be \
+             (at most 9.9999999999999999999999999999999999999E+125)"
+        );
+    }
+
+    #[test]
+    fn numbers_are_checked_against_dynamodb_limits() {
+        let fine = [
+            "0",
+            "-0.000",
+            "1E-130",
+            "-1e-130",
+            "9.9999999999999999999999999999999999999E+125",
+            "12345678901234567890123456789012345678000",
+            &(1.7976e125f64).to_string(),
+            &i64::MIN.to_string(),
+            &u64::MAX.to_string(),
+        ];
+        for n in fine {
+            assert_eq!(number_problem(n), None, "{n}");
+        }
+        let refused = [
+            "1E+126",
+            "-1e126",
+            "1E-131",
+            "0.1e-130",
+            "123456789012345678901234567890123456789",
+            &(1e200f64).to_string(),
+            &(1e-200f64).to_string(),
+            &f64::MAX.to_string(),
+            &f64::MIN_POSITIVE.to_string(),
+        ];
+        for n in refused {
+            assert!(number_problem(n).is_some(), "{n}");
         }
     }
 }
