@@ -14,7 +14,7 @@ PROFILE ?= debug
 
 export FILE DEFINITION WORKERS EXPORT ROWS
 
-.PHONY: demo test unit lint check build build-check lint-template chaos bench fuzz \
+.PHONY: demo test unit lint check build build-check lint-template chaos bench bench-hotspots demo-conflicts fuzz \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
 
 ## demo: the whole pipeline on a 100k-row sample (or FILE=... DEFINITION=...)
@@ -36,6 +36,16 @@ chaos:
 ## bench: CPU cost of parsing, validation and packing (criterion); `make demo` prints end-to-end figures
 bench:
 	$(CARGO) bench -p bulk-import --bench throughput
+
+## bench-hotspots: a job of 1,000 batches through a write ledger: hottest item and partitions, writes per batch
+bench-hotspots:
+	$(CARGO) build -p integration-tests --bin hotspots
+	scripts/with-moto.sh target/debug/hotspots
+
+## demo-conflicts: the demo twice, DynamoDB conflict emulation off then on, times side by side
+demo-conflicts:
+	$(CARGO) build -p bulk-import-cli $(if $(filter release,$(PROFILE)),--release)
+	BULKIMPORT=target/$(PROFILE)/bulkimport scripts/demo-conflicts.sh
 
 ## fuzz: fuzz the streaming parser and validator (FUZZ_SECONDS=600; installs cargo-fuzz; the corpus is replayed by `make test`)
 FUZZ_SECONDS ?= 600

@@ -3,6 +3,8 @@
 //! through the real SDK clients. The emulator is required: without
 //! `AWS_ENDPOINT_URL` the tests fail loudly instead of skipping.
 
+pub mod ledger;
+
 use aws_sdk_dynamodb::types::AttributeValue;
 use bulk_import::aws::Clients;
 use bulk_import::config::Settings;
@@ -87,7 +89,16 @@ impl Stack {
     }
 
     pub async fn with(definition_json: &str, opts: StackOptions) -> Stack {
-        let clients = clients().await;
+        Self::with_clients(definition_json, opts, clients().await).await
+    }
+
+    /// A stack whose handlers use `clients` (for example wrapped in a
+    /// `ledger::Ledger`).
+    pub async fn with_clients(
+        definition_json: &str,
+        opts: StackOptions,
+        clients: Clients,
+    ) -> Stack {
         let name = unique("t");
         let definition =
             bulk_import::Definition::from_json(definition_json, "test").expect("test definition");

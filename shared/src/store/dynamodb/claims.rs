@@ -168,6 +168,12 @@ impl DynamoStore {
                 continue;
             }
             // Every published batch was handed out: look for abandoned ones.
+            // While prepare runs, workers come back here each time they wake
+            // to wait; a lease expires only after `lease_ms`, so searching
+            // more often than every quarter lease finds nothing new.
+            if !item.prepared && !self.search_due(job, now_ms, lease_ms) {
+                return Ok(Claim::Wait);
+            }
             for i in 0..SHARDS {
                 let shard = (home + i) % SHARDS;
                 for index in self.expired(job, shard, now_ms, ready).await? {
@@ -176,12 +182,23 @@ impl DynamoStore {
                     }
                 }
             }
+            self.searched
+                .lock()
+                .expect("search times poisoned")
+                .insert(job.clone(), now_ms);
             return Ok(if item.prepared {
                 Claim::NoneAvailable
             } else {
                 Claim::Wait
             });
         }
+    }
+
+    fn search_due(&self, job: &JobId, now_ms: i64, lease_ms: i64) -> bool {
+        let searched = self.searched.lock().expect("search times poisoned");
+        searched
+            .get(job)
+            .is_none_or(|last| now_ms - last >= lease_ms / 4 || now_ms < *last)
     }
 
     pub(super) async fn load_records(
@@ -283,12 +300,14 @@ impl DynamoStore {
             (":f".into(), n(outcome.failed.len())),
         ]);
         with_cost(&mut counter_values, cost);
-        // The batch's counter shard, not the job item: commits of different
-        // shards never meet on one item.
+        // A counter shard picked at random, not the job item: commits running
+        // at the same time rarely meet on one item (a transaction holds its
+        // items), and each shard takes about 1/SHARDS of the commits. The
+        // pick is made once, so a retry sends the same transaction.
         let counter_update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(
-                counter_pk(job, claim.index % SHARDS),
+                counter_pk(job, rand::random_range(0..SHARDS)),
                 COUNTERS_SK,
             )))
             .update_expression(format!(

@@ -51,6 +51,9 @@ pub struct DynamoStore {
     meter: Meter,
     retention_ms: Option<i64>,
     backoff: Backoff,
+    /// When each job's lease index was last searched in vain while its
+    /// prepare was still running (see `claim_batch`).
+    searched: std::sync::Mutex<HashMap<JobId, i64>>,
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -168,6 +171,7 @@ impl DynamoStore {
             meter: Meter::new(trust_consumed_capacity),
             retention_ms: None,
             backoff: Backoff::default(),
+            searched: Default::default(),
         }
     }
 
