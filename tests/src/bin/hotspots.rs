@@ -36,7 +36,7 @@ fn hottest<K: std::fmt::Debug + Clone>(
 
 /// Names a state-table key by its role, not its job id.
 fn role(pk: &str) -> String {
-    let rest = pk.splitn(2, '#').nth(1).unwrap_or(pk);
+    let rest = pk.split_once('#').map_or(pk, |x| x.1);
     match rest.split_once('#') {
         None => "job item".into(),
         Some((_, "")) => pk.into(),
@@ -117,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
         );
         let mut operations: Vec<(String, u64)> =
             t.operations.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        operations.sort_by(|a, b| b.1.cmp(&a.1));
+        operations.sort_by_key(|o| std::cmp::Reverse(o.1));
         (item, partition, index, t.requests, operations)
     });
     println!(
@@ -145,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some((pk, v)) = &partition {
         println!(
             "hottest table partition: {v:.3} write units a batch  ({})   target <= 1",
-            role(&pk)
+            role(pk)
         );
     }
     if let Some((gpk, v)) = index {
