@@ -29,6 +29,7 @@ pub async fn load_sdk_config() -> SdkConfig {
     let http = Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .build_https();
+    #[cfg(any(test, feature = "testing"))]
     let http = crate::faults::FaultyClient::from_env(http);
     aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)

@@ -9,10 +9,12 @@ pub mod aws;
 pub mod config;
 pub mod events;
 pub mod export;
+#[cfg(any(test, feature = "testing"))]
 pub mod faults;
 pub mod finalize;
 pub mod handlers;
 pub mod job;
+#[cfg(any(test, feature = "testing"))]
 pub mod local;
 pub mod objects;
 pub mod prepare;

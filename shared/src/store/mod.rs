@@ -4,6 +4,7 @@
 //! Both pass the same conformance suite (`conformance`).
 
 pub mod codec;
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod dynamodb;
 pub mod memory;
