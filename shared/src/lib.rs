@@ -17,6 +17,7 @@ pub mod job;
 #[cfg(any(test, feature = "testing"))]
 pub mod local;
 pub mod objects;
+pub mod pinned;
 pub mod prepare;
 pub mod process;
 pub mod processor;

@@ -40,6 +40,8 @@ pub enum SweepError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Finalize(#[from] FinalizeError),
+    #[error(transparent)]
+    Definition(#[from] crate::pinned::PinError),
     #[error("resuming the prepare of job {job} failed")]
     Prepare {
         job: JobId,
@@ -77,11 +79,12 @@ async fn recover(
     report: &mut SweepReport,
 ) -> Result<(), SweepError> {
     let store = deps.store.as_ref();
+    let definition = deps.pinned.of(store, id, &deps.definition).await?;
     let finalizer = Finalizer {
         store,
         events: deps.events.as_ref(),
         reports: deps.reports.as_ref(),
-        definition: &deps.definition,
+        definition: &definition,
     };
     let Some(job) = store.get_job(id).await? else {
         return Ok(());
@@ -100,7 +103,7 @@ async fn recover(
                 queue: deps.queue.as_ref(),
                 events: deps.events.as_ref(),
                 reports: deps.reports.as_ref(),
-                definition: &deps.definition,
+                definition: &definition,
                 settings: &deps.prepare,
             };
             if let Err(source) = preparer.run_until(&job.source, owner, deadline).await {

@@ -13,6 +13,7 @@ use crate::aws::Clients;
 use crate::config::{load_definition, ConfigError, Settings};
 use crate::events::{JobEvents, SqsEvents};
 use crate::objects::{ObjectSource, S3Objects};
+use crate::pinned::PinnedDefinitions;
 use crate::prepare::PrepareSettings;
 use crate::process::WorkerSettings;
 use crate::processor::{DynamoUpsert, RecordProcessor};
@@ -34,7 +35,10 @@ pub struct Deps {
     pub reports: Arc<dyn ReportSink>,
     /// What workers run on valid records; `None` in the orchestrator.
     pub processor: Option<Arc<dyn RecordProcessor>>,
+    /// The deployment's definition: pinned to each new job, which then
+    /// runs on its pinned copy (`pinned`).
     pub definition: Arc<Definition>,
+    pub pinned: Arc<PinnedDefinitions>,
     pub prepare: PrepareSettings,
     pub worker: WorkerSettings,
 }
@@ -92,6 +96,7 @@ impl Deps {
             )),
             processor,
             definition: Arc::new(definition),
+            pinned: Arc::default(),
             prepare: PrepareSettings {
                 max_workers: settings.max_workers,
                 lease_ms: settings.prepare_lease.as_millis() as i64,

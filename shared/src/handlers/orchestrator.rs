@@ -18,6 +18,8 @@ pub enum OrchestratorError {
     BadKey(String),
     #[error(transparent)]
     Prepare(#[from] PrepareError),
+    #[error(transparent)]
+    Definition(#[from] crate::pinned::PinError),
 }
 
 impl OrchestratorError {
@@ -25,7 +27,7 @@ impl OrchestratorError {
     pub fn error_type(&self) -> &'static str {
         match self {
             OrchestratorError::MalformedRecord(_) | OrchestratorError::BadKey(_) => "InvalidEvent",
-            OrchestratorError::Prepare(_) => "PrepareFailed",
+            OrchestratorError::Prepare(_) | OrchestratorError::Definition(_) => "PrepareFailed",
         }
     }
 }
@@ -94,18 +96,22 @@ pub async fn handle(
 ) -> Result<Vec<Prepared>, OrchestratorError> {
     let owner = event.context.request_id.clone();
     let deadline = super::deadline_of(event.context.deadline);
-    let preparer = Preparer {
-        store: deps.store.as_ref(),
-        objects: deps.objects.as_ref(),
-        queue: deps.queue.as_ref(),
-        events: deps.events.as_ref(),
-        reports: deps.reports.as_ref(),
-        definition: &deps.definition,
-        settings: &deps.prepare,
-    };
     let mut results = Vec::new();
     for (i, record) in event.payload.records.iter().enumerate() {
         let source = source_of(record, i)?;
+        let definition = deps
+            .pinned
+            .pin(deps.store.as_ref(), &source.job_id(), &deps.definition)
+            .await?;
+        let preparer = Preparer {
+            store: deps.store.as_ref(),
+            objects: deps.objects.as_ref(),
+            queue: deps.queue.as_ref(),
+            events: deps.events.as_ref(),
+            reports: deps.reports.as_ref(),
+            definition: &definition,
+            settings: &deps.prepare,
+        };
         let span = tracing::info_span!("prepare", job_id = %source.job_id(), object = %source);
         let (outcome, job) = match preparer
             .run_until(&source, &owner, deadline)

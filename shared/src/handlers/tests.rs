@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::events::MemoryEvents;
-use crate::job::JobStatus;
+use crate::job::{now_ms, JobStatus};
 use crate::objects::MemoryObjects;
 use crate::processor::MemoryProcessor;
 use crate::queue::{MemoryQueue, WorkMessage};
@@ -49,6 +49,7 @@ fn fixture(csv: &str) -> Fixture {
         reports: reports.clone(),
         processor: Some(recorder.clone()),
         definition: Arc::new(definition),
+        pinned: Arc::default(),
         prepare: PrepareSettings {
             max_workers: 3,
             lease_ms: 60_000,
@@ -149,6 +150,61 @@ async fn fixtures_drive_the_whole_pipeline_to_one_completion() {
     .unwrap();
     assert!(again.batch_item_failures.is_empty());
     assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_job_keeps_the_definition_it_was_created_with_when_the_deployment_changes() {
+    let mut f = fixture(CSV);
+    let event: S3Event = serde_json::from_str(S3_PUT).unwrap();
+    // The first orchestrator is near its deadline: it creates the job, pins
+    // the definition and hands the prepare over before any batch.
+    let mut near = Context::default();
+    near.deadline = (now_ms() + 1_000) as u64;
+    let first = orchestrator::handle(&f.deps, LambdaEvent::new(event.clone(), near))
+        .await
+        .unwrap();
+    assert_eq!(first[0].outcome, "handed-off");
+    // A new deployment: other batch size, other field order, and a required
+    // column the file does not have.
+    let mut changed: serde_json::Value = serde_json::from_str(DEFINITION).unwrap();
+    changed["batchSize"] = 4.into();
+    changed["fields"].as_array_mut().unwrap().reverse();
+    changed["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "tenant", "type": "string", "required": true}));
+    f.deps.definition = Arc::new(Definition::from_json(&changed.to_string(), "v2").unwrap());
+    f.deps.pinned = Arc::default();
+
+    let again = orchestrator::handle(&f.deps, LambdaEvent::new(event, Context::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            again[0].outcome,
+            again[0].total_records,
+            again[0].total_batches
+        ),
+        ("prepared", 5, 3),
+        "the resumed prepare cuts batches of the pinned batchSize"
+    );
+    worker::handle(
+        &f.deps,
+        LambdaEvent::new(work_event(&again[0].job_id, SQS_WORK), Context::default()),
+    )
+    .await
+    .unwrap();
+    let job = f
+        .store
+        .get_job(&crate::JobId::new(&again[0].job_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, JobStatus::CompletedWithErrors);
+    assert_eq!((job.processed, job.failed), (3, 2));
+    let records = f.recorder.records.lock().unwrap().clone();
+    assert_eq!(records[0].values["email"], "ada@example.com");
+    assert!(!records[0].values.contains_key("tenant"));
 }
 
 #[tokio::test]

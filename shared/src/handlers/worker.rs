@@ -35,18 +35,22 @@ pub async fn handle(
             }
         }
     }
-    let worker = Worker {
-        store: deps.store.as_ref(),
-        processor: processor.as_ref(),
-        events: deps.events.as_ref(),
-        reports: deps.reports.as_ref(),
-        definition: &deps.definition,
-        settings: &deps.worker,
-    };
     for (job, ids) in jobs {
         let worker_id = format!("{}:{}", event.context.request_id, job);
         let span = tracing::info_span!("work", job_id = %job);
         let result = async {
+            let definition = deps
+                .pinned
+                .of(deps.store.as_ref(), &job, &deps.definition)
+                .await?;
+            let worker = Worker {
+                store: deps.store.as_ref(),
+                processor: processor.as_ref(),
+                events: deps.events.as_ref(),
+                reports: deps.reports.as_ref(),
+                definition: &definition,
+                settings: &deps.worker,
+            };
             let report = worker.run(&job, &worker_id, deadline).await?;
             tracing::info!(batches = report.batches, processed = report.processed, failed = report.failed, stop = ?report.stop, "worker run ended");
             if report.stop == StopReason::Deadline {

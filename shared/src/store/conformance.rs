@@ -624,6 +624,19 @@ pub async fn a_finalized_job_owes_its_event_until_acknowledged(store: &dyn JobSt
     assert!(store.pending_events().await.unwrap().is_empty());
 }
 
+pub async fn the_first_definition_pinned_to_a_job_stays(store: &dyn JobStore) {
+    let job = source("pinned").job_id();
+    assert_eq!(store.pinned_definition(&job).await.unwrap(), None);
+    let first = r#"{"fields": [{"name": "a"}]}"#;
+    assert_eq!(store.pin_definition(&job, first).await.unwrap(), first);
+    let later = r#"{"fields": [{"name": "b"}]}"#;
+    assert_eq!(store.pin_definition(&job, later).await.unwrap(), first);
+    assert_eq!(
+        store.pinned_definition(&job).await.unwrap().as_deref(),
+        Some(first)
+    );
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for a backend;
 /// `$make` is an async block returning a fresh store.
 #[macro_export]
@@ -650,6 +663,7 @@ macro_rules! conformance_tests {
             after_an_early_finalization_commits_count_and_prepare_is_fenced,
             counters_add_up_over_many_batches_and_workers,
             a_finalized_job_owes_its_event_until_acknowledged,
+            the_first_definition_pinned_to_a_job_stays,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -37,6 +37,7 @@ impl JobState {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     jobs: Mutex<HashMap<JobId, JobState>>,
+    definitions: Mutex<HashMap<JobId, String>>,
 }
 
 impl MemoryStore {
@@ -144,6 +145,16 @@ impl PrepareStore for MemoryStore {
             },
         );
         Ok(CreateOutcome::Created(job))
+    }
+
+    async fn pin_definition(&self, job: &JobId, definition: &str) -> Result<String, StoreError> {
+        Ok(self
+            .definitions
+            .lock()
+            .expect("memory store poisoned")
+            .entry(job.clone())
+            .or_insert_with(|| definition.to_owned())
+            .clone())
     }
 
     async fn acquire_prepare(
@@ -368,6 +379,15 @@ impl JobControl for MemoryStore {
             s.event_pending = true;
             Ok(true)
         })
+    }
+
+    async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .definitions
+            .lock()
+            .expect("memory store poisoned")
+            .get(job)
+            .cloned())
     }
 
     async fn failed_records(

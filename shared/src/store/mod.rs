@@ -174,6 +174,11 @@ pub trait PrepareStore: Send + Sync {
         now_ms: i64,
     ) -> Result<CreateOutcome, StoreError>;
 
+    /// Pins an import definition (its JSON) to a job unless one is pinned
+    /// already; returns the pinned one. Called before the job is created,
+    /// so the first deployment to see an object decides its definition.
+    async fn pin_definition(&self, job: &JobId, definition: &str) -> Result<String, StoreError>;
+
     /// Takes over an unfinished prepare whose previous owner's lease expired
     /// (or that the caller already owns). `None` when someone else holds it
     /// or prepare has finished.
@@ -277,6 +282,9 @@ pub trait JobControl: Send + Sync {
         fin: &Finalization,
         when: FinalizeWhen,
     ) -> Result<bool, StoreError>;
+
+    /// The definition pinned to a job (its JSON), if any.
+    async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError>;
 
     /// Failed records of one batch, in input order.
     async fn failed_records(

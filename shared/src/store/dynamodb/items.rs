@@ -10,6 +10,9 @@ pub const JOB_SK: &str = "JOB";
 pub const BATCH_SK: &str = "BATCH";
 pub const CURSOR_SK: &str = "CURSOR";
 pub const COUNTERS_SK: &str = "COUNTERS";
+/// The job's pinned import definition, beside the job item (written once,
+/// read once per process, kept off the job item so its writes stay small).
+pub const DEFINITION_SK: &str = "DEFINITION";
 /// Failed records are spread over this many partitions per job, so a job
 /// with many failures does not write to one hot partition.
 pub const FAILURE_SHARDS: u64 = 16;

@@ -84,6 +84,17 @@ impl DynamoStore {
         }
     }
 
+    pub(super) async fn pinned_definition(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get(job, job_pk(job), DEFINITION_SK)
+            .await?
+            .and_then(|mut item| item.remove("d"))
+            .and_then(|d| d.as_s().ok().cloned()))
+    }
+
     pub(super) async fn failed_records(
         &self,
         job: &JobId,

@@ -232,6 +232,10 @@ impl PrepareStore for DynamoStore {
         Self::create_job(self, source, lease, now_ms).await
     }
 
+    async fn pin_definition(&self, job: &JobId, definition: &str) -> Result<String, StoreError> {
+        Self::pin_definition(self, job, definition).await
+    }
+
     async fn acquire_prepare(
         &self,
         job: &JobId,
@@ -326,6 +330,10 @@ impl JobControl for DynamoStore {
         when: FinalizeWhen,
     ) -> Result<bool, StoreError> {
         Self::finalize(self, job, fin, when).await
+    }
+
+    async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError> {
+        Self::pinned_definition(self, job).await
     }
 
     async fn failed_records(

@@ -42,6 +42,32 @@ impl DynamoStore {
         }
     }
 
+    pub(super) async fn pin_definition(
+        &self,
+        job: &JobId,
+        definition: &str,
+    ) -> Result<String, StoreError> {
+        let mut item = key(job_pk(job), DEFINITION_SK);
+        item.insert("d".into(), s(definition));
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)");
+        let size = definition.len() + 32;
+        let result = self.retry_busy(job, || put.clone().send()).await;
+        self.meter.record(job, write(size), &[]);
+        match result {
+            Ok(_) => Ok(definition.to_owned()),
+            Err(e) if is_condition_failed(&e) => self
+                .pinned_definition(job)
+                .await?
+                .ok_or_else(|| corrupt(job, "pinned definition vanished")),
+            Err(e) => Err(StoreError::backend("PutItem", e)),
+        }
+    }
+
     pub(super) async fn acquire_prepare(
         &self,
         job: &JobId,
