@@ -85,7 +85,7 @@ impl Finalizer<'_> {
         match deliver(self.store, self.events, job).await {
             Ok(()) => {}
             Err(e) => {
-                let error = crate::handlers::error_chain(&e);
+                let error = crate::telemetry::error_chain(&e);
                 tracing::warn!(job_id = %job, %error, "job-completed event not sent yet; the sweeper resends it");
             }
         }
@@ -127,7 +127,7 @@ pub async fn deliver_pending(
         match deliver(store, events, &job).await {
             Ok(()) => sent += 1,
             Err(e) => {
-                let error = crate::handlers::error_chain(&e);
+                let error = crate::telemetry::error_chain(&e);
                 tracing::warn!(job_id = %job, %error, "job-completed event still not sent");
             }
         }

@@ -18,6 +18,7 @@ pub mod job;
 pub mod local;
 pub mod objects;
 pub mod pinned;
+pub mod ports;
 pub mod prepare;
 pub mod process;
 pub mod processor;

@@ -165,7 +165,7 @@ impl Preparer<'_> {
                 // Whoever retries (the event's redelivery, the sweeper) need
                 // not wait for the lease to expire.
                 if let Err(release) = self.store.release_prepare(&job.id, &lease).await {
-                    let error = crate::handlers::error_chain(&release);
+                    let error = crate::telemetry::error_chain(&release);
                     tracing::warn!(job_id = %job.id, %error, "prepare lease not released");
                 }
                 Err(e)

@@ -4,10 +4,10 @@
 //! finalizing, and re-fans out workers to a job with waiting batches and no
 //! live lease; then it sends completion events nobody delivered.
 
-use crate::finalize::{deliver_pending, FinalizeError, Finalizer};
-use crate::handlers::Deps;
+use crate::finalize::{deliver_pending, FinalizeError};
 use crate::job::{now_ms, JobId};
-use crate::prepare::{PrepareError, Preparer};
+use crate::ports::Deps;
+use crate::prepare::PrepareError;
 use crate::queue::{QueueError, WorkMessage};
 use crate::store::StoreError;
 use serde::Serialize;
@@ -63,7 +63,7 @@ pub async fn sweep(
     for id in store.active_jobs().await? {
         if let Err(e) = recover(deps, &id, owner, deadline, &mut report).await {
             report.failed += 1;
-            let error = crate::handlers::error_chain(&e);
+            let error = crate::telemetry::error_chain(&e);
             tracing::error!(job_id = %id, %error, "recovering the job failed; the next sweep retries");
         }
     }
@@ -80,12 +80,7 @@ async fn recover(
 ) -> Result<(), SweepError> {
     let store = deps.store.as_ref();
     let definition = deps.pinned.of(store, id, &deps.definition).await?;
-    let finalizer = Finalizer {
-        store,
-        events: deps.events.as_ref(),
-        reports: deps.reports.as_ref(),
-        definition: &definition,
-    };
+    let finalizer = deps.finalizer(&definition);
     let Some(job) = store.get_job(id).await? else {
         return Ok(());
     };
@@ -97,17 +92,9 @@ async fn recover(
     if !job.prepared {
         if job.prepare_lease_until_ms < now {
             tracing::warn!(job_id = %id, from_batch = job.batches_ready, "resuming an abandoned prepare");
-            let preparer = Preparer {
-                store,
-                objects: deps.objects.as_ref(),
-                queue: deps.queue.as_ref(),
-                events: deps.events.as_ref(),
-                reports: deps.reports.as_ref(),
-                definition: &definition,
-                settings: &deps.prepare,
-            };
+            let preparer = deps.preparer(&definition);
             if let Err(source) = preparer.run_until(&job.source, owner, deadline).await {
-                let error = crate::handlers::error_chain(&source);
+                let error = crate::telemetry::error_chain(&source);
                 let failures = store.note_prepare_failure(id, &error).await?;
                 if failures >= MAX_PREPARE_FAILURES {
                     let reason = format!("prepare failed {failures} times in a row: {error}");

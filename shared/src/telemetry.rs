@@ -24,3 +24,15 @@ pub fn init_cli() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// An error and all its sources, `: `-separated, for logs and reports.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}

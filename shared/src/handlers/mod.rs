@@ -11,37 +11,18 @@ mod tests;
 
 use crate::aws::Clients;
 use crate::config::{load_definition, ConfigError, Settings};
-use crate::events::{JobEvents, SqsEvents};
-use crate::objects::{ObjectSource, S3Objects};
-use crate::pinned::PinnedDefinitions;
+use crate::events::SqsEvents;
+use crate::objects::S3Objects;
 use crate::prepare::PrepareSettings;
 use crate::process::WorkerSettings;
 use crate::processor::{DynamoUpsert, RecordProcessor};
-use crate::queue::{SqsQueue, WorkQueue};
-use crate::report::{ReportSink, S3Reports};
-use crate::schema::Definition;
+use crate::queue::SqsQueue;
+use crate::report::S3Reports;
 use crate::store::dynamodb::DynamoStore;
-use crate::store::JobStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Everything a handler needs, built once per cold start.
-#[derive(Clone)]
-pub struct Deps {
-    pub store: Arc<dyn JobStore>,
-    pub objects: Arc<dyn ObjectSource>,
-    pub queue: Arc<dyn WorkQueue>,
-    pub events: Arc<dyn JobEvents>,
-    pub reports: Arc<dyn ReportSink>,
-    /// What workers run on valid records; `None` in the orchestrator.
-    pub processor: Option<Arc<dyn RecordProcessor>>,
-    /// The deployment's definition: pinned to each new job, which then
-    /// runs on its pinned copy (`pinned`).
-    pub definition: Arc<Definition>,
-    pub pinned: Arc<PinnedDefinitions>,
-    pub prepare: PrepareSettings,
-    pub worker: WorkerSettings,
-}
+pub use crate::ports::Deps;
 
 impl Deps {
     /// The standard wiring: DynamoDB store, S3 objects, SQS fan-out, and the
@@ -127,20 +108,8 @@ pub(crate) fn diagnostic(
 ) -> lambda_runtime::Diagnostic {
     lambda_runtime::Diagnostic {
         error_type: error_type.into(),
-        error_message: error_chain(error),
+        error_message: crate::telemetry::error_chain(error),
     }
-}
-
-/// An error and all its sources, `: `-separated, for logs and reports.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 /// The Lambda deadline as an `Instant` (the context gives epoch millis).

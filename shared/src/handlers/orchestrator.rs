@@ -3,7 +3,7 @@
 use super::Deps;
 use crate::job::SourceRef;
 use crate::objects::ETAG_PREFIX;
-use crate::prepare::{PrepareError, PrepareOutcome, Preparer};
+use crate::prepare::{PrepareError, PrepareOutcome};
 use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
 use lambda_runtime::LambdaEvent;
 use percent_encoding::percent_decode_str;
@@ -103,15 +103,7 @@ pub async fn handle(
             .pinned
             .pin(deps.store.as_ref(), &source.job_id(), &deps.definition)
             .await?;
-        let preparer = Preparer {
-            store: deps.store.as_ref(),
-            objects: deps.objects.as_ref(),
-            queue: deps.queue.as_ref(),
-            events: deps.events.as_ref(),
-            reports: deps.reports.as_ref(),
-            definition: &definition,
-            settings: &deps.prepare,
-        };
+        let preparer = deps.preparer(&definition);
         let span = tracing::info_span!("prepare", job_id = %source.job_id(), object = %source);
         let (outcome, job) = match preparer
             .run_until(&source, &owner, deadline)

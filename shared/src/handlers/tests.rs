@@ -8,6 +8,7 @@ use crate::objects::MemoryObjects;
 use crate::processor::MemoryProcessor;
 use crate::queue::{MemoryQueue, WorkMessage};
 use crate::report::MemoryReports;
+use crate::schema::Definition;
 use crate::store::memory::MemoryStore;
 use crate::store::{ClaimStore, JobControl, PrepareStore};
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;

@@ -3,7 +3,7 @@
 
 use super::Deps;
 use crate::job::JobId;
-use crate::process::{StopReason, Worker};
+use crate::process::StopReason;
 use crate::queue::WorkMessage;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
@@ -43,14 +43,7 @@ pub async fn handle(
                 .pinned
                 .of(deps.store.as_ref(), &job, &deps.definition)
                 .await?;
-            let worker = Worker {
-                store: deps.store.as_ref(),
-                processor: processor.as_ref(),
-                events: deps.events.as_ref(),
-                reports: deps.reports.as_ref(),
-                definition: &definition,
-                settings: &deps.worker,
-            };
+            let worker = deps.worker(processor.as_ref(), &definition);
             let report = worker.run(&job, &worker_id, deadline).await?;
             tracing::info!(batches = report.batches, processed = report.processed, failed = report.failed, stop = ?report.stop, "worker run ended");
             if report.stop == StopReason::Deadline {
@@ -62,7 +55,7 @@ pub async fn handle(
         .instrument(span)
         .await;
         if let Err(e) = result {
-            let error = super::error_chain(e.as_ref());
+            let error = crate::telemetry::error_chain(e.as_ref());
             tracing::error!(job_id = %job, %error, "worker run failed; messages will be retried");
             failures.extend(ids);
         }

@@ -1,0 +1,75 @@
+//! The bundle of services every phase of a job talks to (store, objects,
+//! queue, events, reports) with the deployment's definition and settings,
+//! built once per process; and the one place that assembles the phases
+//! (`Preparer`, `Worker`, `Finalizer`) from it. The Lambda handlers wire it
+//! to AWS (`handlers`), tests to in-memory backends.
+
+use crate::events::JobEvents;
+use crate::finalize::Finalizer;
+use crate::objects::ObjectSource;
+use crate::pinned::PinnedDefinitions;
+use crate::prepare::{PrepareSettings, Preparer};
+use crate::process::{Worker, WorkerSettings};
+use crate::processor::RecordProcessor;
+use crate::queue::WorkQueue;
+use crate::report::ReportSink;
+use crate::schema::Definition;
+use crate::store::JobStore;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Arc<dyn JobStore>,
+    pub objects: Arc<dyn ObjectSource>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub events: Arc<dyn JobEvents>,
+    pub reports: Arc<dyn ReportSink>,
+    /// What workers run on valid records; `None` in the orchestrator.
+    pub processor: Option<Arc<dyn RecordProcessor>>,
+    /// The deployment's definition: pinned to each new job, which then
+    /// runs on its pinned copy (`pinned`).
+    pub definition: Arc<Definition>,
+    pub pinned: Arc<PinnedDefinitions>,
+    pub prepare: PrepareSettings,
+    pub worker: WorkerSettings,
+}
+
+impl Deps {
+    /// The orchestrator's phase for a job running on `definition`.
+    pub fn preparer<'a>(&'a self, definition: &'a Definition) -> Preparer<'a> {
+        Preparer {
+            store: self.store.as_ref(),
+            objects: self.objects.as_ref(),
+            queue: self.queue.as_ref(),
+            events: self.events.as_ref(),
+            reports: self.reports.as_ref(),
+            definition,
+            settings: &self.prepare,
+        }
+    }
+
+    /// A worker for a job running on `definition`.
+    pub fn worker<'a>(
+        &'a self,
+        processor: &'a dyn RecordProcessor,
+        definition: &'a Definition,
+    ) -> Worker<'a> {
+        Worker {
+            store: self.store.as_ref(),
+            processor,
+            events: self.events.as_ref(),
+            reports: self.reports.as_ref(),
+            definition,
+            settings: &self.worker,
+        }
+    }
+
+    pub fn finalizer<'a>(&'a self, definition: &'a Definition) -> Finalizer<'a> {
+        Finalizer {
+            store: self.store.as_ref(),
+            events: self.events.as_ref(),
+            reports: self.reports.as_ref(),
+            definition,
+        }
+    }
+}
