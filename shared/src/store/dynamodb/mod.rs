@@ -364,3 +364,80 @@ impl JobControl for DynamoStore {
         Self::ack_event(self, job).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+    use aws_sdk_dynamodb::types::error::{
+        TransactionCanceledException, TransactionConflictException,
+    };
+    use aws_sdk_dynamodb::types::CancellationReason;
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_types::body::SdkBody;
+
+    fn raw() -> HttpResponse {
+        HttpResponse::new(400.try_into().unwrap(), SdkBody::empty())
+    }
+
+    fn cancelled(codes: &[&str]) -> SdkError<TransactWriteItemsError, HttpResponse> {
+        let reasons = codes
+            .iter()
+            .map(|c| CancellationReason::builder().code(*c).build())
+            .collect();
+        let e = TransactionCanceledException::builder()
+            .set_cancellation_reasons(Some(reasons))
+            .build();
+        SdkError::service_error(
+            TransactWriteItemsError::TransactionCanceledException(e),
+            raw(),
+        )
+    }
+
+    #[test]
+    fn transactions_are_retried_only_when_they_can_succeed_later() {
+        let kind = |codes: &[&str]| match cancellation(&cancelled(codes)) {
+            Some(Cancelled::Busy) => "retry",
+            Some(Cancelled::Condition(_)) => "condition",
+            None => "fail",
+        };
+        assert_eq!(kind(&["None", "TransactionConflict"]), "retry");
+        assert_eq!(kind(&["ThrottlingError", "None"]), "retry");
+        assert_eq!(
+            kind(&["TransactionConflict", "ConditionalCheckFailed"]),
+            "condition"
+        );
+        assert_eq!(kind(&["ValidationError", "None"]), "fail");
+        assert_eq!(kind(&["None", "ItemCollectionSizeLimitExceeded"]), "fail");
+        assert!(matches!(
+            cancellation(&cancelled(&["None", "ConditionalCheckFailed"])),
+            Some(Cancelled::Condition(1))
+        ));
+    }
+
+    #[test]
+    fn a_write_to_an_item_a_transaction_holds_is_retried() {
+        let held = UpdateItemError::TransactionConflictException(
+            TransactionConflictException::builder()
+                .message("Transaction is ongoing for the item")
+                .meta(
+                    aws_smithy_types::error::ErrorMetadata::builder()
+                        .code("TransactionConflictException")
+                        .build(),
+                )
+                .build(),
+        );
+        assert!(is_busy(&SdkError::service_error(held, raw())));
+        let condition = UpdateItemError::ConditionalCheckFailedException(
+            aws_sdk_dynamodb::types::error::ConditionalCheckFailedException::builder()
+                .meta(
+                    aws_smithy_types::error::ErrorMetadata::builder()
+                        .code("ConditionalCheckFailedException")
+                        .build(),
+                )
+                .build(),
+        );
+        assert!(!is_busy(&SdkError::service_error(condition, raw())));
+    }
+}
