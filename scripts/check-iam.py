@@ -5,13 +5,17 @@
   reference), so a made-up action such as dynamodb:TransactWriteItems fails;
 - no wildcard in an allowed action;
 - "*" as a resource only for actions that have no resource-level
-  permissions (ALLOWED_STAR).
+  permissions (ALLOWED_STAR);
+- every policy that works on job state (DynamoDB actions on the state
+  table) allows each operation the DynamoDB store calls, as read from its
+  source, so a new call cannot ship without its permission.
 
 Usage: python scripts/check-iam.py target/sam/template.json
 """
 
 import json
 import os
+import re
 import sys
 
 import cfnlint
@@ -30,6 +34,41 @@ def known_actions():
         for prefix, service in services.items()
         for action in service.get("Actions", {})
     }
+
+
+STORE_SOURCES = os.path.join(os.path.dirname(__file__), "..", "shared", "src", "store", "dynamodb")
+# SDK operation -> IAM action. TransactWriteItems has no action of its own:
+# its items are authorized as PutItem / UpdateItem / ConditionCheckItem.
+SDK_TO_IAM = {
+    "get_item": "dynamodb:GetItem",
+    "put_item": "dynamodb:PutItem",
+    "update_item": "dynamodb:UpdateItem",
+    "delete_item": "dynamodb:DeleteItem",
+    "batch_get_item": "dynamodb:BatchGetItem",
+    "batch_write_item": "dynamodb:BatchWriteItem",
+    "query": "dynamodb:Query",
+    "transact_write_items": None,
+}
+
+
+def store_actions():
+    """IAM actions for the SDK operations the DynamoDB store calls."""
+    actions = set()
+    for name in sorted(os.listdir(STORE_SOURCES)):
+        if not name.endswith(".rs"):
+            continue
+        with open(os.path.join(STORE_SOURCES, name), encoding="utf-8") as f:
+            code = f.read()
+        for op in re.findall(r"\.client\s*\.(\w+)\(\)", code):
+            if op not in SDK_TO_IAM:
+                sys.exit(f"check-iam: {name} calls {op}: add it to SDK_TO_IAM")
+            if SDK_TO_IAM[op]:
+                actions.add(SDK_TO_IAM[op])
+    return actions
+
+
+def on_state_table(statement):
+    return {"Fn::GetAtt": ["StateTable", "Arn"]} in list(resources_of(statement))
 
 
 def as_list(value):
@@ -70,9 +109,20 @@ def main():
     with open(sys.argv[1], encoding="utf-8") as f:
         template = json.load(f)
     known = known_actions()
+    needed = store_actions()
     problems = []
     checked = 0
     for where, document in documents(template):
+        state = {
+            a
+            for s in statements(document)
+            if s.get("Effect") == "Allow" and on_state_table(s)
+            for a in as_list(s.get("Action", []))
+            if isinstance(a, str)
+        }
+        if len(state) > 1:
+            for action in sorted(needed - state):
+                problems.append(f"{where}: the DynamoDB store calls {action}, not allowed on the state table")
         for s in statements(document):
             if s.get("Effect") != "Allow":
                 continue
