@@ -71,6 +71,13 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    pub const ALL: [JobStatus; 4] = [
+        JobStatus::Processing,
+        JobStatus::Completed,
+        JobStatus::CompletedWithErrors,
+        JobStatus::Failed,
+    ];
+
     pub fn is_final(self) -> bool {
         !matches!(self, JobStatus::Processing)
     }
@@ -82,6 +89,22 @@ impl JobStatus {
             JobStatus::CompletedWithErrors => "COMPLETED_WITH_ERRORS",
             JobStatus::Failed => "FAILED",
         }
+    }
+}
+
+impl std::str::FromStr for JobStatus {
+    type Err = String;
+
+    /// `COMPLETED_WITH_ERRORS`, `completed-with-errors`, ... (any case).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_uppercase().replace('-', "_");
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == wanted)
+            .ok_or_else(|| {
+                let names: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown status {s:?}; one of {}", names.join(", "))
+            })
     }
 }
 

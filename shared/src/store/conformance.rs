@@ -637,6 +637,38 @@ pub async fn the_first_definition_pinned_to_a_job_stays(store: &dyn JobStore) {
     );
 }
 
+pub async fn jobs_are_listed_newest_first_by_status(store: &dyn JobStore) {
+    let mut ids = Vec::new();
+    for (i, name) in ["list-a", "list-b", "list-c"].iter().enumerate() {
+        let CreateOutcome::Created(job) = store
+            .create_job(&source(name), &lease("o"), T0 + i as i64)
+            .await
+            .unwrap()
+        else {
+            panic!("new job")
+        };
+        ids.push(job.id);
+    }
+    assert!(store
+        .finalize(&ids[1], &fin(JobStatus::Failed), FinalizeWhen::Now)
+        .await
+        .unwrap());
+    let newest_first: Vec<JobId> = ids.iter().rev().cloned().collect();
+    assert_eq!(store.list_jobs(None, 10).await.unwrap(), newest_first);
+    assert_eq!(store.list_jobs(None, 2).await.unwrap(), newest_first[..2]);
+    assert_eq!(
+        store.list_jobs(Some(JobStatus::Failed), 10).await.unwrap(),
+        vec![ids[1].clone()]
+    );
+    assert_eq!(
+        store
+            .list_jobs(Some(JobStatus::Processing), 10)
+            .await
+            .unwrap(),
+        vec![ids[2].clone(), ids[0].clone()]
+    );
+}
+
 /// Stamps out one `#[tokio::test]` per conformance case for a backend;
 /// `$make` is an async block returning a fresh store.
 #[macro_export]
@@ -664,6 +696,7 @@ macro_rules! conformance_tests {
             counters_add_up_over_many_batches_and_workers,
             a_finalized_job_owes_its_event_until_acknowledged,
             the_first_definition_pinned_to_a_job_stays,
+            jobs_are_listed_newest_first_by_status,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -432,6 +432,29 @@ impl JobControl for MemoryStore {
         self.with_job(job, |s| Ok(s.batches.get(&index).map(|b| b.info.clone())))
     }
 
+    async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let jobs = self.jobs.lock().expect("memory store poisoned");
+        let mut found: Vec<&Job> = jobs
+            .values()
+            .map(|s| &s.job)
+            .filter(|j| status.is_none_or(|s| j.status == s))
+            .collect();
+        found.sort_by(|a, b| {
+            b.created_at_ms
+                .cmp(&a.created_at_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(found
+            .into_iter()
+            .take(limit)
+            .map(|j| j.id.clone())
+            .collect())
+    }
+
     async fn pending_events(&self) -> Result<Vec<JobId>, StoreError> {
         let jobs = self.jobs.lock().expect("memory store poisoned");
         let mut ids: Vec<JobId> = jobs

@@ -301,6 +301,14 @@ pub trait JobControl: Send + Sync {
     /// Whether anyone is working on `job` and what is waiting for a worker.
     async fn lease_view(&self, job: &JobId, now_ms: i64) -> Result<LeaseView, StoreError>;
 
+    /// Jobs newest first (by creation), optionally only those in `status`;
+    /// at most `limit`.
+    async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError>;
+
     /// Final jobs whose completion event was not acknowledged yet.
     async fn pending_events(&self) -> Result<Vec<JobId>, StoreError>;
 

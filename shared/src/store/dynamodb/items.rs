@@ -6,6 +6,12 @@ use crate::store::{BatchInfo, BatchState};
 use serde::{Deserialize, Serialize};
 
 pub const LEASE_INDEX: &str = "leases";
+/// Jobs by status, newest first: `lpk = STATUS#<status>`, `lsk = createdAt`.
+pub const JOBS_INDEX: &str = "jobs";
+
+pub fn status_lpk(status: JobStatus) -> String {
+    format!("STATUS#{status}")
+}
 pub const JOB_SK: &str = "JOB";
 pub const BATCH_SK: &str = "BATCH";
 pub const CURSOR_SK: &str = "CURSOR";
@@ -125,6 +131,11 @@ pub struct JobItem {
     pub gpk: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gsk: Option<i64>,
+    /// `jobs` index keys: status and creation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lpk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsk: Option<i64>,
 }
 
 /// Index partition listing the jobs still PROCESSING.
@@ -196,6 +207,8 @@ impl JobItem {
             expires_at,
             gpk: Some(ACTIVE_JOBS.into()),
             gsk: Some(now_ms),
+            lpk: Some(status_lpk(JobStatus::Processing)),
+            lsk: Some(now_ms),
         }
     }
 

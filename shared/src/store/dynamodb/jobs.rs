@@ -48,10 +48,12 @@ impl DynamoStore {
             (":st".into(), s(fin.status.as_str())),
             (":at".into(), n(fin.now_ms)),
             (":events".into(), s(PENDING_EVENTS)),
+            (":lpk".into(), s(status_lpk(fin.status))),
         ]);
         with_cost(&mut values, cost);
         // The job moves from the active list to the owed-events list.
-        let mut set = "SET #status = :st, finishedAt = :at, gpk = :events, gsk = :at".to_string();
+        let mut set =
+            "SET #status = :st, finishedAt = :at, gpk = :events, gsk = :at, lpk = :lpk".to_string();
         if let Some(reason) = &fin.reason {
             values.insert(":reason".into(), s(truncate_value(reason)));
             set.push_str(", failureReason = :reason");
@@ -106,6 +108,49 @@ impl DynamoStore {
 
     pub(super) async fn active_jobs(&self) -> Result<Vec<JobId>, StoreError> {
         self.jobs_listed(ACTIVE_JOBS).await
+    }
+
+    pub(super) async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let statuses = match status {
+            Some(s) => vec![s],
+            None => JobStatus::ALL.to_vec(),
+        };
+        // Newest first within each status; merged by creation time.
+        let mut found: Vec<(i64, JobId)> = Vec::new();
+        for status in statuses {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(JOBS_INDEX)
+                .key_condition_expression("lpk = :lpk")
+                .expression_attribute_values(":lpk", s(status_lpk(status)))
+                .scan_index_forward(false)
+                .limit(limit.clamp(1, 1000) as i32)
+                .send()
+                .await
+                .map_err(|e| StoreError::backend("Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                let created = item
+                    .get("lsk")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if let Some(id) = item
+                    .get("pk")
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|pk| pk.strip_prefix("J#"))
+                {
+                    found.push((created, JobId::new(id)));
+                }
+            }
+        }
+        found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        Ok(found.into_iter().take(limit).map(|(_, id)| id).collect())
     }
 
     pub(super) async fn pending_events(&self) -> Result<Vec<JobId>, StoreError> {

@@ -360,6 +360,14 @@ impl JobControl for DynamoStore {
         Self::pending_events(self).await
     }
 
+    async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        Self::list_jobs(self, status, limit).await
+    }
+
     async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
         Self::ack_event(self, job).await
     }

@@ -1,7 +1,7 @@
 //! Creates the state table the way template.yaml declares it, for local runs
 //! and tests (deployments get it from CloudFormation).
 
-use super::items::LEASE_INDEX;
+use super::items::{JOBS_INDEX, LEASE_INDEX};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
     ProjectionType, ScalarAttributeType,
@@ -29,17 +29,19 @@ pub async fn create_state_table(
     client: &Client,
     table: &str,
 ) -> Result<(), aws_sdk_dynamodb::Error> {
-    let index = GlobalSecondaryIndex::builder()
-        .index_name(LEASE_INDEX)
-        .key_schema(key("gpk", KeyType::Hash))
-        .key_schema(key("gsk", KeyType::Range))
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::KeysOnly)
-                .build(),
-        )
-        .build()
-        .expect("index is complete");
+    let index = |name: &str, hash: &str, range: &str| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(hash, KeyType::Hash))
+            .key_schema(key(range, KeyType::Range))
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::KeysOnly)
+                    .build(),
+            )
+            .build()
+            .expect("index is complete")
+    };
     let result = client
         .create_table()
         .table_name(table)
@@ -50,7 +52,10 @@ pub async fn create_state_table(
         .attribute_definitions(attr("sk", ScalarAttributeType::S))
         .attribute_definitions(attr("gpk", ScalarAttributeType::S))
         .attribute_definitions(attr("gsk", ScalarAttributeType::N))
-        .global_secondary_indexes(index)
+        .attribute_definitions(attr("lpk", ScalarAttributeType::S))
+        .attribute_definitions(attr("lsk", ScalarAttributeType::N))
+        .global_secondary_indexes(index(LEASE_INDEX, "gpk", "gsk"))
+        .global_secondary_indexes(index(JOBS_INDEX, "lpk", "lsk"))
         .send()
         .await;
     match result {
