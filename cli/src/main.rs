@@ -2,6 +2,7 @@
 //! (`AWS_ENDPOINT_URL`, e.g. moto server), with the same handlers Lambda runs.
 
 mod generate;
+mod jobs;
 mod run;
 mod worker;
 
@@ -59,6 +60,23 @@ enum Command {
     /// Poll the work queue and run the worker handler on what arrives, like
     /// the Lambda event source mapping, until the job is final (or forever).
     Worker(worker::WorkerArgs),
+    /// Jobs, newest first.
+    Jobs {
+        /// Only jobs in this status (PROCESSING, COMPLETED, COMPLETED_WITH_ERRORS, FAILED).
+        #[arg(long)]
+        status: Option<bulk_import::JobStatus>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// A job's status, progress, rate and ETA (JSON). JOB is a job id or
+    /// s3://bucket/key (the job of the object's current version).
+    Status {
+        job: String,
+        /// Show a progress bar until the job is final; the exit code then
+        /// says how it ended (0 completed, 2 with errors, 1 failed).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Create the bucket, queue (with its DLQ) and tables unless they exist;
     /// print their names and URLs as JSON.
     Setup {
@@ -87,6 +105,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(&cli.names, args).await,
         Command::Worker(args) => worker::run(&cli.names, args).await,
+        Command::Jobs { status, limit } => jobs::list(&cli.names, status, limit).await,
+        Command::Status { job, watch } => {
+            let code = jobs::status(&cli.names, &job, watch).await?;
+            std::process::exit(code);
+        }
         Command::Setup { target_key } => {
             let clients = bulk_import::aws::Clients::load().await;
             let resources = bulk_import::local::Resources {

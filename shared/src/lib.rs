@@ -27,6 +27,7 @@ pub mod report;
 pub mod retry;
 pub mod schema;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;

@@ -249,3 +249,22 @@ impl Stack {
             .count()
     }
 }
+
+/// The `bulkimport` binary next to this test's executable.
+pub fn bulkimport() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("BULKIMPORT_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let bin = dir.join("bulkimport");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace first (make test does)",
+        bin.display()
+    );
+    bin
+}

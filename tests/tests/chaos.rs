@@ -15,7 +15,6 @@ use bulk_import::JobStatus;
 use integration_tests::{Stack, StackOptions};
 use rand::Rng;
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,25 +42,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The `bulkimport` binary next to this test's executable.
-fn bulkimport() -> PathBuf {
-    if let Some(path) = std::env::var_os("BULKIMPORT_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let bin = dir.join("bulkimport");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace first (make test does)",
-        bin.display()
-    );
-    bin
-}
-
 fn spawn_worker(
     stack: &Stack,
     job: &JobId,
@@ -75,7 +55,7 @@ fn spawn_worker(
         .open(error_log)
         .expect("error log");
     let r = &stack.resources;
-    Command::new(bulkimport())
+    Command::new(integration_tests::bulkimport())
         .args([
             "--bucket",
             &r.bucket,

@@ -1,0 +1,127 @@
+//! `bulkimport jobs` and `bulkimport status`: find a job and see how far it
+//! is, against the emulator or AWS alike (the same store the functions use).
+
+use crate::Names;
+use anyhow::{bail, Context as _};
+use bulk_import::aws::Clients;
+use bulk_import::job::{now_ms, JobId, JobStatus, SourceRef};
+use bulk_import::objects::ETAG_PREFIX;
+use bulk_import::status::JobStatusView;
+use bulk_import::store::dynamodb::DynamoStore;
+use bulk_import::store::JobControl;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Duration;
+
+fn store(names: &Names, clients: &Clients) -> DynamoStore {
+    DynamoStore::new(
+        clients.dynamodb.clone(),
+        &names.state_table,
+        !clients.emulated,
+    )
+}
+
+/// A job id, or `s3://bucket/key`: the job of the object's current version
+/// (its version id, or its ETag on an unversioned bucket).
+pub async fn resolve(clients: &Clients, job: &str) -> anyhow::Result<JobId> {
+    let Some(path) = job.strip_prefix("s3://") else {
+        return Ok(JobId::new(job));
+    };
+    let (bucket, key) = path
+        .split_once('/')
+        .with_context(|| format!("{job}: expected s3://bucket/key"))?;
+    let head = clients
+        .s3
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .with_context(|| format!("{job}: cannot read the object's metadata"))?;
+    let version = match (head.version_id(), head.e_tag()) {
+        (Some(v), _) if !v.is_empty() && v != "null" => v.to_owned(),
+        (_, Some(etag)) => format!("{ETAG_PREFIX}{}", etag.trim_matches('"')),
+        _ => bail!("{job}: the object has neither a version id nor an ETag"),
+    };
+    Ok(SourceRef {
+        bucket: bucket.into(),
+        key: key.into(),
+        version,
+    }
+    .job_id())
+}
+
+/// One line per job, newest first.
+pub async fn list(names: &Names, status: Option<JobStatus>, limit: usize) -> anyhow::Result<()> {
+    let clients = Clients::load().await;
+    let store = store(names, &clients);
+    let now = now_ms();
+    println!(
+        "{:<32}  {:<21}  {:>4}  {:>10}  {:>8}  SOURCE",
+        "JOB", "STATUS", "%", "PROCESSED", "FAILED"
+    );
+    for id in store.list_jobs(status, limit).await? {
+        let Some(job) = store.get_job(&id).await? else {
+            continue;
+        };
+        let v = JobStatusView::of(&job, now);
+        println!(
+            "{:<32}  {:<21}  {:>4}  {:>10}  {:>8}  {}",
+            v.job_id, v.status, v.progress, v.processed, v.failed, v.source
+        );
+    }
+    Ok(())
+}
+
+/// Exit code for a final status: 0 completed, 2 completed with errors,
+/// 1 failed.
+pub fn exit_code(status: JobStatus) -> i32 {
+    match status {
+        JobStatus::Completed | JobStatus::Processing => 0,
+        JobStatus::CompletedWithErrors => 2,
+        JobStatus::Failed => 1,
+    }
+}
+
+/// Prints the job's status as JSON; with `watch`, a progress bar until the
+/// job is final, then the JSON. Returns the exit code.
+pub async fn status(names: &Names, job: &str, watch: bool) -> anyhow::Result<i32> {
+    let clients = Clients::load().await;
+    let store = store(names, &clients);
+    let id = resolve(&clients, job).await?;
+    let read = || async {
+        store
+            .get_job(&id)
+            .await?
+            .with_context(|| format!("no job {id}"))
+    };
+    let mut job = read().await?;
+    if watch {
+        let bar = ProgressBar::new(100);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos:>3}% {msg}").expect("valid template"),
+        );
+        while !job.status.is_final() {
+            show(&bar, &JobStatusView::of(&job, now_ms()));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            job = read().await?;
+        }
+        show(&bar, &JobStatusView::of(&job, now_ms()));
+        bar.finish();
+    }
+    let view = JobStatusView::of(&job, now_ms());
+    println!("{}", serde_json::to_string_pretty(&view)?);
+    Ok(if watch { exit_code(job.status) } else { 0 })
+}
+
+/// The progress bar's state: the same figures `status` prints.
+pub fn show(bar: &ProgressBar, v: &JobStatusView) {
+    bar.set_position(u64::from(v.progress));
+    let eta = v
+        .eta_seconds
+        .map(|s| format!(", ETA {s}s"))
+        .unwrap_or_default();
+    bar.set_message(format!(
+        "{:?}: {} processed, {} failed, {}/s{eta}",
+        v.phase, v.processed, v.failed, v.records_per_second
+    ));
+}

@@ -1,0 +1,174 @@
+//! What a user asks about a job ("where is my import?"): phase, progress by
+//! the usual convention (0-10 while the file is read, 10-99 as batches
+//! finish, 100 when final), rate and ETA, computed from one read of the job.
+
+use crate::job::{Cost, Job, JobId, JobStatus};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Prepare is still reading the file (workers may already process).
+    ReadingFile,
+    /// Every batch is written; workers are processing them.
+    Processing,
+    /// Every batch is done; the job is being finalized.
+    Finalizing,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatusView {
+    pub job_id: JobId,
+    pub source: String,
+    pub status: JobStatus,
+    pub phase: Phase,
+    /// 0-10 while the file is read, 10-99 as batches finish, 100 when final.
+    pub progress: u8,
+    /// Known once the whole file is read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_records: Option<u64>,
+    pub processed: u64,
+    pub failed: u64,
+    pub batches_ready: u64,
+    pub batches_done: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_batches: Option<u64>,
+    pub records_per_second: f64,
+    /// Seconds left at the current rate, once the total is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+    pub created_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+    pub spend: Cost,
+}
+
+impl JobStatusView {
+    pub fn of(job: &Job, now_ms: i64) -> Self {
+        let phase = if job.status.is_final() {
+            Phase::Done
+        } else if !job.prepared {
+            Phase::ReadingFile
+        } else if job.all_batches_done() {
+            Phase::Finalizing
+        } else {
+            Phase::Processing
+        };
+        let progress = match phase {
+            Phase::Done => 100,
+            Phase::Finalizing => 99,
+            // Without the file's size, reading only says it has started.
+            Phase::ReadingFile => u8::from(job.batches_ready > 0) * 5,
+            Phase::Processing => {
+                let done = job.batches_done.min(job.total_batches);
+                10 + (89 * done / job.total_batches.max(1)) as u8
+            }
+        };
+        let end = job.finished_at_ms.unwrap_or(now_ms);
+        let elapsed_s = (end - job.created_at_ms).max(0) as f64 / 1000.0;
+        let handled = job.processed + job.failed;
+        let rate = if elapsed_s > 0.0 {
+            handled as f64 / elapsed_s
+        } else {
+            0.0
+        };
+        let total = job.prepared.then_some(job.total_records);
+        let eta_seconds = match (total, phase) {
+            (_, Phase::Done) => Some(0),
+            (Some(total), _) if rate > 0.0 => {
+                Some((total.saturating_sub(handled) as f64 / rate).ceil() as u64)
+            }
+            _ => None,
+        };
+        JobStatusView {
+            job_id: job.id.clone(),
+            source: job.source.to_string(),
+            status: job.status,
+            phase,
+            progress,
+            total_records: total,
+            processed: job.processed,
+            failed: job.failed,
+            batches_ready: job.batches_ready,
+            batches_done: job.batches_done,
+            total_batches: job.prepared.then_some(job.total_batches),
+            records_per_second: (rate * 10.0).round() / 10.0,
+            eta_seconds,
+            created_at_ms: job.created_at_ms,
+            finished_at_ms: job.finished_at_ms,
+            failure_reason: job.failure_reason.clone(),
+            report: job.report.clone(),
+            spend: job.cost,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::SourceRef;
+
+    fn job() -> Job {
+        Job {
+            id: JobId::new("j"),
+            status: JobStatus::Processing,
+            source: SourceRef {
+                bucket: "b".into(),
+                key: "k.csv".into(),
+                version: "v".into(),
+            },
+            prepared: false,
+            total_records: 0,
+            total_batches: 0,
+            batches_ready: 0,
+            batches_handed_out: 0,
+            batches_done: 0,
+            processed: 0,
+            failed: 0,
+            prepare_lease_until_ms: 0,
+            prepare_failures: 0,
+            created_at_ms: 0,
+            finished_at_ms: None,
+            failure_reason: None,
+            report: None,
+            cost: Cost::default(),
+        }
+    }
+
+    #[test]
+    fn progress_follows_the_phases() {
+        let mut j = job();
+        let v = JobStatusView::of(&j, 1_000);
+        assert_eq!(
+            (v.phase, v.progress, v.eta_seconds),
+            (Phase::ReadingFile, 0, None)
+        );
+        j.batches_ready = 3;
+        assert_eq!(JobStatusView::of(&j, 1_000).progress, 5);
+        j.prepared = true;
+        j.total_batches = 10;
+        j.total_records = 1_000;
+        j.batches_done = 5;
+        j.processed = 450;
+        j.failed = 50;
+        let v = JobStatusView::of(&j, 10_000);
+        assert_eq!((v.phase, v.progress), (Phase::Processing, 54));
+        assert_eq!(v.records_per_second, 50.0);
+        assert_eq!(v.eta_seconds, Some(10), "500 records left at 50 a second");
+        j.batches_done = 10;
+        assert_eq!(JobStatusView::of(&j, 10_000).phase, Phase::Finalizing);
+        j.status = JobStatus::CompletedWithErrors;
+        j.finished_at_ms = Some(20_000);
+        let v = JobStatusView::of(&j, 99_000);
+        assert_eq!(
+            (v.phase, v.progress, v.eta_seconds),
+            (Phase::Done, 100, Some(0))
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! The operator's commands against the emulator: `bulkimport jobs` and
+//! `bulkimport status` find a finished job by id or by its S3 object and
+//! report how it ended.
+
+use integration_tests::{bulkimport, Stack};
+use tokio::process::Command;
+
+const DEFINITION: &str = r#"{
+  "fields": [
+    {"name": "email", "type": "email", "required": true},
+    {"name": "name", "type": "string"}
+  ],
+  "keyField": "email",
+  "batchSize": 4
+}"#;
+
+async fn cli(stack: &Stack, args: &[&str]) -> (i32, String) {
+    let r = &stack.resources;
+    let out = Command::new(bulkimport())
+        .args(["--bucket", &r.bucket, "--state-table", &r.state_table])
+        .args(args)
+        .output()
+        .await
+        .expect("run bulkimport");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code().is_some(),
+        "bulkimport was killed: {stderr}"
+    );
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).expect("UTF-8 output"),
+    )
+}
+
+#[tokio::test]
+async fn status_and_jobs_find_a_finished_job_by_its_object_and_say_how_it_ended() {
+    let stack = Stack::new(DEFINITION).await;
+    let mut csv = String::from("email,name\n");
+    for i in 0..10 {
+        csv.push_str(&format!("user{i}@example.com,User {i}\n"));
+    }
+    csv.push_str("not-an-email,Broken\n");
+    let event = stack.upload("uploads/people.csv", csv).await;
+    let prepared = stack.orchestrate(event).await;
+    let job = bulk_import::JobId::new(&prepared[0].job_id);
+    stack.run_workers(2, &job).await;
+
+    let object = format!("s3://{}/uploads/people.csv", stack.resources.bucket);
+    let (code, out) = cli(&stack, &["status", &object, "--watch"]).await;
+    assert_eq!(code, 2, "completed with errors: {out}");
+    let view: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
+    assert_eq!(view["jobId"], job.as_str());
+    assert_eq!(view["status"], "COMPLETED_WITH_ERRORS");
+    assert_eq!(view["progress"], 100);
+    assert_eq!(
+        (view["processed"].as_u64(), view["failed"].as_u64()),
+        (Some(10), Some(1))
+    );
+    assert_eq!(view["totalBatches"], 3);
+
+    let (code, out) = cli(&stack, &["status", job.as_str()]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("\"phase\": \"done\""), "{out}");
+
+    let (_, listed) = cli(&stack, &["jobs", "--status", "completed-with-errors"]).await;
+    assert!(listed.contains(job.as_str()), "{listed}");
+    let (_, failed) = cli(&stack, &["jobs", "--status", "FAILED"]).await;
+    assert!(!failed.contains(job.as_str()), "{failed}");
+}
