@@ -72,6 +72,41 @@ pub async fn list(names: &Names, status: Option<JobStatus>, limit: usize) -> any
     Ok(())
 }
 
+/// The first `limit` failed records of a job, in input order, as CSV
+/// (line, field, value, message; one row per problem).
+pub async fn errors(names: &Names, job: &str, limit: usize) -> anyhow::Result<()> {
+    let clients = Clients::load().await;
+    let store = store(names, &clients);
+    let id = resolve(&clients, job).await?;
+    let job = store
+        .get_job(&id)
+        .await?
+        .with_context(|| format!("no job {id}"))?;
+    let mut out = csv_async::AsyncWriter::from_writer(tokio::io::stdout());
+    out.write_record(["line", "field", "value", "message"])
+        .await?;
+    let mut rows = 0;
+    'batches: for batch in 0..job.total_batches.max(job.batches_ready) {
+        for record in store.failed_records(&id, batch).await? {
+            for issue in &record.issues {
+                if rows == limit {
+                    break 'batches;
+                }
+                out.write_record([
+                    record.line.to_string().as_str(),
+                    issue.field.as_deref().unwrap_or_default(),
+                    issue.value.as_deref().unwrap_or_default(),
+                    &issue.message,
+                ])
+                .await?;
+                rows += 1;
+            }
+        }
+    }
+    out.flush().await?;
+    Ok(())
+}
+
 /// Exit code for a final status: 0 completed, 2 completed with errors,
 /// 1 failed.
 pub fn exit_code(status: JobStatus) -> i32 {

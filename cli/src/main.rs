@@ -77,6 +77,13 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// A job's failed records as CSV (line, field, value, message), in input
+    /// order. JOB is a job id or s3://bucket/key.
+    Errors {
+        job: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Create the bucket, queue (with its DLQ) and tables unless they exist;
     /// print their names and URLs as JSON.
     Setup {
@@ -106,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(&cli.names, args).await,
         Command::Worker(args) => worker::run(&cli.names, args).await,
         Command::Jobs { status, limit } => jobs::list(&cli.names, status, limit).await,
+        Command::Errors { job, limit } => jobs::errors(&cli.names, &job, limit).await,
         Command::Status { job, watch } => {
             let code = jobs::status(&cli.names, &job, watch).await?;
             std::process::exit(code);

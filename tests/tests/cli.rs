@@ -63,6 +63,13 @@ async fn status_and_jobs_find_a_finished_job_by_its_object_and_say_how_it_ended(
     assert_eq!(code, 0);
     assert!(out.contains("\"phase\": \"done\""), "{out}");
 
+    let (code, errors) = cli(&stack, &["errors", job.as_str(), "--limit", "5"]).await;
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = errors.lines().collect();
+    assert_eq!(rows[0], "line,field,value,message");
+    assert_eq!(rows.len(), 2, "{errors}");
+    assert!(rows[1].starts_with("12,email,not-an-email,"), "{errors}");
+
     let (_, listed) = cli(&stack, &["jobs", "--status", "completed-with-errors"]).await;
     assert!(listed.contains(job.as_str()), "{listed}");
     let (_, failed) = cli(&stack, &["jobs", "--status", "FAILED"]).await;
