@@ -35,6 +35,10 @@ pub struct Settings {
     pub target_table: Option<String>,
     /// `EVENTS_QUEUE_URL`: optional queue for job-completed events.
     pub events_queue_url: Option<String>,
+    /// `PREPARE_QUEUE_URL`: where a prepare handed over near the deadline
+    /// is continued from (the orchestrator consumes it); without it, the
+    /// next sweep resumes such a prepare.
+    pub prepare_queue_url: Option<String>,
     /// `REPORT_BUCKET`: where error reports go (default: the upload bucket).
     pub report_bucket: Option<String>,
     /// `REPORT_PREFIX` (`reports/`): key prefix of error reports.
@@ -89,6 +93,7 @@ impl Settings {
             queue_url: queue_url.into(),
             target_table: None,
             events_queue_url: None,
+            prepare_queue_url: None,
             report_bucket: None,
             report_prefix: "reports/".into(),
             definition: definition.into(),
@@ -106,6 +111,7 @@ impl Settings {
             queue_url: required("QUEUE_URL")?,
             target_table: var("TARGET_TABLE"),
             events_queue_url: var("EVENTS_QUEUE_URL"),
+            prepare_queue_url: var("PREPARE_QUEUE_URL"),
             report_bucket: var("REPORT_BUCKET"),
             report_prefix: var("REPORT_PREFIX").unwrap_or_else(|| "reports/".into()),
             definition: required("IMPORT_DEFINITION")?,

@@ -6,12 +6,13 @@
 
 use crate::events::JobEvents;
 use crate::finalize::Finalizer;
+use crate::job::JobId;
 use crate::objects::ObjectSource;
 use crate::pinned::PinnedDefinitions;
 use crate::prepare::{PrepareSettings, Preparer};
 use crate::process::{Worker, WorkerSettings};
 use crate::processor::RecordProcessor;
-use crate::queue::WorkQueue;
+use crate::queue::{QueueError, WorkMessage, WorkQueue};
 use crate::report::ReportSink;
 use crate::schema::Definition;
 use crate::store::JobStore;
@@ -22,6 +23,9 @@ pub struct Deps {
     pub store: Arc<dyn JobStore>,
     pub objects: Arc<dyn ObjectSource>,
     pub queue: Arc<dyn WorkQueue>,
+    /// Continuations of prepares handed over near a deadline (`None`: the
+    /// sweeper resumes them).
+    pub prepare_queue: Option<Arc<dyn WorkQueue>>,
     pub events: Arc<dyn JobEvents>,
     pub reports: Arc<dyn ReportSink>,
     /// What workers run on valid records; `None` in the orchestrator.
@@ -61,6 +65,26 @@ impl Deps {
             reports: self.reports.as_ref(),
             definition,
             settings: &self.worker,
+        }
+    }
+
+    /// Asks for a handed-over prepare to be continued at once (through the
+    /// prepare queue); without one, the next sweep resumes it.
+    pub async fn continue_prepare(&self, job: &JobId) -> Result<(), QueueError> {
+        match &self.prepare_queue {
+            Some(queue) => {
+                tracing::info!(job_id = %job, "prepare handed over; continuing at once");
+                queue
+                    .send(&[WorkMessage {
+                        job_id: job.clone(),
+                        continuation: true,
+                    }])
+                    .await
+            }
+            None => {
+                tracing::warn!(job_id = %job, "prepare handed over; no prepare queue, the next sweep resumes it");
+                Ok(())
+            }
         }
     }
 

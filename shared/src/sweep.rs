@@ -93,7 +93,11 @@ async fn recover(
         if job.prepare_lease_until_ms < now {
             tracing::warn!(job_id = %id, from_batch = job.batches_ready, "resuming an abandoned prepare");
             let preparer = deps.preparer(&definition);
-            if let Err(source) = preparer.run_until(&job.source, owner, deadline).await {
+            let outcome = preparer.run_until(&job.source, owner, deadline).await;
+            if let Ok(crate::prepare::PrepareOutcome::HandedOff(job)) = &outcome {
+                deps.continue_prepare(&job.id).await?;
+            }
+            if let Err(source) = outcome {
                 let error = crate::telemetry::error_chain(&source);
                 let failures = store.note_prepare_failure(id, &error).await?;
                 if failures >= MAX_PREPARE_FAILURES {

@@ -1,4 +1,5 @@
-//! Orchestrator Lambda: S3 ObjectCreated -> job of batches -> worker fan-out.
+//! Orchestrator Lambda: S3 ObjectCreated -> job of batches -> worker fan-out;
+//! prepare-queue messages -> continued prepares.
 
 use bulk_import::handlers::{orchestrator, Deps};
 use bulk_import::telemetry;
@@ -11,7 +12,7 @@ async fn main() -> Result<(), Error> {
     // one fails the cold start with a message naming the setting.
     let deps = Deps::from_env(None).await?;
     run(service_fn(|event: LambdaEvent<_>| {
-        orchestrator::handle(&deps, event)
+        orchestrator::handle_any(&deps, event)
     }))
     .await
 }

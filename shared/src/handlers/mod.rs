@@ -66,6 +66,10 @@ impl Deps {
             store: Arc::new(store),
             objects: Arc::new(S3Objects::new(clients.s3.clone())),
             queue: Arc::new(SqsQueue::new(clients.sqs.clone(), &settings.queue_url)),
+            prepare_queue: settings.prepare_queue_url.as_ref().map(|url| {
+                Arc::new(SqsQueue::new(clients.sqs.clone(), url))
+                    as Arc<dyn crate::queue::WorkQueue>
+            }),
             events: Arc::new(SqsEvents {
                 client: clients.sqs.clone(),
                 queue_url: settings.events_queue_url.clone(),

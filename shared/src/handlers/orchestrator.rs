@@ -4,7 +4,9 @@ use super::Deps;
 use crate::job::SourceRef;
 use crate::objects::ETAG_PREFIX;
 use crate::prepare::{PrepareError, PrepareOutcome};
+use crate::queue::WorkMessage;
 use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
@@ -20,14 +22,22 @@ pub enum OrchestratorError {
     Prepare(#[from] PrepareError),
     #[error(transparent)]
     Definition(#[from] crate::pinned::PinError),
+    #[error(transparent)]
+    Continuation(#[from] crate::queue::QueueError),
+    #[error("the event is neither an S3 notification nor an SQS batch")]
+    UnknownEvent(#[source] serde_json::Error),
 }
 
 impl OrchestratorError {
     /// Lambda's `errorType`, for dashboards and alarms.
     pub fn error_type(&self) -> &'static str {
         match self {
-            OrchestratorError::MalformedRecord(_) | OrchestratorError::BadKey(_) => "InvalidEvent",
-            OrchestratorError::Prepare(_) | OrchestratorError::Definition(_) => "PrepareFailed",
+            OrchestratorError::MalformedRecord(_)
+            | OrchestratorError::BadKey(_)
+            | OrchestratorError::UnknownEvent(_) => "InvalidEvent",
+            OrchestratorError::Prepare(_)
+            | OrchestratorError::Definition(_)
+            | OrchestratorError::Continuation(_) => "PrepareFailed",
         }
     }
 }
@@ -114,7 +124,10 @@ pub async fn handle(
             PrepareOutcome::AlreadyPrepared(job) => ("duplicate", job),
             PrepareOutcome::InProgress(job) => ("in-progress", job),
             PrepareOutcome::Rejected(job) => ("rejected", job),
-            PrepareOutcome::HandedOff(job) => ("handed-off", job),
+            PrepareOutcome::HandedOff(job) => {
+                deps.continue_prepare(&job.id).await?;
+                ("handed-off", job)
+            }
         };
         tracing::info!(outcome, status = %job.status, total_records = job.total_records, "object handled");
         results.push(Prepared {
@@ -126,6 +139,88 @@ pub async fn handle(
         });
     }
     Ok(results)
+}
+
+/// The orchestrator's two kinds of event: S3 notifications (new uploads)
+/// and SQS batches from the prepare queue (continuations of prepares handed
+/// over near a deadline), told apart by their records' `eventSource`.
+pub async fn handle_any(
+    deps: &Deps,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<serde_json::Value, OrchestratorError> {
+    let (payload, context) = event.into_parts();
+    let from_sqs = payload["Records"][0]["eventSource"] == "aws:sqs";
+    let output = if from_sqs {
+        let batch: SqsEvent =
+            serde_json::from_value(payload).map_err(OrchestratorError::UnknownEvent)?;
+        serde_json::to_value(continue_prepares(deps, LambdaEvent::new(batch, context)).await?)
+    } else {
+        let s3: S3Event =
+            serde_json::from_value(payload).map_err(OrchestratorError::UnknownEvent)?;
+        serde_json::to_value(handle(deps, LambdaEvent::new(s3, context)).await?)
+    };
+    Ok(output.expect("responses serialize"))
+}
+
+/// Continues the prepares named by prepare-queue messages (`{"jobId"}`);
+/// a job already prepared or final is left alone. A message fails alone.
+pub async fn continue_prepares(
+    deps: &Deps,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, OrchestratorError> {
+    let owner = event.context.request_id.clone();
+    let deadline = super::deadline_of(event.context.deadline);
+    let mut response = SqsBatchResponse::default();
+    for message in &event.payload.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let result = async {
+            let body = message.body.as_deref().unwrap_or_default();
+            let work: WorkMessage = match serde_json::from_str(body) {
+                Ok(w) => w,
+                Err(_) => {
+                    tracing::error!(message_id = %id, "message body is not {{\"jobId\": ...}}");
+                    return Ok(false);
+                }
+            };
+            let store = deps.store.as_ref();
+            let Some(job) = store
+                .get_job(&work.job_id)
+                .await
+                .map_err(PrepareError::from)?
+            else {
+                return Ok(true);
+            };
+            if job.prepared || job.status.is_final() {
+                return Ok(true);
+            }
+            let definition = deps.pinned.of(store, &job.id, &deps.definition).await?;
+            let span = tracing::info_span!("continue", job_id = %job.id);
+            let outcome = deps
+                .preparer(&definition)
+                .run_until(&job.source, &owner, deadline)
+                .instrument(span)
+                .await?;
+            if let PrepareOutcome::HandedOff(job) = outcome {
+                deps.continue_prepare(&job.id).await?;
+            }
+            Ok::<_, OrchestratorError>(true)
+        }
+        .await;
+        let ok = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                let error = crate::telemetry::error_chain(&e);
+                tracing::error!(message_id = %id, %error, "continuing a prepare failed; the message will be retried");
+                false
+            }
+        };
+        if !ok {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            response.batch_item_failures.push(failure);
+        }
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

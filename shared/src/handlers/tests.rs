@@ -21,12 +21,14 @@ const S3_PUT: &str = include_str!("../../../events/s3-put.json");
 const SQS_WORK: &str = include_str!("../../../events/sqs-work.json");
 const SQS_CONTINUATION: &str = include_str!("../../../events/sqs-continuation.json");
 const SCHEDULE: &str = include_str!("../../../events/sweeper-schedule.json");
+const SQS_PREPARE: &str = include_str!("../../../events/sqs-prepare-continuation.json");
 
 struct Fixture {
     deps: Deps,
     reports: Arc<MemoryReports>,
     store: Arc<MemoryStore>,
     queue: Arc<MemoryQueue>,
+    prepare_queue: Arc<MemoryQueue>,
     events: Arc<MemoryEvents>,
     recorder: Arc<MemoryProcessor>,
 }
@@ -37,6 +39,7 @@ fn fixture(csv: &str) -> Fixture {
     objects.put("bulk-import-uploads", "uploads/users 2026-11(1).csv", csv);
     let store = Arc::new(MemoryStore::new());
     let queue = Arc::new(MemoryQueue::default());
+    let prepare_queue = Arc::new(MemoryQueue::default());
     let events = Arc::new(MemoryEvents::default());
     let recorder = Arc::new(MemoryProcessor::default());
     let reports = Arc::new(MemoryReports::default());
@@ -46,6 +49,7 @@ fn fixture(csv: &str) -> Fixture {
         store: store.clone(),
         objects,
         queue: queue.clone(),
+        prepare_queue: Some(prepare_queue.clone()),
         events: events.clone(),
         reports: reports.clone(),
         processor: Some(recorder.clone()),
@@ -62,6 +66,7 @@ fn fixture(csv: &str) -> Fixture {
         reports,
         store,
         queue,
+        prepare_queue,
         events,
         recorder,
     }
@@ -206,6 +211,46 @@ async fn a_job_keeps_the_definition_it_was_created_with_when_the_deployment_chan
     let records = f.recorder.records.lock().unwrap().clone();
     assert_eq!(records[0].values["email"], "ada@example.com");
     assert!(!records[0].values.contains_key("tenant"));
+}
+
+#[tokio::test]
+async fn a_prepare_handed_over_near_the_deadline_continues_at_once_from_the_prepare_queue() {
+    let f = fixture(CSV);
+    let event: S3Event = serde_json::from_str(S3_PUT).unwrap();
+    let mut near = Context::default();
+    near.deadline = (now_ms() + 1_000) as u64;
+    let first = orchestrator::handle(&f.deps, LambdaEvent::new(event, near))
+        .await
+        .unwrap();
+    assert_eq!(first[0].outcome, "handed-off");
+    let continuation = f.prepare_queue.sent.lock().unwrap().clone();
+    assert_eq!(continuation.len(), 1, "one continuation, sent at once");
+    let job = continuation[0].job_id.clone();
+    assert_eq!(job.as_str(), first[0].job_id);
+
+    // The queue delivers it to the orchestrator (through the same entry
+    // point Lambda calls).
+    let sqs: serde_json::Value = serde_json::from_str(
+        &SQS_PREPARE.replace("3f2b8c0e9a7d4e51b6c2d1f0a9e8b7c6", job.as_str()),
+    )
+    .unwrap();
+    let response =
+        orchestrator::handle_any(&f.deps, LambdaEvent::new(sqs.clone(), Context::default()))
+            .await
+            .unwrap();
+    assert_eq!(response["batchItemFailures"], serde_json::json!([]));
+    let done = f.store.get_job(&job).await.unwrap().unwrap();
+    assert!(done.prepared);
+    assert_eq!((done.total_records, done.total_batches), (5, 3));
+    // A second delivery of the same continuation changes nothing.
+    orchestrator::handle_any(&f.deps, LambdaEvent::new(sqs, Context::default()))
+        .await
+        .unwrap();
+    assert_eq!(f.prepare_queue.sent.lock().unwrap().len(), 1);
+    assert_eq!(
+        f.store.get_job(&job).await.unwrap().unwrap().total_batches,
+        3
+    );
 }
 
 #[tokio::test]
