@@ -107,6 +107,52 @@ pub async fn errors(names: &Names, job: &str, limit: usize) -> anyhow::Result<()
     Ok(())
 }
 
+/// Stops a job: prepare publishes nothing more, workers claim nothing more
+/// (each finishes the batch in hand), and the job ends ABORTED once, with
+/// its error report and completion event.
+pub async fn abort(
+    names: &Names,
+    job: &str,
+    reason: &str,
+    events_queue_url: Option<String>,
+) -> anyhow::Result<i32> {
+    let clients = Clients::load().await;
+    let store = store(names, &clients);
+    let id = resolve(&clients, job).await?;
+    let pinned = store
+        .pinned_definition(&id)
+        .await?
+        .with_context(|| format!("no job {id} (or it has no pinned definition)"))?;
+    let definition = bulk_import::Definition::from_json(&pinned, &format!("pinned to job {id}"))?;
+    let events = bulk_import::events::SqsEvents {
+        client: clients.sqs.clone(),
+        queue_url: events_queue_url,
+    };
+    let reports = bulk_import::report::S3Reports::new(
+        clients.s3.clone(),
+        Some(names.bucket.clone()),
+        "reports/",
+    );
+    let finalizer = bulk_import::finalize::Finalizer {
+        store: &store,
+        events: &events,
+        reports: &reports,
+        definition: &definition,
+    };
+    let aborted = finalizer.abort(&id, reason.to_owned()).await?;
+    let job = store
+        .get_job(&id)
+        .await?
+        .with_context(|| format!("no job {id}"))?;
+    let view = JobStatusView::of(&job, now_ms());
+    println!("{}", serde_json::to_string_pretty(&view)?);
+    if !aborted {
+        eprintln!("job {id} was already {}", job.status);
+        return Ok(1);
+    }
+    Ok(0)
+}
+
 /// Exit code for a final status: 0 completed, 2 completed with errors,
 /// 1 failed.
 pub fn exit_code(status: JobStatus) -> i32 {
@@ -114,6 +160,7 @@ pub fn exit_code(status: JobStatus) -> i32 {
         JobStatus::Completed | JobStatus::Processing => 0,
         JobStatus::CompletedWithErrors => 2,
         JobStatus::Failed => 1,
+        JobStatus::Aborted => 3,
     }
 }
 

@@ -73,9 +73,19 @@ enum Command {
     Status {
         job: String,
         /// Show a progress bar until the job is final; the exit code then
-        /// says how it ended (0 completed, 2 with errors, 1 failed).
+        /// says how it ended (0 completed, 2 with errors, 1 failed, 3 aborted).
         #[arg(long)]
         watch: bool,
+    },
+    /// Stop a job: nothing more is published or claimed; the batches in hand
+    /// finish; the job ends ABORTED (exit code 1 if it had already ended).
+    Abort {
+        job: String,
+        #[arg(long, default_value = "aborted by an operator")]
+        reason: String,
+        /// Events queue URL for the job-completed event.
+        #[arg(long, env = "EVENTS_QUEUE_URL")]
+        events_queue_url: Option<String>,
     },
     /// A job's failed records as CSV (line, field, value, message), in input
     /// order. JOB is a job id or s3://bucket/key.
@@ -114,6 +124,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker(args) => worker::run(&cli.names, args).await,
         Command::Jobs { status, limit } => jobs::list(&cli.names, status, limit).await,
         Command::Errors { job, limit } => jobs::errors(&cli.names, &job, limit).await,
+        Command::Abort {
+            job,
+            reason,
+            events_queue_url,
+        } => {
+            let code = jobs::abort(&cli.names, &job, &reason, events_queue_url).await?;
+            std::process::exit(code);
+        }
         Command::Status { job, watch } => {
             let code = jobs::status(&cli.names, &job, watch).await?;
             std::process::exit(code);

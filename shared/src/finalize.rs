@@ -59,6 +59,23 @@ impl Finalizer<'_> {
     /// Ends `job` as FAILED now, whatever its batches (a file-level error,
     /// or a failed record with `continueOnError` off).
     pub async fn fail(&self, job: &JobId, reason: String) -> Result<bool, FinalizeError> {
+        self.end_now(job, JobStatus::Failed, reason).await
+    }
+
+    /// Stops `job` now (an operator's abort): prepare publishes nothing
+    /// more, workers claim nothing more (the batch in hand still commits
+    /// and counts), and the job ends ABORTED with the failures known so far
+    /// in its report. False when the job was already final.
+    pub async fn abort(&self, job: &JobId, reason: String) -> Result<bool, FinalizeError> {
+        self.end_now(job, JobStatus::Aborted, reason).await
+    }
+
+    async fn end_now(
+        &self,
+        job: &JobId,
+        status: JobStatus,
+        reason: String,
+    ) -> Result<bool, FinalizeError> {
         let report = match self.store.get_job(job).await? {
             Some(j) if j.failed > 0 && !j.status.is_final() => {
                 Some(self.reports.write(&j, self.store).await?)
@@ -66,7 +83,7 @@ impl Finalizer<'_> {
             _ => None,
         };
         let fin = Finalization {
-            status: JobStatus::Failed,
+            status,
             reason: Some(reason),
             report,
             now_ms: now_ms(),

@@ -68,14 +68,17 @@ pub enum JobStatus {
     Completed,
     CompletedWithErrors,
     Failed,
+    /// Stopped by an operator: nothing more is published or claimed.
+    Aborted,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 4] = [
+    pub const ALL: [JobStatus; 5] = [
         JobStatus::Processing,
         JobStatus::Completed,
         JobStatus::CompletedWithErrors,
         JobStatus::Failed,
+        JobStatus::Aborted,
     ];
 
     pub fn is_final(self) -> bool {
@@ -88,6 +91,7 @@ impl JobStatus {
             JobStatus::Completed => "COMPLETED",
             JobStatus::CompletedWithErrors => "COMPLETED_WITH_ERRORS",
             JobStatus::Failed => "FAILED",
+            JobStatus::Aborted => "ABORTED",
         }
     }
 }

@@ -69,6 +69,9 @@ pub enum PrepareOutcome {
     /// The invocation's deadline came first: the lease is released and the
     /// next sweep resumes from the last written batch.
     HandedOff(Job),
+    /// The job ended while prepare ran (aborted, or failed by a worker):
+    /// prepare stopped at its next publication.
+    Stopped(Job),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,10 +135,30 @@ impl Preparer<'_> {
             last_publish: Instant::now(),
             woken: 0,
         };
-        match self
-            .write_batches(&job, &lease, deadline, &mut progress)
-            .await
-        {
+        let result = self.prepare(&job, &lease, deadline, &mut progress).await;
+        if let Err(PrepareError::Store(StoreError::PrepareLeaseLost(_))) = &result {
+            // Fenced out: by a newer owner, or because the job ended.
+            if let Some(current) = self.store.get_job(&job.id).await? {
+                if current.status.is_final() {
+                    tracing::info!(job_id = %job.id, status = %current.status, "job ended while preparing; prepare stopped");
+                    return Ok(PrepareOutcome::Stopped(current));
+                }
+            }
+        }
+        result
+    }
+
+    async fn prepare(
+        &self,
+        job: &Job,
+        lease: &PrepareLease,
+        deadline: Option<Instant>,
+        progress: &mut Progress,
+    ) -> Result<PrepareOutcome, PrepareError> {
+        let source = &job.source;
+        let job = job.clone();
+        let lease = lease.clone();
+        match self.write_batches(&job, &lease, deadline, progress).await {
             Ok((total_records, total_batches)) => {
                 if total_records == 0 {
                     let reason = format!("{source}: the file holds no records");
@@ -147,7 +170,7 @@ impl Preparer<'_> {
                     .await?;
                 // Wake the rest (a resumed prepare wakes anew: the workers
                 // woken before the crash may be gone).
-                self.wake_for(&job, total_batches, &mut progress).await?;
+                self.wake_for(&job, total_batches, progress).await?;
                 tracing::info!(job_id = %job.id, total_records, total_batches, "prepared");
                 // Workers may have finished every batch already.
                 self.finalizer().complete(&job).await?;
@@ -155,7 +178,7 @@ impl Preparer<'_> {
             }
             Err(Stop::Reject(reason)) => self.reject(job, reason).await,
             Err(Stop::Handoff) => {
-                self.publish(&job, &lease, &mut progress).await?;
+                self.publish(&job, &lease, progress).await?;
                 self.store.release_prepare(&job.id, &lease).await?;
                 let job = self.store.get_job(&job.id).await?.unwrap_or(job);
                 tracing::warn!(job_id = %job.id, batches = job.batches_ready, "deadline near; prepare handed over to the sweeper");
@@ -498,6 +521,129 @@ mod tests {
         assert_eq!(
             reports[0].1,
             "line,field,value,message\n3,n,x,not an integer\n"
+        );
+    }
+
+    /// Serves the object a few bytes a read and runs `then` once, after the
+    /// first `after` bytes: something that happens while prepare reads.
+    struct Interrupting {
+        body: std::io::Cursor<Vec<u8>>,
+        after: u64,
+        then: Option<Box<dyn FnOnce() + Send + Unpin>>,
+    }
+
+    impl tokio::io::AsyncRead for Interrupting {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.body.position() >= self.after {
+                if let Some(then) = self.then.take() {
+                    then();
+                }
+            }
+            let mut small = [0u8; 4];
+            let n = std::io::Read::read(&mut self.body, &mut small)?;
+            buf.put_slice(&small[..n]);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    struct AbortingObjects {
+        body: Vec<u8>,
+        store: std::sync::Arc<MemoryStore>,
+        job: crate::job::JobId,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::objects::ObjectSource for AbortingObjects {
+        async fn open(
+            &self,
+            _source: &SourceRef,
+        ) -> Result<crate::objects::ObjectBody, crate::objects::ObjectError> {
+            let (store, job) = (self.store.clone(), self.job.clone());
+            let abort = move || {
+                let fin = crate::store::Finalization {
+                    status: JobStatus::Aborted,
+                    reason: Some("stopped by an operator".into()),
+                    report: None,
+                    now_ms: now_ms(),
+                };
+                // The memory store never waits on anything.
+                futures::executor::block_on(crate::store::JobControl::finalize(
+                    store.as_ref(),
+                    &job,
+                    &fin,
+                    crate::store::FinalizeWhen::Now,
+                ))
+                .unwrap();
+            };
+            Ok(crate::objects::ObjectBody {
+                size: Some(self.body.len() as i64),
+                content_encoding: None,
+                reader: Box::new(Interrupting {
+                    body: std::io::Cursor::new(self.body.clone()),
+                    after: self.body.len() as u64 / 2,
+                    then: Some(Box::new(abort)),
+                }),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abort_stops_prepare_at_its_next_publication_and_nothing_more_is_claimable() {
+        let def = Definition::from_json(
+            r#"{"fields": [{"name": "n", "type": "integer"}], "batchSize": 1}"#,
+            "t",
+        )
+        .unwrap();
+        let mut body = String::from("n\n");
+        for i in 0..40 {
+            body.push_str(&format!("{i}\n"));
+        }
+        let source = SourceRef {
+            bucket: "b".into(),
+            key: "k.csv".into(),
+            version: "v".into(),
+        };
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let objects = AbortingObjects {
+            body: body.into_bytes(),
+            store: store.clone(),
+            job: source.job_id(),
+        };
+        let (queue, events, reports) = (
+            MemoryQueue::default(),
+            MemoryEvents::default(),
+            MemoryReports::default(),
+        );
+        let settings = PrepareSettings::default();
+        let preparer = Preparer {
+            store: store.as_ref(),
+            objects: &objects,
+            queue: &queue,
+            events: &events,
+            reports: &reports,
+            definition: &def,
+            settings: &settings,
+        };
+        let PrepareOutcome::Stopped(job) = preparer.run(&source, "o").await.unwrap() else {
+            panic!("prepare should stop at the abort")
+        };
+        assert_eq!(job.status, JobStatus::Aborted);
+        assert!(!job.prepared);
+        assert!(
+            job.batches_ready < 40,
+            "publication stopped: {} batches",
+            job.batches_ready
+        );
+        assert_eq!(
+            store
+                .claim_batch(&job.id, "w", now_ms(), 60_000)
+                .await
+                .unwrap(),
+            Claim::JobFinished(JobStatus::Aborted)
         );
     }
 }

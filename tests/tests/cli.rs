@@ -34,6 +34,38 @@ async fn cli(stack: &Stack, args: &[&str]) -> (i32, String) {
 }
 
 #[tokio::test]
+async fn abort_stops_a_job_once_and_nothing_more_is_claimed() {
+    let stack = Stack::new(DEFINITION).await;
+    let mut csv = String::from("email,name\n");
+    for i in 0..20 {
+        csv.push_str(&format!("user{i}@example.com,User {i}\n"));
+    }
+    let event = stack.upload("uploads/stop.csv", csv).await;
+    let prepared = stack.orchestrate(event).await;
+    let job = bulk_import::JobId::new(&prepared[0].job_id);
+
+    let (code, out) = cli(&stack, &["abort", job.as_str(), "--reason", "wrong file"]).await;
+    assert_eq!(code, 0, "{out}");
+    let view: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(view["status"], "ABORTED");
+    assert_eq!(view["failureReason"], "wrong file");
+    let (again, _) = cli(&stack, &["abort", job.as_str()]).await;
+    assert_eq!(again, 1, "an ended job is not aborted twice");
+
+    // Workers woken for the job find nothing to claim.
+    let stats = stack.run_workers(2, &job).await;
+    assert_eq!(stats.failed_messages, 0);
+    let done = stack.job(&job).await;
+    assert_eq!(
+        (done.status, done.processed),
+        (bulk_import::JobStatus::Aborted, 0)
+    );
+    assert!(stack.target_items().await.is_empty());
+    let (code, _) = cli(&stack, &["status", job.as_str(), "--watch"]).await;
+    assert_eq!(code, 3, "the exit code of an aborted job");
+}
+
+#[tokio::test]
 async fn status_and_jobs_find_a_finished_job_by_its_object_and_say_how_it_ended() {
     let stack = Stack::new(DEFINITION).await;
     let mut csv = String::from("email,name\n");

@@ -124,6 +124,7 @@ pub async fn handle(
             PrepareOutcome::AlreadyPrepared(job) => ("duplicate", job),
             PrepareOutcome::InProgress(job) => ("in-progress", job),
             PrepareOutcome::Rejected(job) => ("rejected", job),
+            PrepareOutcome::Stopped(job) => ("stopped", job),
             PrepareOutcome::HandedOff(job) => {
                 deps.continue_prepare(&job.id).await?;
                 ("handed-off", job)
