@@ -153,6 +153,49 @@ pub async fn abort(
     Ok(0)
 }
 
+/// Every imported record of a finished job, in input order, to `out` (or
+/// standard output).
+pub async fn export(
+    names: &Names,
+    job: &str,
+    format: bulk_import::export::ExportFormat,
+    out: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let clients = Clients::load().await;
+    let store = store(names, &clients);
+    let id = resolve(&clients, job).await?;
+    let job = store
+        .get_job(&id)
+        .await?
+        .with_context(|| format!("no job {id}"))?;
+    if !job.status.is_final() {
+        bail!(
+            "job {id} is still {}: export it once it has ended",
+            job.status
+        );
+    }
+    let pinned = store
+        .pinned_definition(&id)
+        .await?
+        .with_context(|| format!("job {id} has no pinned definition"))?;
+    let definition = bulk_import::Definition::from_json(&pinned, &format!("pinned to job {id}"))?;
+    let written = match &out {
+        Some(path) => {
+            let file = tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut w = tokio::io::BufWriter::new(file);
+            bulk_import::export::export(&store, &definition, &job, format, &mut w).await?
+        }
+        None => {
+            let mut w = tokio::io::BufWriter::new(tokio::io::stdout());
+            bulk_import::export::export(&store, &definition, &job, format, &mut w).await?
+        }
+    };
+    eprintln!("exported {written} records");
+    Ok(())
+}
+
 /// Exit code for a final status: 0 completed, 2 completed with errors,
 /// 1 failed.
 pub fn exit_code(status: JobStatus) -> i32 {

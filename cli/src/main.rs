@@ -87,6 +87,16 @@ enum Command {
         #[arg(long, env = "EVENTS_QUEUE_URL")]
         events_queue_url: Option<String>,
     },
+    /// Every imported record of a finished job, in input order (to standard
+    /// output unless --out).
+    Export {
+        job: String,
+        /// ndjson, csv or json.
+        #[arg(long, default_value = "ndjson")]
+        format: bulk_import::export::ExportFormat,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// A job's failed records as CSV (line, field, value, message), in input
     /// order. JOB is a job id or s3://bucket/key.
     Errors {
@@ -124,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker(args) => worker::run(&cli.names, args).await,
         Command::Jobs { status, limit } => jobs::list(&cli.names, status, limit).await,
         Command::Errors { job, limit } => jobs::errors(&cli.names, &job, limit).await,
+        Command::Export { job, format, out } => jobs::export(&cli.names, &job, format, out).await,
         Command::Abort {
             job,
             reason,

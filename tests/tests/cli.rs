@@ -102,6 +102,21 @@ async fn status_and_jobs_find_a_finished_job_by_its_object_and_say_how_it_ended(
     assert_eq!(rows.len(), 2, "{errors}");
     assert!(rows[1].starts_with("12,email,not-an-email,"), "{errors}");
 
+    let (code, csv_out) = cli(&stack, &["export", job.as_str(), "--format", "csv"]).await;
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = csv_out.lines().collect();
+    assert_eq!(
+        rows.len(),
+        11,
+        "header and the 10 imported records: {csv_out}"
+    );
+    assert_eq!(rows[0], "email,name");
+    assert_eq!(rows[1], "user0@example.com,User 0");
+    let (_, json_out) = cli(&stack, &["export", &object, "--format", "json"]).await;
+    let records: Vec<serde_json::Value> = serde_json::from_str(&json_out).expect("a JSON array");
+    assert_eq!(records.len(), 10);
+    assert_eq!(records[9]["email"], "user9@example.com");
+
     let (_, listed) = cli(&stack, &["jobs", "--status", "completed-with-errors"]).await;
     assert!(listed.contains(job.as_str()), "{listed}");
     let (_, failed) = cli(&stack, &["jobs", "--status", "FAILED"]).await;
