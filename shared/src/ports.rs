@@ -12,7 +12,7 @@ use crate::pinned::PinnedDefinitions;
 use crate::prepare::{PrepareSettings, Preparer};
 use crate::process::{Worker, WorkerSettings};
 use crate::processor::RecordProcessor;
-use crate::queue::{QueueError, WorkMessage, WorkQueue};
+use crate::queue::{PrepareQueue, QueueError, WorkQueue};
 use crate::report::ReportSink;
 use crate::schema::Definition;
 use crate::store::JobStore;
@@ -25,7 +25,7 @@ pub struct Deps {
     pub queue: Arc<dyn WorkQueue>,
     /// Continuations of prepares handed over near a deadline (`None`: the
     /// sweeper resumes them).
-    pub prepare_queue: Option<Arc<dyn WorkQueue>>,
+    pub prepare_queue: Option<Arc<dyn PrepareQueue>>,
     pub events: Arc<dyn JobEvents>,
     pub reports: Arc<dyn ReportSink>,
     /// What workers run on valid records; `None` in the orchestrator.
@@ -74,12 +74,7 @@ impl Deps {
         match &self.prepare_queue {
             Some(queue) => {
                 tracing::info!(job_id = %job, "prepare handed over; continuing at once");
-                queue
-                    .send(&[WorkMessage {
-                        job_id: job.clone(),
-                        continuation: true,
-                    }])
-                    .await
+                queue.continue_prepare(job).await
             }
             None => {
                 tracing::warn!(job_id = %job, "prepare handed over; no prepare queue, the next sweep resumes it");

@@ -1,5 +1,7 @@
-//! Fan-out: `{jobId}` messages that wake workers. The `WorkQueue` trait has an
-//! SQS implementation; tests may use the in-memory one.
+//! The two queues of a job: fan-out (`WorkQueue`: `{jobId}` messages that
+//! wake workers) and prepare continuations (`PrepareQueue`: `{jobId}`
+//! messages that make the orchestrator resume a prepare handed over near its
+//! deadline). Each has an SQS implementation and an in-memory one for tests.
 
 use crate::job::JobId;
 use async_trait::async_trait;
@@ -17,17 +19,37 @@ pub struct WorkMessage {
     pub continuation: bool,
 }
 
+/// The message body the orchestrator receives from the prepare queue. The
+/// job item holds the source, so the job's id is all a continuation needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrepareMessage {
+    pub job_id: JobId,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("sending to the work queue failed")]
     Send(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the work queue rejected {0} of the messages")]
     Rejected(usize),
+    #[error("sending the continuation of job {job}'s prepare failed")]
+    Continue {
+        job: JobId,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 #[async_trait]
 pub trait WorkQueue: Send + Sync {
     async fn send(&self, messages: &[WorkMessage]) -> Result<(), QueueError>;
+}
+
+/// Where a prepare handed over near a deadline asks to be continued.
+#[async_trait]
+pub trait PrepareQueue: Send + Sync {
+    async fn continue_prepare(&self, job: &JobId) -> Result<(), QueueError>;
 }
 
 /// SQS limit on entries per SendMessageBatch.
@@ -87,6 +109,26 @@ impl WorkQueue for SqsQueue {
     }
 }
 
+#[async_trait]
+impl PrepareQueue for SqsQueue {
+    async fn continue_prepare(&self, job: &JobId) -> Result<(), QueueError> {
+        let body = PrepareMessage {
+            job_id: job.clone(),
+        };
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(serde_json::to_string(&body).expect("message serializes"))
+            .send()
+            .await
+            .map_err(|e| QueueError::Continue {
+                job: job.clone(),
+                source: e.into(),
+            })?;
+        Ok(())
+    }
+}
+
 /// Collects messages in memory (unit tests, single-process runs).
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
@@ -100,6 +142,25 @@ impl WorkQueue for MemoryQueue {
             .lock()
             .expect("queue poisoned")
             .extend_from_slice(messages);
+        Ok(())
+    }
+}
+
+/// Collects prepare continuations in memory (unit tests).
+#[derive(Debug, Default)]
+pub struct MemoryPrepareQueue {
+    pub sent: Mutex<Vec<PrepareMessage>>,
+}
+
+#[async_trait]
+impl PrepareQueue for MemoryPrepareQueue {
+    async fn continue_prepare(&self, job: &JobId) -> Result<(), QueueError> {
+        self.sent
+            .lock()
+            .expect("queue poisoned")
+            .push(PrepareMessage {
+                job_id: job.clone(),
+            });
         Ok(())
     }
 }
@@ -118,5 +179,19 @@ mod tests {
         let c: WorkMessage =
             serde_json::from_str(r#"{"jobId":"abc","continuation":true}"#).unwrap();
         assert!(c.continuation);
+    }
+
+    #[test]
+    fn prepare_message_body_is_the_documented_json() {
+        let m = PrepareMessage {
+            job_id: JobId::new("abc"),
+        };
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"jobId":"abc"}"#);
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../../events/sqs-prepare-continuation.json"))
+                .unwrap();
+        let body = fixture["Records"][0]["body"].as_str().unwrap();
+        let parsed: PrepareMessage = serde_json::from_str(body).unwrap();
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), body);
     }
 }

@@ -16,7 +16,7 @@ use crate::objects::S3Objects;
 use crate::prepare::PrepareSettings;
 use crate::process::WorkerSettings;
 use crate::processor::{DynamoUpsert, RecordProcessor};
-use crate::queue::SqsQueue;
+use crate::queue::{PrepareQueue, SqsQueue};
 use crate::report::S3Reports;
 use crate::store::dynamodb::DynamoStore;
 use std::sync::Arc;
@@ -67,8 +67,7 @@ impl Deps {
             objects: Arc::new(S3Objects::new(clients.s3.clone())),
             queue: Arc::new(SqsQueue::new(clients.sqs.clone(), &settings.queue_url)),
             prepare_queue: settings.prepare_queue_url.as_ref().map(|url| {
-                Arc::new(SqsQueue::new(clients.sqs.clone(), url))
-                    as Arc<dyn crate::queue::WorkQueue>
+                Arc::new(SqsQueue::new(clients.sqs.clone(), url)) as Arc<dyn PrepareQueue>
             }),
             events: Arc::new(SqsEvents {
                 client: clients.sqs.clone(),

@@ -4,7 +4,7 @@ use super::Deps;
 use crate::job::SourceRef;
 use crate::objects::ETAG_PREFIX;
 use crate::prepare::{PrepareError, PrepareOutcome};
-use crate::queue::WorkMessage;
+use crate::queue::PrepareMessage;
 use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
@@ -176,8 +176,8 @@ pub async fn continue_prepares(
         let id = message.message_id.clone().unwrap_or_default();
         let result = async {
             let body = message.body.as_deref().unwrap_or_default();
-            let work: WorkMessage = match serde_json::from_str(body) {
-                Ok(w) => w,
+            let continuation: PrepareMessage = match serde_json::from_str(body) {
+                Ok(c) => c,
                 Err(_) => {
                     tracing::error!(message_id = %id, "message body is not {{\"jobId\": ...}}");
                     return Ok(false);
@@ -185,7 +185,7 @@ pub async fn continue_prepares(
             };
             let store = deps.store.as_ref();
             let Some(job) = store
-                .get_job(&work.job_id)
+                .get_job(&continuation.job_id)
                 .await
                 .map_err(PrepareError::from)?
             else {
