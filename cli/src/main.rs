@@ -104,8 +104,8 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Create the bucket, queue (with its DLQ) and tables unless they exist;
-    /// print their names and URLs as JSON.
+    /// Create the bucket, work and prepare queues (with their DLQs) and
+    /// tables unless they exist; print their names and URLs as JSON.
     Setup {
         /// Key attribute of the target table (the definition's keyField).
         #[arg(long, default_value = "email")]
@@ -156,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
                 target_table: cli.names.target_table.clone(),
                 target_key,
                 visibility_timeout: std::time::Duration::from_secs(360),
+                prepare_visibility_timeout: std::time::Duration::from_secs(960),
             };
             let created = bulk_import::local::ensure_resources(&clients, &resources)
                 .await
@@ -164,6 +165,8 @@ async fn main() -> anyhow::Result<()> {
                 "bucket": resources.bucket,
                 "queueUrl": created.queue_url,
                 "dlqUrl": created.dlq_url,
+                "prepareQueueUrl": created.prepare_queue_url,
+                "prepareDlqUrl": created.prepare_dlq_url,
                 "stateTable": resources.state_table,
                 "targetTable": resources.target_table,
             });

@@ -7,7 +7,7 @@ use bulk_import::aws::Clients;
 use bulk_import::config::Settings;
 use bulk_import::handlers::Deps;
 use bulk_import::job::JobId;
-use bulk_import::local::Poller;
+use bulk_import::local::{Consumer, Poller};
 use bulk_import::store::dynamodb::DynamoStore;
 use bulk_import::store::JobControl;
 use clap::Args;
@@ -67,6 +67,7 @@ pub async fn run(names: &Names, args: WorkerArgs) -> anyhow::Result<()> {
         sqs: clients.sqs.clone(),
         queue_url,
         deps,
+        consumer: Consumer::Worker,
         invocation_timeout: timeout,
     };
     let stats = poller

@@ -4,10 +4,10 @@
 //! stands in for the SQS event source mapping.
 
 use crate::aws::Clients;
-use crate::handlers::{worker, Deps};
+use crate::handlers::{orchestrator, worker, Deps};
 use crate::store::dynamodb::table::{create_keyed_table, create_state_table};
 use aws_lambda_events::event::s3::S3Event;
-use aws_lambda_events::event::sqs::SqsEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 use lambda_runtime::{Context, LambdaEvent};
 use std::future::Future;
@@ -19,6 +19,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Clone)]
 pub struct Resources {
     pub bucket: String,
+    /// The work queue; the prepare queue is named after it (`<queue>-prepare`).
     pub queue: String,
     pub state_table: String,
     pub target_table: String,
@@ -26,16 +27,20 @@ pub struct Resources {
     pub target_key: String,
     /// Must exceed the worker invocation timeout, as in template.yaml.
     pub visibility_timeout: Duration,
+    /// The prepare queue's: must exceed the orchestrator invocation timeout.
+    pub prepare_visibility_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct Created {
     pub queue_url: String,
     pub dlq_url: String,
+    pub prepare_queue_url: String,
+    pub prepare_dlq_url: String,
 }
 
-/// Creates bucket, queue with its dead-letter queue, and both tables, unless
-/// they exist.
+/// Creates bucket, work and prepare queues with their dead-letter queues,
+/// and both tables, unless they exist.
 pub async fn ensure_resources(clients: &Clients, r: &Resources) -> Result<Created, BoxError> {
     match clients.s3.create_bucket().bucket(&r.bucket).send().await {
         Ok(_) => {}
@@ -44,16 +49,41 @@ pub async fn ensure_resources(clients: &Clients, r: &Resources) -> Result<Create
                 .is_some_and(|e| e.is_bucket_already_owned_by_you()) => {}
         Err(e) => return Err(e.into()),
     }
-    let dlq_url = clients
-        .sqs
+    // Receive counts as in template.yaml.
+    let (queue_url, dlq_url) =
+        queue_with_dlq(&clients.sqs, &r.queue, r.visibility_timeout, 5).await?;
+    let (prepare_queue_url, prepare_dlq_url) = queue_with_dlq(
+        &clients.sqs,
+        &format!("{}-prepare", r.queue),
+        r.prepare_visibility_timeout,
+        3,
+    )
+    .await?;
+    create_state_table(&clients.dynamodb, &r.state_table).await?;
+    create_keyed_table(&clients.dynamodb, &r.target_table, &r.target_key).await?;
+    Ok(Created {
+        queue_url,
+        dlq_url,
+        prepare_queue_url,
+        prepare_dlq_url,
+    })
+}
+
+/// Queue `name` and its dead-letter queue `<name>-dlq`: their URLs.
+async fn queue_with_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_timeout: Duration,
+    max_receive_count: u32,
+) -> Result<(String, String), BoxError> {
+    let dlq_url = sqs
         .create_queue()
-        .queue_name(format!("{}-dlq", r.queue))
+        .queue_name(format!("{name}-dlq"))
         .send()
         .await?
         .queue_url
         .ok_or("CreateQueue returned no URL")?;
-    let dlq_arn = clients
-        .sqs
+    let dlq_arn = sqs
         .get_queue_attributes()
         .queue_url(&dlq_url)
         .attribute_names(QueueAttributeName::QueueArn)
@@ -62,24 +92,24 @@ pub async fn ensure_resources(clients: &Clients, r: &Resources) -> Result<Create
         .attributes
         .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
         .ok_or("GetQueueAttributes returned no ARN")?;
-    let redrive =
-        serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5 }).to_string();
-    let queue_url = clients
-        .sqs
+    let redrive = serde_json::json!({
+        "deadLetterTargetArn": dlq_arn,
+        "maxReceiveCount": max_receive_count,
+    })
+    .to_string();
+    let queue_url = sqs
         .create_queue()
-        .queue_name(&r.queue)
+        .queue_name(name)
         .attributes(QueueAttributeName::RedrivePolicy, redrive)
         .attributes(
             QueueAttributeName::VisibilityTimeout,
-            r.visibility_timeout.as_secs().to_string(),
+            visibility_timeout.as_secs().to_string(),
         )
         .send()
         .await?
         .queue_url
         .ok_or("CreateQueue returned no URL")?;
-    create_state_table(&clients.dynamodb, &r.state_table).await?;
-    create_keyed_table(&clients.dynamodb, &r.target_table, &r.target_key).await?;
-    Ok(Created { queue_url, dlq_url })
+    Ok((queue_url, dlq_url))
 }
 
 /// The S3 event for an uploaded object, shaped like `events/s3-put.json`.
@@ -142,13 +172,24 @@ fn uuid_like() -> String {
     )
 }
 
+/// The function whose SQS event source a poller stands in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {
+    /// The worker, on the work queue.
+    Worker,
+    /// The orchestrator, on the prepare queue (through its Lambda entry
+    /// point, which also takes S3 events).
+    Orchestrator,
+}
+
 /// Stands in for Lambda's SQS event source mapping: receives up to 10
-/// messages, invokes the worker handler with them, deletes the ones that did
-/// not fail, until `done` says stop.
+/// messages, invokes the consumer's handler with them, deletes the ones that
+/// did not fail, until `done` says stop.
 pub struct Poller {
     pub sqs: aws_sdk_sqs::Client,
     pub queue_url: String,
     pub deps: Deps,
+    pub consumer: Consumer,
     /// The simulated function timeout (deadline of each invocation).
     pub invocation_timeout: Duration,
 }
@@ -195,15 +236,19 @@ impl Poller {
                     })
                 })
                 .collect();
-            let event: SqsEvent =
-                serde_json::from_value(serde_json::json!({ "Records": records }))?;
+            let event = serde_json::json!({ "Records": records });
             stats.invocations += 1;
             stats.messages += messages.len() as u64;
-            let response = worker::handle(
-                &self.deps,
-                LambdaEvent::new(event, context(self.invocation_timeout)),
-            )
-            .await?;
+            let context = context(self.invocation_timeout);
+            let response: SqsBatchResponse = match self.consumer {
+                Consumer::Worker => {
+                    let event: SqsEvent = serde_json::from_value(event)?;
+                    worker::handle(&self.deps, LambdaEvent::new(event, context)).await?
+                }
+                Consumer::Orchestrator => serde_json::from_value(
+                    orchestrator::handle_any(&self.deps, LambdaEvent::new(event, context)).await?,
+                )?,
+            };
             let failed: Vec<&str> = response
                 .batch_item_failures
                 .iter()

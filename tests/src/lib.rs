@@ -12,7 +12,9 @@ use bulk_import::events::MemoryEvents;
 use bulk_import::handlers::orchestrator::{self, Prepared};
 use bulk_import::handlers::Deps;
 use bulk_import::job::{Job, JobId};
-use bulk_import::local::{context, ensure_resources, s3_put_event, PollStats, Poller, Resources};
+use bulk_import::local::{
+    context, ensure_resources, s3_put_event, Consumer, PollStats, Poller, Resources,
+};
 use bulk_import::store::dynamodb::table::create_state_table;
 use bulk_import::store::dynamodb::DynamoStore;
 use bulk_import::store::JobControl;
@@ -51,14 +53,16 @@ pub async fn fresh_store() -> DynamoStore {
     DynamoStore::new(clients.dynamodb.clone(), table, false)
 }
 
-/// A complete deployment on the emulator: bucket, queue with DLQ, state and
-/// target tables, and the handlers' dependencies.
+/// A complete deployment on the emulator: bucket, work and prepare queues
+/// with their DLQs, state and target tables, and the handlers' dependencies.
 pub struct Stack {
     pub clients: Clients,
     /// Path of the definition file the handlers loaded.
     pub definition_path: std::path::PathBuf,
     pub resources: Resources,
     pub queue_url: String,
+    /// Where the orchestrator asks for a handed-over prepare to continue.
+    pub prepare_queue_url: String,
     pub deps: Deps,
     pub events: Arc<MemoryEvents>,
     /// Separate store for inspection, so test reads are not billed to jobs.
@@ -109,6 +113,7 @@ impl Stack {
             target_table: format!("{name}-target"),
             target_key: definition.key_field.clone().unwrap_or_else(|| "id".into()),
             visibility_timeout: opts.visibility_timeout,
+            prepare_visibility_timeout: Duration::from_secs(960),
         };
         let created = ensure_resources(&clients, &resources)
             .await
@@ -121,6 +126,7 @@ impl Stack {
             lease: opts.lease,
             deadline_margin: Duration::from_secs(5),
             retention_days: 1,
+            prepare_queue_url: Some(created.prepare_queue_url.clone()),
             ..Settings::new(
                 &resources.state_table,
                 &created.queue_url,
@@ -136,6 +142,7 @@ impl Stack {
             definition_path: path,
             resources,
             queue_url: created.queue_url,
+            prepare_queue_url: created.prepare_queue_url,
             deps,
             events,
             watcher,
@@ -186,6 +193,7 @@ impl Stack {
                 sqs: self.clients.sqs.clone(),
                 queue_url: self.queue_url.clone(),
                 deps: self.deps.clone(),
+                consumer: Consumer::Worker,
                 invocation_timeout: Duration::from_secs(120),
             };
             async move {
@@ -210,6 +218,25 @@ impl Stack {
             total.failed_messages += s.failed_messages;
         }
         total
+    }
+
+    /// Runs the orchestrator on the prepare queue (a stand-in for its SQS
+    /// event source mapping) until the job is prepared or final.
+    pub async fn continue_prepares(&self, job: &JobId) -> PollStats {
+        let poller = Poller {
+            sqs: self.clients.sqs.clone(),
+            queue_url: self.prepare_queue_url.clone(),
+            deps: self.deps.clone(),
+            consumer: Consumer::Orchestrator,
+            invocation_timeout: Duration::from_secs(900),
+        };
+        poller
+            .run_until(|| async {
+                let job = self.job(job).await;
+                job.prepared || job.status.is_final()
+            })
+            .await
+            .expect("prepare poller")
     }
 
     pub async fn job(&self, id: &JobId) -> Job {
@@ -240,7 +267,25 @@ impl Stack {
         self.scan(&self.resources.target_table).await
     }
 
-    /// Messages left on the work queue (approximate, as SQS reports it).
+    /// Messages waiting on a queue (approximate on AWS, exact on moto).
+    pub async fn queue_depth(&self, queue_url: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages;
+        self.clients
+            .sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(ApproximateNumberOfMessages)
+            .send()
+            .await
+            .expect("get queue attributes")
+            .attributes
+            .and_then(|mut a| a.remove(&ApproximateNumberOfMessages))
+            .expect("ApproximateNumberOfMessages")
+            .parse()
+            .expect("a count")
+    }
+
+    /// Job items in the state table.
     pub async fn jobs_in_state_table(&self) -> usize {
         self.scan(&self.resources.state_table)
             .await
