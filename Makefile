@@ -78,7 +78,7 @@ build-check:
 lint-template:
 	scripts/lint-template.sh
 
-## invoke-orchestrator: cargo lambda invoke the orchestrator on a sample upload, against moto
+## invoke-orchestrator: cargo lambda invoke the orchestrator on a sample upload, then on a prepare-queue message for its job, against moto
 invoke-orchestrator:
 	$(CARGO) build -p bulk-import-cli
 	scripts/with-moto.sh scripts/invoke.sh orchestrator

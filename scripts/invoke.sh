@@ -4,7 +4,9 @@
 # server that with-moto.sh started:
 #   scripts/with-moto.sh scripts/invoke.sh orchestrator|worker|sweeper
 # orchestrator: setup, upload a generated CSV, invoke the orchestrator with
-#   events/s3-put.json patched for that upload (target/invoke/s3-put.json).
+#   events/s3-put.json patched for that upload (target/invoke/s3-put.json),
+#   then with events/sqs-prepare-continuation.json for its job (a prepare
+#   queue message; the job is prepared already, so it changes nothing).
 # worker: the same, then the worker on the fan-out messages (SQS events built
 #   from them), deleting what it did not report failed, until the job ends.
 # sweeper: the orchestrator, then the sweeper on events/sweeper-schedule.json.
@@ -39,6 +41,7 @@ resources=$("$bin" setup)
 echo "$resources"
 bucket=$(py get bucket <<<"$resources")
 queue_url=$(py get queueUrl <<<"$resources")
+prepare_queue_url=$(py get prepareQueueUrl <<<"$resources")
 state_table=$(py get stateTable <<<"$resources")
 target_table=$(py get targetTable <<<"$resources")
 events_url=$(py create-queue bulk-import-events | py get queueUrl)
@@ -62,6 +65,7 @@ port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0
 env_vars=(
   "STATE_TABLE=$state_table"
   "QUEUE_URL=$queue_url"
+  "PREPARE_QUEUE_URL=$prepare_queue_url"
   "TARGET_TABLE=$target_table"
   "EVENTS_QUEUE_URL=$events_url"
   "IMPORT_DEFINITION=$root/examples/users.json"
@@ -116,6 +120,12 @@ invoke orchestrator "$out/s3-put.json" "$out/orchestrator-response.json"
 job_id=$(py get 0.jobId <"$out/orchestrator-response.json")
 
 case "$mode" in
+  orchestrator)
+    sed "s/3f2b8c0e9a7d4e51b6c2d1f0a9e8b7c6/$job_id/" events/sqs-prepare-continuation.json \
+      >"$out/sqs-prepare-continuation.json"
+    step "cargo lambda invoke orchestrator --data-file $out/sqs-prepare-continuation.json"
+    invoke orchestrator "$out/sqs-prepare-continuation.json" "$out/continuation-response.json"
+    ;;
   worker)
     for i in $(seq 1 "${INVOKE_MAX_ROUNDS:-20}"); do
       status=$(py job "$state_table" "$job_id" | py get status)
