@@ -181,7 +181,7 @@ impl Preparer<'_> {
                 self.publish(&job, &lease, progress).await?;
                 self.store.release_prepare(&job.id, &lease).await?;
                 let job = self.store.get_job(&job.id).await?.unwrap_or(job);
-                tracing::warn!(job_id = %job.id, batches = job.batches_ready, "deadline near; prepare handed over to the sweeper");
+                tracing::warn!(job_id = %job.id, batches = job.batches_ready, "deadline near; prepare handed over");
                 Ok(PrepareOutcome::HandedOff(job))
             }
             Err(Stop::Error(e)) => {
