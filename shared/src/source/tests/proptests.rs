@@ -128,6 +128,8 @@ fn encode(case: &CsvCase) -> (Vec<u8>, Outcome) {
         text.push_str(terminator);
     }
     if text.bytes().all(|b| b.is_ascii_whitespace()) {
+        // Rejected as a whole: not even the blank-looking rows are read.
+        records.clear();
         error = Some(format!("{name}: the file is empty"));
     }
     let mut bytes = text.into_bytes();
