@@ -1,8 +1,9 @@
 //! CSV rows to staged records: csv-async does the RFC 4180 parsing, the
-//! [`Meter`] underneath supplies line numbers and the row-size guard.
+//! [`Meter`] underneath supplies line numbers, row start offsets and the
+//! row-size guard.
 
 use super::meter::Meter;
-use super::{BoxRead, Ctx, SourceError};
+use super::{BoxRead, Ctx, Position, SourceError};
 use crate::job::{FieldIssue, StagedRecord};
 use crate::schema::{ColumnMap, Definition};
 use csv_async::{AsyncReader, AsyncReaderBuilder, ByteRecord};
@@ -13,48 +14,68 @@ const BUFFER_BYTES: usize = 64 * 1024;
 pub(super) struct CsvSource {
     rdr: AsyncReader<Meter<BoxRead>>,
     record: ByteRecord,
+    delimiter: u8,
+    quote: u8,
+    max_row_bytes: usize,
     map: ColumnMap,
     /// Name reported for each mapped column's problems (its field's name).
     field_names: Vec<String>,
     header: Option<Vec<String>>,
+    /// Content offset where the header row ends, once read.
+    header_end: Option<u64>,
+    /// Where the last record returned starts.
+    last: Option<Position>,
+}
+
+fn reader(
+    stream: BoxRead,
+    at: Position,
+    delimiter: u8,
+    quote: u8,
+    max_row_bytes: usize,
+) -> AsyncReader<Meter<BoxRead>> {
+    let meter = Meter::new(stream, max_row_bytes, BUFFER_BYTES, at);
+    // Headers are read as an ordinary first record so that they go
+    // through the same line and size accounting as data rows.
+    AsyncReaderBuilder::new()
+        .delimiter(delimiter)
+        .quote(quote)
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(BUFFER_BYTES)
+        .create_reader(meter)
 }
 
 impl CsvSource {
-    pub async fn open(
-        stream: BoxRead,
-        delimiter: u8,
-        def: &Definition,
-        ctx: &Ctx,
-    ) -> Result<Self, SourceError> {
-        let meter = Meter::new(stream, def.limits.max_row_bytes, BUFFER_BYTES);
-        // Headers are read as an ordinary first record so that they go
-        // through the same line and size accounting as data rows.
-        let rdr = AsyncReaderBuilder::new()
-            .delimiter(delimiter)
-            .has_headers(false)
-            .flexible(true)
-            .buffer_capacity(BUFFER_BYTES)
-            .create_reader(meter);
-        let mut source = CsvSource {
-            rdr,
+    /// Rows from `at` on (the parser starts as at the beginning of a row),
+    /// mapped onto the fields in column order until `read_header` says
+    /// otherwise.
+    pub fn new(stream: BoxRead, at: Position, delimiter: u8, quote: u8, def: &Definition) -> Self {
+        let max_row_bytes = def.limits.max_row_bytes;
+        CsvSource {
+            rdr: reader(stream, at, delimiter, quote, max_row_bytes),
             record: ByteRecord::new(),
-            map: ColumnMap {
-                columns: Vec::new(),
-                field_count: def.fields.len(),
-            },
+            delimiter,
+            quote,
+            max_row_bytes,
+            map: def.column_map_without_header(),
             field_names: def.fields.iter().map(|f| f.name.clone()).collect(),
             header: None,
-        };
-        if !def.has_header {
-            source.map = def.column_map_without_header();
-            return Ok(source);
+            header_end: None,
+            last: None,
         }
-        let Some(line) = source.read_row(ctx).await? else {
+    }
+
+    /// Reads the next row as the header and maps the columns by it.
+    pub async fn read_header(&mut self, def: &Definition, ctx: &Ctx) -> Result<(), SourceError> {
+        let Some(start) = self.read_row(ctx).await? else {
             return Err(SourceError::Empty {
                 name: ctx.name.clone(),
             });
         };
-        let mut names: Vec<String> = source
+        let end = self.rdr.position().byte();
+        self.header_end = Some(self.rdr.get_ref().content_offset(end));
+        let mut names: Vec<String> = self
             .record
             .iter()
             .map(|f| String::from_utf8_lossy(f).into_owned())
@@ -63,34 +84,54 @@ impl CsvSource {
         if names.len() > 1 && names.last().is_some_and(|n| n.is_empty()) {
             names.pop();
         }
-        source.map = def
+        self.map = def
             .resolve_header(&names)
             .map_err(|source| SourceError::Header {
                 name: ctx.name.clone(),
-                line,
+                line: start.line,
                 source,
             })?;
-        source.header = Some(names);
-        Ok(source)
+        self.header = Some(names);
+        Ok(())
+    }
+
+    /// The same dialect and mapping over another stream, from `at` on: the
+    /// rest of a file whose header was read separately.
+    pub fn continue_at(self, stream: BoxRead, at: Position) -> Self {
+        CsvSource {
+            rdr: reader(stream, at, self.delimiter, self.quote, self.max_row_bytes),
+            record: ByteRecord::new(),
+            last: None,
+            ..self
+        }
     }
 
     pub fn header(&self) -> Option<&[String]> {
         self.header.as_deref()
     }
 
+    pub fn header_end(&self) -> Option<u64> {
+        self.header_end
+    }
+
+    pub fn last(&self) -> Option<Position> {
+        self.last
+    }
+
     pub async fn next(&mut self, ctx: &Ctx) -> Result<Option<StagedRecord>, SourceError> {
         loop {
-            let Some(line) = self.read_row(ctx).await? else {
+            let Some(start) = self.read_row(ctx).await? else {
                 return Ok(None);
             };
-            if let Some(record) = self.stage(line) {
+            if let Some(record) = self.stage(start.line) {
+                self.last = Some(start);
                 return Ok(Some(record));
             }
         }
     }
 
-    /// Reads one raw row into `self.record`; returns its start line.
-    async fn read_row(&mut self, ctx: &Ctx) -> Result<Option<u64>, SourceError> {
+    /// Reads one raw row into `self.record`; returns where it starts.
+    async fn read_row(&mut self, ctx: &Ctx) -> Result<Option<Position>, SourceError> {
         let more = self
             .rdr
             .read_byte_record(&mut self.record)
@@ -103,26 +144,25 @@ impl CsvSource {
             return Ok(None);
         }
         let end = self.rdr.position().byte();
-        let (line, len) = self.rdr.get_mut().finish_row(end);
+        let (start, len) = self.rdr.get_mut().finish_row(end);
         let limits = &ctx.limits;
         if len > limits.max_row_bytes as u64 {
             return Err(SourceError::RowTooLarge {
                 name: ctx.name.clone(),
-                line,
+                line: start.line,
                 limit: limits.max_row_bytes,
             });
         }
         if self.record.len() > limits.max_fields {
             return Err(SourceError::TooManyFields {
                 name: ctx.name.clone(),
-                line,
+                line: start.line,
                 found: self.record.len(),
                 limit: limits.max_fields,
             });
         }
-        Ok(Some(line))
+        Ok(Some(start))
     }
-
     /// Maps the raw row onto the definition's fields; `None` for a line that
     /// holds only spaces, which counts as blank when more than one column is
     /// expected.

@@ -6,7 +6,10 @@
 //! would all shift the numbers. The parser sits on its own read-ahead buffer,
 //! so the meter keeps the bytes of the current row until the parser says where
 //! the row ended ([`Meter::finish_row`]), counting line breaks as it goes.
+//! It also knows where each row starts in the content, which is what a
+//! checkpoint records.
 
+use super::Position;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
@@ -49,22 +52,27 @@ pub(super) struct Meter<R> {
     row_start: Option<(u64, u64)>,
     /// Bytes past the row start after which the row is certainly too long.
     max_distance: u64,
+    /// Content offset of the first byte read (past a BOM, or a checkpoint's).
+    origin: u64,
 }
 
 impl<R> Meter<R> {
     /// `slack` must cover the parser's read-ahead (its buffer capacity), so
-    /// that a row within `max_row_bytes` never trips the guard.
-    pub fn new(inner: R, max_row_bytes: usize, slack: usize) -> Self {
+    /// that a row within `max_row_bytes` never trips the guard. `at` is where
+    /// the first byte read lies in the content; a resumed reader starts at
+    /// the first byte of a row, where no `\r` is pending.
+    pub fn new(inner: R, max_row_bytes: usize, slack: usize, at: Position) -> Self {
         Meter {
             inner,
             window: Vec::new(),
             start: 0,
             base: 0,
             read_total: 0,
-            breaks: 0,
+            breaks: at.line.saturating_sub(1),
             pending_cr: false,
             row_start: None,
             max_distance: (max_row_bytes as u64).saturating_add(slack as u64 + 2),
+            origin: at.offset,
         }
     }
 
@@ -78,10 +86,14 @@ impl<R> Meter<R> {
     }
 
     /// The parser finished a row at stream offset `end` (its terminator
-    /// included). Returns the row's start line and its length in bytes
-    /// without the terminator.
-    pub fn finish_row(&mut self, end: u64) -> (u64, u64) {
-        let line = self.row_line();
+    /// included). Returns where the row starts (content offset of its first
+    /// byte, and line) and its length in bytes without the terminator.
+    pub fn finish_row(&mut self, end: u64) -> (Position, u64) {
+        // `settle` stopped `base` at the row's first byte.
+        let start = Position {
+            offset: self.origin + self.base,
+            line: self.row_line(),
+        };
         let n = end.saturating_sub(self.base).min(self.live_len() as u64) as usize;
         let row = &self.window[self.start..self.start + n];
         let content = row.iter().rposition(|b| !is_eol(*b)).map_or(0, |i| i + 1);
@@ -90,7 +102,12 @@ impl<R> Meter<R> {
         self.base += n as u64;
         self.row_start = None;
         self.settle();
-        (line, content as u64)
+        (start, content as u64)
+    }
+
+    /// The content offset of a stream offset.
+    pub fn content_offset(&self, stream_offset: u64) -> u64 {
+        self.origin + stream_offset
     }
 
     fn live_len(&self) -> usize {
@@ -186,7 +203,7 @@ mod tests {
 
     /// Feeds `input` in `piece`-sized reads and finishes rows at `ends`.
     fn rows(input: &[u8], piece: usize, ends: &[u64]) -> Vec<(u64, u64)> {
-        let mut m = Meter::new((), 1000, 0);
+        let mut m = Meter::new((), 1000, 0, Position::START);
         let mut fed = 0;
         let mut out = Vec::new();
         for &end in ends {
@@ -195,7 +212,8 @@ mod tests {
                 m.accept(&input[fed..to]).unwrap();
                 fed = to;
             }
-            out.push(m.finish_row(end));
+            let (start, len) = m.finish_row(end);
+            out.push((start.line, len));
         }
         out
     }
@@ -220,8 +238,22 @@ mod tests {
     }
 
     #[test]
+    fn rows_start_where_their_first_byte_is_counted_from_the_origin() {
+        let at = Position {
+            offset: 100,
+            line: 7,
+        };
+        let mut m = Meter::new((), 1000, 0, at);
+        m.accept(b"a\r\n\r\nb\rc").unwrap();
+        let starts: Vec<Position> = [2, 7, 8].iter().map(|&end| m.finish_row(end).0).collect();
+        let expected =
+            [(100, 7), (105, 9), (107, 10)].map(|(offset, line)| Position { offset, line });
+        assert_eq!(starts, expected);
+    }
+
+    #[test]
     fn guard_trips_only_past_the_limit_plus_slack() {
-        let mut m = Meter::new((), 10, 4);
+        let mut m = Meter::new((), 10, 4, Position::START);
         m.accept(b"\n\nabcdefghij").unwrap();
         m.accept(b"klmnop").unwrap();
         let err = m.accept(b"q").unwrap_err();

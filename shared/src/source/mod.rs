@@ -1,6 +1,7 @@
 //! Reading an import's input file: the object's bytes, in whatever pieces they
 //! arrive, are decompressed, sniffed (format, text, delimiter), parsed as CSV
 //! or NDJSON and mapped onto the definition's fields as [`StagedRecord`]s.
+//! A reader can also start part-way, at a [`Checkpoint`] (`resume`).
 
 mod chunks;
 mod csv;
@@ -9,8 +10,11 @@ mod detect;
 pub mod fuzzing;
 mod meter;
 mod ndjson;
+mod resume;
 #[cfg(test)]
 mod tests;
+
+pub use self::resume::{Advance, Checkpoint, Dialect, ResumeInput, Resuming};
 
 use self::chunks::FixedChunks;
 use self::csv::CsvSource;
@@ -30,6 +34,22 @@ type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
 
 /// Compressed bytes handed to the gzip decoder at once.
 const GZIP_INPUT_BYTES: usize = 64 * 1024;
+
+/// CSV quoting is RFC 4180's; it is not detected.
+const QUOTE: u8 = b'"';
+
+/// Where a row starts: its offset in the content (the decompressed bytes,
+/// a BOM included) and its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    offset: u64,
+    line: u64,
+}
+
+impl Position {
+    #[cfg(test)]
+    const START: Position = Position { offset: 0, line: 1 };
+}
 
 /// What the reader is told about the input besides its bytes.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +121,8 @@ pub enum SourceError {
     },
     #[error("{name}: line {line}: the file has more than the limit of {limit} records")]
     TooManyRecords { name: String, line: u64, limit: u64 },
+    #[error("{name}: the file ends before byte {offset}, where reading was to resume")]
+    EndsBeforeCheckpoint { name: String, offset: u64 },
 }
 
 impl SourceError {
@@ -129,6 +151,9 @@ pub struct RecordReader {
     inner: Inner,
     records: u64,
     done: bool,
+    dialect: Dialect,
+    /// Where the last record returned starts.
+    last: Option<Position>,
 }
 
 enum Inner {
@@ -161,9 +186,7 @@ impl RecordReader {
             Compression::None => raw,
             Compression::Gzip => {
                 ctx.gzip = true;
-                let mut decoder = GzipDecoder::new(FixedChunks::new(raw, GZIP_INPUT_BYTES));
-                decoder.multiple_members(true);
-                Box::new(decoder)
+                gunzip(raw)
             }
             Compression::Unsupported(compression) => {
                 return Err(SourceError::UnsupportedCompression {
@@ -174,8 +197,10 @@ impl RecordReader {
         };
 
         let (mut text, complete) = sniff(&mut stream).await.map_err(|e| ctx.io_error(e))?;
+        let mut at = Position { offset: 0, line: 1 };
         if text.starts_with(BOM) {
             text.drain(..BOM.len());
+            at.offset = BOM.len() as u64;
         }
         if complete && text.iter().all(u8::is_ascii_whitespace) {
             return Err(SourceError::Empty { name: ctx.name });
@@ -187,19 +212,29 @@ impl RecordReader {
             });
         }
         let format = detect::format(def.format, opts.name, &text);
+        let mut dialect = Dialect {
+            format,
+            gzip: ctx.gzip,
+            delimiter: b',',
+            quote: QUOTE,
+            header_end: None,
+        };
         let inner = match format {
             InputFormat::Csv => {
-                let delimiter = def
+                dialect.delimiter = def
                     .delimiter
                     .unwrap_or_else(|| detect::delimiter(&text, complete));
                 let stream: BoxRead = Box::new(Cursor::new(text).chain(stream));
-                Inner::Csv(Box::new(
-                    CsvSource::open(stream, delimiter, def, &ctx).await?,
-                ))
+                let mut source = CsvSource::new(stream, at, dialect.delimiter, QUOTE, def);
+                if def.has_header {
+                    source.read_header(def, &ctx).await?;
+                }
+                dialect.header_end = source.header_end();
+                Inner::Csv(Box::new(source))
             }
             InputFormat::Ndjson => {
                 let stream: BoxRead = Box::new(Cursor::new(text).chain(stream));
-                Inner::Ndjson(Box::new(NdjsonSource::new(stream, def)))
+                Inner::Ndjson(Box::new(NdjsonSource::new(stream, def, at)))
             }
         };
         Ok(RecordReader {
@@ -208,6 +243,8 @@ impl RecordReader {
             inner,
             records: 0,
             done: false,
+            dialect,
+            last: None,
         })
     }
 
@@ -237,6 +274,10 @@ impl RecordReader {
             });
         }
         self.records += 1;
+        self.last = match &self.inner {
+            Inner::Csv(source) => source.last(),
+            Inner::Ndjson(source) => source.last(),
+        };
         Ok(Some(record))
     }
 
@@ -281,6 +322,13 @@ impl Ctx {
             Err(source) => SourceError::Io { name, source },
         }
     }
+}
+
+/// The gzip decoder over compressed bytes (every member, in fixed pieces).
+fn gunzip(raw: BoxRead) -> BoxRead {
+    let mut decoder = GzipDecoder::new(FixedChunks::new(raw, GZIP_INPUT_BYTES));
+    decoder.multiple_members(true);
+    Box::new(decoder)
 }
 
 /// Reads the first [`SNIFF_BYTES`] (fewer at the end of the input); true

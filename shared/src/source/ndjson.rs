@@ -6,7 +6,7 @@
 //! ignored; when two keys feed one field, the one spelled exactly like the
 //! field wins.
 
-use super::{BoxRead, Ctx, SourceError};
+use super::{BoxRead, Ctx, Position, SourceError};
 use crate::job::{FieldIssue, StagedRecord};
 use crate::schema::Definition;
 use serde_json::{Map, Value};
@@ -19,22 +19,37 @@ pub(super) struct NdjsonSource {
     line_buf: Vec<u8>,
     /// Number of the last line read.
     line: u64,
+    /// Content offset of the next byte to read.
+    offset: u64,
+    /// Where the last record returned starts.
+    last: Option<Position>,
     /// Owned so that the reader is `'static`; only its name lookup is used.
     def: Definition,
 }
 
 impl NdjsonSource {
-    pub fn new(stream: BoxRead, def: &Definition) -> Self {
+    /// Lines from `at` on, which must be the start of a line.
+    pub fn new(stream: BoxRead, def: &Definition, at: Position) -> Self {
         NdjsonSource {
             rdr: BufReader::with_capacity(BUFFER_BYTES, stream),
             line_buf: Vec::new(),
-            line: 0,
+            line: at.line.saturating_sub(1),
+            offset: at.offset,
+            last: None,
             def: def.clone(),
         }
     }
 
+    pub fn last(&self) -> Option<Position> {
+        self.last
+    }
+
     pub async fn next(&mut self, ctx: &Ctx) -> Result<Option<StagedRecord>, SourceError> {
-        while self.read_line(ctx).await? {
+        loop {
+            let offset = self.offset;
+            if !self.read_line(ctx).await? {
+                return Ok(None);
+            }
             if self.line_buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -63,9 +78,9 @@ impl NdjsonSource {
                     )),
                 },
             };
+            self.last = Some(Position { offset, line });
             return Ok(Some(record));
         }
-        Ok(None)
     }
 
     fn values(&self, object: Map<String, Value>) -> Vec<Option<String>> {
@@ -124,6 +139,7 @@ impl NdjsonSource {
             self.line_buf.extend_from_slice(chunk);
             let used = chunk.len() + usize::from(done);
             self.rdr.consume(used);
+            self.offset += used as u64;
             if self.line_buf.last() == Some(&b'\r') && done {
                 self.line_buf.pop();
             }

@@ -5,6 +5,7 @@ mod csv;
 mod file;
 mod ndjson;
 mod proptests;
+mod resume;
 
 use super::*;
 use crate::job::FieldIssue;

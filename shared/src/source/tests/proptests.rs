@@ -1,5 +1,6 @@
 //! The reader's output must not depend on how the bytes are cut into pieces.
 
+use super::resume::assert_resumes_anywhere;
 use super::*;
 use proptest::prelude::*;
 
@@ -21,6 +22,25 @@ fn run(input: &[u8], cuts: &[usize], name: &str, def: &Definition) -> Outcome {
         .unwrap();
     let (records, err) = rt.block_on(read_all(Pieces::new(pieces), name, def));
     (records, err.map(|e| e.to_string()))
+}
+
+fn resumes_anywhere(input: &[u8], name: &str, def: &Definition) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(assert_resumes_anywhere(input, name, def));
+}
+
+/// The stored bytes of a CSV case: compressed and split into members when
+/// the case says so.
+fn stored(case: &CsvCase, plain: Vec<u8>) -> Vec<u8> {
+    match case.gzip {
+        None => plain,
+        Some(split) => {
+            let split = split % (plain.len() + 1);
+            gzip(&[&plain[..split], &plain[split..]])
+        }
+    }
 }
 
 fn field() -> impl Strategy<Value = String> {
@@ -205,13 +225,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..40),
     ) {
         let (plain, expected) = encode(&case);
-        let bytes = match case.gzip {
-            None => plain,
-            Some(split) => {
-                let split = split % (plain.len() + 1);
-                gzip(&[&plain[..split], &plain[split..]])
-            }
-        };
+        let bytes = stored(&case, plain);
         let def = csv_definition(&case);
         let whole = run(&bytes, &[], "in.csv", &def);
         prop_assert_eq!(&whole, &expected);
@@ -248,5 +262,26 @@ proptest! {
         }
         let cut = run(&bytes, &cuts, "in.ndjson", &def);
         prop_assert_eq!(cut, whole);
+    }
+
+    #[test]
+    fn csv_resumed_at_any_record_reads_on_as_if_never_stopped(case in csv_case()) {
+        let (plain, _) = encode(&case);
+        resumes_anywhere(&stored(&case, plain), "in.csv", &csv_definition(&case));
+    }
+
+    #[test]
+    fn ndjson_resumed_at_any_record_reads_on_as_if_never_stopped(
+        lines in prop::collection::vec(ndjson_line(), 0..12),
+        crlf in any::<bool>(),
+        bom in any::<bool>(),
+        compress in any::<bool>(),
+    ) {
+        let mut text = lines.join(if crlf { "\r\n" } else { "\n" }).into_bytes();
+        if bom {
+            text.splice(0..0, BOM.iter().copied());
+        }
+        let bytes = if compress { gzip(&[&text]) } else { text };
+        resumes_anywhere(&bytes, "in.ndjson", &ndjson_definition());
     }
 }
