@@ -165,6 +165,11 @@ pub struct Job {
     /// Prepare attempts that failed in a row without publishing a batch.
     #[serde(default)]
     pub prepare_failures: u32,
+    /// Where in the file the first unpublished batch starts, as prepare
+    /// recorded it with the last publication (opaque to the store); a
+    /// resumed prepare reads on from there. `None` once prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare_checkpoint: Option<String>,
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     pub failure_reason: Option<String>,

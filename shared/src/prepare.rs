@@ -303,7 +303,7 @@ impl Preparer<'_> {
     ) -> Result<(), PrepareError> {
         if progress.written > progress.published {
             self.store
-                .publish(&job.id, lease, progress.written, now_ms())
+                .publish(&job.id, lease, progress.written, None, now_ms())
                 .await?;
             progress.published = progress.written;
             progress.last_publish = Instant::now();
@@ -478,7 +478,10 @@ mod tests {
             records: &records,
         };
         store.write_batch(&job.id, batch, now_ms()).await.unwrap();
-        store.publish(&job.id, &lease, 1, now_ms()).await.unwrap();
+        store
+            .publish(&job.id, &lease, 1, None, now_ms())
+            .await
+            .unwrap();
         let Claim::Batch(claim) = store
             .claim_batch(&job.id, "w", now_ms(), 60_000)
             .await

@@ -57,7 +57,10 @@ async fn job_with(store: &dyn JobStore, name: &str, batches: u64, open: bool) ->
             )
             .await
             .unwrap();
-        store.publish(&job.id, &owner, index + 1, T0).await.unwrap();
+        store
+            .publish(&job.id, &owner, index + 1, None, T0)
+            .await
+            .unwrap();
     }
     if !open {
         store
@@ -406,7 +409,7 @@ pub async fn prepare_lease_fences_a_second_orchestrator(store: &dyn JobStore) {
         .await
         .unwrap();
     let stale = store
-        .publish(&job, &lease("orchestrator"), 2, T0 + LEASE + 2)
+        .publish(&job, &lease("orchestrator"), 2, None, T0 + LEASE + 2)
         .await;
     assert!(matches!(stale, Err(StoreError::PrepareLeaseLost(_))));
     let c = claim(store, &job, "w1", T0 + LEASE + 2).await;
@@ -423,7 +426,7 @@ pub async fn prepare_lease_fences_a_second_orchestrator(store: &dyn JobStore) {
         .await
         .unwrap();
     store
-        .publish(&job, &second, 2, T0 + LEASE + 3)
+        .publish(&job, &second, 2, None, T0 + LEASE + 3)
         .await
         .unwrap();
     let next = claim(store, &job, "w2", T0 + LEASE + 3).await;
@@ -431,7 +434,7 @@ pub async fn prepare_lease_fences_a_second_orchestrator(store: &dyn JobStore) {
     assert_eq!(store.load_records(&job, 1).await.unwrap(), recs);
     assert!(
         matches!(
-            store.publish(&job, &second, 1, T0 + LEASE + 4).await,
+            store.publish(&job, &second, 1, None, T0 + LEASE + 4).await,
             Err(StoreError::PrepareLeaseLost(_))
         ),
         "publication never goes back"
@@ -556,7 +559,7 @@ pub async fn after_an_early_finalization_commits_count_and_prepare_is_fenced(sto
         .await
         .unwrap();
     assert!(matches!(
-        store.publish(&job, &owner, 3, T0 + 2).await,
+        store.publish(&job, &owner, 3, None, T0 + 2).await,
         Err(StoreError::PrepareLeaseLost(_))
     ));
     assert!(matches!(
@@ -567,6 +570,85 @@ pub async fn after_an_early_finalization_commits_count_and_prepare_is_fenced(sto
         store.claim_batch(&job, "w2", T0 + 3, LEASE).await.unwrap(),
         Claim::JobFinished(JobStatus::Failed)
     );
+}
+
+pub async fn the_checkpoint_travels_with_its_publication(store: &dyn JobStore) {
+    let src = source("checkpoint");
+    let owner = lease("orchestrator");
+    let CreateOutcome::Created(job) = store.create_job(&src, &owner, T0).await.unwrap() else {
+        panic!("job should be new");
+    };
+    assert_eq!(job.prepare_checkpoint, None);
+    for index in 0..2 {
+        let recs = records(index, 3);
+        let batch = NewBatch {
+            index,
+            records: &recs,
+        };
+        store.write_batch(&job.id, batch, T0).await.unwrap();
+    }
+    let at_one = r#"{"o":120,"l":5,"r":3}"#;
+    store
+        .publish(&job.id, &owner, 1, Some(at_one), T0)
+        .await
+        .unwrap();
+    store.release_prepare(&job.id, &owner).await.unwrap();
+    let next = lease("next");
+    let taken = store
+        .acquire_prepare(&job.id, &next, T0 + 1)
+        .await
+        .unwrap()
+        .expect("a released prepare");
+    assert_eq!(
+        (taken.batches_ready, taken.prepare_checkpoint.as_deref()),
+        (1, Some(at_one))
+    );
+    // A publication without a checkpoint leaves none behind: a stale one
+    // would send the next owner to the wrong batch.
+    store
+        .publish(&job.id, &next, 2, None, T0 + 2)
+        .await
+        .unwrap();
+    let j = store.get_job(&job.id).await.unwrap().unwrap();
+    assert_eq!((j.batches_ready, j.prepare_checkpoint), (2, None));
+    store
+        .publish(&job.id, &next, 2, Some(at_one), T0 + 3)
+        .await
+        .unwrap();
+    let j = store.finish_prepare(&job.id, &next, 6, 2).await.unwrap();
+    assert_eq!(
+        j.prepare_checkpoint, None,
+        "nothing to resume once prepared"
+    );
+}
+
+pub async fn renewing_the_prepare_lease_is_fenced_and_publishes_nothing(store: &dyn JobStore) {
+    let job = job_with(store, "renewed", 1, true).await;
+    let owner = lease("orchestrator");
+    store
+        .renew_prepare(&job, &owner, T0 + LEASE / 2)
+        .await
+        .unwrap();
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!(
+        (j.prepare_lease_until_ms, j.batches_ready),
+        (T0 + LEASE / 2 + LEASE, 1)
+    );
+    // Renewed, the lease is not free at the time it would have expired.
+    assert!(store
+        .acquire_prepare(&job, &lease("sweeper"), T0 + LEASE + 1)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        store.renew_prepare(&job, &lease("sweeper"), T0 + 1).await,
+        Err(StoreError::PrepareLeaseLost(_))
+    ));
+    store.finish_prepare(&job, &owner, 3, 1).await.unwrap();
+    assert!(matches!(
+        store.renew_prepare(&job, &owner, T0 + 2).await,
+        Err(StoreError::PrepareLeaseLost(_))
+    ));
 }
 
 pub async fn counters_add_up_over_many_batches_and_workers(store: &dyn JobStore) {
@@ -693,6 +775,8 @@ macro_rules! conformance_tests {
             active_jobs_are_those_still_processing,
             lease_view_tells_live_workers_from_stalled_batches,
             after_an_early_finalization_commits_count_and_prepare_is_fenced,
+            the_checkpoint_travels_with_its_publication,
+            renewing_the_prepare_lease_is_fenced_and_publishes_nothing,
             counters_add_up_over_many_batches_and_workers,
             a_finalized_job_owes_its_event_until_acknowledged,
             the_first_definition_pinned_to_a_job_stays,

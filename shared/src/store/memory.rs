@@ -23,6 +23,8 @@ struct JobState {
     batches: BTreeMap<u64, StoredBatch>,
     /// The completion event is owed.
     event_pending: bool,
+    /// Prepare lease renewals without publication.
+    renewals: u64,
 }
 
 impl JobState {
@@ -43,6 +45,13 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How many times the prepare lease of `job` was renewed without a
+    /// publication (a timing-free view for tests).
+    pub fn prepare_renewals(&self, job: &JobId) -> u64 {
+        let jobs = self.jobs.lock().expect("memory store poisoned");
+        jobs.get(job).map_or(0, |s| s.renewals)
     }
 
     fn with_job<T>(
@@ -129,6 +138,7 @@ impl PrepareStore for MemoryStore {
             failed: 0,
             prepare_lease_until_ms: now_ms + lease.lease_ms,
             prepare_failures: 0,
+            prepare_checkpoint: None,
             created_at_ms: now_ms,
             finished_at_ms: None,
             failure_reason: None,
@@ -142,6 +152,7 @@ impl PrepareStore for MemoryStore {
                 prepare: Some((lease.owner.clone(), now_ms + lease.lease_ms)),
                 batches: BTreeMap::new(),
                 event_pending: false,
+                renewals: 0,
             },
         );
         Ok(CreateOutcome::Created(job))
@@ -211,6 +222,7 @@ impl PrepareStore for MemoryStore {
         job: &JobId,
         lease: &PrepareLease,
         ready: u64,
+        checkpoint: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         self.with_job(job, |s| {
@@ -223,6 +235,24 @@ impl PrepareStore for MemoryStore {
                 s.job.prepare_failures = 0;
             }
             s.job.batches_ready = ready;
+            s.job.prepare_checkpoint = checkpoint.map(str::to_owned);
+            Ok(())
+        })
+    }
+
+    async fn renew_prepare(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.with_job(job, |s| {
+            if !s.preparing(lease) {
+                return Err(StoreError::PrepareLeaseLost(job.clone()));
+            }
+            s.prepare = Some((lease.owner.clone(), now_ms + lease.lease_ms));
+            s.job.prepare_lease_until_ms = now_ms + lease.lease_ms;
+            s.renewals += 1;
             Ok(())
         })
     }
@@ -258,6 +288,7 @@ impl PrepareStore for MemoryStore {
             s.prepare = None;
             s.job.batches_ready = total_batches;
             s.job.prepare_lease_until_ms = 0;
+            s.job.prepare_checkpoint = None;
             s.job.prepared = true;
             s.job.total_records = total_records;
             s.job.total_batches = total_batches;

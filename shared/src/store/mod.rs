@@ -203,12 +203,24 @@ pub trait PrepareStore: Send + Sync {
     /// Makes batches `0..ready` claimable and extends the prepare lease,
     /// fenced by it (`PrepareLeaseLost` for a stale owner or a job that is
     /// no longer preparing). Publishing several batches at once keeps the
-    /// job item out of the per-batch path.
+    /// job item out of the per-batch path. `checkpoint` (where batch
+    /// `ready` starts in the file) replaces the stored one in the same
+    /// write; `None` removes it, so that it never lags the publication.
     async fn publish(
         &self,
         job: &JobId,
         lease: &PrepareLease,
         ready: u64,
+        checkpoint: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Extends the prepare lease without publishing (a prepare working its
+    /// way back to its checkpoint), fenced like `publish`.
+    async fn renew_prepare(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
         now_ms: i64,
     ) -> Result<(), StoreError>;
 

@@ -108,6 +108,9 @@ pub struct JobItem {
     pub prepare_failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_prepare_error: Option<String>,
+    /// Where a resumed prepare reads on (a few dozen bytes of JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare_checkpoint: Option<String>,
     pub created_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
@@ -196,6 +199,7 @@ impl JobItem {
             prepare_lease_until: lease_until,
             prepare_failures: 0,
             last_prepare_error: None,
+            prepare_checkpoint: None,
             created_at: now_ms,
             finished_at: None,
             failure_reason: None,
@@ -254,6 +258,7 @@ impl JobItem {
                 self.prepare_lease_until
             },
             prepare_failures: self.prepare_failures,
+            prepare_checkpoint: self.prepare_checkpoint.filter(|_| !self.prepared),
             created_at_ms: self.created_at,
             finished_at_ms: self.finished_at,
             failure_reason: self.failure_reason,

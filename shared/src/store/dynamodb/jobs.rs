@@ -69,7 +69,9 @@ impl DynamoStore {
         }
         let update = self
             .update(job_pk(job), JOB_SK)
-            .update_expression(format!("{set} REMOVE prepareOwner {ADD_COST}"))
+            .update_expression(format!(
+                "{set} REMOVE prepareOwner, prepareCheckpoint {ADD_COST}"
+            ))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
             .set_expression_attribute_values(Some(values));

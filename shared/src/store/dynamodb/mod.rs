@@ -259,9 +259,19 @@ impl PrepareStore for DynamoStore {
         job: &JobId,
         lease: &PrepareLease,
         ready: u64,
+        checkpoint: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        Self::publish(self, job, lease, ready, now_ms).await
+        Self::publish(self, job, lease, ready, checkpoint, now_ms).await
+    }
+
+    async fn renew_prepare(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        Self::renew_prepare(self, job, lease, now_ms).await
     }
 
     async fn note_prepare_failure(&self, job: &JobId, error: &str) -> Result<u32, StoreError> {

@@ -167,6 +167,7 @@ impl DynamoStore {
         job: &JobId,
         lease: &PrepareLease,
         ready: u64,
+        checkpoint: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let cost = self.meter.take(job, write(SMALL_ITEM_BYTES));
@@ -179,11 +180,19 @@ impl DynamoStore {
             (":processing".into(), s(JobStatus::Processing.as_str())),
         ]);
         with_cost(&mut values, cost);
+        // The checkpoint moves with the publication it belongs to.
+        let checkpoint = match checkpoint {
+            Some(checkpoint) => {
+                values.insert(":cp".into(), s(checkpoint));
+                ", prepareCheckpoint = :cp"
+            }
+            None => " REMOVE prepareCheckpoint",
+        };
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression(format!(
-                "SET batchesReady = :ready, prepareLeaseUntil = :until, prepareFailures = :zero \
-                 {ADD_COST}"
+                "SET batchesReady = :ready, prepareLeaseUntil = :until, prepareFailures = :zero\
+                 {checkpoint} {ADD_COST}"
             ))
             .condition_expression(
                 "#status = :processing AND prepareOwner = :o AND prepared = :false \
@@ -202,6 +211,30 @@ impl DynamoStore {
                     Err(StoreError::backend("UpdateItem", e))
                 }
             }
+        }
+    }
+
+    pub(super) async fn renew_prepare(
+        &self,
+        job: &JobId,
+        lease: &PrepareLease,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let update = self
+            .update(job_pk(job), JOB_SK)
+            .update_expression("SET prepareLeaseUntil = :until")
+            .condition_expression(
+                "#status = :processing AND prepareOwner = :o AND prepared = :false",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
+            .expression_attribute_values(":o", s(&lease.owner))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":until", n(now_ms + lease.lease_ms));
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Err(StoreError::PrepareLeaseLost(job.clone())),
+            Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
     }
 
@@ -269,7 +302,7 @@ impl DynamoStore {
             .update(job_pk(job), JOB_SK)
             .update_expression(format!(
                 "SET prepared = :true, totalRecords = :tr, totalBatches = :tb, batchesReady = :tb \
-                 REMOVE prepareOwner {ADD_COST}"
+                 REMOVE prepareOwner, prepareCheckpoint {ADD_COST}"
             ))
             .condition_expression(
                 "#status = :processing AND prepareOwner = :o AND prepared = :false \
