@@ -1,7 +1,11 @@
 //! Phase one (the orchestrator): turn an uploaded object into a job of
 //! batches. Streams the object, cuts batches deterministically, writes each
 //! one as soon as it is cut, fans out worker messages, and resumes after a
-//! crash from the last written batch.
+//! crash or a hand-off from the checkpoint published with the last batches.
+
+mod resume;
+#[cfg(test)]
+mod resume_tests;
 
 use crate::events::JobEvents;
 use crate::finalize::{FinalizeError, Finalizer};
@@ -10,7 +14,7 @@ use crate::objects::{ObjectError, ObjectSource};
 use crate::queue::{QueueError, WorkMessage, WorkQueue};
 use crate::report::ReportSink;
 use crate::schema::Definition;
-use crate::source::{OpenOptions, RecordReader, SourceError};
+use crate::source::{Checkpoint, SourceError};
 use crate::store::{codec, CreateOutcome, JobStore, NewBatch, PrepareLease, StoreError};
 use std::time::{Duration, Instant};
 
@@ -35,6 +39,10 @@ pub struct PrepareSettings {
     pub max_workers: u32,
     /// How long a prepare lease lasts without progress.
     pub lease_ms: i64,
+    /// Hand the prepare over after writing this many batches in one run, as
+    /// if the deadline had come: a deterministic way to exercise resumption.
+    /// `None` (the default) hands over only near the deadline.
+    pub handoff_after_batches: Option<u64>,
 }
 
 impl Default for PrepareSettings {
@@ -42,6 +50,7 @@ impl Default for PrepareSettings {
         PrepareSettings {
             max_workers: 10,
             lease_ms: 60_000,
+            handoff_after_batches: None,
         }
     }
 }
@@ -101,7 +110,7 @@ impl Preparer<'_> {
 
     /// `run`, handing the prepare over (to the next sweep) instead of
     /// starting another batch when `deadline` is less than
-    /// `HANDOFF_MARGIN` away.
+    /// `HANDOFF_MARGIN` away (or while re-reading towards its checkpoint).
     pub async fn run_until(
         &self,
         source: &SourceRef,
@@ -130,9 +139,11 @@ impl Preparer<'_> {
             },
         };
         let mut progress = Progress {
+            started: job.batches_ready,
             written: job.batches_ready,
             published: job.batches_ready,
             last_publish: Instant::now(),
+            last_renewal: Instant::now(),
             woken: 0,
         };
         let result = self.prepare(&job, &lease, deadline, &mut progress).await;
@@ -177,8 +188,9 @@ impl Preparer<'_> {
                 Ok(PrepareOutcome::Prepared(job))
             }
             Err(Stop::Reject(reason)) => self.reject(job, reason).await,
-            Err(Stop::Handoff) => {
-                self.publish(&job, &lease, progress).await?;
+            Err(Stop::Handoff(checkpoint)) => {
+                self.publish(&job, &lease, progress, checkpoint.as_ref())
+                    .await?;
                 self.store.release_prepare(&job.id, &lease).await?;
                 let job = self.store.get_job(&job.id).await?.unwrap_or(job);
                 tracing::warn!(job_id = %job.id, batches = job.batches_ready, "deadline near; prepare handed over");
@@ -212,8 +224,10 @@ impl Preparer<'_> {
         Ok(PrepareOutcome::Rejected(job))
     }
 
-    /// Streams the object into batches; skips writing the batches a previous
-    /// owner already wrote (cutting is deterministic, so they are identical).
+    /// Streams the object into batches from where the last publication
+    /// left off. Without a checkpoint the object is read from the start and
+    /// the batches a previous owner published are cut again but not written
+    /// (cutting is deterministic, so they are identical).
     async fn write_batches(
         &self,
         job: &Job,
@@ -221,34 +235,34 @@ impl Preparer<'_> {
         deadline: Option<Instant>,
         progress: &mut Progress,
     ) -> Result<(u64, u64), Stop> {
-        let body = self.objects.open(&job.source).await.map_err(|e| match e {
-            e if e.is_transient() => Stop::Error(PrepareError::Object(e)),
-            e => Stop::Reject(e.to_string()),
-        })?;
-        let name = job.source.to_string();
-        let opts = OpenOptions {
-            name: &name,
-            content_encoding: body.content_encoding.as_deref(),
-        };
-        let mut reader = RecordReader::open(body.reader, opts, self.definition)
-            .await
-            .map_err(source_stop)?;
+        let mut start = self.open_reader(job, lease, deadline, progress).await?;
         let resume_from = job.batches_ready;
-        let (mut index, mut total) = (0u64, 0u64);
+        let (mut index, mut total) = (start.index, start.records);
         let mut batch: Vec<StagedRecord> = Vec::with_capacity(self.definition.batch_size);
         let mut batch_bytes = 0usize;
-        while let Some(record) = reader.next_record().await.map_err(source_stop)? {
+        while let Some(record) = start.reader.next_record().await.map_err(source_stop)? {
+            if batch.is_empty() {
+                // Where this batch starts: the checkpoint published with the
+                // batches before it.
+                let batch_start = start.reader.checkpoint();
+                if index < resume_from {
+                    self.keep_alive(job, lease, deadline, progress).await?;
+                } else if self.must_hand_off(deadline, progress) {
+                    // Before reading the batch: what this run reads past
+                    // the checkpoint, the next one reads again.
+                    return Err(Stop::Handoff(batch_start));
+                } else if progress.publication_due() {
+                    self.publish(job, lease, progress, batch_start.as_ref())
+                        .await
+                        .map_err(Stop::Error)?;
+                }
+            }
             let record = storable(record);
             batch_bytes += codec::encoded_len(&record);
             batch.push(record);
             total += 1;
             if batch.len() >= self.definition.batch_size || batch_bytes >= MAX_BATCH_BYTES {
-                let near = deadline
-                    .is_some_and(|d| d.saturating_duration_since(Instant::now()) < HANDOFF_MARGIN);
-                if near && index >= resume_from {
-                    return Err(Stop::Handoff);
-                }
-                self.write(job, lease, index, &batch, resume_from, progress)
+                self.write(job, index, &batch, resume_from, progress)
                     .await?;
                 index += 1;
                 batch.clear();
@@ -256,17 +270,27 @@ impl Preparer<'_> {
             }
         }
         if !batch.is_empty() {
-            self.write(job, lease, index, &batch, resume_from, progress)
+            self.write(job, index, &batch, resume_from, progress)
                 .await?;
             index += 1;
         }
         Ok((total, index))
     }
 
+    /// Near the deadline, or done with this run's share of batches.
+    fn must_hand_off(&self, deadline: Option<Instant>, progress: &Progress) -> bool {
+        near(deadline)
+            || self
+                .settings
+                .handoff_after_batches
+                .is_some_and(|n| progress.written - progress.started >= n)
+    }
+
+    /// Writes a batch (not claimable until published with the next one's
+    /// first record, whose checkpoint then goes with it).
     async fn write(
         &self,
         job: &Job,
-        lease: &PrepareLease,
         index: u64,
         records: &[StagedRecord],
         resume_from: u64,
@@ -280,33 +304,34 @@ impl Preparer<'_> {
             .await
             .map_err(|e| Stop::Error(e.into()))?;
         progress.written = index + 1;
-        let waiting = progress.written - progress.published;
-        if progress.published == 0
-            || waiting >= PUBLISH_EVERY
-            || progress.last_publish.elapsed() >= PUBLISH_INTERVAL
-        {
-            self.publish(job, lease, progress)
-                .await
-                .map_err(Stop::Error)?;
-        }
         Ok(())
     }
 
     /// Makes every written batch claimable and wakes workers for them: one
     /// per batch, up to MAX_WORKERS, so workers start while the file is
     /// still being read.
+    /// `checkpoint` is where batch `progress.written` starts.
     async fn publish(
         &self,
         job: &Job,
         lease: &PrepareLease,
         progress: &mut Progress,
+        checkpoint: Option<&Checkpoint>,
     ) -> Result<(), PrepareError> {
         if progress.written > progress.published {
+            let checkpoint = checkpoint.map(Checkpoint::encode);
             self.store
-                .publish(&job.id, lease, progress.written, None, now_ms())
+                .publish(
+                    &job.id,
+                    lease,
+                    progress.written,
+                    checkpoint.as_deref(),
+                    now_ms(),
+                )
                 .await?;
             progress.published = progress.written;
             progress.last_publish = Instant::now();
+            progress.last_renewal = progress.last_publish;
         }
         self.wake_for(job, progress.published, progress).await?;
         Ok(())
@@ -337,18 +362,47 @@ impl Preparer<'_> {
 
 /// How far this prepare got: batches written, published, workers woken.
 struct Progress {
+    /// Batches published when this run began.
+    started: u64,
     written: u64,
     published: u64,
     last_publish: Instant,
+    /// Last extension of the prepare lease (a publication extends it too).
+    last_renewal: Instant,
     woken: u64,
+}
+
+impl Progress {
+    /// Written batches wait to be published: the first at once, then in
+    /// groups, or after a while on a slow file.
+    fn publication_due(&self) -> bool {
+        let waiting = self.written - self.published;
+        waiting > 0
+            && (self.published == 0
+                || waiting >= PUBLISH_EVERY
+                || self.last_publish.elapsed() >= PUBLISH_INTERVAL)
+    }
 }
 
 enum Stop {
     /// The file is unusable: the job fails with this reason.
     Reject(String),
-    /// Too close to the deadline to write another batch.
-    Handoff,
+    /// Too close to the deadline to write another batch: publish what was
+    /// written, with where the next batch starts (when known), and let go.
+    Handoff(Option<Checkpoint>),
     Error(PrepareError),
+}
+
+fn near(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| d.saturating_duration_since(Instant::now()) < HANDOFF_MARGIN)
+}
+
+fn object_stop(e: ObjectError) -> Stop {
+    if e.is_transient() {
+        Stop::Error(PrepareError::Object(e))
+    } else {
+        Stop::Reject(e.to_string())
+    }
 }
 
 fn source_stop(e: SourceError) -> Stop {

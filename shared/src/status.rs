@@ -133,6 +133,7 @@ mod tests {
             failed: 0,
             prepare_lease_until_ms: 0,
             prepare_failures: 0,
+            prepare_checkpoint: None,
             created_at_ms: 0,
             finished_at_ms: None,
             failure_reason: None,

@@ -84,6 +84,7 @@ impl Deps {
             prepare: PrepareSettings {
                 max_workers: settings.max_workers,
                 lease_ms: settings.prepare_lease.as_millis() as i64,
+                ..PrepareSettings::default()
             },
             worker: WorkerSettings {
                 lease: settings.lease,

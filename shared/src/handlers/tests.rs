@@ -58,6 +58,7 @@ fn fixture(csv: &str) -> Fixture {
         prepare: PrepareSettings {
             max_workers: 3,
             lease_ms: 60_000,
+            ..PrepareSettings::default()
         },
         worker: WorkerSettings::default(),
     };
