@@ -76,7 +76,7 @@ pub enum PrepareOutcome {
     /// The file was rejected; the job is FAILED with the reason.
     Rejected(Job),
     /// The invocation's deadline came first: the lease is released and the
-    /// next sweep resumes from the last written batch.
+    /// next sweep resumes at the checkpoint published with it.
     HandedOff(Job),
     /// The job ended while prepare ran (aborted, or failed by a worker):
     /// prepare stopped at its next publication.
