@@ -20,6 +20,25 @@ fn store(names: &Names, clients: &Clients) -> DynamoStore {
     )
 }
 
+async fn job_of(store: &DynamoStore, id: &JobId) -> anyhow::Result<bulk_import::job::Job> {
+    store
+        .get_job(id)
+        .await?
+        .with_context(|| format!("no job {id}"))
+}
+
+/// The definition the job runs on (pinned to it when it was created).
+async fn definition_of(store: &DynamoStore, id: &JobId) -> anyhow::Result<bulk_import::Definition> {
+    let pinned = store
+        .pinned_definition(id)
+        .await?
+        .with_context(|| format!("job {id} has no pinned definition"))?;
+    Ok(bulk_import::Definition::from_json(
+        &pinned,
+        &format!("pinned to job {id}"),
+    )?)
+}
+
 /// A job id, or `s3://bucket/key`: the job of the object's current version
 /// (its version id, or its ETag on an unversioned bucket).
 pub async fn resolve(clients: &Clients, job: &str) -> anyhow::Result<JobId> {
@@ -78,10 +97,7 @@ pub async fn errors(names: &Names, job: &str, limit: usize) -> anyhow::Result<()
     let clients = Clients::load().await;
     let store = store(names, &clients);
     let id = resolve(&clients, job).await?;
-    let job = store
-        .get_job(&id)
-        .await?
-        .with_context(|| format!("no job {id}"))?;
+    let job = job_of(&store, &id).await?;
     let mut out = csv_async::AsyncWriter::from_writer(tokio::io::stdout());
     out.write_record(["line", "field", "value", "message"])
         .await?;
@@ -119,11 +135,7 @@ pub async fn abort(
     let clients = Clients::load().await;
     let store = store(names, &clients);
     let id = resolve(&clients, job).await?;
-    let pinned = store
-        .pinned_definition(&id)
-        .await?
-        .with_context(|| format!("no job {id} (or it has no pinned definition)"))?;
-    let definition = bulk_import::Definition::from_json(&pinned, &format!("pinned to job {id}"))?;
+    let definition = definition_of(&store, &id).await?;
     let events = bulk_import::events::SqsEvents {
         client: clients.sqs.clone(),
         queue_url: events_queue_url,
@@ -140,10 +152,7 @@ pub async fn abort(
         definition: &definition,
     };
     let aborted = finalizer.abort(&id, reason.to_owned()).await?;
-    let job = store
-        .get_job(&id)
-        .await?
-        .with_context(|| format!("no job {id}"))?;
+    let job = job_of(&store, &id).await?;
     let view = JobStatusView::of(&job, now_ms());
     println!("{}", serde_json::to_string_pretty(&view)?);
     if !aborted {
@@ -164,21 +173,14 @@ pub async fn export(
     let clients = Clients::load().await;
     let store = store(names, &clients);
     let id = resolve(&clients, job).await?;
-    let job = store
-        .get_job(&id)
-        .await?
-        .with_context(|| format!("no job {id}"))?;
+    let job = job_of(&store, &id).await?;
     if !job.status.is_final() {
         bail!(
             "job {id} is still {}: export it once it has ended",
             job.status
         );
     }
-    let pinned = store
-        .pinned_definition(&id)
-        .await?
-        .with_context(|| format!("job {id} has no pinned definition"))?;
-    let definition = bulk_import::Definition::from_json(&pinned, &format!("pinned to job {id}"))?;
+    let definition = definition_of(&store, &id).await?;
     let written = match &out {
         Some(path) => {
             let file = tokio::fs::File::create(path)
