@@ -146,6 +146,28 @@ impl DynamoStore {
         result
     }
 
+    /// An UpdateItem that carries `cost` (taken from the meter) in its `ADD`:
+    /// if it fails, the cost goes back to the meter. False when its
+    /// condition failed.
+    pub(super) async fn update_carrying(
+        &self,
+        job: &JobId,
+        update: UpdateItemFluentBuilder,
+        cost: Cost,
+    ) -> Result<bool, StoreError> {
+        match self.send_update(job, update, Cost::default()).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                self.meter.restore(job, cost);
+                if is_condition_failed(&e) {
+                    Ok(false)
+                } else {
+                    Err(StoreError::backend("UpdateItem", e))
+                }
+            }
+        }
+    }
+
     /// Writes items with BatchWriteItem, 25 a request, retrying
     /// UnprocessedItems with backoff; never drops one silently.
     pub(super) async fn put_all(&self, job: &JobId, items: Vec<Item>) -> Result<(), StoreError> {

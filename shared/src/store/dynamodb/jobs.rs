@@ -75,17 +75,7 @@ impl DynamoStore {
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
             .set_expression_attribute_values(Some(values));
-        match self.send_update(job, update, Cost::default()).await {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                self.meter.restore(job, cost);
-                if is_condition_failed(&e) {
-                    Ok(false)
-                } else {
-                    Err(StoreError::backend("UpdateItem", e))
-                }
-            }
-        }
+        self.update_carrying(job, update, cost).await
     }
 
     pub(super) async fn pinned_definition(

@@ -200,18 +200,10 @@ impl DynamoStore {
             )
             .expression_attribute_names("#status", "status")
             .set_expression_attribute_values(Some(values));
-        // The cost travels in the update itself.
-        match self.send_update(job, update, Cost::default()).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.meter.restore(job, cost);
-                if is_condition_failed(&e) {
-                    Err(StoreError::PrepareLeaseLost(job.clone()))
-                } else {
-                    Err(StoreError::backend("UpdateItem", e))
-                }
-            }
+        if !self.update_carrying(job, update, cost).await? {
+            return Err(StoreError::PrepareLeaseLost(job.clone()));
         }
+        Ok(())
     }
 
     pub(super) async fn renew_prepare(
@@ -310,19 +302,11 @@ impl DynamoStore {
             )
             .expression_attribute_names("#status", "status")
             .set_expression_attribute_values(Some(values));
-        match self.send_update(job, update, Cost::default()).await {
-            Ok(_) => self
-                .get_job(job)
-                .await?
-                .ok_or_else(|| StoreError::JobNotFound(job.clone())),
-            Err(e) => {
-                self.meter.restore(job, cost);
-                if is_condition_failed(&e) {
-                    Err(StoreError::PrepareLeaseLost(job.clone()))
-                } else {
-                    Err(StoreError::backend("UpdateItem", e))
-                }
-            }
+        if !self.update_carrying(job, update, cost).await? {
+            return Err(StoreError::PrepareLeaseLost(job.clone()));
         }
+        self.get_job(job)
+            .await?
+            .ok_or_else(|| StoreError::JobNotFound(job.clone()))
     }
 }
