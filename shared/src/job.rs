@@ -176,6 +176,9 @@ pub struct Job {
     /// Location of the error report, when one was written.
     pub report: Option<String>,
     pub cost: Cost,
+    /// Times an operator reran the job's failed or unprocessed records.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 impl Job {
@@ -184,12 +187,21 @@ impl Job {
         self.prepared && self.batches_done >= self.total_batches
     }
 
+    /// The stable id of this job's `kind` event: the same for every
+    /// delivery, different for each retry's round.
+    pub fn event_id(&self, kind: &str) -> String {
+        match self.retries {
+            0 => format!("{}:{kind}", self.id),
+            n => format!("{}:{kind}:retry-{n}", self.id),
+        }
+    }
+
     pub fn summary(&self, now_ms: i64) -> JobSummary {
         let end = self.finished_at_ms.unwrap_or(now_ms);
         let elapsed_ms = (end - self.created_at_ms).max(0) as u64;
         let done = self.processed + self.failed;
         JobSummary {
-            event_id: format!("{}:completed", self.id),
+            event_id: self.event_id("completed"),
             job_id: self.id.clone(),
             status: self.status,
             total_records: self.total_records,
@@ -298,6 +310,48 @@ pub struct FailedRecord {
     pub line: u64,
     #[serde(rename = "i")]
     pub issues: Vec<FieldIssue>,
+    /// Where it failed: a retry reruns processing failures only.
+    #[serde(rename = "s", default, skip_serializing_if = "FailureStage::is_validation")]
+    pub stage: FailureStage,
+}
+
+impl FailedRecord {
+    /// A record the definition rejected: fixing it means fixing the file.
+    pub fn invalid(line: u64, issues: Vec<FieldIssue>) -> Self {
+        FailedRecord {
+            line,
+            issues,
+            stage: FailureStage::Validation,
+        }
+    }
+
+    /// A valid record that the processor (or a crashing batch) failed: a
+    /// retry runs it again.
+    pub fn unprocessed(line: u64, issues: Vec<FieldIssue>) -> Self {
+        FailedRecord {
+            line,
+            issues,
+            stage: FailureStage::Processing,
+        }
+    }
+}
+
+/// Whether a failure is the input's fault or the processing's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureStage {
+    /// Parsing or validation: stays failed until the file is fixed.
+    #[default]
+    #[serde(rename = "v")]
+    Validation,
+    /// The processor, or a batch that crashed every worker: retryable.
+    #[serde(rename = "p")]
+    Processing,
+}
+
+impl FailureStage {
+    pub fn is_validation(&self) -> bool {
+        *self == FailureStage::Validation
+    }
 }
 
 /// Milliseconds since the Unix epoch (the unit of every timestamp we store).

@@ -546,10 +546,10 @@ mod tests {
         let outcome = BatchOutcome {
             state: BatchState::Done,
             processed: 1,
-            failed: vec![FailedRecord {
-                line: 3,
-                issues: vec![FieldIssue::new(Some("n"), Some("x"), "not an integer")],
-            }],
+            failed: vec![FailedRecord::invalid(
+                3,
+                vec![FieldIssue::new(Some("n"), Some("x"), "not an integer")],
+            )],
             error: None,
         };
         store

@@ -221,10 +221,7 @@ impl Worker<'_> {
         for record in &records {
             match self.definition.validate(record) {
                 Ok(v) => valid.push(v),
-                Err(issues) => failed.push(FailedRecord {
-                    line: record.line,
-                    issues,
-                }),
+                Err(issues) => failed.push(FailedRecord::invalid(record.line, issues)),
             }
         }
         let processed = self.run_processor(claim, &valid, &mut failed).await;
@@ -289,10 +286,10 @@ impl Worker<'_> {
                         } else {
                             format!("processing failed: {e}")
                         };
-                        failed.push(FailedRecord {
-                            line: record.line,
-                            issues: vec![FieldIssue::new(None, None, message)],
-                        });
+                        failed.push(FailedRecord::unprocessed(
+                            record.line,
+                            vec![FieldIssue::new(None, None, message)],
+                        ));
                     }
                 }
             }
@@ -375,9 +372,8 @@ fn poisoned(claim: &ClaimedBatch, records: &[StagedRecord], max_attempts: u64) -
         processed: 0,
         failed: records
             .iter()
-            .map(|r| FailedRecord {
-                line: r.line,
-                issues: vec![FieldIssue::new(None, None, message.clone())],
+            .map(|r| {
+                FailedRecord::unprocessed(r.line, vec![FieldIssue::new(None, None, message.clone())])
             })
             .collect(),
         error: Some(message),
@@ -397,10 +393,7 @@ fn unloadable(claim: &ClaimedBatch, error: &StoreError, max_attempts: u64) -> Ba
         state: BatchState::Failed,
         processed: 0,
         failed: (0..claim.record_count)
-            .map(|_| FailedRecord {
-                line: 0,
-                issues: vec![FieldIssue::new(None, None, message.clone())],
-            })
+            .map(|_| FailedRecord::unprocessed(0, vec![FieldIssue::new(None, None, message.clone())]))
             .collect(),
         error: Some(message),
     }

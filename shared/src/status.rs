@@ -139,6 +139,7 @@ mod tests {
             failure_reason: None,
             report: None,
             cost: Cost::default(),
+            retries: 0,
         }
     }
 

@@ -242,18 +242,18 @@ pub async fn counters_and_failures_move_with_the_batch(store: &dyn JobStore) {
     let job = job_with(store, "counts", 2, false).await;
     let a = claim(store, &job, "w1", T0).await;
     let failed = vec![
-        FailedRecord {
-            line: 3,
-            issues: vec![FieldIssue::new(
+        FailedRecord::invalid(
+            3,
+            vec![FieldIssue::new(
                 Some("email"),
                 Some("nope"),
                 "not a valid email address",
             )],
-        },
-        FailedRecord {
-            line: 4,
-            issues: vec![FieldIssue::new(None, None, "expected 3 fields, found 4")],
-        },
+        ),
+        FailedRecord::unprocessed(
+            4,
+            vec![FieldIssue::new(None, None, "the target refused it")],
+        ),
     ];
     let outcome = BatchOutcome {
         state: BatchState::Done,
@@ -663,10 +663,10 @@ pub async fn counters_add_up_over_many_batches_and_workers(store: &dyn JobStore)
                 let outcome = BatchOutcome {
                     state: BatchState::Done,
                     processed: 2,
-                    failed: vec![FailedRecord {
-                        line: c.index * 100 + 2,
-                        issues: vec![FieldIssue::new(None, None, "bad")],
-                    }],
+                    failed: vec![FailedRecord::invalid(
+                        c.index * 100 + 2,
+                        vec![FieldIssue::new(None, None, "bad")],
+                    )],
                     error: None,
                 };
                 store.commit_batch(&c, &outcome, T0).await.unwrap();

@@ -144,6 +144,7 @@ impl PrepareStore for MemoryStore {
             failure_reason: None,
             report: None,
             cost: Cost::default(),
+            retries: 0,
         };
         jobs.insert(
             id,

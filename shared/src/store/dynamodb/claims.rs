@@ -370,6 +370,7 @@ fn fit_failures(failed: &[FailedRecord]) -> std::borrow::Cow<'_, [FailedRecord]>
                     message: truncate_value(&i.message),
                 })
                 .collect(),
+            stage: f.stage,
         })
         .collect::<Vec<_>>()
         .into()

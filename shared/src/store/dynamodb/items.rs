@@ -127,6 +127,9 @@ pub struct JobItem {
     pub read_units: f64,
     #[serde(default)]
     pub conflicts: u64,
+    /// Times the job was retried.
+    #[serde(default)]
+    pub retries: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
     /// Lease index key while the job is PROCESSING: the sweeper's list.
@@ -208,6 +211,7 @@ impl JobItem {
             write_units: 0.0,
             read_units: 0.0,
             conflicts: 0,
+            retries: 0,
             expires_at,
             gpk: Some(ACTIVE_JOBS.into()),
             gsk: Some(now_ms),
@@ -264,6 +268,7 @@ impl JobItem {
             failure_reason: self.failure_reason,
             report: self.report,
             cost,
+            retries: self.retries,
         }
     }
 }
