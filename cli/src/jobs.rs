@@ -162,6 +162,85 @@ pub async fn abort(
     Ok(0)
 }
 
+/// The URL of a queue by name, if it exists.
+async fn queue_url(clients: &Clients, name: &str) -> anyhow::Result<Option<String>> {
+    match clients.sqs.get_queue_url().queue_name(name).send().await {
+        Ok(out) => Ok(out.queue_url),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_queue_does_not_exist()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("looking up queue {name}"))),
+    }
+}
+
+/// Starts a retry round of an ended job: its processing failures and what
+/// an abort left unprocessed run again (validation failures stay failed).
+/// Prints the reopened job; with `watch`, follows it like `status --watch`.
+pub async fn retry(
+    names: &Names,
+    job: &str,
+    max_workers: u32,
+    events_queue_url: Option<String>,
+    watch: bool,
+) -> anyhow::Result<i32> {
+    let clients = Clients::load().await;
+    let store = store(names, &clients);
+    let id = resolve(&clients, job).await?;
+    let work_url = queue_url(&clients, &names.queue)
+        .await?
+        .with_context(|| format!("no work queue named {}", names.queue))?;
+    let work = bulk_import::queue::SqsQueue::new(clients.sqs.clone(), work_url);
+    let prepare = match queue_url(&clients, &format!("{}-prepare", names.queue)).await? {
+        Some(url) => Some(bulk_import::queue::SqsQueue::new(clients.sqs.clone(), url)),
+        None => None,
+    };
+    let events = bulk_import::events::SqsEvents {
+        client: clients.sqs.clone(),
+        queue_url: events_queue_url,
+    };
+    let steering = bulk_import::steer::Steering {
+        store: &store,
+        queue: &work,
+        prepare_queue: prepare
+            .as_ref()
+            .map(|q| q as &dyn bulk_import::queue::PrepareQueue),
+        events: &events,
+        max_workers,
+    };
+    let started = match steering.retry(&id).await {
+        Ok(started) => started,
+        Err(
+            e @ (bulk_import::steer::SteerError::NotFinal(_)
+            | bulk_import::steer::SteerError::NothingToRetry { .. }
+            | bulk_import::steer::SteerError::Busy(_)),
+        ) => {
+            eprintln!("{e}");
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    eprintln!(
+        "retry {} of job {id}: {} records in {} batches run again{}",
+        started.job.retries,
+        started.records,
+        started.batches,
+        if started.resumes_prepare {
+            "; reading the file resumes where it stopped"
+        } else {
+            ""
+        }
+    );
+    if watch {
+        return status(names, id.as_str(), true).await;
+    }
+    let view = JobStatusView::of(&started.job, now_ms());
+    println!("{}", serde_json::to_string_pretty(&view)?);
+    Ok(0)
+}
+
 /// Every imported record of a finished job, in input order, to `out` (or
 /// standard output).
 pub async fn export(

@@ -87,6 +87,22 @@ enum Command {
         #[arg(long, env = "EVENTS_QUEUE_URL")]
         events_queue_url: Option<String>,
     },
+    /// Run again what failed in processing (the processor's errors, poison
+    /// batches) and what an abort left unprocessed, once the cause is fixed;
+    /// validation failures stay failed. The job ends again, once, with a
+    /// new report (exit code 1 if there is nothing to retry).
+    Retry {
+        job: String,
+        /// Workers woken at most.
+        #[arg(long, env = "MAX_WORKERS", default_value_t = 10)]
+        max_workers: u32,
+        /// Events queue URL, for an event the previous round still owes.
+        #[arg(long, env = "EVENTS_QUEUE_URL")]
+        events_queue_url: Option<String>,
+        /// Follow the job until it ends, like `status --watch`.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Every imported record of a finished job, in input order (to standard
     /// output unless --out).
     Export {
@@ -141,6 +157,15 @@ async fn main() -> anyhow::Result<()> {
             events_queue_url,
         } => {
             let code = jobs::abort(&cli.names, &job, &reason, events_queue_url).await?;
+            std::process::exit(code);
+        }
+        Command::Retry {
+            job,
+            max_workers,
+            events_queue_url,
+            watch,
+        } => {
+            let code = jobs::retry(&cli.names, &job, max_workers, events_queue_url, watch).await?;
             std::process::exit(code);
         }
         Command::Status { job, watch } => {

@@ -171,6 +171,9 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepare_checkpoint: Option<String>,
     pub created_at_ms: i64,
+    /// When the job last moved: a publication, a commit, its end.
+    #[serde(default)]
+    pub updated_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     pub failure_reason: Option<String>,
     /// Location of the error report, when one was written.
@@ -311,7 +314,11 @@ pub struct FailedRecord {
     #[serde(rename = "i")]
     pub issues: Vec<FieldIssue>,
     /// Where it failed: a retry reruns processing failures only.
-    #[serde(rename = "s", default, skip_serializing_if = "FailureStage::is_validation")]
+    #[serde(
+        rename = "s",
+        default,
+        skip_serializing_if = "FailureStage::is_validation"
+    )]
     pub stage: FailureStage,
 }
 

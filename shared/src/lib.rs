@@ -28,6 +28,7 @@ pub mod retry;
 pub mod schema;
 pub mod source;
 pub mod status;
+pub mod steer;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;

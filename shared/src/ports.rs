@@ -83,6 +83,17 @@ impl Deps {
         }
     }
 
+    /// Retries of ended jobs, waking this deployment's workers.
+    pub fn steering(&self) -> crate::steer::Steering<'_> {
+        crate::steer::Steering {
+            store: self.store.as_ref(),
+            queue: self.queue.as_ref(),
+            prepare_queue: self.prepare_queue.as_deref(),
+            events: self.events.as_ref(),
+            max_workers: self.prepare.max_workers,
+        }
+    }
+
     pub fn finalizer<'a>(&'a self, definition: &'a Definition) -> Finalizer<'a> {
         Finalizer {
             store: self.store.as_ref(),

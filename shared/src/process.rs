@@ -151,7 +151,7 @@ impl Worker<'_> {
                     report.batches += 1;
                     report.processed += outcome.processed;
                     report.failed += outcome.failed.len() as u64;
-                    report.finalized |= self.after_commit(job, &outcome).await?;
+                    report.finalized |= self.after_commit(&claim, &outcome).await?;
                 }
                 Err(StoreError::ClaimLost { .. }) => {
                     tracing::warn!(job_id = %job, batch = claim.index, version = claim.version, "claim lost to a reclaim; result dropped");
@@ -195,12 +195,29 @@ impl Worker<'_> {
     /// Validates and processes the batch's records into an outcome.
     async fn process(&self, claim: &ClaimedBatch) -> Result<BatchOutcome, StoreError> {
         let max_attempts = u64::from(self.definition.max_attempts);
+        // A retry's rerun keeps what the earlier run settled: records that
+        // succeeded, and validation failures (the file is what it is).
+        let earlier = match claim.rerun {
+            Some(_) => Some(Earlier::of(
+                self.store
+                    .failed_records(&claim.job_id, claim.index)
+                    .await?,
+            )),
+            None => None,
+        };
         let records = match self.load(claim).await {
             Ok(records) => records,
             // Every claim of a corrupt batch fails the same way: after
             // maxAttempts it is a poison batch, failed without its records.
-            Err(e @ StoreError::Corrupt { .. }) if claim.version > max_attempts => {
-                return Ok(unloadable(claim, &e, max_attempts));
+            Err(e @ StoreError::Corrupt { .. }) if claim.attempt > max_attempts => {
+                let mut outcome = unloadable(claim, &e, max_attempts);
+                if let (Some(earlier), Some(prior)) = (earlier, claim.rerun) {
+                    let rerun = claim.record_count - prior.processed - prior.failed;
+                    outcome.failed.truncate(rerun as usize);
+                    outcome.failed.extend(earlier.kept);
+                    outcome.processed = prior.processed;
+                }
+                return Ok(outcome);
             }
             Err(e @ StoreError::Corrupt { .. }) => {
                 // `run` gives back only transiently failed batches; give this
@@ -213,10 +230,17 @@ impl Worker<'_> {
             }
             Err(e) => return Err(e),
         };
-        if claim.version > max_attempts {
-            return Ok(poisoned(claim, &records, max_attempts));
+        let (records, mut failed, settled) = match earlier {
+            Some(earlier) => earlier.split(records, claim.rerun.map_or(0, |r| r.processed)),
+            None => (records, Vec::new(), 0),
+        };
+        if claim.attempt > max_attempts {
+            let mut outcome = poisoned(claim, &records, max_attempts);
+            outcome.processed = settled;
+            outcome.failed.append(&mut failed);
+            outcome.failed.sort_by_key(|f| f.line);
+            return Ok(outcome);
         }
-        let mut failed = Vec::new();
         let mut valid = Vec::with_capacity(records.len());
         for record in &records {
             match self.definition.validate(record) {
@@ -228,7 +252,7 @@ impl Worker<'_> {
         failed.sort_by_key(|f| f.line);
         Ok(BatchOutcome {
             state: BatchState::Done,
-            processed,
+            processed: settled + processed,
             failed,
             error: None,
         })
@@ -313,10 +337,18 @@ impl Worker<'_> {
     /// After a commit: fail the job on a failed record when `continueOnError`
     /// is off. (Completion is checked when a worker runs out of batches, not
     /// after every commit, so the per-batch path reads no job-wide state.)
-    async fn after_commit(&self, job: &JobId, outcome: &BatchOutcome) -> Result<bool, WorkError> {
+    async fn after_commit(
+        &self,
+        claim: &ClaimedBatch,
+        outcome: &BatchOutcome,
+    ) -> Result<bool, WorkError> {
+        let job = &claim.job_id;
+        // A rerun's validation failures are the earlier run's, already
+        // counted against the job before.
         let Some(first) = outcome
             .failed
-            .first()
+            .iter()
+            .find(|f| claim.rerun.is_none() || !f.stage.is_validation())
             .filter(|_| !self.definition.continue_on_error)
         else {
             return Ok(false);
@@ -336,6 +368,49 @@ impl Worker<'_> {
             return Err(StoreError::JobNotFound(job.clone()).into());
         };
         Ok(self.finalizer().complete(&current).await?)
+    }
+}
+
+/// What a requeued batch's earlier run settled: its validation failures
+/// (kept as they are) and the lines whose processing failed (run again).
+struct Earlier {
+    kept: Vec<FailedRecord>,
+    rerun: std::collections::HashSet<u64>,
+    /// The earlier run could not load the records (failures on line 0): run
+    /// every record not kept.
+    all: bool,
+}
+
+impl Earlier {
+    fn of(failures: Vec<FailedRecord>) -> Self {
+        let (kept, rerun): (Vec<_>, Vec<_>) =
+            failures.into_iter().partition(|f| f.stage.is_validation());
+        Earlier {
+            all: rerun.iter().any(|f| f.line == 0),
+            rerun: rerun.iter().map(|f| f.line).collect(),
+            kept,
+        }
+    }
+
+    /// The records to run again, the failures kept, and how many records
+    /// the earlier run processed (`processed`, which stays counted).
+    fn split(
+        self,
+        records: Vec<StagedRecord>,
+        processed: u64,
+    ) -> (Vec<StagedRecord>, Vec<FailedRecord>, u64) {
+        let kept_lines: std::collections::HashSet<u64> = self.kept.iter().map(|f| f.line).collect();
+        let rerun = records
+            .into_iter()
+            .filter(|r| {
+                if self.all {
+                    !kept_lines.contains(&r.line)
+                } else {
+                    self.rerun.contains(&r.line)
+                }
+            })
+            .collect();
+        (rerun, self.kept, if self.all { 0 } else { processed })
     }
 }
 
@@ -373,7 +448,10 @@ fn poisoned(claim: &ClaimedBatch, records: &[StagedRecord], max_attempts: u64) -
         failed: records
             .iter()
             .map(|r| {
-                FailedRecord::unprocessed(r.line, vec![FieldIssue::new(None, None, message.clone())])
+                FailedRecord::unprocessed(
+                    r.line,
+                    vec![FieldIssue::new(None, None, message.clone())],
+                )
             })
             .collect(),
         error: Some(message),
@@ -393,7 +471,9 @@ fn unloadable(claim: &ClaimedBatch, error: &StoreError, max_attempts: u64) -> Ba
         state: BatchState::Failed,
         processed: 0,
         failed: (0..claim.record_count)
-            .map(|_| FailedRecord::unprocessed(0, vec![FieldIssue::new(None, None, message.clone())]))
+            .map(|_| {
+                FailedRecord::unprocessed(0, vec![FieldIssue::new(None, None, message.clone())])
+            })
             .collect(),
         error: Some(message),
     }

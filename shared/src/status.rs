@@ -3,6 +3,7 @@
 //! finish, 100 when final), rate and ETA, computed from one read of the job.
 
 use crate::job::{Cost, Job, JobId, JobStatus};
+use crate::source::Checkpoint;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,6 +27,9 @@ pub struct JobStatusView {
     pub phase: Phase,
     /// 0-10 while the file is read, 10-99 as batches finish, 100 when final.
     pub progress: u8,
+    /// Records read from the file and published so far (all of them once
+    /// the file is read).
+    pub records_read: u64,
     /// Known once the whole file is read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_records: Option<u64>,
@@ -40,12 +44,16 @@ pub struct JobStatusView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<u64>,
     pub created_at_ms: i64,
+    /// The last publication, commit, end or retry.
+    pub updated_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// Retry rounds run so far.
+    pub retries: u32,
     pub spend: Cost,
 }
 
@@ -79,6 +87,14 @@ impl JobStatusView {
             0.0
         };
         let total = job.prepared.then_some(job.total_records);
+        // While reading, the checkpoint of the last publication counts the
+        // records before it.
+        let records_read = total.unwrap_or_else(|| {
+            job.prepare_checkpoint
+                .as_deref()
+                .and_then(|c| Checkpoint::decode(c).ok())
+                .map_or(0, |c| c.records)
+        });
         let eta_seconds = match (total, phase) {
             (_, Phase::Done) => Some(0),
             (Some(total), _) if rate > 0.0 => {
@@ -92,6 +108,7 @@ impl JobStatusView {
             status: job.status,
             phase,
             progress,
+            records_read,
             total_records: total,
             processed: job.processed,
             failed: job.failed,
@@ -101,9 +118,11 @@ impl JobStatusView {
             records_per_second: (rate * 10.0).round() / 10.0,
             eta_seconds,
             created_at_ms: job.created_at_ms,
+            updated_at_ms: job.updated_at_ms.max(job.created_at_ms),
             finished_at_ms: job.finished_at_ms,
             failure_reason: job.failure_reason.clone(),
             report: job.report.clone(),
+            retries: job.retries,
             spend: job.cost,
         }
     }
@@ -135,6 +154,7 @@ mod tests {
             prepare_failures: 0,
             prepare_checkpoint: None,
             created_at_ms: 0,
+            updated_at_ms: 0,
             finished_at_ms: None,
             failure_reason: None,
             report: None,
@@ -152,7 +172,23 @@ mod tests {
             (Phase::ReadingFile, 0, None)
         );
         j.batches_ready = 3;
-        assert_eq!(JobStatusView::of(&j, 1_000).progress, 5);
+        j.prepare_checkpoint = Some(
+            Checkpoint {
+                offset: 2_700,
+                line: 31,
+                records: 30,
+                dialect: crate::source::Dialect {
+                    format: crate::schema::InputFormat::Csv,
+                    gzip: false,
+                    delimiter: b',',
+                    quote: b'"',
+                    header_end: Some(12),
+                },
+            }
+            .encode(),
+        );
+        let v = JobStatusView::of(&j, 1_000);
+        assert_eq!((v.progress, v.records_read, v.total_records), (5, 30, None));
         j.prepared = true;
         j.total_batches = 10;
         j.total_records = 1_000;
@@ -161,6 +197,7 @@ mod tests {
         j.failed = 50;
         let v = JobStatusView::of(&j, 10_000);
         assert_eq!((v.phase, v.progress), (Phase::Processing, 54));
+        assert_eq!((v.records_read, v.total_records), (1_000, Some(1_000)));
         assert_eq!(v.records_per_second, 50.0);
         assert_eq!(v.eta_seconds, Some(10), "500 records left at 50 a second");
         j.batches_done = 10;

@@ -1,6 +1,7 @@
 //! The operator's commands against the emulator: `bulkimport jobs` and
 //! `bulkimport status` find a finished job by id or by its S3 object and
-//! report how it ended.
+//! report how it ended; `abort` stops one and `retry` runs again what
+//! failed in processing or was left unprocessed.
 
 use integration_tests::{bulkimport, Stack};
 use tokio::process::Command;
@@ -18,6 +19,7 @@ async fn cli(stack: &Stack, args: &[&str]) -> (i32, String) {
     let r = &stack.resources;
     let out = Command::new(bulkimport())
         .args(["--bucket", &r.bucket, "--state-table", &r.state_table])
+        .args(["--queue", &r.queue])
         .args(args)
         .output()
         .await
@@ -121,4 +123,109 @@ async fn status_and_jobs_find_a_finished_job_by_its_object_and_say_how_it_ended(
     assert!(listed.contains(job.as_str()), "{listed}");
     let (_, failed) = cli(&stack, &["jobs", "--status", "FAILED"]).await;
     assert!(!failed.contains(job.as_str()), "{failed}");
+}
+
+fn users(n: usize) -> String {
+    let mut csv = String::from("email,name\n");
+    for i in 0..n {
+        csv.push_str(&format!("user{i}@example.com,User {i}\n"));
+    }
+    csv
+}
+
+#[tokio::test]
+async fn abort_then_retry_processes_what_the_abort_left() {
+    let stack = Stack::new(DEFINITION).await;
+    let event = stack.upload("uploads/later.csv", users(20)).await;
+    let prepared = stack.orchestrate(event).await;
+    let job = bulk_import::JobId::new(&prepared[0].job_id);
+    let (code, _) = cli(&stack, &["abort", job.as_str()]).await;
+    assert_eq!(code, 0);
+    stack.run_workers(2, &job).await;
+    assert_eq!(
+        stack.job(&job).await.processed,
+        0,
+        "nothing ran after the abort"
+    );
+
+    let (code, out) = cli(&stack, &["retry", job.as_str()]).await;
+    assert_eq!(code, 0, "{out}");
+    let view: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(view["status"], "PROCESSING");
+    assert_eq!(view["retries"], 1);
+    let stats = stack.run_workers(2, &job).await;
+    assert_eq!(stats.failed_messages, 0);
+    let done = stack.job(&job).await;
+    assert_eq!(
+        (done.status, done.processed, done.failed, done.retries),
+        (bulk_import::JobStatus::Completed, 20, 0, 1)
+    );
+    assert_eq!(stack.target_items().await.len(), 20);
+    let (code, _) = cli(&stack, &["retry", job.as_str()]).await;
+    assert_eq!(code, 1, "a completed job has nothing to retry");
+    let ids: Vec<String> = stack
+        .events
+        .completed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id.clone())
+        .collect();
+    assert_eq!(ids, vec![format!("{job}:completed:retry-1")]);
+}
+
+#[tokio::test]
+async fn retry_after_the_target_is_fixed_moves_failures_to_processed() {
+    let definition = DEFINITION.replace(r#""batchSize": 4"#, r#""batchSize": 4, "maxRetries": 0"#);
+    let stack = Stack::new(&definition).await;
+    let mut csv = users(10);
+    csv.push_str("not-an-email,Broken\n");
+    let event = stack.upload("uploads/down.csv", csv).await;
+    // The target table is gone while the job runs: every valid record
+    // fails in processing.
+    let target = stack.resources.target_table.clone();
+    stack
+        .clients
+        .dynamodb
+        .delete_table()
+        .table_name(&target)
+        .send()
+        .await
+        .expect("delete the target table");
+    let prepared = stack.orchestrate(event).await;
+    let job = bulk_import::JobId::new(&prepared[0].job_id);
+    stack.run_workers(2, &job).await;
+    let failed = stack.job(&job).await;
+    assert_eq!(
+        (failed.status, failed.processed, failed.failed),
+        (bulk_import::JobStatus::Failed, 0, 11)
+    );
+
+    // The operator fixes the cause and retries.
+    bulk_import::local::ensure_resources(&stack.clients, &stack.resources)
+        .await
+        .expect("recreate the target table");
+    let (code, out) = cli(&stack, &["retry", job.as_str()]).await;
+    assert_eq!(code, 0, "{out}");
+    stack.run_workers(2, &job).await;
+    let done = stack.job(&job).await;
+    assert_eq!(
+        (done.status, done.processed, done.failed, done.retries),
+        (bulk_import::JobStatus::CompletedWithErrors, 10, 1, 1)
+    );
+    assert_eq!(stack.target_items().await.len(), 10);
+    // The report now holds only the invalid row.
+    let (_, errors) = cli(&stack, &["errors", job.as_str()]).await;
+    let rows: Vec<&str> = errors.lines().collect();
+    assert_eq!(rows.len(), 2, "{errors}");
+    assert!(rows[1].starts_with("12,email,not-an-email,"), "{errors}");
+    let events = stack.events.completed.lock().unwrap().clone();
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            format!("{job}:completed"),
+            format!("{job}:completed:retry-1")
+        ]
+    );
 }

@@ -55,3 +55,50 @@ async fn a_handed_over_prepare_is_continued_from_the_prepare_queue() {
     assert_eq!(done.status, bulk_import::JobStatus::Completed);
     assert_eq!(done.processed, 23);
 }
+
+#[tokio::test]
+async fn a_prepare_aborted_midway_resumes_at_its_checkpoint_on_retry() {
+    let stack = Stack::new(DEFINITION).await;
+    let mut csv = String::from("email\n");
+    for i in 0..23 {
+        csv.push_str(&format!("user{i}@example.com\n"));
+    }
+    let event = stack.upload("uploads/stopped.csv", csv).await;
+    let first = orchestrator::handle(
+        &stack.deps,
+        LambdaEvent::new(event, context(Duration::from_secs(1))),
+    )
+    .await
+    .expect("orchestrator");
+    assert_eq!(first[0].outcome, "handed-off");
+    let job = JobId::new(&first[0].job_id);
+
+    let definition = stack.deps.definition.clone();
+    assert!(stack
+        .deps
+        .finalizer(&definition)
+        .abort(&job, "wrong time".into())
+        .await
+        .expect("abort"));
+    // The continuation finds the job ended and reads nothing more.
+    stack.continue_prepares(&job).await;
+    let aborted = stack.job(&job).await;
+    assert_eq!(aborted.status, bulk_import::JobStatus::Aborted);
+    assert!(!aborted.prepared);
+    assert!(aborted.batches_ready < 5, "the abort came midway");
+
+    let started = stack.deps.steering().retry(&job).await.expect("retry");
+    assert!(started.resumes_prepare);
+    let continued = stack.continue_prepares(&job).await;
+    assert_eq!(continued.failed_messages, 0);
+    let prepared = stack.job(&job).await;
+    assert!(prepared.prepared);
+    assert_eq!((prepared.total_records, prepared.total_batches), (23, 5));
+    stack.run_workers(2, &job).await;
+    let done = stack.job(&job).await;
+    assert_eq!(
+        (done.status, done.processed, done.failed, done.retries),
+        (bulk_import::JobStatus::Completed, 23, 0, 1)
+    );
+    assert_eq!(stack.target_items().await.len(), 23);
+}

@@ -752,6 +752,228 @@ pub async fn jobs_are_listed_newest_first_by_status(store: &dyn JobStore) {
 }
 
 /// Stamps out one `#[tokio::test]` per conformance case for a backend;
+fn target_refused(line: u64) -> FailedRecord {
+    FailedRecord::unprocessed(
+        line,
+        vec![FieldIssue::new(None, None, "the target refused it")],
+    )
+}
+
+fn not_an_email(line: u64) -> FailedRecord {
+    FailedRecord::invalid(
+        line,
+        vec![FieldIssue::new(
+            Some("email"),
+            Some("nope"),
+            "not a valid email address",
+        )],
+    )
+}
+
+/// Claims and commits every batch of a prepared job; `outcome(index)` says
+/// how each ends.
+async fn settle(store: &dyn JobStore, job: &JobId, outcome: impl Fn(u64) -> BatchOutcome) {
+    loop {
+        match store.claim_batch(job, "w", T0, LEASE).await.unwrap() {
+            Claim::Batch(c) => store.commit_batch(&c, &outcome(c.index), T0).await.unwrap(),
+            Claim::NoneAvailable => return,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+pub async fn a_retry_requeues_processing_failures_and_counts_move(store: &dyn JobStore) {
+    // Batch 0: one processed, one invalid, one refused by the target;
+    // batch 1: all processed; batch 2: poison.
+    let job = job_with(store, "retry", 3, false).await;
+    settle(store, &job, |index| match index {
+        0 => BatchOutcome {
+            state: BatchState::Done,
+            processed: 1,
+            failed: vec![not_an_email(3), target_refused(4)],
+            error: None,
+        },
+        1 => done(3),
+        _ => BatchOutcome {
+            state: BatchState::Failed,
+            processed: 0,
+            failed: (202..205).map(target_refused).collect(),
+            error: Some("poison".into()),
+        },
+    })
+    .await;
+    assert!(store
+        .finalize(
+            &job,
+            &fin(JobStatus::CompletedWithErrors),
+            FinalizeWhen::AllBatchesDone
+        )
+        .await
+        .unwrap());
+    assert_eq!(store.retryable_batches(&job).await.unwrap(), vec![0, 2]);
+    store.ack_event(&job).await.unwrap();
+
+    assert_eq!(store.requeue_batch(&job, 0).await.unwrap(), Some(1));
+    assert_eq!(
+        store.requeue_batch(&job, 0).await.unwrap(),
+        None,
+        "requeued once"
+    );
+    assert_eq!(
+        store.requeue_batch(&job, 1).await.unwrap(),
+        None,
+        "nothing to rerun"
+    );
+    assert_eq!(store.requeue_batch(&job, 2).await.unwrap(), Some(3));
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!((j.batches_done, j.processed, j.failed), (1, 4, 1));
+    // A final job hands nothing out, requeued or not.
+    assert!(matches!(
+        store.claim_batch(&job, "w", T0, LEASE).await.unwrap(),
+        Claim::JobFinished(JobStatus::CompletedWithErrors)
+    ));
+
+    let reopened = store.reopen(&job, 0, T0 + 10).await.unwrap().unwrap();
+    assert_eq!(
+        (reopened.status, reopened.retries),
+        (JobStatus::Processing, 1)
+    );
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let c = claim(store, &job, "w2", T0 + 20).await;
+        assert_eq!(c.attempt, 1, "attempts count from the requeue");
+        let rerun = c.rerun.expect("a requeued batch says what it kept");
+        let outcome = match c.index {
+            0 => {
+                assert_eq!((rerun.processed, rerun.failed), (1, 1));
+                BatchOutcome {
+                    state: BatchState::Done,
+                    processed: 2,
+                    failed: vec![not_an_email(3)],
+                    error: None,
+                }
+            }
+            _ => {
+                assert_eq!((rerun.processed, rerun.failed), (0, 0));
+                BatchOutcome {
+                    state: BatchState::Done,
+                    processed: 2,
+                    failed: vec![target_refused(203)],
+                    error: None,
+                }
+            }
+        };
+        store.commit_batch(&c, &outcome, T0 + 30).await.unwrap();
+        seen.push(c.index);
+    }
+    seen.sort();
+    assert_eq!(seen, vec![0, 2]);
+    assert!(matches!(
+        store.claim_batch(&job, "w2", T0 + 40, LEASE).await.unwrap(),
+        Claim::NoneAvailable
+    ));
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!((j.batches_done, j.processed, j.failed), (3, 7, 2));
+    assert_eq!(
+        store.failed_records(&job, 0).await.unwrap(),
+        vec![not_an_email(3)]
+    );
+    assert_eq!(
+        store.failed_records(&job, 2).await.unwrap(),
+        vec![target_refused(203)]
+    );
+    assert!(store
+        .finalize(
+            &job,
+            &fin(JobStatus::CompletedWithErrors),
+            FinalizeWhen::AllBatchesDone
+        )
+        .await
+        .unwrap());
+    // The next round sees only what is still retryable.
+    assert_eq!(store.retryable_batches(&job).await.unwrap(), vec![2]);
+}
+
+pub async fn a_rerun_replaces_the_earlier_failure_items(store: &dyn JobStore) {
+    // Failures large enough to take several stored items, then none.
+    let job = job_with(store, "replace", 1, false).await;
+    let big = |line: u64| {
+        FailedRecord::unprocessed(
+            line,
+            vec![FieldIssue::new(None, None, "x".repeat(150 * 1024))],
+        )
+    };
+    settle(store, &job, |_| BatchOutcome {
+        state: BatchState::Done,
+        processed: 0,
+        failed: (2..5).map(big).collect(),
+        error: None,
+    })
+    .await;
+    assert!(store
+        .finalize(&job, &fin(JobStatus::Failed), FinalizeWhen::AllBatchesDone)
+        .await
+        .unwrap());
+    store.ack_event(&job).await.unwrap();
+    assert_eq!(store.requeue_batch(&job, 0).await.unwrap(), Some(3));
+    store.reopen(&job, 0, T0 + 10).await.unwrap().unwrap();
+    let c = claim(store, &job, "w", T0 + 20).await;
+    store.commit_batch(&c, &done(3), T0 + 30).await.unwrap();
+    assert!(store.failed_records(&job, 0).await.unwrap().is_empty());
+    assert!(store.retryable_batches(&job).await.unwrap().is_empty());
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!((j.batches_done, j.processed, j.failed), (1, 3, 0));
+}
+
+pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobStore) {
+    let job = job_with(store, "reopen", 1, true).await;
+    assert!(
+        store.reopen(&job, 0, T0).await.unwrap().is_none(),
+        "a running job is not reopened"
+    );
+    let f = Finalization {
+        status: JobStatus::Aborted,
+        reason: Some("stop".into()),
+        report: Some("s3://reports/reopen.csv".into()),
+        now_ms: T0 + 1,
+    };
+    assert!(store.finalize(&job, &f, FinalizeWhen::Now).await.unwrap());
+    assert!(
+        store.reopen(&job, 0, T0 + 2).await.unwrap().is_none(),
+        "not while the aborted event is owed"
+    );
+    store.ack_event(&job).await.unwrap();
+    assert!(
+        store.reopen(&job, 1, T0 + 2).await.unwrap().is_none(),
+        "a round not seen"
+    );
+    let j = store.reopen(&job, 0, T0 + 2).await.unwrap().unwrap();
+    assert_eq!((j.status, j.retries), (JobStatus::Processing, 1));
+    assert_eq!(
+        (j.finished_at_ms, j.failure_reason, j.report),
+        (None, None, None)
+    );
+    assert!(!j.prepared);
+    assert!(
+        store.reopen(&job, 0, T0 + 3).await.unwrap().is_none(),
+        "a second retry of the same round"
+    );
+    assert_eq!(store.active_jobs().await.unwrap(), vec![job.clone()]);
+    assert_eq!(
+        store
+            .list_jobs(Some(JobStatus::Processing), 10)
+            .await
+            .unwrap(),
+        vec![job.clone()]
+    );
+    // The unfinished prepare is free for the next orchestrator.
+    assert!(store
+        .acquire_prepare(&job, &lease("next"), T0 + 4)
+        .await
+        .unwrap()
+        .is_some());
+}
+
 /// `$make` is an async block returning a fresh store.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -781,6 +1003,9 @@ macro_rules! conformance_tests {
             a_finalized_job_owes_its_event_until_acknowledged,
             the_first_definition_pinned_to_a_job_stays,
             jobs_are_listed_newest_first_by_status,
+            a_retry_requeues_processing_failures_and_counts_move,
+            a_rerun_replaces_the_earlier_failure_items,
+            a_job_reopens_once_per_round_and_only_when_final,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

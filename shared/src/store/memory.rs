@@ -13,6 +13,9 @@ struct StoredBatch {
     info: BatchInfo,
     records: Vec<StagedRecord>,
     failures: Vec<FailedRecord>,
+    /// The claim version when the batch was last queued.
+    base_version: u64,
+    rerun: Option<Rerun>,
 }
 
 #[derive(Debug)]
@@ -108,6 +111,8 @@ fn take(
         lease_until_ms: info.lease_until_ms,
         record_count: info.record_count,
         last_error: info.last_error.clone(),
+        attempt: info.version - batch.base_version,
+        rerun: batch.rerun,
     })
 }
 
@@ -140,6 +145,7 @@ impl PrepareStore for MemoryStore {
             prepare_failures: 0,
             prepare_checkpoint: None,
             created_at_ms: now_ms,
+            updated_at_ms: now_ms,
             finished_at_ms: None,
             failure_reason: None,
             report: None,
@@ -213,6 +219,8 @@ impl PrepareStore for MemoryStore {
                 },
                 records: batch.records.to_vec(),
                 failures: Vec::new(),
+                base_version: 0,
+                rerun: None,
             });
             Ok(())
         })
@@ -237,6 +245,7 @@ impl PrepareStore for MemoryStore {
             }
             s.job.batches_ready = ready;
             s.job.prepare_checkpoint = checkpoint.map(str::to_owned);
+            s.job.updated_at_ms = s.job.updated_at_ms.max(now_ms);
             Ok(())
         })
     }
@@ -365,18 +374,25 @@ impl ClaimStore for MemoryStore {
         &self,
         claim: &ClaimedBatch,
         outcome: &BatchOutcome,
-        _now_ms: i64,
+        now_ms: i64,
     ) -> Result<(), StoreError> {
         self.with_job(&claim.job_id, |s| {
             let b = held(s, claim)?;
+            // A rerun's outcome covers the whole batch; the counters still
+            // hold what its earlier run left (see `requeue_batch`).
+            let prior = b.rerun.take().unwrap_or(Rerun {
+                processed: 0,
+                failed: 0,
+            });
             b.info.state = outcome.state;
             b.info.processed = outcome.processed;
             b.info.failed = outcome.failed.len() as u64;
             b.info.last_error = outcome.error.clone().or(b.info.last_error.take());
             b.failures = outcome.failed.clone();
             s.job.batches_done += 1;
-            s.job.processed += outcome.processed;
-            s.job.failed += outcome.failed.len() as u64;
+            s.job.processed += outcome.processed - prior.processed;
+            s.job.failed += outcome.failed.len() as u64 - prior.failed;
+            s.job.updated_at_ms = s.job.updated_at_ms.max(now_ms);
             Ok(())
         })
     }
@@ -408,6 +424,7 @@ impl JobControl for MemoryStore {
             s.job.failure_reason = fin.reason.clone();
             s.job.report = fin.report.clone();
             s.job.finished_at_ms = Some(fin.now_ms);
+            s.job.updated_at_ms = s.job.updated_at_ms.max(fin.now_ms);
             s.event_pending = true;
             Ok(true)
         })
@@ -502,6 +519,68 @@ impl JobControl for MemoryStore {
         self.with_job(job, |s| {
             s.event_pending = false;
             Ok(())
+        })
+    }
+
+    async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError> {
+        self.with_job(job, |s| {
+            Ok(s.batches
+                .iter()
+                .filter(|(_, b)| b.failures.iter().any(|f| !f.stage.is_validation()))
+                .map(|(index, _)| *index)
+                .collect())
+        })
+    }
+
+    async fn requeue_batch(&self, job: &JobId, index: u64) -> Result<Option<u64>, StoreError> {
+        self.with_job(job, |s| {
+            let Some(b) = s.batches.get_mut(&index) else {
+                return Ok(None);
+            };
+            let rerun = b
+                .failures
+                .iter()
+                .filter(|f| !f.stage.is_validation())
+                .count() as u64;
+            let terminal = matches!(b.info.state, BatchState::Done | BatchState::Failed);
+            if !terminal || rerun == 0 {
+                return Ok(None);
+            }
+            b.info.state = BatchState::Processing;
+            b.info.lease_until_ms = 0;
+            b.info.worker = None;
+            b.info.failed -= rerun;
+            b.base_version = b.info.version;
+            b.rerun = Some(Rerun {
+                processed: b.info.processed,
+                failed: b.info.failed,
+            });
+            s.job.batches_done -= 1;
+            s.job.failed -= rerun;
+            Ok(Some(rerun))
+        })
+    }
+
+    async fn reopen(
+        &self,
+        job: &JobId,
+        seen_retries: u32,
+        now_ms: i64,
+    ) -> Result<Option<Job>, StoreError> {
+        self.with_job(job, |s| {
+            // The previous round's event goes out first (see the trait).
+            if !s.job.status.is_final() || s.job.retries != seen_retries || s.event_pending {
+                return Ok(None);
+            }
+            s.job.status = JobStatus::Processing;
+            s.job.retries += 1;
+            s.job.updated_at_ms = s.job.updated_at_ms.max(now_ms);
+            s.job.finished_at_ms = None;
+            s.job.failure_reason = None;
+            s.job.report = None;
+            s.job.prepare_lease_until_ms = 0;
+            s.prepare = None;
+            Ok(Some(s.job.clone()))
         })
     }
 }

@@ -48,6 +48,20 @@ pub struct ClaimedBatch {
     pub record_count: u64,
     /// Why the previous attempt gave up, when it said so.
     pub last_error: Option<String>,
+    /// Claims of this batch since it was last queued (written or requeued
+    /// by a retry); past `maxAttempts` it is a poison batch.
+    pub attempt: u64,
+    /// What the batch's earlier run left, when a retry requeued it: the
+    /// rerun handles only its processing failures.
+    pub rerun: Option<Rerun>,
+}
+
+/// A requeued batch's standing from its earlier run: records processed,
+/// and records still failed (validation failures, which a retry keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rerun {
+    pub processed: u64,
+    pub failed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -326,6 +340,32 @@ pub trait JobControl: Send + Sync {
 
     /// Records that the completion event of `job` was delivered.
     async fn ack_event(&self, job: &JobId) -> Result<(), StoreError>;
+
+    /// Batches holding processing failures (the processor's errors, poison
+    /// batches): what a retry reruns. In index order; a batch listed may
+    /// have been requeued since (`requeue_batch` checks).
+    async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError>;
+
+    /// Makes a terminal batch claimable again for a retry: its processing
+    /// failures leave the job's failed count, and the batch its done count,
+    /// until the rerun commits (`ClaimedBatch::rerun`). Returns how many
+    /// records will rerun; `None` if the batch is not terminal (requeued
+    /// already) or has nothing to rerun.
+    async fn requeue_batch(&self, job: &JobId, index: u64) -> Result<Option<u64>, StoreError>;
+
+    /// Opens a final job for another round: PROCESSING again, `retries`
+    /// one more, the previous end (finish time, reason, report) cleared and
+    /// the prepare lease freed (an unfinished prepare resumes at its
+    /// checkpoint). Fenced by the round the caller saw (`seen_retries`), so
+    /// of two retries of one round one reopens; `None` for the other, if
+    /// the job is not final, or while its final event is still owed
+    /// (deliver it first). Returns the job after.
+    async fn reopen(
+        &self,
+        job: &JobId,
+        seen_retries: u32,
+        now_ms: i64,
+    ) -> Result<Option<Job>, StoreError>;
 }
 
 /// The whole batch protocol: every backend implements the three phase traits.

@@ -100,6 +100,8 @@ impl DynamoStore {
                     worker: worker.to_owned(),
                     lease_until_ms: until,
                     record_count: item.records,
+                    attempt: item.version - item.queued_version,
+                    rerun: item.rerun(),
                     last_error: item.last_error,
                 }))
             }
@@ -242,7 +244,18 @@ impl DynamoStore {
     ) -> Result<(), StoreError> {
         let job = &claim.job_id;
         let failed = fit_failures(&outcome.failed);
-        let failure_items = codec::pack(&failed)
+        let packed = codec::pack(&failed);
+        // A rerun replaces the earlier run's failure items: those past the
+        // new count go.
+        let stale = match claim.rerun {
+            Some(_) => self.failure_parts(job, claim.index).await?,
+            None => Vec::new(),
+        };
+        let stale: Vec<String> = stale
+            .into_iter()
+            .filter(|sk| (0..packed.len()).all(|i| failure_sk(claim.index, i) != *sk))
+            .collect();
+        let failure_items = packed
             .into_iter()
             .enumerate()
             .map(|(i, d)| {
@@ -262,8 +275,8 @@ impl DynamoStore {
         let own = Cost {
             requests: 1,
             // Batch and counter items, doubled in a transaction, the index
-            // entry removal, and the failure items.
-            write_units: 2.0 * (2.0 + failure_units) + 1.0,
+            // entry removal, the failure items and the stale ones deleted.
+            write_units: 2.0 * (2.0 + failure_units + stale.len() as f64) + 1.0,
             ..Cost::default()
         };
         let cost = self.meter.take(job, own);
@@ -285,7 +298,9 @@ impl DynamoStore {
         let batch_update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(batch_pk(job, claim.index), BATCH_SK)))
-            .update_expression(format!("{set} REMOVE gpk, gsk"))
+            .update_expression(format!(
+                "{set} REMOVE gpk, gsk, priorProcessed, priorFailed"
+            ))
             .condition_expression("#state = :processing AND version = :v")
             .set_expression_attribute_names(Some(names(&[
                 ("#state", "state"),
@@ -294,10 +309,23 @@ impl DynamoStore {
             .set_expression_attribute_values(Some(batch_values))
             .build()
             .expect("update is complete");
+        // A rerun's outcome covers the whole batch; the counters still hold
+        // what its earlier run left (see `requeue_batch`).
+        let prior = claim.rerun.unwrap_or(Rerun {
+            processed: 0,
+            failed: 0,
+        });
         let mut counter_values: Item = HashMap::from([
             (":one".into(), n(1)),
-            (":p".into(), n(outcome.processed)),
-            (":f".into(), n(outcome.failed.len())),
+            (":at".into(), n(now_ms)),
+            (
+                ":p".into(),
+                n(outcome.processed as i64 - prior.processed as i64),
+            ),
+            (
+                ":f".into(),
+                n(outcome.failed.len() as i64 - prior.failed as i64),
+            ),
         ]);
         with_cost(&mut counter_values, cost);
         // A counter shard picked at random, not the job item: commits running
@@ -311,7 +339,7 @@ impl DynamoStore {
                 COUNTERS_SK,
             )))
             .update_expression(format!(
-                "{ADD_COST}, batchesDone :one, #processed :p, failed :f"
+                "{ADD_COST}, batchesDone :one, #processed :p, failed :f SET updatedAt = :at"
             ))
             .set_expression_attribute_names(Some(names(&[("#processed", "processed")])))
             .set_expression_attribute_values(Some(counter_values))
@@ -329,6 +357,14 @@ impl DynamoStore {
                 .expect("put is complete");
             items.push(TransactWriteItem::builder().put(put).build());
         }
+        for sk in stale {
+            let delete = Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(failure_pk(job, claim.index), &sk)))
+                .build()
+                .expect("delete is complete");
+            items.push(TransactWriteItem::builder().delete(delete).build());
+        }
         let tok = token(&[
             job.as_str(),
             "commit",
@@ -340,6 +376,128 @@ impl DynamoStore {
             Ok(Err(_)) => {
                 self.meter.restore(job, cost);
                 Err(StoreError::claim_lost(claim))
+            }
+            Err(e) => {
+                self.meter.restore(job, cost);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl DynamoStore {
+    /// Sort keys of a batch's failure items.
+    async fn failure_parts(&self, job: &JobId, index: u64) -> Result<Vec<String>, StoreError> {
+        let parts = self
+            .query_parts::<FailedRecord>(job, failure_pk(job, index), &failure_sk_prefix(index))
+            .await?;
+        Ok(parts.into_iter().map(|(sk, _)| sk).collect())
+    }
+
+    pub(super) async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError> {
+        let mut found = std::collections::BTreeSet::new();
+        for shard in 0..FAILURE_SHARDS {
+            let parts = self
+                .query_parts::<FailedRecord>(job, failure_pk(job, shard), "")
+                .await?;
+            for (sk, failures) in parts {
+                if failures.iter().any(|f| !f.stage.is_validation()) {
+                    found.extend(failure_batch(&sk));
+                }
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    pub(super) async fn requeue_batch(
+        &self,
+        job: &JobId,
+        index: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(item) = self.get(job, batch_pk(job, index), BATCH_SK).await? else {
+            return Ok(None);
+        };
+        let batch: BatchItem = from_item(item).map_err(|e| corrupt(job, e))?;
+        if !matches!(batch.state, BatchState::Done | BatchState::Failed) {
+            return Ok(None);
+        }
+        let rerun = self
+            .failed_records(job, index)
+            .await?
+            .iter()
+            .filter(|f| !f.stage.is_validation())
+            .count() as u64;
+        if rerun == 0 {
+            return Ok(None);
+        }
+        let kept = batch.failed.saturating_sub(rerun);
+        // The batch goes back to the lease index as expired (claimable at
+        // once), remembering what its earlier run left; its rerun records
+        // leave the counters until the rerun commits.
+        let batch_update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(batch_pk(job, index), BATCH_SK)))
+            .update_expression(
+                "SET #state = :processing, leaseUntil = :zero, gpk = :gpk, gsk = :zero, \
+                 queuedVersion = version, failed = :kept, priorProcessed = #processed, priorFailed = :kept \
+                 REMOVE worker",
+            )
+            .condition_expression("version = :v AND #state IN (:done, :failed)")
+            .set_expression_attribute_names(Some(names(&[
+                ("#state", "state"),
+                ("#processed", "processed"),
+            ])))
+            .set_expression_attribute_values(Some(HashMap::from([
+                (":processing".into(), s(BatchState::Processing.as_str())),
+                (":done".into(), s(BatchState::Done.as_str())),
+                (":failed".into(), s(BatchState::Failed.as_str())),
+                (":zero".into(), n(0)),
+                (":gpk".into(), s(lease_gpk(job, index))),
+                (":kept".into(), n(kept)),
+                (":v".into(), n(batch.version)),
+            ])))
+            .build()
+            .expect("update is complete");
+        // Two items doubled, and the index entry put back.
+        let own = Cost {
+            requests: 1,
+            write_units: 5.0,
+            ..Cost::default()
+        };
+        let cost = self.meter.take(job, own);
+        let mut counter_values: Item = HashMap::from([
+            (":minus_one".into(), n(-1)),
+            (":minus_rerun".into(), n(-(rerun as i64))),
+        ]);
+        with_cost(&mut counter_values, cost);
+        let counter_update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                counter_pk(job, rand::random_range(0..SHARDS)),
+                COUNTERS_SK,
+            )))
+            .update_expression(format!(
+                "{ADD_COST}, batchesDone :minus_one, failed :minus_rerun"
+            ))
+            .set_expression_attribute_values(Some(counter_values))
+            .build()
+            .expect("update is complete");
+        let items = vec![
+            TransactWriteItem::builder().update(batch_update).build(),
+            TransactWriteItem::builder().update(counter_update).build(),
+        ];
+        let tok = token(&[
+            job.as_str(),
+            "requeue",
+            &index.to_string(),
+            &batch.version.to_string(),
+        ]);
+        match self.transact(job, items, own, Some(tok)).await {
+            Ok(Ok(())) => Ok(Some(rerun)),
+            // Requeued by a racing retry.
+            Ok(Err(_)) => {
+                self.meter.restore(job, cost);
+                Ok(None)
             }
             Err(e) => {
                 self.meter.restore(job, cost);

@@ -361,18 +361,39 @@ impl DynamoStore {
         pk: String,
         prefix: &str,
     ) -> Result<Vec<T>, StoreError> {
-        let mut entries = Vec::new();
-        let mut pages = self
+        Ok(self
+            .query_parts(job, pk, prefix)
+            .await?
+            .into_iter()
+            .flat_map(|(_, entries)| entries)
+            .collect())
+    }
+
+    /// Like `query_packed`, item by item: each item's sort key with its
+    /// entries.
+    pub(super) async fn query_parts<T: serde::de::DeserializeOwned>(
+        &self,
+        job: &JobId,
+        pk: String,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<T>)>, StoreError> {
+        let mut parts = Vec::new();
+        let mut query = self
             .client
             .query()
             .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
             .expression_attribute_values(":pk", s(pk))
-            .expression_attribute_values(":prefix", s(prefix))
             .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .into_paginator()
-            .send();
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        // DynamoDB refuses an empty key value: no prefix, no condition on it.
+        query = if prefix.is_empty() {
+            query.key_condition_expression("pk = :pk")
+        } else {
+            query
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":prefix", s(prefix))
+        };
+        let mut pages = query.into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| StoreError::backend("Query", e))?;
             let size: usize = page.items().iter().map(item_size).sum();
@@ -385,9 +406,10 @@ impl DynamoStore {
                 .record(job, computed, page.consumed_capacity.as_slice());
             for item in page.items.unwrap_or_default() {
                 let packed: PackedItem = from_item(item).map_err(|e| corrupt(job, e))?;
-                entries.extend(codec::unpack::<T>(&packed.d).map_err(|e| corrupt(job, e))?);
+                let entries = codec::unpack::<T>(&packed.d).map_err(|e| corrupt(job, e))?;
+                parts.push((packed.sk, entries));
             }
         }
-        Ok(entries)
+        Ok(parts)
     }
 }

@@ -112,6 +112,9 @@ pub struct JobItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepare_checkpoint: Option<String>,
     pub created_at: i64,
+    /// Last publication, end or reopening (commits stamp the counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,16 +153,17 @@ pub const ACTIVE_JOBS: &str = "JOBS";
 pub const PENDING_EVENTS: &str = "EVENTS";
 
 /// One counter shard: what the commits of its batches added up to. Moved
-/// only by `ADD` in the commit transaction, so the sums are exact.
+/// only by `ADD` in transactions, so the sums are exact. One shard alone
+/// can be negative: a retry takes its requeued records off a random shard.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CounterItem {
     #[serde(default)]
-    pub batches_done: u64,
+    pub batches_done: i64,
     #[serde(default)]
-    pub processed: u64,
+    pub processed: i64,
     #[serde(default)]
-    pub failed: u64,
+    pub failed: i64,
     #[serde(default)]
     pub requests: u64,
     #[serde(default)]
@@ -168,6 +172,9 @@ pub struct CounterItem {
     pub read_units: f64,
     #[serde(default)]
     pub conflicts: u64,
+    /// When a commit last moved this shard.
+    #[serde(default)]
+    pub updated_at: i64,
 }
 
 /// One claim cursor: how many of its shard's batches it handed out.
@@ -204,6 +211,7 @@ impl JobItem {
             last_prepare_error: None,
             prepare_checkpoint: None,
             created_at: now_ms,
+            updated_at: None,
             finished_at: None,
             failure_reason: None,
             report: None,
@@ -228,11 +236,16 @@ impl JobItem {
             read_units: self.read_units,
             conflicts: self.conflicts,
         };
-        let (mut done, mut processed, mut failed) = (0, 0, 0);
+        let (mut done, mut processed, mut failed) = (0i64, 0i64, 0i64);
+        let mut updated = self
+            .updated_at
+            .unwrap_or(self.created_at)
+            .max(self.finished_at.unwrap_or(0));
         for c in counters {
             done += c.batches_done;
             processed += c.processed;
             failed += c.failed;
+            updated = updated.max(c.updated_at);
             cost.add(Cost {
                 requests: c.requests,
                 write_units: c.write_units,
@@ -253,9 +266,9 @@ impl JobItem {
             total_batches: self.total_batches,
             batches_ready: self.batches_ready,
             batches_handed_out: cursors.iter().map(|c| c.k).sum(),
-            batches_done: done,
-            processed,
-            failed,
+            batches_done: done.max(0) as u64,
+            processed: processed.max(0) as u64,
+            failed: failed.max(0) as u64,
             prepare_lease_until_ms: if self.prepared {
                 0
             } else {
@@ -264,6 +277,7 @@ impl JobItem {
             prepare_failures: self.prepare_failures,
             prepare_checkpoint: self.prepare_checkpoint.filter(|_| !self.prepared),
             created_at_ms: self.created_at,
+            updated_at_ms: updated,
             finished_at_ms: self.finished_at,
             failure_reason: self.failure_reason,
             report: self.report,
@@ -301,6 +315,29 @@ pub struct BatchItem {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// The version when a retry requeued the batch (attempts count from it).
+    #[serde(default)]
+    pub queued_version: u64,
+    /// What the earlier run left, while a retry's rerun is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_processed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_failed: Option<u64>,
+}
+
+impl BatchItem {
+    /// The earlier run's standing, when this is a retry's rerun.
+    pub fn rerun(&self) -> Option<crate::store::Rerun> {
+        Some(crate::store::Rerun {
+            processed: self.prior_processed?,
+            failed: self.prior_failed?,
+        })
+    }
+}
+
+/// The batch index a failure item's sort key names (`<index>#<part>`).
+pub fn failure_batch(sk: &str) -> Option<u64> {
+    sk.split_once('#')?.0.parse().ok()
 }
 
 impl BatchItem {

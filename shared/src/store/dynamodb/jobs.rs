@@ -67,11 +67,10 @@ impl DynamoStore {
             values.insert(":true".into(), AttributeValue::Bool(true));
             condition.push_str(" AND prepared = :true");
         }
+        // An unfinished prepare keeps its checkpoint: a retry resumes there.
         let update = self
             .update(job_pk(job), JOB_SK)
-            .update_expression(format!(
-                "{set} REMOVE prepareOwner, prepareCheckpoint {ADD_COST}"
-            ))
+            .update_expression(format!("{set} REMOVE prepareOwner {ADD_COST}"))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
             .set_expression_attribute_values(Some(values));
@@ -159,6 +158,58 @@ impl DynamoStore {
             Ok(_) => Ok(()),
             // Acknowledged already (a racing sender).
             Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(StoreError::backend("UpdateItem", e)),
+        }
+    }
+
+    pub(super) async fn reopen(
+        &self,
+        job: &JobId,
+        seen_retries: u32,
+        now_ms: i64,
+    ) -> Result<Option<Job>, StoreError> {
+        let finals: Vec<JobStatus> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_final())
+            .collect();
+        let mut values: Item = HashMap::from([
+            (":processing".into(), s(JobStatus::Processing.as_str())),
+            (":lpk".into(), s(status_lpk(JobStatus::Processing))),
+            (":jobs".into(), s(ACTIVE_JOBS)),
+            (":events".into(), s(PENDING_EVENTS)),
+            (":now".into(), n(now_ms)),
+            (":zero".into(), n(0)),
+            (":one".into(), n(1)),
+            (":seen".into(), n(seen_retries)),
+        ]);
+        let mut any_final = Vec::new();
+        for (i, status) in finals.iter().enumerate() {
+            values.insert(format!(":final{i}"), s(status.as_str()));
+            any_final.push(format!(":final{i}"));
+        }
+        let seen = if seen_retries == 0 {
+            "(attribute_not_exists(retries) OR retries = :seen)"
+        } else {
+            "retries = :seen"
+        };
+        // Back on the active list (off the owed-events one, which is why an
+        // owed event must go out first) and on the PROCESSING listing.
+        let update = self
+            .update(job_pk(job), JOB_SK)
+            .update_expression(
+                "SET #status = :processing, retries = if_not_exists(retries, :zero) + :one, \
+                 gpk = :jobs, gsk = :now, lpk = :lpk, prepareLeaseUntil = :zero, updatedAt = :now \
+                 REMOVE finishedAt, failureReason, report, prepareOwner",
+            )
+            .condition_expression(format!(
+                "#status IN ({}) AND {seen} AND (attribute_not_exists(gpk) OR gpk <> :events)",
+                any_final.join(", ")
+            ))
+            .expression_attribute_names("#status", "status")
+            .set_expression_attribute_values(Some(values));
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(_) => self.get_job(job).await,
+            Err(e) if is_condition_failed(&e) => Ok(None),
             Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
     }

@@ -21,8 +21,8 @@ use crate::retry::Backoff;
 use crate::store::codec;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, Put, PutRequest, ReturnConsumedCapacity, ReturnValue,
-    TransactWriteItem, Update, WriteRequest,
+    AttributeValue, Delete, KeysAndAttributes, Put, PutRequest, ReturnConsumedCapacity,
+    ReturnValue, TransactWriteItem, Update, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
@@ -380,6 +380,23 @@ impl JobControl for DynamoStore {
 
     async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
         Self::ack_event(self, job).await
+    }
+
+    async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError> {
+        Self::retryable_batches(self, job).await
+    }
+
+    async fn requeue_batch(&self, job: &JobId, index: u64) -> Result<Option<u64>, StoreError> {
+        Self::requeue_batch(self, job, index).await
+    }
+
+    async fn reopen(
+        &self,
+        job: &JobId,
+        seen_retries: u32,
+        now_ms: i64,
+    ) -> Result<Option<Job>, StoreError> {
+        Self::reopen(self, job, seen_retries, now_ms).await
     }
 }
 

@@ -138,6 +138,9 @@ impl DynamoStore {
             failed: 0,
             last_error: None,
             expires_at,
+            queued_version: 0,
+            prior_processed: None,
+            prior_failed: None,
         };
         let attrs: Item = to_item(&batch_item).map_err(|e| corrupt(job, e))?;
         // The item and its index entry.
@@ -174,6 +177,7 @@ impl DynamoStore {
         let mut values: Item = HashMap::from([
             (":o".into(), s(&lease.owner)),
             (":ready".into(), n(ready)),
+            (":now".into(), n(now_ms)),
             (":zero".into(), n(0)),
             (":until".into(), n(now_ms + lease.lease_ms)),
             (":false".into(), AttributeValue::Bool(false)),
@@ -191,7 +195,8 @@ impl DynamoStore {
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression(format!(
-                "SET batchesReady = :ready, prepareLeaseUntil = :until, prepareFailures = :zero\
+                "SET batchesReady = :ready, prepareLeaseUntil = :until, prepareFailures = :zero, \
+                 updatedAt = :now\
                  {checkpoint} {ADD_COST}"
             ))
             .condition_expression(
