@@ -11,6 +11,7 @@ use bulk_import::store::dynamodb::DynamoStore;
 use bulk_import::store::JobControl;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 fn store(names: &Names, clients: &Clients) -> DynamoStore {
     DynamoStore::new(
@@ -247,7 +248,7 @@ pub async fn export(
     names: &Names,
     job: &str,
     format: bulk_import::export::ExportFormat,
-    out: Option<std::path::PathBuf>,
+    out: Option<String>,
 ) -> anyhow::Result<()> {
     let clients = Clients::load().await;
     let store = store(names, &clients);
@@ -260,11 +261,40 @@ pub async fn export(
         );
     }
     let definition = definition_of(&store, &id).await?;
-    let written = match &out {
+    let written = match out.as_deref() {
+        Some(url) if url.starts_with("s3://") => {
+            let (bucket, key) = url["s3://".len()..]
+                .split_once('/')
+                .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+                .with_context(|| format!("{url}: expected s3://bucket/key"))?;
+            let to = bulk_import::upload::Destination {
+                client: &clients.s3,
+                bucket,
+                key,
+                content_type: format.content_type(),
+            };
+            // The export streams through a pipe into the upload: memory
+            // holds one part, whatever the job's size.
+            let (writer, reader) = tokio::io::duplex(1 << 16);
+            let export = async {
+                let mut w = tokio::io::BufWriter::new(writer);
+                let n =
+                    bulk_import::export::export(&store, &definition, &job, format, &mut w).await?;
+                w.shutdown().await?;
+                anyhow::Ok(n)
+            };
+            let upload = async {
+                to.upload(reader, bulk_import::upload::PART_BYTES)
+                    .await
+                    .map_err(anyhow::Error::from)
+            };
+            let (written, _) = tokio::try_join!(export, upload)?;
+            written
+        }
         Some(path) => {
             let file = tokio::fs::File::create(path)
                 .await
-                .with_context(|| format!("creating {}", path.display()))?;
+                .with_context(|| format!("creating {path}"))?;
             let mut w = tokio::io::BufWriter::new(file);
             bulk_import::export::export(&store, &definition, &job, format, &mut w).await?
         }
@@ -302,10 +332,7 @@ pub async fn status(names: &Names, job: &str, watch: bool) -> anyhow::Result<i32
     };
     let mut job = read().await?;
     if watch {
-        let bar = ProgressBar::new(100);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos:>3}% {msg}").expect("valid template"),
-        );
+        let bar = progress_bar();
         while !job.status.is_final() {
             show(&bar, &JobStatusView::of(&job, now_ms()));
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -319,6 +346,16 @@ pub async fn status(names: &Names, job: &str, watch: bool) -> anyhow::Result<i32
     Ok(if watch { exit_code(job.status) } else { 0 })
 }
 
+/// The bar `status --watch` and `run` show: percent by the phases'
+/// convention, then phase, counts, rate and ETA.
+pub fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(100);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos:>3}% {msg}").expect("valid template"),
+    );
+    bar
+}
+
 /// The progress bar's state: the same figures `status` prints.
 pub fn show(bar: &ProgressBar, v: &JobStatusView) {
     bar.set_position(u64::from(v.progress));
@@ -326,8 +363,12 @@ pub fn show(bar: &ProgressBar, v: &JobStatusView) {
         .eta_seconds
         .map(|s| format!(", ETA {s}s"))
         .unwrap_or_default();
+    let read = match v.total_records {
+        Some(_) => String::new(),
+        None => format!("{} read, ", v.records_read),
+    };
     bar.set_message(format!(
-        "{:?}: {} processed, {} failed, {}/s{eta}",
+        "{:?}: {read}{} processed, {} failed, {}/s{eta}",
         v.phase, v.processed, v.failed, v.records_per_second
     ));
 }

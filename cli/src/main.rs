@@ -110,8 +110,9 @@ enum Command {
         /// ndjson, csv or json.
         #[arg(long, default_value = "ndjson")]
         format: bulk_import::export::ExportFormat,
+        /// A file, or s3://bucket/key (streamed up as a multipart upload).
         #[arg(long)]
-        out: Option<PathBuf>,
+        out: Option<String>,
     },
     /// A job's failed records as CSV (line, field, value, message), in input
     /// order. JOB is a job id or s3://bucket/key.

@@ -13,10 +13,10 @@ use bulk_import::handlers::{orchestrator, Deps};
 use bulk_import::job::now_ms;
 use bulk_import::local::{context, ensure_resources, s3_put_event, Consumer, Poller, Resources};
 use bulk_import::prepare::HANDOFF_MARGIN;
+use bulk_import::status::JobStatusView;
 use bulk_import::store::dynamodb::DynamoStore;
 use bulk_import::store::JobControl;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use lambda_runtime::LambdaEvent;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -157,14 +157,8 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(())
     };
 
-    let batch_size = definition.batch_size as u64;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {pos}/{len} records ({per_sec})",
-        )
-        .expect("template"),
-    );
+    // The same bar as `status --watch`.
+    let bar = crate::jobs::progress_bar();
     let deadline = started + Duration::from_secs(args.timeout);
     // The workers, and the orchestrator on the prepare queue (last).
     let consumers = (0..args.workers)
@@ -193,8 +187,7 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
                                 let ms = started.elapsed().as_millis() as u64;
                                 prepared_ms.fetch_min(ms, Ordering::SeqCst);
                             }
-                            bar.set_length(j.total_records.max(j.batches_ready * batch_size));
-                            bar.set_position(j.processed + j.failed);
+                            crate::jobs::show(bar, &JobStatusView::of(&j, now_ms()));
                             j.status.is_final()
                                 || Instant::now() > deadline
                                 || orchestrator_failed.load(Ordering::SeqCst)

@@ -27,6 +27,17 @@ pub enum ExportFormat {
     Json,
 }
 
+impl ExportFormat {
+    /// The media type of the output.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Ndjson => "application/x-ndjson",
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Json => "application/json",
+        }
+    }
+}
+
 impl std::str::FromStr for ExportFormat {
     type Err = String;
 

@@ -32,6 +32,7 @@ pub mod steer;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
+pub mod upload;
 
 pub use job::{JobId, JobStatus, JobSummary};
 pub use processor::{ProcessContext, ProcessError, RecordProcessor};

@@ -118,6 +118,24 @@ async fn status_and_jobs_find_a_finished_job_by_its_object_and_say_how_it_ended(
     let records: Vec<serde_json::Value> = serde_json::from_str(&json_out).expect("a JSON array");
     assert_eq!(records.len(), 10);
     assert_eq!(records[9]["email"], "user9@example.com");
+    let to = format!("s3://{}/exports/people.csv", stack.resources.bucket);
+    let (code, _) = cli(
+        &stack,
+        &["export", job.as_str(), "--format", "csv", "--out", &to],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let uploaded = stack
+        .clients
+        .s3
+        .get_object()
+        .bucket(&stack.resources.bucket)
+        .key("exports/people.csv")
+        .send()
+        .await
+        .expect("the export is in S3");
+    let body = uploaded.body.collect().await.expect("body").into_bytes();
+    assert_eq!(String::from_utf8_lossy(&body), csv_out);
 
     let (_, listed) = cli(&stack, &["jobs", "--status", "completed-with-errors"]).await;
     assert!(listed.contains(job.as_str()), "{listed}");
