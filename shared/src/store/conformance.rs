@@ -931,6 +931,7 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
         store.reopen(&job, 0, T0).await.unwrap().is_none(),
         "a running job is not reopened"
     );
+    assert_eq!(store.note_prepare_failure(&job, "boom").await.unwrap(), 1);
     let f = Finalization {
         status: JobStatus::Aborted,
         reason: Some("stop".into()),
@@ -954,6 +955,7 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
         (None, None, None)
     );
     assert!(!j.prepared);
+    assert_eq!(j.prepare_failures, 0);
     assert!(
         store.reopen(&job, 0, T0 + 3).await.unwrap().is_none(),
         "a second retry of the same round"

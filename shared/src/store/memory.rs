@@ -579,6 +579,7 @@ impl JobControl for MemoryStore {
             s.job.failure_reason = None;
             s.job.report = None;
             s.job.prepare_lease_until_ms = 0;
+            s.job.prepare_failures = 0;
             s.prepare = None;
             Ok(Some(s.job.clone()))
         })

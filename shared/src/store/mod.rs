@@ -355,8 +355,8 @@ pub trait JobControl: Send + Sync {
 
     /// Opens a final job for another round: PROCESSING again, `retries`
     /// one more, the previous end (finish time, reason, report) cleared and
-    /// the prepare lease freed (an unfinished prepare resumes at its
-    /// checkpoint). Fenced by the round the caller saw (`seen_retries`), so
+    /// the prepare lease freed with its failure count (an unfinished
+    /// prepare resumes at its checkpoint). Fenced by the round the caller saw (`seen_retries`), so
     /// of two retries of one round one reopens; `None` for the other, if
     /// the job is not final, or while its final event is still owed
     /// (deliver it first). Returns the job after.

@@ -198,7 +198,8 @@ impl DynamoStore {
             .update(job_pk(job), JOB_SK)
             .update_expression(
                 "SET #status = :processing, retries = if_not_exists(retries, :zero) + :one, \
-                 gpk = :jobs, gsk = :now, lpk = :lpk, prepareLeaseUntil = :zero, updatedAt = :now \
+                 gpk = :jobs, gsk = :now, lpk = :lpk, prepareLeaseUntil = :zero, prepareFailures = :zero, \
+                 updatedAt = :now \
                  REMOVE finishedAt, failureReason, report, prepareOwner",
             )
             .condition_expression(format!(
