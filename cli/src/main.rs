@@ -1,6 +1,7 @@
 //! `bulkimport`: run the import pipeline locally against any endpoint
 //! (`AWS_ENDPOINT_URL`, e.g. moto server), with the same handlers Lambda runs.
 
+mod check;
 mod generate;
 mod jobs;
 mod run;
@@ -128,6 +129,17 @@ enum Command {
         #[arg(long, default_value = "email")]
         target_key: String,
     },
+    /// Parse and validate a file against a definition on this machine (no
+    /// AWS): rows, valid, failed by reason and the first failed rows. Exit
+    /// code 0 all valid, 2 some rows failed, 1 a file-level problem.
+    Check {
+        file: PathBuf,
+        #[arg(long, default_value = "examples/users.json")]
+        definition: PathBuf,
+        /// Failed rows to show.
+        #[arg(long, default_value_t = 10)]
+        errors: usize,
+    },
     /// Write a sample users CSV (about 100 bytes a row) for `examples/users.json`.
     Generate {
         /// Output file.
@@ -198,6 +210,14 @@ async fn main() -> anyhow::Result<()> {
             });
             println!("{out}");
             Ok(())
+        }
+        Command::Check {
+            file,
+            definition,
+            errors,
+        } => {
+            let code = check::run(&file, &definition, errors).await?;
+            std::process::exit(code);
         }
         Command::Generate {
             out,

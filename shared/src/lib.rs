@@ -6,6 +6,7 @@
 //! Lambda entrypoints are thin wrappers over [`handlers`].
 
 pub mod aws;
+pub mod check;
 pub mod config;
 pub mod events;
 pub mod export;

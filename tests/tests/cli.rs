@@ -247,3 +247,49 @@ async fn retry_after_the_target_is_fixed_moves_failures_to_processed() {
         ]
     );
 }
+
+#[tokio::test]
+async fn check_validates_a_local_file_and_exits_by_outcome() {
+    let dir = std::env::temp_dir().join(integration_tests::unique("check"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let definition = dir.join("definition.json");
+    std::fs::write(&definition, DEFINITION).unwrap();
+    let run = |name: &str, body: String| {
+        let file = dir.join(name);
+        std::fs::write(&file, body).unwrap();
+        let definition = definition.clone();
+        async move {
+            let out = Command::new(bulkimport())
+                .arg("check")
+                .arg(&file)
+                .arg("--definition")
+                .arg(&definition)
+                .output()
+                .await
+                .expect("run bulkimport check");
+            (
+                out.status.code().expect("exit code"),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, out, _) = run("good.csv", users(5)).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("5 rows, 5 valid, 0 failed"), "{out}");
+
+    let mut csv = users(5);
+    csv.push_str("not-an-email,Broken\n");
+    let (code, out, _) = run("some-bad.csv", csv).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("6 rows, 5 valid, 1 failed"), "{out}");
+    assert!(out.contains("1  email: not a valid email address"), "{out}");
+    assert!(out.contains("7,email,not-an-email,"), "{out}");
+
+    let (code, _, err) = run("no-email.csv", "name\nx\n".into()).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no-email.csv"),
+        "the error names the file: {err}"
+    );
+}

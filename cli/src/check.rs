@@ -1,0 +1,92 @@
+//! `bulkimport check FILE --definition DEF`: the whole parse and validation
+//! on this machine, no AWS: what to run before uploading.
+
+use bulk_import::check::{check, BytesRead, CheckReport};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Checks `file`; prints the summary, the failures by reason and the first
+/// `errors` failed rows. Exit code: 0 every row valid, 2 some rows failed,
+/// 1 a file-level problem (not text, a bad header, a limit).
+pub async fn run(file: &Path, definition: &Path, errors: usize) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(definition)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
+    let definition = bulk_import::Definition::from_json(&text, &definition.display().to_string())?;
+    let name = file.display().to_string();
+    let input = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let size = input.metadata().await?.len();
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+            .expect("valid template"),
+    );
+    let read = BytesRead::default();
+    let ticker = {
+        let (bar, read) = (bar.clone(), read.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(read.get());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let input = tokio::io::BufReader::with_capacity(1 << 20, input);
+    let outcome = check(input, &name, &definition, errors, &read).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(1);
+        }
+    };
+    print(&name, &report, started.elapsed()).await?;
+    Ok(if report.failed == 0 { 0 } else { 2 })
+}
+
+async fn print(name: &str, r: &CheckReport, took: Duration) -> anyhow::Result<()> {
+    let secs = took.as_secs_f64().max(1e-9);
+    println!(
+        "{name}: {} rows, {} valid, {} failed ({:.1} s, {:.1} MB/s, {:.0} rows/s)",
+        r.rows,
+        r.valid,
+        r.failed,
+        secs,
+        r.bytes as f64 / secs / 1e6,
+        r.rows as f64 / secs
+    );
+    if r.by_reason.is_empty() {
+        return Ok(());
+    }
+    println!("failed by reason:");
+    let mut reasons: Vec<_> = r.by_reason.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (reason, count) in reasons {
+        println!("{count:>10}  {reason}");
+    }
+    if r.first_errors.is_empty() {
+        return Ok(());
+    }
+    println!("first {} failed rows:", r.first_errors.len());
+    let mut out = csv_async::AsyncWriter::from_writer(tokio::io::stdout());
+    out.write_record(["line", "field", "value", "message"])
+        .await?;
+    for failed in &r.first_errors {
+        for issue in &failed.issues {
+            out.write_record([
+                failed.line.to_string().as_str(),
+                issue.field.as_deref().unwrap_or_default(),
+                issue.value.as_deref().unwrap_or_default(),
+                &issue.message,
+            ])
+            .await?;
+        }
+    }
+    out.flush().await?;
+    Ok(())
+}
