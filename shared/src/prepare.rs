@@ -16,7 +16,10 @@ use crate::report::ReportSink;
 use crate::schema::Definition;
 use crate::source::{Checkpoint, SourceError};
 use crate::store::{codec, CreateOutcome, JobStore, NewBatch, PrepareLease, StoreError};
+use futures::StreamExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A batch is also cut when its records reach this many bytes, so memory
 /// stays bounded whatever the batch size and row size.
@@ -139,7 +142,6 @@ impl Preparer<'_> {
             },
         };
         let mut progress = Progress {
-            started: job.batches_ready,
             written: job.batches_ready,
             published: job.batches_ready,
             last_publish: Instant::now(),
@@ -228,6 +230,12 @@ impl Preparer<'_> {
     /// left off. Without a checkpoint the object is read from the start and
     /// the batches a previous owner published are cut again but not written
     /// (cutting is deterministic, so they are identical).
+    ///
+    /// Reading and writing overlap: the reader cuts batches while up to
+    /// `MAX_WRITES_IN_FLIGHT` earlier ones are being written (at most
+    /// `MAX_BYTES_IN_FLIGHT` of records held), and batches are published in
+    /// order as the writes before them complete, so the protocol sees the
+    /// same sequence as a one-at-a-time prepare.
     async fn write_batches(
         &self,
         job: &Job,
@@ -235,26 +243,78 @@ impl Preparer<'_> {
         deadline: Option<Instant>,
         progress: &mut Progress,
     ) -> Result<(u64, u64), Stop> {
-        let mut start = self.open_reader(job, lease, deadline, progress).await?;
+        let start = self.open_reader(job, lease, deadline, progress).await?;
+        let (cuts, to_write) = futures::channel::mpsc::channel::<Cut>(1);
+        let budget = Arc::new(Semaphore::new(BUDGET_UNITS));
+        let mut renewed = progress.last_renewal;
+        let read = self.cut_batches(job, lease, deadline, start, cuts, budget, &mut renewed);
+        let write = self.write_cuts(job, lease, to_write, progress);
+        let (read, write) = futures::join!(read, write);
+        // A failed write stops the reader (its next send fails): the
+        // write's error is the one to report.
+        write?;
+        read
+    }
+
+    /// The reading half: records into batches, each sent with where the
+    /// next one starts (known once the next record is read).
+    #[allow(clippy::too_many_arguments)]
+    async fn cut_batches(
+        &self,
+        job: &Job,
+        lease: &PrepareLease,
+        deadline: Option<Instant>,
+        start: resume::Start,
+        mut cuts: futures::channel::mpsc::Sender<Cut>,
+        budget: Arc<Semaphore>,
+        renewed: &mut Instant,
+    ) -> Result<(u64, u64), Stop> {
+        use futures::SinkExt;
         let resume_from = job.batches_ready;
+        let mut reader = start.reader;
         let (mut index, mut total) = (start.index, start.records);
         let mut batch: Vec<StagedRecord> = Vec::with_capacity(self.definition.batch_size);
         let mut batch_bytes = 0usize;
-        while let Some(record) = start.reader.next_record().await.map_err(source_stop)? {
+        let mut cut_this_run = 0u64;
+        // A full batch waits here for the next record's checkpoint.
+        let mut full: Option<(u64, Vec<StagedRecord>, usize)> = None;
+        let send = |cuts: &mut futures::channel::mpsc::Sender<Cut>,
+                    (index, records, bytes): (u64, Vec<StagedRecord>, usize),
+                    next_start: Option<Checkpoint>| {
+            let budget = budget.clone();
+            let mut cuts = cuts.clone();
+            async move {
+                let units = (bytes / BUDGET_UNIT + 1).min(BUDGET_UNITS) as u32;
+                let permit = budget
+                    .acquire_many_owned(units)
+                    .await
+                    .expect("the budget is never closed");
+                let cut = Cut {
+                    index,
+                    records,
+                    next_start,
+                    _held: permit,
+                };
+                // The writer stopped on an error it reports itself.
+                cuts.send(cut).await.is_ok()
+            }
+        };
+        while let Some(record) = reader.next_record().await.map_err(source_stop)? {
             if batch.is_empty() {
                 // Where this batch starts: the checkpoint published with the
                 // batches before it.
-                let batch_start = start.reader.checkpoint();
+                let batch_start = reader.checkpoint();
+                if let Some(previous) = full.take() {
+                    if !send(&mut cuts, previous, batch_start.clone()).await {
+                        return Ok((total, index));
+                    }
+                }
                 if index < resume_from {
-                    self.keep_alive(job, lease, deadline, progress).await?;
-                } else if self.must_hand_off(deadline, progress) {
+                    self.keep_alive(job, lease, deadline, renewed).await?;
+                } else if self.must_hand_off(deadline, cut_this_run) {
                     // Before reading the batch: what this run reads past
                     // the checkpoint, the next one reads again.
                     return Err(Stop::Handoff(batch_start));
-                } else if progress.publication_due() {
-                    self.publish(job, lease, progress, batch_start.as_ref())
-                        .await
-                        .map_err(Stop::Error)?;
                 }
             }
             let record = storable(record);
@@ -262,49 +322,72 @@ impl Preparer<'_> {
             batch.push(record);
             total += 1;
             if batch.len() >= self.definition.batch_size || batch_bytes >= MAX_BATCH_BYTES {
-                self.write(job, index, &batch, resume_from, progress)
-                    .await?;
+                let records =
+                    std::mem::replace(&mut batch, Vec::with_capacity(self.definition.batch_size));
+                if index >= resume_from {
+                    full = Some((index, records, batch_bytes));
+                    cut_this_run += 1;
+                }
                 index += 1;
-                batch.clear();
                 batch_bytes = 0;
             }
         }
+        if let Some(previous) = full.take() {
+            if !send(&mut cuts, previous, None).await {
+                return Ok((total, index));
+            }
+        }
         if !batch.is_empty() {
-            self.write(job, index, &batch, resume_from, progress)
-                .await?;
+            if index >= resume_from && !send(&mut cuts, (index, batch, batch_bytes), None).await {
+                return Ok((total, index));
+            }
             index += 1;
         }
         Ok((total, index))
     }
 
+    /// The writing half: up to `MAX_WRITES_IN_FLIGHT` batch writes at once,
+    /// completed in order; publishes as they complete. Each batch is not
+    /// claimable until published, with the checkpoint of the batch after it.
+    async fn write_cuts(
+        &self,
+        job: &Job,
+        lease: &PrepareLease,
+        cuts: futures::channel::mpsc::Receiver<Cut>,
+        progress: &mut Progress,
+    ) -> Result<(), Stop> {
+        let mut written = cuts
+            .map(|cut| async move {
+                let batch = NewBatch {
+                    index: cut.index,
+                    records: &cut.records,
+                };
+                self.store
+                    .write_batch(&job.id, batch, now_ms())
+                    .await
+                    .map(|()| (cut.index, cut.next_start))
+            })
+            .buffered(MAX_WRITES_IN_FLIGHT);
+        while let Some(done) = written.next().await {
+            let (index, next_start) = done.map_err(|e| Stop::Error(e.into()))?;
+            progress.written = index + 1;
+            // The last batch is published by `finish_prepare`.
+            if let Some(next_start) = next_start.filter(|_| progress.publication_due()) {
+                self.publish(job, lease, progress, Some(&next_start))
+                    .await
+                    .map_err(Stop::Error)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Near the deadline, or done with this run's share of batches.
-    fn must_hand_off(&self, deadline: Option<Instant>, progress: &Progress) -> bool {
+    fn must_hand_off(&self, deadline: Option<Instant>, cut_this_run: u64) -> bool {
         near(deadline)
             || self
                 .settings
                 .handoff_after_batches
-                .is_some_and(|n| progress.written - progress.started >= n)
-    }
-
-    /// Writes a batch (not claimable until published with the next one's
-    /// first record, whose checkpoint then goes with it).
-    async fn write(
-        &self,
-        job: &Job,
-        index: u64,
-        records: &[StagedRecord],
-        resume_from: u64,
-        progress: &mut Progress,
-    ) -> Result<(), Stop> {
-        if index < resume_from {
-            return Ok(());
-        }
-        self.store
-            .write_batch(&job.id, NewBatch { index, records }, now_ms())
-            .await
-            .map_err(|e| Stop::Error(e.into()))?;
-        progress.written = index + 1;
-        Ok(())
+                .is_some_and(|n| cut_this_run >= n)
     }
 
     /// Makes every written batch claimable and wakes workers for them: one
@@ -360,10 +443,26 @@ impl Preparer<'_> {
     }
 }
 
+/// Batch writes in flight at once while the file is read on.
+pub const MAX_WRITES_IN_FLIGHT: usize = 8;
+/// Records held for writes in flight (and the batch waiting to be sent)
+/// at most, whatever the batch size.
+pub const MAX_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
+const BUDGET_UNIT: usize = 1024;
+const BUDGET_UNITS: usize = MAX_BYTES_IN_FLIGHT / BUDGET_UNIT;
+
+/// A batch cut from the file, on its way to be written: its records, where
+/// the batch after it starts (`None` for the last), and its share of the
+/// in-flight budget, given back when it is dropped.
+struct Cut {
+    index: u64,
+    records: Vec<StagedRecord>,
+    next_start: Option<Checkpoint>,
+    _held: OwnedSemaphorePermit,
+}
+
 /// How far this prepare got: batches written, published, workers woken.
 struct Progress {
-    /// Batches published when this run began.
-    started: u64,
     written: u64,
     published: u64,
     last_publish: Instant,

@@ -83,7 +83,8 @@ impl Preparer<'_> {
             {
                 Advance::Arrived(reader) => break reader,
                 Advance::Skipping(next) => {
-                    self.keep_alive(job, lease, deadline, progress).await?;
+                    self.keep_alive(job, lease, deadline, &mut progress.last_renewal)
+                        .await?;
                     resuming = next;
                 }
             }
@@ -104,18 +105,18 @@ impl Preparer<'_> {
         job: &Job,
         lease: &PrepareLease,
         deadline: Option<Instant>,
-        progress: &mut Progress,
+        last_renewal: &mut Instant,
     ) -> Result<(), Stop> {
         if near(deadline) {
             return Err(Stop::Handoff(None));
         }
         let every = Duration::from_millis(u64::try_from(lease.lease_ms / 3).unwrap_or(0));
-        if progress.last_renewal.elapsed() >= every {
+        if last_renewal.elapsed() >= every {
             self.store
                 .renew_prepare(&job.id, lease, now_ms())
                 .await
                 .map_err(|e| Stop::Error(e.into()))?;
-            progress.last_renewal = Instant::now();
+            *last_renewal = Instant::now();
         }
         Ok(())
     }
