@@ -5,6 +5,7 @@
 //! (`process`); whoever commits the last batch finalizes the job exactly once.
 //! Lambda entrypoints are thin wrappers over [`handlers`].
 
+pub mod api;
 pub mod aws;
 pub mod config;
 pub mod events;
