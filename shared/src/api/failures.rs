@@ -100,6 +100,13 @@ impl Api {
         };
         let job = self.job(id).await?;
         let end = job.total_batches.max(job.batches_ready);
+        // Batches are never taken away, so a cursor this API returned
+        // always points before the end.
+        if start.batch >= end && query.get("cursor").is_some() {
+            return Err(ApiError::BadRequest(
+                "cursor is not one this API returned".into(),
+            ));
+        }
         let mut errors = Vec::new();
         let mut at = start;
         let mut read = 0;
