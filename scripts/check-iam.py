@@ -75,7 +75,12 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 # Role -> the sources whose store calls are all it makes (directories are
 # read whole, tests aside).
 SCOPED_ROLES = {
-    "ApiRole": ["shared/src/api", "shared/src/finalize.rs", "shared/src/report.rs"],
+    "ApiRole": [
+        "shared/src/api",
+        "shared/src/finalize.rs",
+        "shared/src/report.rs",
+        "shared/src/steer.rs",
+    ],
 }
 
 

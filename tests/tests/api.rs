@@ -129,6 +129,9 @@ fn api(stack: &Stack) -> Api {
         objects: Arc::new(S3Objects::new(stack.clients.s3.clone())),
         events: stack.deps.events.clone(),
         reports: stack.deps.reports.clone(),
+        queue: stack.deps.queue.clone(),
+        prepare_queue: stack.deps.prepare_queue.clone(),
+        max_workers: 2,
         version: "test".into(),
     }
 }
@@ -328,7 +331,7 @@ async fn failed_records_page_through_an_opaque_cursor_to_a_last_page_without_one
 }
 
 #[tokio::test]
-async fn abort_answers_the_aborted_job_then_conflict_and_retry_is_not_offered_yet() {
+async fn abort_ends_a_job_once_and_retry_runs_what_it_left() {
     let stack = Stack::new(DEFINITION).await;
     let api = api(&stack);
     let event = stack.upload("uploads/stop.csv", csv(20, 0)).await;
@@ -363,15 +366,40 @@ async fn abort_answers_the_aborted_job_then_conflict_and_retry_is_not_offered_ye
     )
     .await;
     assert_eq!(status, 404);
-    // Workers woken for the job find nothing to claim.
-    stack.run_workers(1, &job).await;
-    assert_eq!(stack.job(&job).await.processed, 0);
 
-    let (status, body) = call(&api, ApiRequest::post(&format!("/jobs/{job}/retry"))).await;
+    // The retry round runs the 20 records the abort left, and conflicts
+    // while it runs and once nothing is left.
+    let retry = format!("/jobs/{job}/retry");
+    let (status, view) = call(&api, ApiRequest::post(&retry)).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (&view["status"], &view["retries"]),
+        (&json!("PROCESSING"), &json!(1))
+    );
+    let (status, body) = call(&api, ApiRequest::post(&retry)).await;
     assert_eq!(
         (status, body["code"].as_str()),
-        (501, Some("not_implemented"))
+        (409, Some("conflict")),
+        "still running"
     );
+    stack.run_workers(2, &job).await;
+    let (_, view) = call(&api, ApiRequest::get(&format!("/jobs/{job}"))).await;
+    assert_eq!(
+        (&view["status"], &view["processed"]),
+        (&json!("COMPLETED"), &json!(20))
+    );
+    let (status, body) = call(&api, ApiRequest::post(&retry)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let (status, _) = call(
+        &api,
+        ApiRequest::post("/jobs/0123456789abcdef0123456789abcdef/retry"),
+    )
+    .await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]
@@ -421,6 +449,9 @@ async fn health_is_unavailable_when_the_state_table_does_not_answer() {
         objects: Arc::new(S3Objects::new(clients.s3.clone())),
         events: Arc::new(bulk_import::events::MemoryEvents::default()),
         reports: Arc::new(bulk_import::report::MemoryReports::default()),
+        queue: Arc::new(bulk_import::queue::MemoryQueue::default()),
+        prepare_queue: None,
+        max_workers: 2,
         version: "test".into(),
     };
     let (status, body) = call(&stack_free, ApiRequest::get("/health")).await;

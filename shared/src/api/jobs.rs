@@ -1,6 +1,5 @@
 //! Jobs: the list (newest first, through the `jobs` index), one job's
-//! status view, and the operator's abort; retry is routed but not offered
-//! yet.
+//! status view, and the operator's abort and retry.
 
 use super::{Api, ApiError, Query};
 use crate::finalize::Finalizer;
@@ -8,6 +7,7 @@ use crate::job::{now_ms, Job, JobId, JobStatus};
 use crate::locate::{JobRef, LocateError};
 use crate::schema::Definition;
 use crate::status::JobStatusView;
+use crate::steer::{SteerError, Steering};
 use serde::{Deserialize, Serialize};
 
 /// Jobs listed when `limit` is not given, and the most a page holds.
@@ -128,11 +128,26 @@ impl Api {
         Ok(JobStatusView::of(&job, now_ms()))
     }
 
-    /// Reruns a job's failed records: not offered yet.
+    /// Starts a retry round of an ended job, as `bulkimport retry` does
+    /// (`steer`): its processing failures and what an abort left run
+    /// again. Conflict when it is still running or has nothing to retry.
     pub(super) async fn retry(&self, id: &JobId) -> Result<JobStatusView, ApiError> {
-        Err(ApiError::NotImplemented(format!(
-            "retrying job {id} is not available yet"
-        )))
+        let steering = Steering {
+            store: self.store.as_ref(),
+            queue: self.queue.as_ref(),
+            prepare_queue: self.prepare_queue.as_deref(),
+            events: self.events.as_ref(),
+            max_workers: self.max_workers,
+        };
+        let started = steering.retry(id).await.map_err(|e| match e {
+            SteerError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            SteerError::NotFinal(_) | SteerError::NothingToRetry { .. } | SteerError::Busy(_) => {
+                ApiError::Conflict(e.to_string())
+            }
+            other => ApiError::internal(other),
+        })?;
+        tracing::info!(job_id = %id, retries = started.job.retries, batches = started.batches, records = started.records, "retry started through the API");
+        Ok(JobStatusView::of(&started.job, now_ms()))
     }
 }
 

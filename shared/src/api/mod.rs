@@ -13,6 +13,7 @@ mod tests;
 
 use crate::events::JobEvents;
 use crate::objects::ObjectVersions;
+use crate::queue::{PrepareQueue, WorkQueue};
 use crate::report::ReportSink;
 use crate::store::JobStore;
 use serde::Serialize;
@@ -105,8 +106,6 @@ pub enum ApiError {
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
-    NotImplemented(String),
-    #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -119,7 +118,6 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -131,7 +129,6 @@ impl ApiError {
             ApiError::BadRequest(_) => 400,
             ApiError::Conflict(_) => 409,
             ApiError::MethodNotAllowed(_) => 405,
-            ApiError::NotImplemented(_) => 501,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
@@ -171,6 +168,12 @@ pub struct Api {
     pub events: Arc<dyn JobEvents>,
     /// An abort writes the report of the failures known so far.
     pub reports: Arc<dyn ReportSink>,
+    /// A retry wakes workers here, and continues an unfinished prepare
+    /// through the prepare queue (`None`: the next sweep does).
+    pub queue: Arc<dyn WorkQueue>,
+    pub prepare_queue: Option<Arc<dyn PrepareQueue>>,
+    /// Workers a retry wakes at most.
+    pub max_workers: u32,
     /// Reported by `GET /health`.
     pub version: String,
 }

@@ -27,6 +27,9 @@ fn fixture() -> Fixture {
         objects: objects.clone(),
         events: Arc::new(MemoryEvents::default()),
         reports: Arc::new(MemoryReports::default()),
+        queue: Arc::new(crate::queue::MemoryQueue::default()),
+        prepare_queue: None,
+        max_workers: 2,
         version: "1.2.3".into(),
     };
     Fixture {
@@ -202,10 +205,25 @@ async fn abort_ends_a_running_job_once_and_then_conflicts() {
 }
 
 #[tokio::test]
-async fn retry_is_routed_and_answers_not_implemented() {
+async fn retry_reopens_an_aborted_job_and_conflicts_while_it_runs() {
     let f = fixture();
-    let (status, body) = get(&f, ApiRequest::post("/jobs/any/retry")).await;
-    assert_eq!((status, &body["code"]), (501, &json!("not_implemented")));
+    let id = job(&f, "again.csv", &[0, 0], false).await;
+    let retry = format!("/jobs/{id}/retry");
+    let (status, body) = get(&f, ApiRequest::post(&retry)).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("conflict")),
+        "still running"
+    );
+    get(&f, ApiRequest::post(&format!("/jobs/{id}/abort"))).await;
+    let (status, body) = get(&f, ApiRequest::post(&retry)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["status"], &body["retries"]),
+        (&json!("PROCESSING"), &json!(1))
+    );
+    let (status, _) = get(&f, ApiRequest::post("/jobs/missing/retry")).await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]

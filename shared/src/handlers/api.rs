@@ -6,6 +6,7 @@ use crate::aws::Clients;
 use crate::config::{ConfigError, Settings};
 use crate::events::SqsEvents;
 use crate::objects::S3Objects;
+use crate::queue::{PrepareQueue, SqsQueue};
 use crate::report::S3Reports;
 use crate::store::dynamodb::DynamoStore;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -31,6 +32,12 @@ pub async fn from_env() -> Result<Api, ConfigError> {
             settings.report_bucket.clone(),
             &settings.report_prefix,
         )),
+        queue: Arc::new(SqsQueue::new(clients.sqs.clone(), &settings.queue_url)),
+        prepare_queue: settings
+            .prepare_queue_url
+            .as_ref()
+            .map(|url| Arc::new(SqsQueue::new(clients.sqs.clone(), url)) as Arc<dyn PrepareQueue>),
+        max_workers: settings.max_workers,
         version: env!("CARGO_PKG_VERSION").into(),
     })
 }
@@ -82,6 +89,9 @@ mod tests {
             objects: Arc::new(MemoryObjects::default()),
             events: Arc::new(MemoryEvents::default()),
             reports: Arc::new(MemoryReports::default()),
+            queue: Arc::new(crate::queue::MemoryQueue::default()),
+            prepare_queue: None,
+            max_workers: 2,
             version: "test".into(),
         }
     }
