@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the three Lambda functions with cargo-lambda (installed into .venv
+# Builds the Lambda functions with cargo-lambda (installed into .venv
 # from PyPI) into $LAMBDA_DIR/<function>/bootstrap, each with the import
 # definition beside it as definition.json (/var/task/definition.json on
 # Lambda: template.yaml's default IMPORT_DEFINITION). template.yaml's
@@ -22,7 +22,7 @@ cd "$root"
 cargo_lambda_version="${CARGO_LAMBDA_VERSION:-1.9.2}"
 profile="${BUILD_PROFILE:-release}"
 definition="${DEFINITION:-examples/users.json}"
-functions=(orchestrator worker sweeper)
+functions=(orchestrator worker sweeper api)
 # glibc of provided.al2023: a binary needing newer symbols fails at start.
 max_glibc="2.34"
 

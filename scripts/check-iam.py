@@ -8,7 +8,11 @@
   permissions (ALLOWED_STAR);
 - every policy that works on job state (DynamoDB actions on the state
   table) allows each operation the DynamoDB store calls, as read from its
-  source, so a new call cannot ship without its permission.
+  source, so a new call cannot ship without its permission;
+- a role that uses only part of the store (SCOPED_ROLES: the API) is held
+  to exactly what its code reaches: the store methods its sources call,
+  followed through the DynamoDB store's source to the operations they
+  send. Missing actions fail, and so do granted ones it never uses.
 
 Usage: python scripts/check-iam.py target/sam/template.json
 """
@@ -67,6 +71,78 @@ def store_actions():
     return actions
 
 
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+# Role -> the sources whose store calls are all it makes (directories are
+# read whole, tests aside).
+SCOPED_ROLES = {
+    "ApiRole": [
+        "shared/src/api",
+        "shared/src/finalize.rs",
+        "shared/src/report.rs",
+        "shared/src/steer.rs",
+    ],
+}
+
+
+def store_call_graph():
+    """For each function name in the DynamoDB store: the SDK operations it
+    sends itself and the `self.` methods it calls."""
+    graph = {}
+    for name in sorted(os.listdir(STORE_SOURCES)):
+        if not name.endswith(".rs"):
+            continue
+        with open(os.path.join(STORE_SOURCES, name), encoding="utf-8") as f:
+            code = f.read()
+        starts = [(m.start(), m.group(1)) for m in re.finditer(r"\bfn\s+(\w+)", code)]
+        for i, (start, fn) in enumerate(starts):
+            end = starts[i + 1][0] if i + 1 < len(starts) else len(code)
+            body = code[start:end]
+            ops, calls = graph.setdefault(fn, (set(), set()))
+            ops.update(re.findall(r"\.client\s*\.(\w+)\(\)", body))
+            calls.update(re.findall(r"\bself\s*\.\s*(\w+)\s*\(", body))
+    return graph
+
+
+def store_methods():
+    """The methods of the store traits (shared/src/store/mod.rs)."""
+    with open(os.path.join(ROOT, "shared", "src", "store", "mod.rs"), encoding="utf-8") as f:
+        return set(re.findall(r"\basync fn (\w+)", f.read()))
+
+
+def scoped_actions(sources):
+    """IAM actions on the state table that the store calls in `sources` need."""
+    methods = store_methods()
+    called = set()
+    for source in sources:
+        path = os.path.join(ROOT, source)
+        files = (
+            [os.path.join(path, n) for n in sorted(os.listdir(path)) if n.endswith(".rs") and n != "tests.rs"]
+            if os.path.isdir(path)
+            else [path]
+        )
+        for file in files:
+            with open(file, encoding="utf-8") as f:
+                code = f.read()
+            called.update(m for m in re.findall(r"\.\s*(\w+)\s*\(", code) if m in methods)
+    graph = store_call_graph()
+    seen, todo, ops = set(), list(called), set()
+    while todo:
+        fn = todo.pop()
+        if fn in seen or fn not in graph:
+            continue
+        seen.add(fn)
+        fn_ops, fn_calls = graph[fn]
+        ops |= fn_ops
+        todo.extend(fn_calls)
+    actions = set()
+    for op in ops:
+        if op not in SDK_TO_IAM:
+            sys.exit(f"check-iam: the store calls {op}: add it to SDK_TO_IAM")
+        if SDK_TO_IAM[op]:
+            actions.add(SDK_TO_IAM[op])
+    return sorted(called), actions
+
+
 def on_state_table(statement):
     return {"Fn::GetAtt": ["StateTable", "Arn"]} in list(resources_of(statement))
 
@@ -112,6 +188,8 @@ def main():
     needed = store_actions()
     problems = []
     checked = 0
+    scoped = {}
+    granted = {}
     for where, document in documents(template):
         state = {
             a
@@ -120,7 +198,11 @@ def main():
             for a in as_list(s.get("Action", []))
             if isinstance(a, str)
         }
-        if len(state) > 1:
+        role = where.split("/")[0]
+        if role in SCOPED_ROLES:
+            # Checked over all the role's policies together, below.
+            granted.setdefault(role, set()).update(state)
+        elif len(state) > 1:
             for action in sorted(needed - state):
                 problems.append(f"{where}: the DynamoDB store calls {action}, not allowed on the state table")
         for s in statements(document):
@@ -137,10 +219,21 @@ def main():
                 for action in actions:
                     if action.lower() not in ALLOWED_STAR:
                         problems.append(f"{where}: {action} on resource *")
+    for role, sources in SCOPED_ROLES.items():
+        if role not in granted:
+            problems.append(f"{role}: no such role in the template")
+            continue
+        methods, reached = scoped[role] = scoped_actions(sources)
+        for action in sorted(reached - granted[role]):
+            problems.append(f"{role}: its code calls {action} (through {', '.join(methods)}), not allowed on the state table")
+        for action in sorted(granted[role] - reached):
+            problems.append(f"{role}: {action} on the state table is allowed but its code never calls it")
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
         sys.exit(1)
+    for role, (methods, reached) in sorted(scoped.items()):
+        print(f"IAM: {role} allows exactly {', '.join(sorted(reached))} on the state table (store calls: {', '.join(methods)})", file=sys.stderr)
     print(f"IAM: {checked} allowed actions checked, none unknown, wildcard or on * needlessly", file=sys.stderr)
 
 

@@ -4,8 +4,7 @@
 use crate::Names;
 use anyhow::{bail, Context as _};
 use bulk_import::aws::Clients;
-use bulk_import::job::{now_ms, JobId, JobStatus, SourceRef};
-use bulk_import::objects::ETAG_PREFIX;
+use bulk_import::job::{now_ms, JobId, JobStatus};
 use bulk_import::status::JobStatusView;
 use bulk_import::store::dynamodb::DynamoStore;
 use bulk_import::store::JobControl;
@@ -43,31 +42,8 @@ async fn definition_of(store: &DynamoStore, id: &JobId) -> anyhow::Result<bulk_i
 /// A job id, or `s3://bucket/key`: the job of the object's current version
 /// (its version id, or its ETag on an unversioned bucket).
 pub async fn resolve(clients: &Clients, job: &str) -> anyhow::Result<JobId> {
-    let Some(path) = job.strip_prefix("s3://") else {
-        return Ok(JobId::new(job));
-    };
-    let (bucket, key) = path
-        .split_once('/')
-        .with_context(|| format!("{job}: expected s3://bucket/key"))?;
-    let head = clients
-        .s3
-        .head_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .with_context(|| format!("{job}: cannot read the object's metadata"))?;
-    let version = match (head.version_id(), head.e_tag()) {
-        (Some(v), _) if !v.is_empty() && v != "null" => v.to_owned(),
-        (_, Some(etag)) => format!("{ETAG_PREFIX}{}", etag.trim_matches('"')),
-        _ => bail!("{job}: the object has neither a version id nor an ETag"),
-    };
-    Ok(SourceRef {
-        bucket: bucket.into(),
-        key: key.into(),
-        version,
-    }
-    .job_id())
+    let objects = bulk_import::objects::S3Objects::new(clients.s3.clone());
+    Ok(bulk_import::locate::job_id(&objects, job).await?)
 }
 
 /// One line per job, newest first.

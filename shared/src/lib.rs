@@ -5,6 +5,7 @@
 //! (`process`); whoever commits the last batch finalizes the job exactly once.
 //! Lambda entrypoints are thin wrappers over [`handlers`].
 
+pub mod api;
 pub mod aws;
 pub mod check;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod handlers;
 pub mod job;
 #[cfg(any(test, feature = "testing"))]
 pub mod local;
+pub mod locate;
 pub mod objects;
 pub mod pinned;
 pub mod ports;

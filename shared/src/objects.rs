@@ -106,6 +106,16 @@ pub trait ObjectSource: Send + Sync {
     }
 }
 
+/// Which content of an object is current: what a job created for it now
+/// would be keyed by (`SourceRef::version`).
+#[async_trait]
+pub trait ObjectVersions: Send + Sync {
+    /// The object's version id, or `etag:<ETag>` on an unversioned bucket;
+    /// `None` when the object does not exist.
+    async fn current_version(&self, bucket: &str, key: &str)
+        -> Result<Option<String>, ObjectError>;
+}
+
 pub struct S3Objects {
     client: aws_sdk_s3::Client,
 }
@@ -178,6 +188,47 @@ impl ObjectSource for S3Objects {
     }
 }
 
+#[async_trait]
+impl ObjectVersions for S3Objects {
+    async fn current_version(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<String>, ObjectError> {
+        let name = format!("s3://{bucket}/{key}");
+        let head = match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => head,
+            Err(e) => {
+                return match e.raw_response().map(|r| r.status().as_u16()) {
+                    Some(404) => Ok(None),
+                    Some(403) => Err(ObjectError::AccessDenied(name)),
+                    _ => Err(ObjectError::Transient {
+                        object: name,
+                        source: e.into(),
+                    }),
+                }
+            }
+        };
+        // The same choice as the upload event's: a real version id, else
+        // the ETag ("null" is the version of objects written unversioned).
+        match (head.version_id(), head.e_tag()) {
+            (Some(v), _) if !v.is_empty() && v != "null" => Ok(Some(v.to_owned())),
+            (_, Some(etag)) => Ok(Some(format!("{ETAG_PREFIX}{}", etag.trim_matches('"')))),
+            _ => Err(ObjectError::Transient {
+                object: name,
+                source: "the object has neither a version id nor an ETag".into(),
+            }),
+        }
+    }
+}
+
 /// Objects held in memory (unit tests), keyed by bucket and key.
 #[derive(Debug, Default)]
 pub struct MemoryObjects {
@@ -219,6 +270,23 @@ impl ObjectSource for MemoryObjects {
             content_encoding: None,
             reader: Box::new(std::io::Cursor::new(part)),
         })
+    }
+}
+
+/// Memory objects are unversioned; their "ETag" is a digest of the content.
+#[async_trait]
+impl ObjectVersions for MemoryObjects {
+    async fn current_version(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<String>, ObjectError> {
+        use sha2::Digest;
+        let objects = self.objects.lock().expect("objects poisoned");
+        Ok(objects.get(&(bucket.into(), key.into())).map(|body| {
+            let digest = hex::encode(sha2::Sha256::digest(body));
+            format!("{ETAG_PREFIX}{}", &digest[..32])
+        }))
     }
 }
 

@@ -2,6 +2,7 @@
 //! binaries stay a few lines and tests call the handlers directly with
 //! events from `events/`.
 
+pub mod api;
 pub mod orchestrator;
 pub mod sweeper;
 pub mod worker;
