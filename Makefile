@@ -14,7 +14,7 @@ PROFILE ?= debug
 
 export FILE DEFINITION WORKERS EXPORT ROWS
 
-.PHONY: demo test unit lint check build build-check lint-template chaos bench bench-hotspots demo-conflicts fuzz \
+.PHONY: demo test unit lint check build build-check lint-template chaos bench bench-hotspots bench-prepare demo-conflicts fuzz \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
 
 ## demo: the whole pipeline on a 100k-row sample (or FILE=... DEFINITION=...)
@@ -41,6 +41,13 @@ bench:
 bench-hotspots:
 	$(CARGO) build -p integration-tests --bin hotspots
 	scripts/with-moto.sh target/debug/hotspots
+
+## bench-prepare: prepare alone, one batch write at a time vs pipelined, with 10 ms a request (PREPARE_BENCH_ROWS)
+PREPARE_BENCH_ROWS ?= 100000
+bench-prepare:
+	$(CARGO) build --release -p bulk-import-cli -p integration-tests --bin bulkimport --bin prepare-bench
+	target/release/bulkimport generate target/bench-users.csv --rows $(PREPARE_BENCH_ROWS)
+	MOTO_LATENCY_MS=10 scripts/with-moto.sh target/release/prepare-bench target/bench-users.csv
 
 ## demo-conflicts: the demo twice, DynamoDB conflict emulation off then on, times side by side
 demo-conflicts:

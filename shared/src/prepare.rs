@@ -46,6 +46,8 @@ pub struct PrepareSettings {
     /// if the deadline had come: a deterministic way to exercise resumption.
     /// `None` (the default) hands over only near the deadline.
     pub handoff_after_batches: Option<u64>,
+    /// Batch writes in flight while the file is read on (1: one at a time).
+    pub writes_in_flight: usize,
 }
 
 impl Default for PrepareSettings {
@@ -54,6 +56,7 @@ impl Default for PrepareSettings {
             max_workers: 10,
             lease_ms: 60_000,
             handoff_after_batches: None,
+            writes_in_flight: MAX_WRITES_IN_FLIGHT,
         }
     }
 }
@@ -232,7 +235,7 @@ impl Preparer<'_> {
     /// (cutting is deterministic, so they are identical).
     ///
     /// Reading and writing overlap: the reader cuts batches while up to
-    /// `MAX_WRITES_IN_FLIGHT` earlier ones are being written (at most
+    /// `writes_in_flight` (8) earlier ones are being written (at most
     /// `MAX_BYTES_IN_FLIGHT` of records held), and batches are published in
     /// order as the writes before them complete, so the protocol sees the
     /// same sequence as a one-at-a-time prepare.
@@ -346,7 +349,7 @@ impl Preparer<'_> {
         Ok((total, index))
     }
 
-    /// The writing half: up to `MAX_WRITES_IN_FLIGHT` batch writes at once,
+    /// The writing half: up to `writes_in_flight` batch writes at once,
     /// completed in order; publishes as they complete. Each batch is not
     /// claimable until published, with the checkpoint of the batch after it.
     async fn write_cuts(
@@ -367,7 +370,7 @@ impl Preparer<'_> {
                     .await
                     .map(|()| (cut.index, cut.next_start))
             })
-            .buffered(MAX_WRITES_IN_FLIGHT);
+            .buffered(self.settings.writes_in_flight.max(1));
         while let Some(done) = written.next().await {
             let (index, next_start) = done.map_err(|e| Stop::Error(e.into()))?;
             progress.written = index + 1;
