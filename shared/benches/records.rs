@@ -1,0 +1,140 @@
+//! CPU cost of the hot paths, in MB/s of CSV: streaming parse, validation,
+//! packing batches for storage, and the three together, beside a bare
+//! `csv-core` scan of the same bytes as the ceiling. The input is the demo's
+//! rows (`bulkimport generate`). Run with `make bench-cpu`.
+
+use bulk_import::job::StagedRecord;
+use bulk_import::source::{OpenOptions, RecordReader};
+use bulk_import::store::codec;
+use bulk_import::Definition;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use csv_core::ReadRecordResult;
+use std::hint::black_box;
+use std::time::Duration;
+
+/// The generator behind `bulkimport generate`, so the rows are the demo's.
+#[allow(dead_code, unused_imports)]
+#[path = "../../cli/src/generate.rs"]
+mod generate;
+
+const DEFINITION: &str = include_str!("../../examples/users.json");
+const ROWS: u64 = 20_000;
+/// `bulkimport generate`'s defaults.
+const INVALID_EVERY: u64 = 2_000;
+const SEED: u64 = 42;
+const BATCH: usize = 500;
+
+fn sample_csv() -> Bytes {
+    let mut out = Vec::new();
+    generate::users_csv(&mut out, ROWS, INVALID_EVERY, SEED).expect("writing to a Vec");
+    out.into()
+}
+
+/// Every record of the file through csv-core alone, fields copied out as
+/// any parser must: as fast as CSV can be split on one core.
+fn scan(mut input: &[u8]) -> usize {
+    let mut rdr = csv_core::Reader::new();
+    let mut out = vec![0u8; 64 * 1024];
+    let mut ends = vec![0usize; 1024];
+    let mut records = 0;
+    loop {
+        let (result, read, _, _) = rdr.read_record(input, &mut out, &mut ends);
+        input = &input[read..];
+        match result {
+            ReadRecordResult::Record => records += 1,
+            ReadRecordResult::InputEmpty => {}
+            ReadRecordResult::End => return records,
+            ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => {
+                panic!("a demo row outgrew the scan buffers")
+            }
+        }
+    }
+}
+
+async fn open(csv: Bytes, def: &Definition) -> RecordReader {
+    RecordReader::open(
+        std::io::Cursor::new(csv),
+        OpenOptions::new("users.csv"),
+        def,
+    )
+    .await
+    .expect("the sample opens")
+}
+
+async fn parse(csv: Bytes, def: &Definition) -> Vec<StagedRecord> {
+    let mut reader = open(csv, def).await;
+    let mut records = Vec::with_capacity(ROWS as usize);
+    while let Some(r) = reader.next_record().await.expect("the sample parses") {
+        records.push(r);
+    }
+    records
+}
+
+/// Parse, validate every record and pack batches as they fill: the CPU a
+/// record costs from the file to its stored form.
+async fn all_three(csv: Bytes, def: &Definition) -> (usize, usize) {
+    let mut reader = open(csv, def).await;
+    let mut batch = Vec::with_capacity(BATCH);
+    let (mut valid, mut packed) = (0, 0);
+    while let Some(r) = reader.next_record().await.expect("the sample parses") {
+        valid += usize::from(def.validate(&r).is_ok());
+        batch.push(r);
+        if batch.len() == BATCH {
+            packed += codec::pack(&batch).len();
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        packed += codec::pack(&batch).len();
+    }
+    (valid, packed)
+}
+
+fn benches(c: &mut Criterion) {
+    let def = Definition::from_json(DEFINITION, "examples/users.json").expect("the example loads");
+    let csv = sample_csv();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let records = rt.block_on(parse(csv.clone(), &def));
+    let packed: usize = codec::pack(&records[..BATCH]).iter().map(Vec::len).sum();
+    let raw: usize = records[..BATCH].iter().map(codec::encoded_len).sum();
+    println!(
+        "{} rows, {} bytes ({:.1} a row); a batch of {BATCH} packs {raw} bytes into {packed} ({:.1} a record)",
+        records.len(),
+        csv.len(),
+        csv.len() as f64 / records.len() as f64,
+        packed as f64 / BATCH as f64
+    );
+
+    let mut group = c.benchmark_group("records");
+    group.throughput(Throughput::BytesDecimal(csv.len() as u64));
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("csv-core scan (ceiling)", |b| {
+        b.iter(|| scan(black_box(&csv)))
+    });
+    group.bench_function("parse", |b| {
+        b.iter(|| rt.block_on(parse(csv.clone(), &def)).len())
+    });
+    group.bench_function("validate", |b| {
+        b.iter(|| records.iter().filter(|r| def.validate(r).is_ok()).count())
+    });
+    group.bench_function("pack", |b| {
+        b.iter(|| {
+            records
+                .chunks(BATCH)
+                .map(|c| codec::pack(c).len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("parse+validate+pack", |b| {
+        b.iter(|| rt.block_on(all_three(csv.clone(), &def)))
+    });
+    group.finish();
+}
+
+criterion_group!(records, benches);
+criterion_main!(records);
