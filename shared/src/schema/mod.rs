@@ -3,6 +3,7 @@
 //! validator that turns staged text values into typed JSON.
 
 mod definition;
+mod email;
 mod header;
 mod validate;
 

@@ -1,0 +1,182 @@
+//! The email check: what `email_address` accepts with display text refused
+//! and a top-level domain required, decided byte by byte for plain ASCII
+//! addresses (nearly all input) and by the crate itself for the rest.
+
+use email_address::{EmailAddress, Options};
+
+const LOCAL_PART_MAX: usize = 64;
+const DOMAIN_MAX: usize = 254;
+const LABEL_MAX: usize = 63;
+
+/// Whether `text` is a bare address with a top-level domain.
+pub(super) fn is_valid(text: &str) -> bool {
+    match is_valid_ascii(text.as_bytes()) {
+        Some(valid) => valid,
+        None => is_valid_by_crate(text),
+    }
+}
+
+pub(super) fn is_valid_by_crate(text: &str) -> bool {
+    let options = Options::default()
+        .without_display_text()
+        .with_required_tld();
+    EmailAddress::parse_with_options(text, options).is_ok()
+}
+
+/// The crate's rules for input without non-ASCII bytes, quotes (quoted local
+/// parts), `<` (display text) or `[` (domain literals): a dot-atom local
+/// part, then at least two domain labels of atext that start and end with a
+/// letter or digit. `None` for input outside that shape.
+fn is_valid_ascii(b: &[u8]) -> Option<bool> {
+    if b.iter()
+        .any(|&c| !c.is_ascii() || matches!(c, b'"' | b'<' | b'['))
+    {
+        return None;
+    }
+    let Some(at) = b.iter().rposition(|&c| c == b'@') else {
+        return Some(false);
+    };
+    let (local, domain) = (&b[..at], &b[at + 1..]);
+    if local.is_empty() || local.len() > LOCAL_PART_MAX || !is_dot_atom(local) {
+        return Some(false);
+    }
+    if domain.is_empty() || domain.len() > DOMAIN_MAX {
+        return Some(false);
+    }
+    let mut labels = 0;
+    for label in domain.split(|&c| c == b'.') {
+        let (Some(first), Some(last)) = (label.first(), label.last()) else {
+            return Some(false);
+        };
+        if !first.is_ascii_alphanumeric()
+            || !last.is_ascii_alphanumeric()
+            || label.len() > LABEL_MAX
+            || !label.iter().all(|&c| is_atext(c))
+        {
+            return Some(false);
+        }
+        labels += 1;
+    }
+    Some(labels >= 2)
+}
+
+fn is_dot_atom(b: &[u8]) -> bool {
+    b.split(|&c| c == b'.')
+        .all(|atom| !atom.is_empty() && atom.iter().all(|&c| is_atext(c)))
+}
+
+/// RFC 5322 atext, ASCII part.
+fn is_atext(c: u8) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'/'
+                | b'='
+                | b'?'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'{'
+                | b'|'
+                | b'}'
+                | b'~'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn plain_addresses_are_decided_without_the_crate() {
+        for (text, valid) in [
+            ("a@example.com", true),
+            ("first.last+tag@sub.example.co", true),
+            ("a@localhost", false),
+            ("a..b@example.com", false),
+            (".a@example.com", false),
+            ("a@-example.com", false),
+            ("a@example-.com", false),
+            ("a@ex_ample.com", true),
+            ("a@example..com", false),
+            ("a b@example.com", false),
+            ("a@b@example.com", false),
+            ("@example.com", false),
+            ("a@", false),
+        ] {
+            assert_eq!(is_valid_ascii(text.as_bytes()), Some(valid), "{text}");
+            assert_eq!(is_valid_by_crate(text), valid, "{text}");
+        }
+    }
+
+    #[test]
+    fn quotes_display_text_literals_and_unicode_go_to_the_crate() {
+        for text in [
+            "\"a b\"@example.com",
+            "Ann <a@example.com>",
+            "a@[127.0.0.1]",
+            "é@example.com",
+        ] {
+            assert_eq!(is_valid_ascii(text.as_bytes()), None, "{text}");
+        }
+    }
+
+    fn address() -> impl Strategy<Value = String> {
+        // Heavy on the bytes the rules turn on, with lengths around the limits.
+        let piece = prop::sample::select(vec![
+            "a",
+            "Z",
+            "0",
+            "9",
+            ".",
+            "@",
+            "-",
+            "_",
+            "+",
+            "!",
+            "~",
+            "(",
+            ",",
+            " ",
+            "\t",
+            "\"",
+            "<",
+            ">",
+            "[",
+            "]",
+            "\\",
+            "é",
+            "example",
+            "com",
+            "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        ]);
+        prop::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn the_byte_check_agrees_with_the_crate(text in address()) {
+            prop_assert_eq!(is_valid(&text), is_valid_by_crate(&text), "{:?}", text);
+        }
+
+        #[test]
+        fn the_byte_check_agrees_with_the_crate_on_shaped_addresses(
+            local in "[a-z.+_-]{0,70}",
+            domain in "[a-z0-9.-]{0,70}",
+        ) {
+            let text = format!("{local}@{domain}");
+            prop_assert_eq!(is_valid(&text), is_valid_by_crate(&text), "{:?}", text);
+        }
+    }
+}
