@@ -2,7 +2,7 @@
 //! then the semantic checks and the compiled state the validator needs.
 
 use super::header::{self, Names};
-use super::validate::{self, Rule};
+use super::validate::{self, RecordShape, Rule};
 use super::{ColumnMap, Definition, DefinitionError, FieldDef, FieldType, InputFormat, Limits};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,7 @@ const MAX_BATCH_SIZE: usize = 10_000;
 #[derive(Debug, Clone)]
 pub(super) struct Compiled {
     pub(super) rules: Vec<Rule>,
+    pub(super) shape: RecordShape,
     pub(super) names: Names,
     pub(super) key_index: Option<usize>,
     pub(super) headerless: ColumnMap,
@@ -134,6 +135,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
     let names =
         Names::build(&raw.fields).map_err(|(path, message)| invalid(origin, path, message))?;
     let key_index = check_key_field(&raw, &names, origin)?;
+    let shape = RecordShape::new(&raw.fields);
 
     if !(1..=MAX_BATCH_SIZE).contains(&raw.batch_size) {
         return Err(invalid(
@@ -187,6 +189,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
         limits: raw.limits,
         compiled: Compiled {
             rules,
+            shape,
             names,
             key_index,
             headerless,
