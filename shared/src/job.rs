@@ -1,6 +1,10 @@
 //! The nouns of the system: jobs, batches, staged and validated records,
 //! per-record failures and the job summary users read.
 
+mod values;
+
+pub use self::values::Values;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -268,7 +272,7 @@ pub struct StagedRecord {
     #[serde(rename = "l")]
     pub line: u64,
     #[serde(rename = "v")]
-    pub values: Vec<Option<String>>,
+    pub values: Values,
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub issue: Option<FieldIssue>,
 }

@@ -524,7 +524,7 @@ fn storable(record: StagedRecord) -> StagedRecord {
     }
     StagedRecord {
         line: record.line,
-        values: vec![None; record.values.len()],
+        values: crate::job::Values::absent(record.values.len()),
         issue: Some(FieldIssue::new(
             None,
             None,
@@ -625,7 +625,7 @@ mod tests {
         };
         let staged = |line: u64, n: &str| StagedRecord {
             line,
-            values: vec![Some(n.into())],
+            values: vec![Some(n.into())].into(),
             issue: None,
         };
         let records = [staged(2, "1"), staged(3, "x")];

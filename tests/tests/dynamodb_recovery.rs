@@ -26,7 +26,7 @@ async fn a_batch_handed_out_but_never_claimed_is_recovered_through_the_lease_ind
     };
     let records = vec![StagedRecord {
         line: 2,
-        values: vec![Some("x".into())],
+        values: vec![Some("x".into())].into(),
         issue: None,
     }];
     for index in 0..2 {

@@ -67,7 +67,7 @@ async fn job(f: &Fixture, key: &str, failures: &[u64], commit: bool) -> JobId {
         let records: Vec<StagedRecord> = (0..5)
             .map(|i| StagedRecord {
                 line: index as u64 * 5 + i + 2,
-                values: vec![Some(format!("user{i}@example.com"))],
+                values: vec![Some(format!("user{i}@example.com"))].into(),
                 issue: None,
             })
             .collect();

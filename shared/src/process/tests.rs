@@ -28,7 +28,7 @@ fn definition(extra: &str) -> Definition {
 fn record(line: u64, email: &str) -> StagedRecord {
     StagedRecord {
         line,
-        values: vec![Some(email.into())],
+        values: vec![Some(email.into())].into(),
         issue: None,
     }
 }

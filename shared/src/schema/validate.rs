@@ -253,7 +253,7 @@ impl Definition {
             let (field, rule) = (&self.fields[i], &self.compiled.rules[i]);
             // Rows shorter than the definition are padded by the stager; be
             // lenient anyway rather than panic on a hand-made record.
-            let raw = record.values.get(i).and_then(Option::as_deref);
+            let raw = record.values.get(i);
             let outcome = match raw {
                 Some(raw) if !raw.trim().is_empty() => parse(field, rule, raw),
                 _ => match &rule.default {

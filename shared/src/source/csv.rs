@@ -4,7 +4,7 @@
 
 use super::meter::Meter;
 use super::{BoxRead, Ctx, Position, SourceError};
-use crate::job::{FieldIssue, StagedRecord};
+use crate::job::{FieldIssue, StagedRecord, Values};
 use crate::schema::{ColumnMap, Definition};
 use csv_async::{AsyncReader, AsyncReaderBuilder, ByteRecord};
 
@@ -179,23 +179,23 @@ impl CsvSource {
         } else {
             record.len()
         };
-        let mut values = vec![None; self.map.field_count];
+        let mut values = Values::with_capacity(self.map.field_count, record.as_slice().len());
         let mut issue = None;
         for (raw, column) in record.iter().zip(&self.map.columns) {
             let Some(field) = *column else { continue };
-            let value = match std::str::from_utf8(raw) {
-                Ok(text) => text.to_owned(),
+            if field >= values.len() {
+                continue;
+            }
+            match std::str::from_utf8(raw) {
+                Ok(text) => values.set(field, text),
                 Err(_) => {
-                    let text = String::from_utf8_lossy(raw).into_owned();
+                    let text = String::from_utf8_lossy(raw);
                     if issue.is_none() {
                         let name = self.field_names.get(field).map(String::as_str);
                         issue = Some(FieldIssue::new(name, Some(&text), "invalid UTF-8"));
                     }
-                    text
+                    values.set(field, &text);
                 }
-            };
-            if let Some(slot) = values.get_mut(field) {
-                *slot = Some(value);
             }
         }
         if found != expected {

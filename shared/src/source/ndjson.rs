@@ -7,7 +7,7 @@
 //! field wins.
 
 use super::{BoxRead, Ctx, Position, SourceError};
-use crate::job::{FieldIssue, StagedRecord};
+use crate::job::{FieldIssue, StagedRecord, Values};
 use crate::schema::Definition;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -65,12 +65,12 @@ impl NdjsonSource {
                 }
                 Ok(object) => StagedRecord {
                     line,
-                    values: self.values(object),
+                    values: self.values(object).into(),
                     issue: None,
                 },
                 Err(e) => StagedRecord {
                     line,
-                    values: vec![None; self.def.fields.len()],
+                    values: Values::absent(self.def.fields.len()),
                     issue: Some(FieldIssue::new(
                         None,
                         None,

@@ -87,7 +87,7 @@ mod tests {
     fn record(line: u64, text: &str) -> StagedRecord {
         StagedRecord {
             line,
-            values: vec![Some(text.into()), None],
+            values: vec![Some(text.into()), None].into(),
             issue: None,
         }
     }
@@ -131,7 +131,7 @@ mod tests {
             37, 156, 164, 246, 92, 83, 80, 6, 99, 76, 47,
         ];
         let mut bad = record(3, "x");
-        bad.values[1] = Some("y".into());
+        bad.values.set(1, "y");
         bad.issue = Some(FieldIssue::new(None, None, "expected 2 fields, found 3"));
         let expected = vec![record(2, "ada@example.com"), bad];
         assert_eq!(unpack::<StagedRecord>(&CHUNK).unwrap(), expected);

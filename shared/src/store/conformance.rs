@@ -31,7 +31,8 @@ fn records(batch: u64, n: u64) -> Vec<StagedRecord> {
                 Some(format!("user{i}@example.com")),
                 Some(format!("User {i}")),
                 None,
-            ],
+            ]
+            .into(),
             issue: None,
         })
         .collect()

@@ -78,7 +78,7 @@ async fn run(batches: u64, ops: Vec<Op>) {
     let records: Vec<StagedRecord> = (0..RECORDS_PER_BATCH)
         .map(|i| StagedRecord {
             line: i + 2,
-            values: vec![],
+            values: crate::job::Values::default(),
             issue: None,
         })
         .collect();

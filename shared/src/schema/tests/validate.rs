@@ -317,7 +317,7 @@ fn a_row_level_issue_fails_the_record_alone() {
     let issue = FieldIssue::new(None, Some("a,b,c,d,e"), "row has 5 columns, expected 4");
     let staged = StagedRecord {
         line: 3,
-        values: vec![None; 4],
+        values: vec![None; 4].into(),
         issue: Some(issue.clone()),
     };
     assert_eq!(def.validate(&staged), Err(vec![issue]));
@@ -355,9 +355,9 @@ proptest! {
         text in "\\PC{0,40}",
     ) {
         let def = with_fields(EVERY_TYPE);
-        let staged = StagedRecord { line: 1, values, issue: None };
+        let staged = StagedRecord { line: 1, values: values.into(), issue: None };
         let _ = def.validate(&staged);
-        let same = StagedRecord { line: 1, values: vec![Some(text); 8], issue: None };
+        let same = StagedRecord { line: 1, values: vec![Some(text); 8].into(), issue: None };
         let _ = def.validate(&same);
     }
 
