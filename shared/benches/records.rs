@@ -67,7 +67,24 @@ async fn open(csv: Bytes, def: &Definition) -> RecordReader {
     .expect("the sample opens")
 }
 
-async fn parse(csv: Bytes, def: &Definition) -> Vec<StagedRecord> {
+/// Every record, handed on in batches as prepare does (it drops a batch's
+/// records once they are written), so that the figure is what parsing costs
+/// rather than what holding a whole file of records in memory does.
+async fn parse(csv: Bytes, def: &Definition) -> usize {
+    let mut reader = open(csv, def).await;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut records = 0;
+    while let Some(r) = reader.next_record().await.expect("the sample parses") {
+        batch.push(r);
+        if batch.len() == BATCH {
+            records += batch.len();
+            batch.clear();
+        }
+    }
+    records + batch.len()
+}
+
+async fn parse_all(csv: Bytes, def: &Definition) -> Vec<StagedRecord> {
     let mut reader = open(csv, def).await;
     let mut records = Vec::with_capacity(ROWS as usize);
     while let Some(r) = reader.next_record().await.expect("the sample parses") {
@@ -143,7 +160,7 @@ fn benches(c: &mut Criterion<CpuTime>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let records = rt.block_on(parse(csv.clone(), &def));
+    let records = rt.block_on(parse_all(csv.clone(), &def));
     let packed: usize = codec::pack(&records[..BATCH]).iter().map(Vec::len).sum();
     let raw: usize = records[..BATCH].iter().map(codec::encoded_len).sum();
     println!(
@@ -163,7 +180,7 @@ fn benches(c: &mut Criterion<CpuTime>) {
         b.iter(|| scan(black_box(&csv)))
     });
     group.bench_function("parse", |b| {
-        b.iter(|| rt.block_on(parse(csv.clone(), &def)).len())
+        b.iter(|| rt.block_on(parse(csv.clone(), &def)))
     });
     group.bench_function("validate", |b| {
         b.iter(|| records.iter().filter(|r| def.validate(r).is_ok()).count())

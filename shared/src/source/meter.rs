@@ -166,10 +166,13 @@ fn count_breaks(bytes: &[u8], breaks: &mut u64, pending_cr: &mut bool) {
         *breaks += 1;
     }
     *breaks += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-    *breaks += bytes
-        .windows(2)
-        .filter(|w| w[0] == b'\r' && w[1] != b'\n')
-        .count() as u64;
+    // Most rows hold no CR at all: skip the pairwise scan for them.
+    if bytes.contains(&b'\r') {
+        *breaks += bytes
+            .windows(2)
+            .filter(|w| w[0] == b'\r' && w[1] != b'\n')
+            .count() as u64;
+    }
     *pending_cr = last == b'\r';
 }
 
