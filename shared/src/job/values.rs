@@ -112,8 +112,11 @@ impl fmt::Debug for Values {
 impl Serialize for Values {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.len()))?;
-        for value in self.iter() {
-            seq.serialize_element(&value)?;
+        for span in &self.spans {
+            match self.text.get(span.clone()) {
+                Some(text) => seq.serialize_element(text)?,
+                None => seq.serialize_element(&())?,
+            }
         }
         seq.end()
     }
