@@ -3,7 +3,9 @@
 
 use super::header::{self, Names};
 use super::validate::{self, Rule};
-use super::{ColumnMap, Definition, DefinitionError, FieldDef, FieldType, InputFormat, Limits};
+use super::{
+    ColumnMap, Definition, DefinitionError, ExtraColumns, FieldDef, FieldType, InputFormat, Limits,
+};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +19,7 @@ pub(super) struct Compiled {
     pub(super) names: Names,
     pub(super) key_index: Option<usize>,
     pub(super) headerless: ColumnMap,
+    pub(super) report_columns: [String; 3],
 }
 
 /// The document as written; `Definition` is this plus checks and compiled state.
@@ -44,6 +47,12 @@ struct RawDefinition {
     format: Option<InputFormat>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default, skip_serializing_if = "is_default")]
+    extra_columns: ExtraColumns,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_batch_size() -> usize {
@@ -93,6 +102,7 @@ impl Serialize for Definition {
             max_attempts: self.max_attempts,
             format: self.format,
             limits: self.limits.clone(),
+            extra_columns: self.extra_columns,
         }
         .serialize(serializer)
     }
@@ -134,6 +144,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
     let names =
         Names::build(&raw.fields).map_err(|(path, message)| invalid(origin, path, message))?;
     let key_index = check_key_field(&raw, &names, origin)?;
+    let report_columns = header::report_columns(&names);
 
     if !(1..=MAX_BATCH_SIZE).contains(&raw.batch_size) {
         return Err(invalid(
@@ -185,11 +196,13 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
         max_attempts: raw.max_attempts,
         format: raw.format,
         limits: raw.limits,
+        extra_columns: raw.extra_columns,
         compiled: Compiled {
             rules,
             names,
             key_index,
             headerless,
+            report_columns,
         },
     })
 }

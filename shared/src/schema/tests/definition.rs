@@ -1,5 +1,5 @@
 use super::{load, with_fields, EXAMPLE};
-use crate::schema::{Definition, DefinitionError, InputFormat, Limits};
+use crate::schema::{Definition, DefinitionError, ExtraColumns, InputFormat, Limits};
 use std::error::Error as _;
 
 fn error(json: &str) -> DefinitionError {
@@ -43,6 +43,16 @@ fn omitted_options_take_their_defaults() {
     assert_eq!(def.max_attempts, 5);
     assert_eq!(def.format, None);
     assert_eq!(def.limits, Limits::default());
+    assert_eq!(def.extra_columns, ExtraColumns::Ignore);
+}
+
+#[test]
+fn extra_columns_are_ignored_or_rejected() {
+    let def = load(r#"{"fields": [{"name": "a", "type": "string"}], "extraColumns": "reject"}"#);
+    assert_eq!(def.extra_columns, ExtraColumns::Reject);
+    assert!(def.to_json().contains(r#""extraColumns": "reject""#));
+    let err = error(r#"{"fields": [{"name": "a", "type": "string"}], "extraColumns": "keep"}"#);
+    assert_eq!(err.path(), "extraColumns");
 }
 
 #[test]
