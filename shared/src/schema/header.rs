@@ -165,10 +165,7 @@ impl Definition {
 
     fn is_report_column(&self, name: &str) -> bool {
         let name = fold(name);
-        self.compiled
-            .report_columns
-            .iter()
-            .any(|c| fold(c) == name)
+        self.compiled.report_columns.iter().any(|c| fold(c) == name)
     }
 
     /// The column layout of headerless input: `columns` when given (checked

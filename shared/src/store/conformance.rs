@@ -719,6 +719,26 @@ pub async fn the_first_definition_pinned_to_a_job_stays(store: &dyn JobStore) {
     );
 }
 
+pub async fn the_first_columns_pinned_to_a_job_stay_beside_its_definition(store: &dyn JobStore) {
+    let job = source("columns").job_id();
+    assert_eq!(store.pinned_columns(&job).await.unwrap(), None);
+    let definition = r#"{"fields": [{"name": "a"}]}"#;
+    store.pin_definition(&job, definition).await.unwrap();
+    let first = vec!["A".to_string(), "b, \"quoted\"".to_string()];
+    store.pin_columns(&job, &first).await.unwrap();
+    store.pin_columns(&job, &["other".into()]).await.unwrap();
+    assert_eq!(store.pinned_columns(&job).await.unwrap(), Some(first));
+    assert_eq!(
+        store.pinned_definition(&job).await.unwrap().as_deref(),
+        Some(definition)
+    );
+    // A header of which no column feeds a field pins an empty list.
+    let none = source("no-columns").job_id();
+    store.pin_definition(&none, definition).await.unwrap();
+    store.pin_columns(&none, &[]).await.unwrap();
+    assert_eq!(store.pinned_columns(&none).await.unwrap(), Some(vec![]));
+}
+
 pub async fn jobs_are_listed_newest_first_by_status(store: &dyn JobStore) {
     let mut ids = Vec::new();
     for (i, name) in ["list-a", "list-b", "list-c"].iter().enumerate() {
@@ -1004,6 +1024,7 @@ macro_rules! conformance_tests {
             counters_add_up_over_many_batches_and_workers,
             a_finalized_job_owes_its_event_until_acknowledged,
             the_first_definition_pinned_to_a_job_stays,
+            the_first_columns_pinned_to_a_job_stay_beside_its_definition,
             jobs_are_listed_newest_first_by_status,
             a_retry_requeues_processing_failures_and_counts_move,
             a_rerun_replaces_the_earlier_failure_items,

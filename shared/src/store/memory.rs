@@ -43,6 +43,7 @@ impl JobState {
 pub struct MemoryStore {
     jobs: Mutex<HashMap<JobId, JobState>>,
     definitions: Mutex<HashMap<JobId, String>>,
+    columns: Mutex<HashMap<JobId, Vec<String>>>,
 }
 
 impl MemoryStore {
@@ -173,6 +174,15 @@ impl PrepareStore for MemoryStore {
             .entry(job.clone())
             .or_insert_with(|| definition.to_owned())
             .clone())
+    }
+
+    async fn pin_columns(&self, job: &JobId, columns: &[String]) -> Result<(), StoreError> {
+        self.columns
+            .lock()
+            .expect("memory store poisoned")
+            .entry(job.clone())
+            .or_insert_with(|| columns.to_vec());
+        Ok(())
     }
 
     async fn acquire_prepare(
@@ -433,6 +443,15 @@ impl JobControl for MemoryStore {
     async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError> {
         Ok(self
             .definitions
+            .lock()
+            .expect("memory store poisoned")
+            .get(job)
+            .cloned())
+    }
+
+    async fn pinned_columns(&self, job: &JobId) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(self
+            .columns
             .lock()
             .expect("memory store poisoned")
             .get(job)

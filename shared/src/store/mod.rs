@@ -193,6 +193,12 @@ pub trait PrepareStore: Send + Sync {
     /// so the first deployment to see an object decides its definition.
     async fn pin_definition(&self, job: &JobId, definition: &str) -> Result<String, StoreError>;
 
+    /// Pins, beside the definition, the names of the file's columns that
+    /// feed a field, in file order (from its header row), unless some are
+    /// pinned already: the error report lays failed rows out by them.
+    /// Prepare pins them once it has read the header, before any batch.
+    async fn pin_columns(&self, job: &JobId, columns: &[String]) -> Result<(), StoreError>;
+
     /// Takes over an unfinished prepare whose previous owner's lease expired
     /// (or that the caller already owns). `None` when someone else holds it
     /// or prepare has finished.
@@ -311,6 +317,9 @@ pub trait JobControl: Send + Sync {
 
     /// The definition pinned to a job (its JSON), if any.
     async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError>;
+
+    /// The column names pinned to a job (`pin_columns`), if any.
+    async fn pinned_columns(&self, job: &JobId) -> Result<Option<Vec<String>>, StoreError>;
 
     /// Failed records of one batch, in input order.
     async fn failed_records(

@@ -88,6 +88,27 @@ impl DynamoStore {
             .and_then(|d| d.as_s().ok().cloned()))
     }
 
+    pub(super) async fn pinned_columns(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let Some(list) = self
+            .get(job, job_pk(job), DEFINITION_SK)
+            .await?
+            .and_then(|mut item| item.remove("c"))
+        else {
+            return Ok(None);
+        };
+        let list = list
+            .as_l()
+            .map_err(|_| corrupt(job, "pinned columns are not a list"))?;
+        list.iter()
+            .map(|c| c.as_s().cloned())
+            .collect::<Result<Vec<String>, _>>()
+            .map(Some)
+            .map_err(|_| corrupt(job, "a pinned column name is not a string"))
+    }
+
     pub(super) async fn failed_records(
         &self,
         job: &JobId,

@@ -236,6 +236,10 @@ impl PrepareStore for DynamoStore {
         Self::pin_definition(self, job, definition).await
     }
 
+    async fn pin_columns(&self, job: &JobId, columns: &[String]) -> Result<(), StoreError> {
+        Self::pin_columns(self, job, columns).await
+    }
+
     async fn acquire_prepare(
         &self,
         job: &JobId,
@@ -344,6 +348,10 @@ impl JobControl for DynamoStore {
 
     async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError> {
         Self::pinned_definition(self, job).await
+    }
+
+    async fn pinned_columns(&self, job: &JobId) -> Result<Option<Vec<String>>, StoreError> {
+        Self::pinned_columns(self, job).await
     }
 
     async fn failed_records(
