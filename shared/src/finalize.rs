@@ -35,7 +35,7 @@ impl Finalizer<'_> {
         // batch terminal its content is final, so racing finalizers write
         // the same object.
         let report = if job.failed > 0 {
-            Some(self.reports.write(job, self.store).await?)
+            Some(self.reports.write(job, self.definition, self.store).await?)
         } else {
             None
         };
@@ -78,7 +78,7 @@ impl Finalizer<'_> {
     ) -> Result<bool, FinalizeError> {
         let report = match self.store.get_job(job).await? {
             Some(j) if j.failed > 0 && !j.status.is_final() => {
-                Some(self.reports.write(&j, self.store).await?)
+                Some(self.reports.write(&j, self.definition, self.store).await?)
             }
             _ => None,
         };

@@ -677,10 +677,7 @@ mod tests {
         assert_eq!((job.status, job.prepared), (JobStatus::Failed, false));
         let reports = reports.reports.lock().unwrap().clone();
         assert_eq!(job.report.as_deref(), Some(reports[0].0.as_str()));
-        assert_eq!(
-            reports[0].1,
-            "line,field,value,message\n3,n,x,not an integer\n"
-        );
+        assert_eq!(reports[0].1, "n,line,field,reason\nx,3,n,not an integer\n");
     }
 
     /// Serves the object a few bytes a read and runs `then` once, after the

@@ -139,13 +139,16 @@ async fn fixtures_drive_the_whole_pipeline_to_one_completion() {
         .collect();
     assert_eq!(summary, vec![(4, Some("email")), (6, Some("plan"))]);
 
-    // The error report lists them, and the job says where it is.
+    // The error report holds the rows as they were, and the job says where
+    // it is.
     let reports = f.reports.reports.lock().unwrap().clone();
     assert_eq!(reports.len(), 1);
     assert_eq!(job.report.as_deref(), Some(reports[0].0.as_str()));
     assert_eq!(
         reports[0].1,
-        "line,field,value,message\n4,email,not-an-email,not a valid email address\n6,plan,gold,\"must be one of: free, pro, team\"\n"
+        "email,full name,age,plan,country,city,signup_date,score,active,line,field,reason\n\
+         not-an-email,Alan Turing,41,free,GB,Wilmslow,2024-06-07,1,true,4,email,not a valid email address\n\
+         barbara@example.com,Barbara Liskov,84,gold,US,Boston,2024-03-04,3,no,6,plan,\"must be one of: free, pro, team\"\n"
     );
 
     // A continuation for a finished job is a no-op that succeeds.
