@@ -100,6 +100,31 @@ pub async fn errors(names: &Names, job: &str, limit: usize) -> anyhow::Result<()
     Ok(())
 }
 
+/// The error report of a job, as its end writes it to S3: each failed row as
+/// it was in the file, then line, field and reason (to `out`, or standard
+/// output). A fixed copy imports as a new file with the same definition.
+pub async fn report(names: &Names, job: &str, out: Option<String>) -> anyhow::Result<()> {
+    let clients = Clients::load().await;
+    let store = store(names, &clients);
+    let id = resolve(&clients, job).await?;
+    let job = job_of(&store, &id).await?;
+    let definition = definition_of(&store, &id).await?;
+    match out {
+        Some(path) => {
+            let file = tokio::fs::File::create(&path)
+                .await
+                .with_context(|| format!("creating {path}"))?;
+            let mut w = tokio::io::BufWriter::new(file);
+            bulk_import::report::write_csv(&job, &definition, &store, &mut w).await?;
+        }
+        None => {
+            let mut w = tokio::io::BufWriter::new(tokio::io::stdout());
+            bulk_import::report::write_csv(&job, &definition, &store, &mut w).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Stops a job: prepare publishes nothing more, workers claim nothing more
 /// (each finishes the batch in hand), and the job ends ABORTED once, with
 /// its error report and completion event.

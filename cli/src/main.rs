@@ -115,12 +115,20 @@ enum Command {
         #[arg(long)]
         out: Option<String>,
     },
-    /// A job's failed records as CSV (line, field, value, message), in input
-    /// order. JOB is a job id or s3://bucket/key.
+    /// A job's failed records as CSV (line, field, value, message; one row
+    /// per problem), in input order. JOB is a job id or s3://bucket/key.
+    /// With --report, the error report instead: each failed row as it was in
+    /// the file, then line, field and reason, to fix and upload again.
     Errors {
         job: String,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, conflicts_with = "report")]
         limit: usize,
+        /// Write the whole error report (as the job's end writes it to S3).
+        #[arg(long)]
+        report: bool,
+        /// Where --report writes (standard output unless given).
+        #[arg(long, requires = "report")]
+        out: Option<String>,
     },
     /// Create the bucket, work and prepare queues (with their DLQs) and
     /// tables unless they exist; print their names and URLs as JSON.
@@ -162,7 +170,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(&cli.names, args).await,
         Command::Worker(args) => worker::run(&cli.names, args).await,
         Command::Jobs { status, limit } => jobs::list(&cli.names, status, limit).await,
-        Command::Errors { job, limit } => jobs::errors(&cli.names, &job, limit).await,
+        Command::Errors {
+            job,
+            report: true,
+            out,
+            ..
+        } => jobs::report(&cli.names, &job, out).await,
+        Command::Errors { job, limit, .. } => jobs::errors(&cli.names, &job, limit).await,
         Command::Export { job, format, out } => jobs::export(&cli.names, &job, format, out).await,
         Command::Abort {
             job,

@@ -103,6 +103,14 @@ async fn status_and_jobs_find_a_finished_job_by_its_object_and_say_how_it_ended(
     assert_eq!(rows[0], "line,field,value,message");
     assert_eq!(rows.len(), 2, "{errors}");
     assert!(rows[1].starts_with("12,email,not-an-email,"), "{errors}");
+    // The report to fix and upload again: the row as it was, then where and why.
+    let (code, report) = cli(&stack, &["errors", job.as_str(), "--report"]).await;
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = report.lines().collect();
+    assert_eq!(rows[0], "email,name,line,field,reason", "{report}");
+    assert_eq!(rows.len(), 2, "{report}");
+    assert!(rows[1].starts_with("not-an-email,"), "{report}");
+    assert!(rows[1].contains(",12,email,"), "{report}");
 
     let (code, csv_out) = cli(&stack, &["export", job.as_str(), "--format", "csv"]).await;
     assert_eq!(code, 0);
