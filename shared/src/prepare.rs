@@ -371,14 +371,47 @@ impl Preparer<'_> {
                     .map(|()| (cut.index, cut.next_start))
             })
             .buffered(self.settings.writes_in_flight.max(1));
-        while let Some(done) = written.next().await {
-            let (index, next_start) = done.map_err(|e| Stop::Error(e.into()))?;
-            progress.written = index + 1;
-            // The last batch is published by `finish_prepare`.
-            if let Some(next_start) = next_start.filter(|_| progress.publication_due()) {
-                self.publish(job, lease, progress, Some(&next_start))
-                    .await
-                    .map_err(Stop::Error)?;
+        // One publication at a time, while the writes go on: the latest
+        // publishable point waits for the one in flight.
+        let mut publishing: Option<futures::future::BoxFuture<'_, Result<u64, StoreError>>> = None;
+        let mut publishable: Option<(u64, Checkpoint)> = None;
+        let mut writing = true;
+        while writing || publishing.is_some() {
+            tokio::select! {
+                // `Buffered::next` is cancel-safe: a write completing while
+                // a publication does stays in the stream.
+                done = written.next(), if writing => match done {
+                    None => writing = false,
+                    Some(done) => {
+                        let (index, next_start) = done.map_err(|e| Stop::Error(e.into()))?;
+                        progress.written = index + 1;
+                        // The last batch is published by `finish_prepare`.
+                        if let Some(next_start) = next_start {
+                            publishable = Some((index + 1, next_start));
+                        }
+                    }
+                },
+                published = async { publishing.as_mut().expect("guarded").await }, if publishing.is_some() => {
+                    publishing = None;
+                    progress.published = published.map_err(|e| Stop::Error(e.into()))?;
+                    progress.last_publish = Instant::now();
+                    progress.last_renewal = progress.last_publish;
+                    self.wake_for(job, progress.published, progress)
+                        .await
+                        .map_err(|e| Stop::Error(e.into()))?;
+                }
+            }
+            if publishing.is_none() && progress.publication_due() {
+                if let Some((ready, next_start)) = publishable.take() {
+                    let checkpoint = next_start.encode();
+                    let id = job.id.clone();
+                    publishing = Some(Box::pin(async move {
+                        self.store
+                            .publish(&id, lease, ready, Some(&checkpoint), now_ms())
+                            .await
+                            .map(|()| ready)
+                    }));
+                }
             }
         }
         Ok(())
