@@ -83,9 +83,9 @@ enum Command {
         job: String,
         #[arg(long, default_value = "aborted by an operator")]
         reason: String,
-        /// Events queue URL for the job-completed event.
-        #[arg(long, env = "EVENTS_QUEUE_URL")]
-        events_queue_url: Option<String>,
+        /// EventBridge bus for the job.aborted event (else only logged).
+        #[arg(long, env = "EVENT_BUS_NAME")]
+        event_bus: Option<String>,
     },
     /// Every imported record of a finished job, in input order (to standard
     /// output unless --out).
@@ -138,9 +138,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Abort {
             job,
             reason,
-            events_queue_url,
+            event_bus,
         } => {
-            let code = jobs::abort(&cli.names, &job, &reason, events_queue_url).await?;
+            let code = jobs::abort(&cli.names, &job, &reason, event_bus).await?;
             std::process::exit(code);
         }
         Command::Status { job, watch } => {

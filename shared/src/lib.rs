@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod job;
 #[cfg(any(test, feature = "testing"))]
 pub mod local;
+pub mod metrics;
 pub mod objects;
 pub mod pinned;
 pub mod ports;

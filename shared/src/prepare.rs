@@ -122,7 +122,10 @@ impl Preparer<'_> {
             lease_ms: self.settings.lease_ms,
         };
         let job = match self.store.create_job(source, &lease, now_ms()).await? {
-            CreateOutcome::Created(job) => job,
+            CreateOutcome::Created(job) => {
+                crate::events::announce(self.store, self.events, &job).await;
+                job
+            }
             CreateOutcome::Exists(job) if job.prepared || job.status.is_final() => {
                 return Ok(PrepareOutcome::AlreadyPrepared(job));
             }
@@ -145,8 +148,14 @@ impl Preparer<'_> {
             last_publish: Instant::now(),
             last_renewal: Instant::now(),
             woken: 0,
+            records_read: 0,
         };
         let result = self.prepare(&job, &lease, deadline, &mut progress).await;
+        crate::metrics::prepared(
+            &job.id,
+            progress.records_read,
+            progress.written.saturating_sub(progress.started),
+        );
         if let Err(PrepareError::Store(StoreError::PrepareLeaseLost(_))) = &result {
             // Fenced out: by a newer owner, or because the job ended.
             if let Some(current) = self.store.get_job(&job.id).await? {
@@ -183,6 +192,7 @@ impl Preparer<'_> {
                 // woken before the crash may be gone).
                 self.wake_for(&job, total_batches, progress).await?;
                 tracing::info!(job_id = %job.id, total_records, total_batches, "prepared");
+                crate::events::announce(self.store, self.events, &job).await;
                 // Workers may have finished every batch already.
                 self.finalizer().complete(&job).await?;
                 Ok(PrepareOutcome::Prepared(job))
@@ -257,6 +267,7 @@ impl Preparer<'_> {
                         .map_err(Stop::Error)?;
                 }
             }
+            progress.records_read += 1;
             let record = storable(record);
             batch_bytes += codec::encoded_len(&record);
             batch.push(record);
@@ -370,6 +381,8 @@ struct Progress {
     /// Last extension of the prepare lease (a publication extends it too).
     last_renewal: Instant,
     woken: u64,
+    /// Records this run read (those a resumed run reads again included).
+    records_read: u64,
 }
 
 impl Progress {

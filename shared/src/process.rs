@@ -148,6 +148,14 @@ impl Worker<'_> {
             let started = Instant::now();
             match self.work_on(&claim).await {
                 Ok(outcome) => {
+                    let failed = outcome.failed.len() as u64;
+                    crate::metrics::batch_committed(
+                        job,
+                        claim.index,
+                        outcome.processed,
+                        failed,
+                        started.elapsed(),
+                    );
                     report.batches += 1;
                     report.processed += outcome.processed;
                     report.failed += outcome.failed.len() as u64;
@@ -296,6 +304,7 @@ impl Worker<'_> {
             if again.is_empty() {
                 break;
             }
+            crate::metrics::processor_retries(again.len() as u64);
             pending = again;
         }
         processed
@@ -373,7 +382,10 @@ fn poisoned(claim: &ClaimedBatch, records: &[StagedRecord], max_attempts: u64) -
         failed: records
             .iter()
             .map(|r| {
-                FailedRecord::unprocessed(r.line, vec![FieldIssue::new(None, None, message.clone())])
+                FailedRecord::unprocessed(
+                    r.line,
+                    vec![FieldIssue::new(None, None, message.clone())],
+                )
             })
             .collect(),
         error: Some(message),
@@ -393,7 +405,9 @@ fn unloadable(claim: &ClaimedBatch, error: &StoreError, max_attempts: u64) -> Ba
         state: BatchState::Failed,
         processed: 0,
         failed: (0..claim.record_count)
-            .map(|_| FailedRecord::unprocessed(0, vec![FieldIssue::new(None, None, message.clone())]))
+            .map(|_| {
+                FailedRecord::unprocessed(0, vec![FieldIssue::new(None, None, message.clone())])
+            })
             .collect(),
         error: Some(message),
     }

@@ -180,7 +180,7 @@ async fn retryable_errors_are_retried_and_permanent_ones_reported() {
     );
     let j = f.store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::CompletedWithErrors);
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 #[tokio::test]
@@ -306,7 +306,7 @@ async fn continue_on_error_false_fails_the_job_at_the_first_failed_record() {
     let j = f.store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::Failed);
     assert!(j.failure_reason.unwrap().starts_with("line 3: "));
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 /// Holds every record until released, so a test can act mid-batch.

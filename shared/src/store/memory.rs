@@ -21,8 +21,6 @@ struct JobState {
     prepare: Option<(String, i64)>,
     /// Written batches, published or not (`job.batches_ready` says).
     batches: BTreeMap<u64, StoredBatch>,
-    /// The completion event is owed.
-    event_pending: bool,
     /// Prepare lease renewals without publication.
     renewals: u64,
 }
@@ -64,6 +62,13 @@ impl MemoryStore {
             .get_mut(job)
             .ok_or_else(|| StoreError::JobNotFound(job.clone()))?;
         f(state)
+    }
+}
+
+/// Records that `job` owes its `kind` event (once, in lifecycle order).
+fn owe(job: &mut Job, kind: EventKind) {
+    if let Err(at) = job.owed_events.binary_search(&kind) {
+        job.owed_events.insert(at, kind);
     }
 }
 
@@ -145,6 +150,7 @@ impl PrepareStore for MemoryStore {
             report: None,
             cost: Cost::default(),
             retries: 0,
+            owed_events: vec![EventKind::Started],
         };
         jobs.insert(
             id,
@@ -152,7 +158,6 @@ impl PrepareStore for MemoryStore {
                 job: job.clone(),
                 prepare: Some((lease.owner.clone(), now_ms + lease.lease_ms)),
                 batches: BTreeMap::new(),
-                event_pending: false,
                 renewals: 0,
             },
         );
@@ -293,6 +298,7 @@ impl PrepareStore for MemoryStore {
             s.job.prepared = true;
             s.job.total_records = total_records;
             s.job.total_batches = total_batches;
+            owe(&mut s.job, EventKind::Prepared);
             Ok(s.job.clone())
         })
     }
@@ -408,7 +414,9 @@ impl JobControl for MemoryStore {
             s.job.failure_reason = fin.reason.clone();
             s.job.report = fin.report.clone();
             s.job.finished_at_ms = Some(fin.now_ms);
-            s.event_pending = true;
+            if let Some(kind) = EventKind::ending(fin.status) {
+                owe(&mut s.job, kind);
+            }
             Ok(true)
         })
     }
@@ -491,16 +499,16 @@ impl JobControl for MemoryStore {
         let jobs = self.jobs.lock().expect("memory store poisoned");
         let mut ids: Vec<JobId> = jobs
             .values()
-            .filter(|s| s.event_pending)
+            .filter(|s| s.job.status.is_final() && !s.job.owed_events.is_empty())
             .map(|s| s.job.id.clone())
             .collect();
         ids.sort();
         Ok(ids)
     }
 
-    async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
+    async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError> {
         self.with_job(job, |s| {
-            s.event_pending = false;
+            s.job.owed_events.retain(|k| *k != kind);
             Ok(())
         })
     }

@@ -51,6 +51,13 @@ impl DynamoStore {
             (":lpk".into(), s(status_lpk(fin.status))),
         ]);
         with_cost(&mut values, cost);
+        // The announcement joins whatever else is owed (a retried job's
+        // earlier events were delivered before it could reopen).
+        let mut add_owed = String::new();
+        if let Some(kind) = EventKind::ending(fin.status) {
+            values.insert(":owed".into(), kind_set(kind));
+            add_owed.push_str(", owedEvents :owed");
+        }
         // The job moves from the active list to the owed-events list.
         let mut set =
             "SET #status = :st, finishedAt = :at, gpk = :events, gsk = :at, lpk = :lpk".to_string();
@@ -70,7 +77,7 @@ impl DynamoStore {
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression(format!(
-                "{set} REMOVE prepareOwner, prepareCheckpoint {ADD_COST}"
+                "{set} REMOVE prepareOwner, prepareCheckpoint {ADD_COST}{add_owed}"
             ))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
@@ -149,15 +156,35 @@ impl DynamoStore {
         self.jobs_listed(PENDING_EVENTS).await
     }
 
-    pub(super) async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
+    pub(super) async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError> {
+        // DynamoDB drops a set once its last element is deleted.
+        let update = self
+            .update(job_pk(job), JOB_SK)
+            .update_expression("DELETE owedEvents :kind")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":kind", kind_set(kind))
+            .return_values(ReturnValue::AllNew);
+        let after = match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(e) if is_condition_failed(&e) => return Ok(()),
+            Err(e) => return Err(StoreError::backend("UpdateItem", e)),
+        };
+        let listed = after
+            .get("gpk")
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str);
+        if after.contains_key("owedEvents") || listed != Some(PENDING_EVENTS) {
+            return Ok(());
+        }
+        // A final job that owes nothing leaves the owed-events list; unless
+        // something was owed meanwhile, or a retry reopened it.
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression("REMOVE gpk, gsk")
-            .condition_expression("gpk = :events")
+            .condition_expression("gpk = :events AND attribute_not_exists(owedEvents)")
             .expression_attribute_values(":events", s(PENDING_EVENTS));
         match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
             Ok(_) => Ok(()),
-            // Acknowledged already (a racing sender).
             Err(e) if is_condition_failed(&e) => Ok(()),
             Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
