@@ -8,7 +8,9 @@
   permissions (ALLOWED_STAR);
 - every policy that works on job state (DynamoDB actions on the state
   table) allows each operation the DynamoDB store calls, as read from its
-  source, so a new call cannot ship without its permission.
+  source, so a new call cannot ship without its permission;
+- every Lambda role may put job events on the bus (events:PutEvents): any
+  function may end a job, and the one that does announces it.
 
 Usage: python scripts/check-iam.py target/sam/template.json
 """
@@ -105,6 +107,36 @@ def documents(template):
             yield name, props["PolicyDocument"]
 
 
+def is_lambda_role(resource):
+    doc = resource.get("Properties", {}).get("AssumeRolePolicyDocument", {})
+    return any(
+        s.get("Principal", {}).get("Service") == "lambda.amazonaws.com"
+        for s in as_list(doc.get("Statement", []))
+        if isinstance(s, dict)
+    )
+
+
+def role_actions(template, resource):
+    """Actions a role's inline and (template-defined) managed policies allow."""
+    resources = template.get("Resources", {})
+    props = resource.get("Properties", {})
+    docs = [p["PolicyDocument"] for p in props.get("Policies", [])]
+    for arn in as_list(props.get("ManagedPolicyArns", [])):
+        refs = arn["Fn::If"][1:] if isinstance(arn, dict) and "Fn::If" in arn else [arn]
+        for ref in refs:
+            name = ref.get("Ref") if isinstance(ref, dict) else None
+            if name in resources and "PolicyDocument" in resources[name].get("Properties", {}):
+                docs.append(resources[name]["Properties"]["PolicyDocument"])
+    return {
+        a.lower()
+        for d in docs
+        for s in statements(d)
+        if s.get("Effect") == "Allow"
+        for a in as_list(s.get("Action", []))
+        if isinstance(a, str)
+    }
+
+
 def main():
     with open(sys.argv[1], encoding="utf-8") as f:
         template = json.load(f)
@@ -137,6 +169,10 @@ def main():
                 for action in actions:
                     if action.lower() not in ALLOWED_STAR:
                         problems.append(f"{where}: {action} on resource *")
+    for name, resource in template.get("Resources", {}).items():
+        if resource.get("Type") == "AWS::IAM::Role" and is_lambda_role(resource):
+            if "events:putevents" not in role_actions(template, resource):
+                problems.append(f"{name}: may end a job but cannot put its event (events:PutEvents)")
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
