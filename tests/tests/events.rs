@@ -136,7 +136,10 @@ async fn events_that_could_not_be_sent_are_sent_by_the_next_sweep_once() {
             EventKind::Completed
         ]
     );
-    assert_eq!(stack.watcher.pending_events().await.unwrap(), vec![id.clone()]);
+    assert_eq!(
+        stack.watcher.pending_events().await.unwrap(),
+        vec![id.clone()]
+    );
     assert!(tap.drain(&stack.clients.sqs).await.is_empty());
 
     // The outage ends; the sweeper delivers what is owed, and only once.
