@@ -12,7 +12,7 @@
 //! a new report and a new event id.
 
 use crate::events::JobEvents;
-use crate::finalize::{deliver, DeliveryError};
+use crate::events::{deliver, DeliveryError};
 use crate::job::{now_ms, Job, JobId, JobStatus};
 use crate::queue::{PrepareQueue, QueueError, WorkMessage, WorkQueue};
 use crate::store::{JobStore, StoreError};
