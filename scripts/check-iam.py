@@ -95,7 +95,6 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 SCOPED_ROLES = {
     "ApiRole": [
         "shared/src/api",
-        "shared/src/events.rs",
         "shared/src/finalize.rs",
         "shared/src/report.rs",
         "shared/src/steer.rs",
