@@ -200,10 +200,11 @@ pub async fn retry(
         Err(e) => return Err(e.into()),
     };
     eprintln!(
-        "retry {} of job {id}: {} records in {} batches run again{}",
+        "retry {} of job {id}: {} failed records in {} batches run again, {} batches never processed{}",
         started.job.retries,
         started.records,
         started.batches,
+        started.unprocessed,
         if started.resumes_prepare {
             "; reading the file resumes where it stopped"
         } else {

@@ -114,7 +114,8 @@ impl std::str::FromStr for JobStatus {
 
 impl fmt::Display for JobStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so that widths in format strings apply.
+        f.pad(self.as_str())
     }
 }
 

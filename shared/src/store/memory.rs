@@ -577,7 +577,10 @@ impl JobControl for MemoryStore {
     ) -> Result<Option<Job>, StoreError> {
         self.with_job(job, |s| {
             // The previous round's event goes out first (see the trait).
-            if !s.job.status.is_final() || s.job.retries != seen_retries || !s.job.owed_events.is_empty() {
+            if !s.job.status.is_final()
+                || s.job.retries != seen_retries
+                || !s.job.owed_events.is_empty()
+            {
                 return Ok(None);
             }
             s.job.status = JobStatus::Processing;

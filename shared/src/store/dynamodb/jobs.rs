@@ -77,9 +77,7 @@ impl DynamoStore {
         // An unfinished prepare keeps its checkpoint: a retry resumes there.
         let update = self
             .update(job_pk(job), JOB_SK)
-            .update_expression(format!(
-                "{set} REMOVE prepareOwner {ADD_COST}{add_owed}"
-            ))
+            .update_expression(format!("{set} REMOVE prepareOwner {ADD_COST}{add_owed}"))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
             .set_expression_attribute_values(Some(values));
