@@ -84,9 +84,9 @@ enum Command {
         job: String,
         #[arg(long, default_value = "aborted by an operator")]
         reason: String,
-        /// Events queue URL for the job-completed event.
-        #[arg(long, env = "EVENTS_QUEUE_URL")]
-        events_queue_url: Option<String>,
+        /// EventBridge bus for the job.aborted event (else only logged).
+        #[arg(long, env = "EVENT_BUS_NAME")]
+        event_bus: Option<String>,
     },
     /// Run again what failed in processing (the processor's errors, poison
     /// batches) and what an abort left unprocessed, once the cause is fixed;
@@ -97,9 +97,9 @@ enum Command {
         /// Workers woken at most.
         #[arg(long, env = "MAX_WORKERS", default_value_t = 10)]
         max_workers: u32,
-        /// Events queue URL, for an event the previous round still owes.
-        #[arg(long, env = "EVENTS_QUEUE_URL")]
-        events_queue_url: Option<String>,
+        /// EventBridge bus, for an event the previous round still owes.
+        #[arg(long, env = "EVENT_BUS_NAME")]
+        event_bus: Option<String>,
         /// Follow the job until it ends, like `status --watch`.
         #[arg(long)]
         watch: bool,
@@ -181,18 +181,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Abort {
             job,
             reason,
-            events_queue_url,
+            event_bus,
         } => {
-            let code = jobs::abort(&cli.names, &job, &reason, events_queue_url).await?;
+            let code = jobs::abort(&cli.names, &job, &reason, event_bus).await?;
             std::process::exit(code);
         }
         Command::Retry {
             job,
             max_workers,
-            events_queue_url,
+            event_bus,
             watch,
         } => {
-            let code = jobs::retry(&cli.names, &job, max_workers, events_queue_url, watch).await?;
+            let code = jobs::retry(&cli.names, &job, max_workers, event_bus, watch).await?;
             std::process::exit(code);
         }
         Command::Status { job, watch } => {

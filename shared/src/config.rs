@@ -33,8 +33,12 @@ pub struct Settings {
     pub queue_url: String,
     /// `TARGET_TABLE`: where the built-in processor upserts records.
     pub target_table: Option<String>,
-    /// `EVENTS_QUEUE_URL`: optional queue for job-completed events.
-    pub events_queue_url: Option<String>,
+    /// `EVENT_BUS_NAME`: the EventBridge bus (name or ARN) job events go
+    /// to; without it they are only logged.
+    pub event_bus_name: Option<String>,
+    /// `METRICS_NAMESPACE` (`BulkImport`): CloudWatch namespace of the
+    /// metrics the functions log (embedded metric format).
+    pub metrics_namespace: String,
     /// `PREPARE_QUEUE_URL`: where a prepare handed over near the deadline
     /// is continued from (the orchestrator consumes it); without it, the
     /// next sweep resumes such a prepare.
@@ -92,7 +96,8 @@ impl Settings {
             state_table: state_table.into(),
             queue_url: queue_url.into(),
             target_table: None,
-            events_queue_url: None,
+            event_bus_name: None,
+            metrics_namespace: crate::metrics::DEFAULT_NAMESPACE.into(),
             prepare_queue_url: None,
             report_bucket: None,
             report_prefix: "reports/".into(),
@@ -110,7 +115,9 @@ impl Settings {
             state_table: required("STATE_TABLE")?,
             queue_url: required("QUEUE_URL")?,
             target_table: var("TARGET_TABLE"),
-            events_queue_url: var("EVENTS_QUEUE_URL"),
+            event_bus_name: var("EVENT_BUS_NAME"),
+            metrics_namespace: var("METRICS_NAMESPACE")
+                .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
             prepare_queue_url: var("PREPARE_QUEUE_URL"),
             report_bucket: var("REPORT_BUCKET"),
             report_prefix: var("REPORT_PREFIX").unwrap_or_else(|| "reports/".into()),

@@ -19,6 +19,7 @@ pub mod job;
 #[cfg(any(test, feature = "testing"))]
 pub mod local;
 pub mod locate;
+pub mod metrics;
 pub mod objects;
 pub mod pinned;
 pub mod ports;

@@ -148,6 +148,14 @@ impl Worker<'_> {
             let started = Instant::now();
             match self.work_on(&claim).await {
                 Ok(outcome) => {
+                    let failed = outcome.failed.len() as u64;
+                    crate::metrics::batch_committed(
+                        job,
+                        claim.index,
+                        outcome.processed,
+                        failed,
+                        started.elapsed(),
+                    );
                     report.batches += 1;
                     report.processed += outcome.processed;
                     report.failed += outcome.failed.len() as u64;
@@ -320,6 +328,7 @@ impl Worker<'_> {
             if again.is_empty() {
                 break;
             }
+            crate::metrics::processor_retries(again.len() as u64);
             pending = again;
         }
         processed

@@ -191,9 +191,7 @@ async fn abort_then_retry_processes_what_the_abort_left() {
     assert_eq!(code, 1, "a completed job has nothing to retry");
     let ids: Vec<String> = stack
         .events
-        .completed
-        .lock()
-        .unwrap()
+        .endings()
         .iter()
         .map(|e| e.event_id.clone())
         .collect();
@@ -245,14 +243,11 @@ async fn retry_after_the_target_is_fixed_moves_failures_to_processed() {
     let rows: Vec<&str> = errors.lines().collect();
     assert_eq!(rows.len(), 2, "{errors}");
     assert!(rows[1].starts_with("12,email,not-an-email,"), "{errors}");
-    let events = stack.events.completed.lock().unwrap().clone();
+    let events = stack.events.endings();
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(
         ids,
-        vec![
-            format!("{job}:completed"),
-            format!("{job}:completed:retry-1")
-        ]
+        vec![format!("{job}:failed"), format!("{job}:completed:retry-1")]
     );
 }
 

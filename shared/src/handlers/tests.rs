@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::events::MemoryEvents;
-use crate::job::{now_ms, JobStatus};
+use crate::job::{now_ms, EventKind, JobStatus};
 use crate::objects::MemoryObjects;
 use crate::processor::MemoryProcessor;
 use crate::queue::{MemoryPrepareQueue, MemoryQueue, WorkMessage};
@@ -126,8 +126,41 @@ async fn fixtures_drive_the_whole_pipeline_to_one_completion() {
         .map(|r| r.line)
         .collect();
     assert_eq!(lines, vec![2, 3, 5]);
-    let completed = f.events.completed.lock().unwrap().clone();
+    let completed = f.events.endings();
     assert_eq!(completed.len(), 1, "exactly one job-completed event");
+    let lifecycle: Vec<(EventKind, String)> = f
+        .events
+        .all()
+        .into_iter()
+        .map(|e| (e.kind, e.event_id))
+        .collect();
+    assert_eq!(
+        lifecycle,
+        vec![
+            (EventKind::Started, format!("{}:started", job.id)),
+            (EventKind::Prepared, format!("{}:prepared", job.id)),
+            (EventKind::Completed, format!("{}:completed", job.id)),
+        ]
+    );
+    assert_eq!(completed[0].status, JobStatus::CompletedWithErrors);
+    assert_eq!(
+        (
+            completed[0].total_records,
+            completed[0].processed,
+            completed[0].failed
+        ),
+        (Some(job.total_records), job.processed, job.failed)
+    );
+    assert_eq!(completed[0].report, job.report);
+    assert!(f.store.pending_events().await.unwrap().is_empty());
+    assert!(f
+        .store
+        .get_job(&job.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .owed_events
+        .is_empty());
 
     let mut failed = Vec::new();
     for batch in 0..job.total_batches {
@@ -159,7 +192,7 @@ async fn fixtures_drive_the_whole_pipeline_to_one_completion() {
     .await
     .unwrap();
     assert!(again.batch_item_failures.is_empty());
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 #[tokio::test]
@@ -340,7 +373,7 @@ async fn a_continuation_for_a_finished_job_changes_nothing() {
     );
     assert_eq!(f.queue.sent.lock().unwrap().len(), work_messages);
     assert!(f.prepare_queue.sent.lock().unwrap().is_empty());
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 #[tokio::test]
@@ -414,7 +447,7 @@ async fn missing_required_column_fails_the_job_with_the_reason() {
     let reason = job.failure_reason.unwrap();
     assert!(reason.contains("email"), "{reason}");
     assert!(f.queue.sent.lock().unwrap().is_empty());
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 #[tokio::test]
@@ -557,7 +590,7 @@ mod sweeping {
         assert_eq!(sweep(&f).await.active_jobs, 0);
         let done = f.store.get_job(&job).await.unwrap().unwrap();
         assert_eq!(done.status, JobStatus::Completed);
-        assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+        assert_eq!(f.events.endings().len(), 1);
     }
 
     #[tokio::test]
@@ -670,14 +703,25 @@ mod sweeping {
         };
         f.store.commit_batch(&c, &outcome, now_ms()).await.unwrap();
         assert_eq!(sweep(&f).await.finalized, 1);
-        assert!(f.events.completed.lock().unwrap().is_empty());
+        assert!(f.events.endings().is_empty());
         assert_eq!(f.store.pending_events().await.unwrap(), vec![job.clone()]);
         f.events
             .failing
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(sweep(&f).await.events_sent, 1);
+        // Everything the job owes: its start and its prepare, which nobody
+        // announced either, then its completion.
+        assert_eq!(sweep(&f).await.events_sent, 3);
         assert_eq!(sweep(&f).await.events_sent, 0, "acknowledged");
-        let sent = f.events.completed.lock().unwrap().clone();
+        let kinds: Vec<EventKind> = f.events.all().iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                EventKind::Started,
+                EventKind::Prepared,
+                EventKind::Completed
+            ]
+        );
+        let sent = f.events.endings();
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].event_id, format!("{job}:completed"));
     }

@@ -186,7 +186,7 @@ async fn retryable_errors_are_retried_and_permanent_ones_reported() {
     );
     let j = f.store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::CompletedWithErrors);
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 #[tokio::test]
@@ -312,7 +312,7 @@ async fn continue_on_error_false_fails_the_job_at_the_first_failed_record() {
     let j = f.store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::Failed);
     assert!(j.failure_reason.unwrap().starts_with("line 3: "));
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 /// Holds every record until released, so a test can act mid-batch.
@@ -608,9 +608,7 @@ async fn a_retry_reruns_processing_failures_only_and_counts_move() {
     assert!(f.store.failed_records(&id, 0).await.unwrap().is_empty());
     let ids: Vec<String> = f
         .events
-        .completed
-        .lock()
-        .unwrap()
+        .endings()
         .iter()
         .map(|e| e.event_id.clone())
         .collect();

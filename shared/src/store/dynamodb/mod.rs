@@ -191,6 +191,12 @@ impl DynamoStore {
     }
 }
 
+/// A one-element string set naming an event kind (for `ADD` / `DELETE` on
+/// `owedEvents`).
+fn kind_set(kind: EventKind) -> AttributeValue {
+    AttributeValue::Ss(vec![kind.as_str().to_owned()])
+}
+
 /// `ADD` clause that flushes metered cost into the job item.
 const ADD_COST: &str = "ADD requests :rq, writeUnits :wu, readUnits :ru, conflicts :cf";
 
@@ -386,8 +392,8 @@ impl JobControl for DynamoStore {
         Self::list_jobs(self, status, limit).await
     }
 
-    async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
-        Self::ack_event(self, job).await
+    async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError> {
+        Self::ack_event(self, job, kind).await
     }
 
     async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError> {

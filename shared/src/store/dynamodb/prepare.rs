@@ -314,13 +314,14 @@ impl DynamoStore {
             (":true".into(), AttributeValue::Bool(true)),
             (":false".into(), AttributeValue::Bool(false)),
             (":processing".into(), s(JobStatus::Processing.as_str())),
+            (":owed".into(), kind_set(EventKind::Prepared)),
         ]);
         with_cost(&mut values, cost);
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression(format!(
                 "SET prepared = :true, totalRecords = :tr, totalBatches = :tb, batchesReady = :tb \
-                 REMOVE prepareOwner, prepareCheckpoint {ADD_COST}"
+                 REMOVE prepareOwner, prepareCheckpoint {ADD_COST}, owedEvents :owed"
             ))
             .condition_expression(
                 "#status = :processing AND prepareOwner = :o AND prepared = :false \
