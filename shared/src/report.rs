@@ -298,143 +298,35 @@ impl S3Reports {
         definition: &Definition,
         store: &dyn JobStore,
     ) -> Result<(), ReportError> {
-        let mut pieces = std::pin::pin!(csv_pieces(job, definition, store));
-        let mut buffer = Vec::new();
-        let mut upload: Option<Multipart> = None;
-        while let Some(piece) = pieces.try_next().await? {
-            buffer.extend_from_slice(&piece);
-            if buffer.len() >= self.part_bytes {
-                let part = std::mem::take(&mut buffer);
-                match &mut upload {
-                    Some(m) => m.part(&self.client, part).await?,
-                    None => upload = Some(Multipart::start(&self.client, bucket, key, part).await?),
-                }
+        use tokio::io::AsyncWriteExt;
+        // The pieces go through a pipe into a streamed upload: memory holds
+        // one part, whatever the report's size.
+        let (mut writer, reader) = tokio::io::duplex(1 << 16);
+        let produce = async move {
+            let mut pieces = std::pin::pin!(csv_pieces(job, definition, store));
+            while let Some(piece) = pieces.try_next().await? {
+                writer.write_all(&piece).await.map_err(write_error)?;
             }
-        }
-        match upload {
-            None => {
-                self.client
-                    .put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .content_type(CONTENT_TYPE)
-                    .body(buffer.into())
-                    .send()
-                    .await
-                    .map_err(write_error)?;
-                Ok(())
-            }
-            Some(mut m) => {
-                if !buffer.is_empty() {
-                    m.part(&self.client, buffer).await?;
-                }
-                m.complete(&self.client).await
-            }
-        }
+            writer.shutdown().await.map_err(write_error)
+        };
+        let to = crate::upload::Destination {
+            client: &self.client,
+            bucket,
+            key,
+            content_type: CONTENT_TYPE,
+        };
+        let upload = async {
+            to.upload(reader, self.part_bytes)
+                .await
+                .map(|_| ())
+                .map_err(write_error)
+        };
+        tokio::try_join!(produce, upload)?;
+        Ok(())
     }
 }
 
 const CONTENT_TYPE: &str = "text/csv; charset=utf-8";
-
-/// An S3 multipart upload in progress.
-struct Multipart {
-    bucket: String,
-    key: String,
-    id: String,
-    parts: Vec<aws_sdk_s3::types::CompletedPart>,
-}
-
-impl Multipart {
-    async fn start(
-        client: &aws_sdk_s3::Client,
-        bucket: &str,
-        key: &str,
-        first: Vec<u8>,
-    ) -> Result<Self, ReportError> {
-        let out = client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .content_type(CONTENT_TYPE)
-            .send()
-            .await
-            .map_err(write_error)?;
-        let id = out
-            .upload_id
-            .ok_or_else(|| write_error("CreateMultipartUpload returned no upload id"))?;
-        let mut m = Multipart {
-            bucket: bucket.into(),
-            key: key.into(),
-            id,
-            parts: Vec::new(),
-        };
-        m.part(client, first).await?;
-        Ok(m)
-    }
-
-    async fn part(
-        &mut self,
-        client: &aws_sdk_s3::Client,
-        bytes: Vec<u8>,
-    ) -> Result<(), ReportError> {
-        let number = self.parts.len() as i32 + 1;
-        let out = client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.id)
-            .part_number(number)
-            .body(bytes.into())
-            .send()
-            .await;
-        match out {
-            Ok(out) => {
-                self.parts.push(
-                    aws_sdk_s3::types::CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(out.e_tag)
-                        .build(),
-                );
-                Ok(())
-            }
-            Err(e) => {
-                self.abort(client).await;
-                Err(write_error(e))
-            }
-        }
-    }
-
-    async fn complete(self, client: &aws_sdk_s3::Client) -> Result<(), ReportError> {
-        let parts = aws_sdk_s3::types::CompletedMultipartUpload::builder()
-            .set_parts(Some(self.parts.clone()))
-            .build();
-        let result = client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.id)
-            .multipart_upload(parts)
-            .send()
-            .await;
-        if let Err(e) = result {
-            self.abort(client).await;
-            return Err(write_error(e));
-        }
-        Ok(())
-    }
-
-    /// Best effort: an abandoned upload is also removed by the bucket's
-    /// lifecycle rule for incomplete uploads.
-    async fn abort(&self, client: &aws_sdk_s3::Client) {
-        let _ = client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.id)
-            .send()
-            .await;
-    }
-}
 
 #[async_trait]
 impl ReportSink for S3Reports {
