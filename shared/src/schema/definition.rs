@@ -44,6 +44,8 @@ struct RawDefinition {
     format: Option<InputFormat>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_write_units_per_second: Option<u32>,
 }
 
 fn default_batch_size() -> usize {
@@ -93,6 +95,7 @@ impl Serialize for Definition {
             max_attempts: self.max_attempts,
             format: self.format,
             limits: self.limits.clone(),
+            max_write_units_per_second: self.max_write_units_per_second,
         }
         .serialize(serializer)
     }
@@ -185,6 +188,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
         max_attempts: raw.max_attempts,
         format: raw.format,
         limits: raw.limits,
+        max_write_units_per_second: raw.max_write_units_per_second,
         compiled: Compiled {
             rules,
             names,

@@ -98,6 +98,9 @@ pub struct Definition {
     pub max_attempts: u32,
     pub format: Option<InputFormat>,
     pub limits: Limits,
+    /// Write units a second all workers of a job may spend in the target
+    /// together (`throttle`); `Some(0)` lifts the deployment's default.
+    pub max_write_units_per_second: Option<u32>,
     compiled: definition::Compiled,
 }
 
