@@ -61,6 +61,9 @@ pub struct Settings {
     /// `RETENTION_DAYS` (30): state items expire (TTL) this long after the job
     /// started.
     pub retention_days: u32,
+    /// `MAX_WRITE_UNITS_PER_SECOND` (0: none): the throughput cap of jobs
+    /// whose definition sets no `maxWriteUnitsPerSecond`.
+    pub max_write_units_per_second: u32,
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -107,6 +110,7 @@ impl Settings {
             prepare_lease: Duration::from_secs(60),
             deadline_margin: Duration::from_secs(20),
             retention_days: 30,
+            max_write_units_per_second: 0,
         }
     }
 
@@ -127,6 +131,7 @@ impl Settings {
             prepare_lease: Duration::from_secs(number("PREPARE_LEASE_SECONDS", 60)?),
             deadline_margin: Duration::from_secs(number("DEADLINE_MARGIN_SECONDS", 20)?),
             retention_days: number("RETENTION_DAYS", 30)?,
+            max_write_units_per_second: number("MAX_WRITE_UNITS_PER_SECOND", 0)?,
         };
         if settings.max_workers == 0 {
             return Err(ConfigError::Invalid {

@@ -36,6 +36,7 @@ pub mod steer;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
+pub mod throttle;
 pub mod upload;
 
 pub use job::{JobId, JobStatus, JobSummary};

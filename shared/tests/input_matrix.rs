@@ -122,6 +122,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
     let worker = Worker {
         store: &store,
         processor: &recorder,
+        throttle: &bulk_import::throttle::MemoryThrottle::default(),
         events: &events,
         reports: &reports,
         definition: &definition,

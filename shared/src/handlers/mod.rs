@@ -60,14 +60,17 @@ impl Deps {
             }
             (None, None) => None,
         };
-        let store = DynamoStore::new(
-            clients.dynamodb.clone(),
-            &settings.state_table,
-            !clients.emulated,
-        )
-        .with_retention_days(settings.retention_days);
+        let store = Arc::new(
+            DynamoStore::new(
+                clients.dynamodb.clone(),
+                &settings.state_table,
+                !clients.emulated,
+            )
+            .with_retention_days(settings.retention_days),
+        );
         Ok(Deps {
-            store: Arc::new(store),
+            store: store.clone(),
+            throttle: store,
             objects: Arc::new(S3Objects::new(clients.s3.clone())),
             queue: Arc::new(SqsQueue::new(clients.sqs.clone(), &settings.queue_url)),
             prepare_queue: settings.prepare_queue_url.as_ref().map(|url| {
@@ -93,6 +96,7 @@ impl Deps {
             worker: WorkerSettings {
                 lease: settings.lease,
                 deadline_margin: settings.deadline_margin,
+                max_write_units_per_second: settings.max_write_units_per_second,
                 ..WorkerSettings::default()
             },
         })

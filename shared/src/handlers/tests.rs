@@ -53,6 +53,7 @@ fn fixture(csv: &str) -> Fixture {
         events: events.clone(),
         reports: reports.clone(),
         processor: Some(recorder.clone()),
+        throttle: Arc::new(crate::throttle::MemoryThrottle::default()),
         definition: Arc::new(definition),
         pinned: Arc::default(),
         prepare: PrepareSettings {

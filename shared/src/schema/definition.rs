@@ -49,6 +49,8 @@ struct RawDefinition {
     limits: Limits,
     #[serde(default, skip_serializing_if = "is_default")]
     extra_columns: ExtraColumns,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_write_units_per_second: Option<u32>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -103,6 +105,7 @@ impl Serialize for Definition {
             format: self.format,
             limits: self.limits.clone(),
             extra_columns: self.extra_columns,
+            max_write_units_per_second: self.max_write_units_per_second,
         }
         .serialize(serializer)
     }
@@ -197,6 +200,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
         format: raw.format,
         limits: raw.limits,
         extra_columns: raw.extra_columns,
+        max_write_units_per_second: raw.max_write_units_per_second,
         compiled: Compiled {
             rules,
             names,

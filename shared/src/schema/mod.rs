@@ -113,6 +113,9 @@ pub struct Definition {
     pub format: Option<InputFormat>,
     pub limits: Limits,
     pub extra_columns: ExtraColumns,
+    /// Write units a second all workers of a job may spend in the target
+    /// together (`throttle`); `Some(0)` lifts the deployment's default.
+    pub max_write_units_per_second: Option<u32>,
     compiled: definition::Compiled,
 }
 

@@ -12,6 +12,7 @@ pub mod items;
 mod jobs;
 mod prepare;
 pub mod table;
+mod throttle;
 
 use self::cost::{item_size, read_units, write, write_units, Meter};
 use self::items::*;
