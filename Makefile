@@ -14,7 +14,7 @@ PROFILE ?= debug
 
 export FILE DEFINITION WORKERS EXPORT ROWS
 
-.PHONY: demo test unit lint check build build-check lint-template chaos bench bench-cpu bench-hotspots bench-prepare demo-conflicts fuzz \
+.PHONY: demo test unit lint check build build-check lint-template chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle demo-conflicts fuzz \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
 
 ## demo: the whole pipeline on a 100k-row sample (or FILE=... DEFINITION=...)
@@ -51,6 +51,18 @@ bench-prepare:
 	$(CARGO) build --release -p bulk-import-cli -p integration-tests --bin bulkimport --bin prepare-bench
 	target/release/bulkimport generate target/bench-users.csv --rows $(PREPARE_BENCH_ROWS)
 	MOTO_LATENCY_MS=10 scripts/with-moto.sh target/release/prepare-bench target/bench-users.csv
+
+## bench-scale: the orchestrator alone on a generated 1 GiB CSV: records/s and peak RSS (SCALE_BENCH_MB)
+SCALE_BENCH_MB ?= 1024
+bench-scale:
+	$(CARGO) build --release -p bulk-import-cli -p integration-tests --bin bulkimport --bin scale-bench
+	target/release/bulkimport generate target/scale-users.csv --rows $$(( $(SCALE_BENCH_MB) * 1048576 / 88 ))
+	scripts/with-moto.sh target/release/scale-bench target/scale-users.csv
+
+## bench-throttle: one job uncapped, then capped at 200 write units/s (maxWriteUnitsPerSecond), 8 workers: write units per second, requests the cap adds
+bench-throttle:
+	$(CARGO) build -p integration-tests --bin throttle-bench
+	scripts/with-moto.sh $${CARGO_TARGET_DIR:-target}/debug/throttle-bench
 
 ## demo-conflicts: the demo twice, DynamoDB conflict emulation off then on, times side by side
 demo-conflicts:

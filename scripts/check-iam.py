@@ -13,6 +13,8 @@
   to exactly what its code reaches: the store methods its sources call,
   followed through the DynamoDB store's source to the operations they
   send. Missing actions fail, and so do granted ones it never uses.
+- every Lambda role may put job events on the bus (events:PutEvents): any
+  function may end a job, and the one that does announces it.
 
 Usage: python scripts/check-iam.py target/sam/template.json
 """
@@ -42,7 +44,8 @@ def known_actions():
 
 STORE_SOURCES = os.path.join(os.path.dirname(__file__), "..", "shared", "src", "store", "dynamodb")
 # SDK operation -> IAM action. TransactWriteItems has no action of its own:
-# its items are authorized as PutItem / UpdateItem / ConditionCheckItem.
+# its items are authorized as PutItem / UpdateItem / DeleteItem /
+# ConditionCheckItem, found from the item builders (`Delete::builder()`).
 SDK_TO_IAM = {
     "get_item": "dynamodb:GetItem",
     "put_item": "dynamodb:PutItem",
@@ -52,7 +55,22 @@ SDK_TO_IAM = {
     "batch_write_item": "dynamodb:BatchWriteItem",
     "query": "dynamodb:Query",
     "transact_write_items": None,
+    "condition_check_item": "dynamodb:ConditionCheckItem",
 }
+TRANSACT_ITEMS = {
+    "Put": "put_item",
+    "Update": "update_item",
+    "Delete": "delete_item",
+    "ConditionCheck": "condition_check_item",
+}
+
+
+def operations(code):
+    """SDK operations a piece of the store's source sends: client calls and
+    the kinds of item its transactions hold."""
+    ops = re.findall(r"\.client\s*\.(\w+)\(\)", code)
+    ops += [TRANSACT_ITEMS[k] for k in re.findall(r"\b(Put|Update|Delete|ConditionCheck)::builder\(\)", code)]
+    return ops
 
 
 def store_actions():
@@ -63,7 +81,7 @@ def store_actions():
             continue
         with open(os.path.join(STORE_SOURCES, name), encoding="utf-8") as f:
             code = f.read()
-        for op in re.findall(r"\.client\s*\.(\w+)\(\)", code):
+        for op in operations(code):
             if op not in SDK_TO_IAM:
                 sys.exit(f"check-iam: {name} calls {op}: add it to SDK_TO_IAM")
             if SDK_TO_IAM[op]:
@@ -98,7 +116,7 @@ def store_call_graph():
             end = starts[i + 1][0] if i + 1 < len(starts) else len(code)
             body = code[start:end]
             ops, calls = graph.setdefault(fn, (set(), set()))
-            ops.update(re.findall(r"\.client\s*\.(\w+)\(\)", body))
+            ops.update(operations(body))
             calls.update(re.findall(r"\bself\s*\.\s*(\w+)\s*\(", body))
     return graph
 
@@ -181,6 +199,36 @@ def documents(template):
             yield name, props["PolicyDocument"]
 
 
+def is_lambda_role(resource):
+    doc = resource.get("Properties", {}).get("AssumeRolePolicyDocument", {})
+    return any(
+        s.get("Principal", {}).get("Service") == "lambda.amazonaws.com"
+        for s in as_list(doc.get("Statement", []))
+        if isinstance(s, dict)
+    )
+
+
+def role_actions(template, resource):
+    """Actions a role's inline and (template-defined) managed policies allow."""
+    resources = template.get("Resources", {})
+    props = resource.get("Properties", {})
+    docs = [p["PolicyDocument"] for p in props.get("Policies", [])]
+    for arn in as_list(props.get("ManagedPolicyArns", [])):
+        refs = arn["Fn::If"][1:] if isinstance(arn, dict) and "Fn::If" in arn else [arn]
+        for ref in refs:
+            name = ref.get("Ref") if isinstance(ref, dict) else None
+            if name in resources and "PolicyDocument" in resources[name].get("Properties", {}):
+                docs.append(resources[name]["Properties"]["PolicyDocument"])
+    return {
+        a.lower()
+        for d in docs
+        for s in statements(d)
+        if s.get("Effect") == "Allow"
+        for a in as_list(s.get("Action", []))
+        if isinstance(a, str)
+    }
+
+
 def main():
     with open(sys.argv[1], encoding="utf-8") as f:
         template = json.load(f)
@@ -228,6 +276,10 @@ def main():
             problems.append(f"{role}: its code calls {action} (through {', '.join(methods)}), not allowed on the state table")
         for action in sorted(granted[role] - reached):
             problems.append(f"{role}: {action} on the state table is allowed but its code never calls it")
+    for name, resource in template.get("Resources", {}).items():
+        if resource.get("Type") == "AWS::IAM::Role" and is_lambda_role(resource):
+            if "events:putevents" not in role_actions(template, resource):
+                problems.append(f"{name}: may end a job but cannot put its event (events:PutEvents)")
     for p in problems:
         print(p, file=sys.stderr)
     if problems:

@@ -147,13 +147,21 @@ def count(args):
     json.dump({"table": args.table, "items": out["Count"]}, sys.stdout)
 
 
-def create_queue(args):
+def event_tap(args):
+    """A queue NAME and a rule on the default bus forwarding every job event
+    (source bulk-import) to it, as a subscriber would set up."""
     url = sqs().create_queue(QueueName=args.name)["QueueUrl"]
-    json.dump({"queueUrl": url}, sys.stdout)
+    events = boto3.client("events")
+    events.put_rule(
+        Name=args.name,
+        EventPattern=json.dumps({"source": ["bulk-import"]}),
+    )
+    events.put_targets(Rule=args.name, Targets=[{"Id": "queue", "Arn": queue_arn(url)}])
+    json.dump({"queueUrl": url, "bus": "default"}, sys.stdout)
 
 
 def drain(args):
-    """Every message of a queue, bodies parsed (the job events)."""
+    """Every message of a queue, bodies parsed (the job events' envelopes)."""
     client = sqs()
     bodies = []
     while True:
@@ -221,9 +229,9 @@ def main():
     p.add_argument("table")
     p.set_defaults(run=count)
 
-    p = sub.add_parser("create-queue")
+    p = sub.add_parser("event-tap")
     p.add_argument("name")
-    p.set_defaults(run=create_queue)
+    p.set_defaults(run=event_tap)
 
     p = sub.add_parser("drain")
     p.add_argument("queue_url")

@@ -44,7 +44,7 @@ queue_url=$(py get queueUrl <<<"$resources")
 prepare_queue_url=$(py get prepareQueueUrl <<<"$resources")
 state_table=$(py get stateTable <<<"$resources")
 target_table=$(py get targetTable <<<"$resources")
-events_url=$(py create-queue bulk-import-events | py get queueUrl)
+events_url=$(py event-tap bulk-import-events | py get queueUrl)
 
 step "upload a sample"
 "$bin" generate "$out/users.csv" --rows "${INVOKE_ROWS:-2000}"
@@ -67,7 +67,7 @@ env_vars=(
   "QUEUE_URL=$queue_url"
   "PREPARE_QUEUE_URL=$prepare_queue_url"
   "TARGET_TABLE=$target_table"
-  "EVENTS_QUEUE_URL=$events_url"
+  "EVENT_BUS_NAME=default"
   "IMPORT_DEFINITION=$root/examples/users.json"
   "MAX_WORKERS=${INVOKE_MAX_WORKERS:-2}"
   "LEASE_SECONDS=60"
@@ -153,7 +153,7 @@ if [ "$mode" = worker ]; then
   step "target table"
   py count "$target_table"
   echo
-  step "job events (EVENTS_QUEUE_URL)"
+  step "job events (a rule on the default bus forwards them to a queue)"
   py drain "$events_url"
   echo
   report=$(py job "$state_table" "$job_id" | py get report 2>/dev/null || true)

@@ -100,22 +100,47 @@ pub async fn errors(names: &Names, job: &str, limit: usize) -> anyhow::Result<()
     Ok(())
 }
 
+/// The error report of a job, as its end writes it to S3: each failed row as
+/// it was in the file, then line, field and reason (to `out`, or standard
+/// output). A fixed copy imports as a new file with the same definition.
+pub async fn report(names: &Names, job: &str, out: Option<String>) -> anyhow::Result<()> {
+    let clients = Clients::load().await;
+    let store = store(names, &clients);
+    let id = resolve(&clients, job).await?;
+    let job = job_of(&store, &id).await?;
+    let definition = definition_of(&store, &id).await?;
+    match out {
+        Some(path) => {
+            let file = tokio::fs::File::create(&path)
+                .await
+                .with_context(|| format!("creating {path}"))?;
+            let mut w = tokio::io::BufWriter::new(file);
+            bulk_import::report::write_csv(&job, &definition, &store, &mut w).await?;
+        }
+        None => {
+            let mut w = tokio::io::BufWriter::new(tokio::io::stdout());
+            bulk_import::report::write_csv(&job, &definition, &store, &mut w).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Stops a job: prepare publishes nothing more, workers claim nothing more
 /// (each finishes the batch in hand), and the job ends ABORTED once, with
-/// its error report and completion event.
+/// its error report and `job.aborted` event.
 pub async fn abort(
     names: &Names,
     job: &str,
     reason: &str,
-    events_queue_url: Option<String>,
+    event_bus: Option<String>,
 ) -> anyhow::Result<i32> {
     let clients = Clients::load().await;
     let store = store(names, &clients);
     let id = resolve(&clients, job).await?;
     let definition = definition_of(&store, &id).await?;
-    let events = bulk_import::events::SqsEvents {
-        client: clients.sqs.clone(),
-        queue_url: events_queue_url,
+    let events = bulk_import::events::EventBridgeEvents {
+        client: clients.eventbridge.clone(),
+        bus: event_bus,
     };
     let reports = bulk_import::report::S3Reports::new(
         clients.s3.clone(),
@@ -160,7 +185,7 @@ pub async fn retry(
     names: &Names,
     job: &str,
     max_workers: u32,
-    events_queue_url: Option<String>,
+    event_bus: Option<String>,
     watch: bool,
 ) -> anyhow::Result<i32> {
     let clients = Clients::load().await;
@@ -174,9 +199,9 @@ pub async fn retry(
         Some(url) => Some(bulk_import::queue::SqsQueue::new(clients.sqs.clone(), url)),
         None => None,
     };
-    let events = bulk_import::events::SqsEvents {
-        client: clients.sqs.clone(),
-        queue_url: events_queue_url,
+    let events = bulk_import::events::EventBridgeEvents {
+        client: clients.eventbridge.clone(),
+        bus: event_bus,
     };
     let steering = bulk_import::steer::Steering {
         store: &store,
@@ -200,10 +225,11 @@ pub async fn retry(
         Err(e) => return Err(e.into()),
     };
     eprintln!(
-        "retry {} of job {id}: {} records in {} batches run again{}",
+        "retry {} of job {id}: {} failed records in {} batches run again, {} batches never processed{}",
         started.job.retries,
         started.records,
         started.batches,
+        started.unprocessed,
         if started.resumes_prepare {
             "; reading the file resumes where it stopped"
         } else {

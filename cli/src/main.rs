@@ -84,9 +84,9 @@ enum Command {
         job: String,
         #[arg(long, default_value = "aborted by an operator")]
         reason: String,
-        /// Events queue URL for the job-completed event.
-        #[arg(long, env = "EVENTS_QUEUE_URL")]
-        events_queue_url: Option<String>,
+        /// EventBridge bus for the job.aborted event (else only logged).
+        #[arg(long, env = "EVENT_BUS_NAME")]
+        event_bus: Option<String>,
     },
     /// Run again what failed in processing (the processor's errors, poison
     /// batches) and what an abort left unprocessed, once the cause is fixed;
@@ -97,9 +97,9 @@ enum Command {
         /// Workers woken at most.
         #[arg(long, env = "MAX_WORKERS", default_value_t = 10)]
         max_workers: u32,
-        /// Events queue URL, for an event the previous round still owes.
-        #[arg(long, env = "EVENTS_QUEUE_URL")]
-        events_queue_url: Option<String>,
+        /// EventBridge bus, for an event the previous round still owes.
+        #[arg(long, env = "EVENT_BUS_NAME")]
+        event_bus: Option<String>,
         /// Follow the job until it ends, like `status --watch`.
         #[arg(long)]
         watch: bool,
@@ -115,12 +115,20 @@ enum Command {
         #[arg(long)]
         out: Option<String>,
     },
-    /// A job's failed records as CSV (line, field, value, message), in input
-    /// order. JOB is a job id or s3://bucket/key.
+    /// A job's failed records as CSV (line, field, value, message; one row
+    /// per problem), in input order. JOB is a job id or s3://bucket/key.
+    /// With --report, the error report instead: each failed row as it was in
+    /// the file, then line, field and reason, to fix and upload again.
     Errors {
         job: String,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, conflicts_with = "report")]
         limit: usize,
+        /// Write the whole error report (as the job's end writes it to S3).
+        #[arg(long)]
+        report: bool,
+        /// Where --report writes (standard output unless given).
+        #[arg(long, requires = "report")]
+        out: Option<String>,
     },
     /// Create the bucket, work and prepare queues (with their DLQs) and
     /// tables unless they exist; print their names and URLs as JSON.
@@ -162,23 +170,29 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(&cli.names, args).await,
         Command::Worker(args) => worker::run(&cli.names, args).await,
         Command::Jobs { status, limit } => jobs::list(&cli.names, status, limit).await,
-        Command::Errors { job, limit } => jobs::errors(&cli.names, &job, limit).await,
+        Command::Errors {
+            job,
+            report: true,
+            out,
+            ..
+        } => jobs::report(&cli.names, &job, out).await,
+        Command::Errors { job, limit, .. } => jobs::errors(&cli.names, &job, limit).await,
         Command::Export { job, format, out } => jobs::export(&cli.names, &job, format, out).await,
         Command::Abort {
             job,
             reason,
-            events_queue_url,
+            event_bus,
         } => {
-            let code = jobs::abort(&cli.names, &job, &reason, events_queue_url).await?;
+            let code = jobs::abort(&cli.names, &job, &reason, event_bus).await?;
             std::process::exit(code);
         }
         Command::Retry {
             job,
             max_workers,
-            events_queue_url,
+            event_bus,
             watch,
         } => {
-            let code = jobs::retry(&cli.names, &job, max_workers, events_queue_url, watch).await?;
+            let code = jobs::retry(&cli.names, &job, max_workers, event_bus, watch).await?;
             std::process::exit(code);
         }
         Command::Status { job, watch } => {

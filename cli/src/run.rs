@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// Give up if the job has not finished after this many seconds.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// EventBridge bus to put job events on (else they are only logged).
+    #[arg(long, env = "EVENT_BUS_NAME")]
+    event_bus: Option<String>,
 }
 
 pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
@@ -114,6 +117,7 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
         deadline_margin: Duration::from_secs(20).min(invocation_timeout / 4),
         retention_days: 1,
         prepare_queue_url: Some(created.prepare_queue_url.clone()),
+        event_bus_name: args.event_bus.clone(),
         ..Settings::new(&resources.state_table, &created.queue_url, &definition_path)
     };
     let deps = Deps::new(&settings, &clients, None).await?;

@@ -28,9 +28,9 @@ pub struct WorkerArgs {
     /// Simulated function timeout of each invocation, seconds.
     #[arg(long, default_value_t = 300)]
     invocation_timeout: u64,
-    /// Events queue URL for job-completed events.
-    #[arg(long, env = "EVENTS_QUEUE_URL")]
-    events_queue_url: Option<String>,
+    /// EventBridge bus for job events (else only logged).
+    #[arg(long, env = "EVENT_BUS_NAME")]
+    event_bus: Option<String>,
 }
 
 pub async fn run(names: &Names, args: WorkerArgs) -> anyhow::Result<()> {
@@ -46,7 +46,7 @@ pub async fn run(names: &Names, args: WorkerArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.invocation_timeout);
     let settings = Settings {
         target_table: Some(names.target_table.clone()),
-        events_queue_url: args.events_queue_url.clone(),
+        event_bus_name: args.event_bus.clone(),
         lease: Duration::from_secs(args.lease),
         deadline_margin: Duration::from_secs(20).min(timeout / 4),
         retention_days: 1,

@@ -9,12 +9,13 @@ use aws_smithy_http_client::{
 };
 use std::time::Duration;
 
-/// The three clients the system uses.
+/// The clients the system uses.
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    pub eventbridge: aws_sdk_eventbridge::Client,
     /// True when talking to an emulator (`AWS_ENDPOINT_URL` set): its
     /// ConsumedCapacity figures are placeholders, so costs are computed.
     pub emulated: bool,
@@ -54,6 +55,7 @@ impl Clients {
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             sqs: aws_sdk_sqs::Client::new(config),
             dynamodb: aws_sdk_dynamodb::Client::new(config),
+            eventbridge: aws_sdk_eventbridge::Client::new(config),
             emulated,
         }
     }

@@ -33,8 +33,12 @@ pub struct Settings {
     pub queue_url: String,
     /// `TARGET_TABLE`: where the built-in processor upserts records.
     pub target_table: Option<String>,
-    /// `EVENTS_QUEUE_URL`: optional queue for job-completed events.
-    pub events_queue_url: Option<String>,
+    /// `EVENT_BUS_NAME`: the EventBridge bus (name or ARN) job events go
+    /// to; without it they are only logged.
+    pub event_bus_name: Option<String>,
+    /// `METRICS_NAMESPACE` (`BulkImport`): CloudWatch namespace of the
+    /// metrics the functions log (embedded metric format).
+    pub metrics_namespace: String,
     /// `PREPARE_QUEUE_URL`: where a prepare handed over near the deadline
     /// is continued from (the orchestrator consumes it); without it, the
     /// next sweep resumes such a prepare.
@@ -57,6 +61,9 @@ pub struct Settings {
     /// `RETENTION_DAYS` (30): state items expire (TTL) this long after the job
     /// started.
     pub retention_days: u32,
+    /// `MAX_WRITE_UNITS_PER_SECOND` (0: none): the throughput cap of jobs
+    /// whose definition sets no `maxWriteUnitsPerSecond`.
+    pub max_write_units_per_second: u32,
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -92,7 +99,8 @@ impl Settings {
             state_table: state_table.into(),
             queue_url: queue_url.into(),
             target_table: None,
-            events_queue_url: None,
+            event_bus_name: None,
+            metrics_namespace: crate::metrics::DEFAULT_NAMESPACE.into(),
             prepare_queue_url: None,
             report_bucket: None,
             report_prefix: "reports/".into(),
@@ -102,6 +110,7 @@ impl Settings {
             prepare_lease: Duration::from_secs(60),
             deadline_margin: Duration::from_secs(20),
             retention_days: 30,
+            max_write_units_per_second: 0,
         }
     }
 
@@ -110,7 +119,9 @@ impl Settings {
             state_table: required("STATE_TABLE")?,
             queue_url: required("QUEUE_URL")?,
             target_table: var("TARGET_TABLE"),
-            events_queue_url: var("EVENTS_QUEUE_URL"),
+            event_bus_name: var("EVENT_BUS_NAME"),
+            metrics_namespace: var("METRICS_NAMESPACE")
+                .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
             prepare_queue_url: var("PREPARE_QUEUE_URL"),
             report_bucket: var("REPORT_BUCKET"),
             report_prefix: var("REPORT_PREFIX").unwrap_or_else(|| "reports/".into()),
@@ -120,6 +131,7 @@ impl Settings {
             prepare_lease: Duration::from_secs(number("PREPARE_LEASE_SECONDS", 60)?),
             deadline_margin: Duration::from_secs(number("DEADLINE_MARGIN_SECONDS", 20)?),
             retention_days: number("RETENTION_DAYS", 30)?,
+            max_write_units_per_second: number("MAX_WRITE_UNITS_PER_SECOND", 0)?,
         };
         if settings.max_workers == 0 {
             return Err(ConfigError::Invalid {

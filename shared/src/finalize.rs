@@ -1,8 +1,8 @@
 //! Ending a job, exactly once: the conditional update from PROCESSING that
 //! exactly one caller wins, the error report written before it, and the
-//! job-completed event sent only by the winner.
+//! event announcing the end, sent by the winner.
 
-use crate::events::JobEvents;
+use crate::events::{announce, JobEvents};
 use crate::job::{now_ms, Job, JobId, JobStatus};
 use crate::report::{ReportError, ReportSink};
 use crate::schema::Definition;
@@ -35,7 +35,7 @@ impl Finalizer<'_> {
         // batch terminal its content is final, so racing finalizers write
         // the same object.
         let report = if job.failed > 0 {
-            Some(self.reports.write(job, self.store).await?)
+            Some(self.reports.write(job, self.definition, self.store).await?)
         } else {
             None
         };
@@ -78,7 +78,7 @@ impl Finalizer<'_> {
     ) -> Result<bool, FinalizeError> {
         let report = match self.store.get_job(job).await? {
             Some(j) if j.failed > 0 && !j.status.is_final() => {
-                Some(self.reports.write(&j, self.store).await?)
+                Some(self.reports.write(&j, self.definition, self.store).await?)
             }
             _ => None,
         };
@@ -95,61 +95,23 @@ impl Finalizer<'_> {
         Ok(true)
     }
 
-    /// Sends the completion event the finalization recorded as owed, and
-    /// acknowledges it. A failure here loses nothing: the event stays owed
-    /// and the sweeper sends it (`deliver_pending`).
+    /// Sends the event the finalization recorded as owed (with anything
+    /// else still owed). A failure here loses nothing: the event stays owed
+    /// and the sweeper sends it.
     async fn announce(&self, job: &JobId) {
-        match deliver(self.store, self.events, job).await {
-            Ok(()) => {}
+        match self.store.get_job(job).await {
+            Ok(Some(ended)) => {
+                tracing::info!(job_id = %job, status = %ended.status, processed = ended.processed, failed = ended.failed, "job finalized");
+                crate::metrics::job_ended(&ended);
+                announce(self.store, self.events, &ended).await;
+            }
+            Ok(None) => {}
             Err(e) => {
                 let error = crate::telemetry::error_chain(&e);
-                tracing::warn!(job_id = %job, %error, "job-completed event not sent yet; the sweeper resends it");
+                tracing::warn!(job_id = %job, %error, "job event not sent yet; the sweeper resends it");
             }
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Event(#[from] crate::events::EventError),
-}
-
-/// Sends the completion event of a final job and acknowledges it.
-pub async fn deliver(
-    store: &dyn JobStore,
-    events: &dyn JobEvents,
-    job: &JobId,
-) -> Result<(), DeliveryError> {
-    let Some(done) = store.get_job(job).await? else {
-        return Ok(());
-    };
-    let summary = done.summary(now_ms());
-    tracing::info!(job_id = %job, status = %summary.status, processed = summary.processed, failed = summary.failed, "job finalized");
-    events.job_completed(&summary).await?;
-    store.ack_event(job).await?;
-    Ok(())
-}
-
-/// Sends every owed completion event (the sweeper's pass). Returns how many
-/// were sent; one that fails stays owed for the next pass.
-pub async fn deliver_pending(
-    store: &dyn JobStore,
-    events: &dyn JobEvents,
-) -> Result<u64, StoreError> {
-    let mut sent = 0;
-    for job in store.pending_events().await? {
-        match deliver(store, events, &job).await {
-            Ok(()) => sent += 1,
-            Err(e) => {
-                let error = crate::telemetry::error_chain(&e);
-                tracing::warn!(job_id = %job, %error, "job-completed event still not sent");
-            }
-        }
-    }
-    Ok(sent)
 }
 
 /// The final status follows from the counters, which cannot change once

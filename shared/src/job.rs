@@ -118,6 +118,82 @@ impl std::str::FromStr for JobStatus {
 
 impl fmt::Display for JobStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so that widths in format strings apply.
+        f.pad(self.as_str())
+    }
+}
+
+/// A job's lifecycle events, in the order they happen. Each is recorded on
+/// the job when it happens (it is then owed) and delivered at least once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// The job was created for an uploaded object.
+    Started,
+    /// The whole file was read: the totals are known.
+    Prepared,
+    /// The job ended COMPLETED or COMPLETED_WITH_ERRORS.
+    Completed,
+    Failed,
+    Aborted,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Started,
+        EventKind::Prepared,
+        EventKind::Completed,
+        EventKind::Failed,
+        EventKind::Aborted,
+    ];
+
+    /// The name in event ids and in the store (`completed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Started => "started",
+            EventKind::Prepared => "prepared",
+            EventKind::Completed => "completed",
+            EventKind::Failed => "failed",
+            EventKind::Aborted => "aborted",
+        }
+    }
+
+    /// The event's type as subscribers see it (`job.completed`).
+    pub fn event_type(self) -> &'static str {
+        match self {
+            EventKind::Started => "job.started",
+            EventKind::Prepared => "job.prepared",
+            EventKind::Completed => "job.completed",
+            EventKind::Failed => "job.failed",
+            EventKind::Aborted => "job.aborted",
+        }
+    }
+
+    /// The event that announces a job ending in `status` (`None` for
+    /// PROCESSING).
+    pub fn ending(status: JobStatus) -> Option<EventKind> {
+        match status {
+            JobStatus::Processing => None,
+            JobStatus::Completed | JobStatus::CompletedWithErrors => Some(EventKind::Completed),
+            JobStatus::Failed => Some(EventKind::Failed),
+            JobStatus::Aborted => Some(EventKind::Aborted),
+        }
+    }
+}
+
+impl std::str::FromStr for EventKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown event kind {s:?}"))
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
@@ -186,6 +262,9 @@ pub struct Job {
     /// Times an operator reran the job's failed or unprocessed records.
     #[serde(default)]
     pub retries: u32,
+    /// Lifecycle events recorded but not yet delivered, in lifecycle order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owed_events: Vec<EventKind>,
 }
 
 impl Job {
@@ -196,7 +275,7 @@ impl Job {
 
     /// The stable id of this job's `kind` event: the same for every
     /// delivery, different for each retry's round.
-    pub fn event_id(&self, kind: &str) -> String {
+    pub fn event_id(&self, kind: EventKind) -> String {
         match self.retries {
             0 => format!("{}:{kind}", self.id),
             n => format!("{}:{kind}:retry-{n}", self.id),
@@ -208,7 +287,6 @@ impl Job {
         let elapsed_ms = (end - self.created_at_ms).max(0) as u64;
         let done = self.processed + self.failed;
         JobSummary {
-            event_id: self.event_id("completed"),
             job_id: self.id.clone(),
             status: self.status,
             total_records: self.total_records,
@@ -235,14 +313,10 @@ impl Job {
     }
 }
 
-/// The one-line summary printed by the CLI and carried by the completed event.
+/// The one-line summary printed by the CLI.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSummary {
-    /// The same for every delivery of this job's completion, so consumers
-    /// of an at-least-once channel can deduplicate.
-    #[serde(default)]
-    pub event_id: String,
     pub job_id: JobId,
     pub status: JobStatus,
     pub total_records: u64,
@@ -384,6 +458,46 @@ mod tests {
             JobId::for_object("a", "bc", "v")
         );
         assert_eq!(a.as_str().len(), 32);
+    }
+
+    #[test]
+    fn event_ids_are_stable_per_round_and_change_with_each_retry() {
+        use crate::store::memory::MemoryStore;
+        use crate::store::{CreateOutcome, PrepareLease, PrepareStore};
+        let source = SourceRef {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: "v".into(),
+        };
+        let lease = PrepareLease {
+            owner: "o".into(),
+            lease_ms: 1,
+        };
+        let created =
+            futures::executor::block_on(MemoryStore::new().create_job(&source, &lease, 0));
+        let Ok(CreateOutcome::Created(mut job)) = created else {
+            panic!("job not created: {created:?}");
+        };
+        assert_eq!(
+            job.event_id(EventKind::Completed),
+            format!("{}:completed", job.id)
+        );
+        job.retries = 2;
+        assert_eq!(
+            job.event_id(EventKind::Failed),
+            format!("{}:failed:retry-2", job.id)
+        );
+    }
+
+    #[test]
+    fn every_ending_status_has_its_event_and_kinds_round_trip() {
+        for status in JobStatus::ALL {
+            assert_eq!(EventKind::ending(status).is_some(), status.is_final());
+        }
+        for kind in EventKind::ALL {
+            assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
+            assert_eq!(kind.event_type(), format!("job.{kind}"));
+        }
     }
 
     #[test]

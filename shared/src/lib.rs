@@ -19,6 +19,7 @@ pub mod job;
 #[cfg(any(test, feature = "testing"))]
 pub mod local;
 pub mod locate;
+pub mod metrics;
 pub mod objects;
 pub mod pinned;
 pub mod ports;
@@ -35,6 +36,7 @@ pub mod steer;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
+pub mod throttle;
 pub mod upload;
 
 pub use job::{JobId, JobStatus, JobSummary};

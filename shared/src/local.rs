@@ -97,18 +97,43 @@ async fn queue_with_dlq(
         "maxReceiveCount": max_receive_count,
     })
     .to_string();
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(QueueAttributeName::RedrivePolicy, redrive)
-        .attributes(
+    let attributes = std::collections::HashMap::from([
+        (QueueAttributeName::RedrivePolicy, redrive),
+        (
             QueueAttributeName::VisibilityTimeout,
             visibility_timeout.as_secs().to_string(),
-        )
+        ),
+    ]);
+    let created = sqs
+        .create_queue()
+        .queue_name(name)
+        .set_attributes(Some(attributes.clone()))
         .send()
-        .await?
-        .queue_url
-        .ok_or("CreateQueue returned no URL")?;
+        .await;
+    let queue_url = match created {
+        Ok(out) => out.queue_url.ok_or("CreateQueue returned no URL")?,
+        // Created before with other settings (`bulkimport setup`, another
+        // run's timeouts): take it over with these.
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_queue_name_exists()) =>
+        {
+            let url = sqs
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await?
+                .queue_url
+                .ok_or("GetQueueUrl returned no URL")?;
+            sqs.set_queue_attributes()
+                .queue_url(&url)
+                .set_attributes(Some(attributes))
+                .send()
+                .await?;
+            url
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok((queue_url, dlq_url))
 }
 

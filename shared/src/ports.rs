@@ -16,6 +16,7 @@ use crate::queue::{PrepareQueue, QueueError, WorkQueue};
 use crate::report::ReportSink;
 use crate::schema::Definition;
 use crate::store::JobStore;
+use crate::throttle::Throttle;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct Deps {
     pub reports: Arc<dyn ReportSink>,
     /// What workers run on valid records; `None` in the orchestrator.
     pub processor: Option<Arc<dyn RecordProcessor>>,
+    /// The windows of jobs' throughput caps (`maxWriteUnitsPerSecond`).
+    pub throttle: Arc<dyn Throttle>,
     /// The deployment's definition: pinned to each new job, which then
     /// runs on its pinned copy (`pinned`).
     pub definition: Arc<Definition>,
@@ -61,6 +64,7 @@ impl Deps {
         Worker {
             store: self.store.as_ref(),
             processor,
+            throttle: self.throttle.as_ref(),
             events: self.events.as_ref(),
             reports: self.reports.as_ref(),
             definition,

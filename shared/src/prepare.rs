@@ -128,7 +128,10 @@ impl Preparer<'_> {
             lease_ms: self.settings.lease_ms,
         };
         let job = match self.store.create_job(source, &lease, now_ms()).await? {
-            CreateOutcome::Created(job) => job,
+            CreateOutcome::Created(job) => {
+                crate::events::announce(self.store, self.events, &job).await;
+                job
+            }
             CreateOutcome::Exists(job) if job.prepared || job.status.is_final() => {
                 return Ok(PrepareOutcome::AlreadyPrepared(job));
             }
@@ -145,13 +148,20 @@ impl Preparer<'_> {
             },
         };
         let mut progress = Progress {
+            started: job.batches_ready,
             written: job.batches_ready,
             published: job.batches_ready,
             last_publish: Instant::now(),
             last_renewal: Instant::now(),
             woken: 0,
+            records_read: 0,
         };
         let result = self.prepare(&job, &lease, deadline, &mut progress).await;
+        crate::metrics::prepared(
+            &job.id,
+            progress.records_read,
+            progress.written.saturating_sub(progress.started),
+        );
         if let Err(PrepareError::Store(StoreError::PrepareLeaseLost(_))) = &result {
             // Fenced out: by a newer owner, or because the job ended.
             if let Some(current) = self.store.get_job(&job.id).await? {
@@ -188,6 +198,7 @@ impl Preparer<'_> {
                 // woken before the crash may be gone).
                 self.wake_for(&job, total_batches, progress).await?;
                 tracing::info!(job_id = %job.id, total_records, total_batches, "prepared");
+                crate::events::announce(self.store, self.events, &job).await;
                 // Workers may have finished every batch already.
                 self.finalizer().complete(&job).await?;
                 Ok(PrepareOutcome::Prepared(job))
@@ -250,9 +261,20 @@ impl Preparer<'_> {
         let (cuts, to_write) = futures::channel::mpsc::channel::<Cut>(1);
         let budget = Arc::new(Semaphore::new(BUDGET_UNITS));
         let mut renewed = progress.last_renewal;
-        let read = self.cut_batches(job, lease, deadline, start, cuts, budget, &mut renewed);
+        let mut records_read = 0;
+        let read = self.cut_batches(
+            job,
+            lease,
+            deadline,
+            start,
+            cuts,
+            budget,
+            &mut renewed,
+            &mut records_read,
+        );
         let write = self.write_cuts(job, lease, to_write, progress);
         let (read, write) = futures::join!(read, write);
+        progress.records_read += records_read;
         // A failed write stops the reader (its next send fails): the
         // write's error is the one to report.
         write?;
@@ -271,6 +293,7 @@ impl Preparer<'_> {
         mut cuts: futures::channel::mpsc::Sender<Cut>,
         budget: Arc<Semaphore>,
         renewed: &mut Instant,
+        records_read: &mut u64,
     ) -> Result<(u64, u64), Stop> {
         use futures::SinkExt;
         let resume_from = job.batches_ready;
@@ -320,6 +343,7 @@ impl Preparer<'_> {
                     return Err(Stop::Handoff(batch_start));
                 }
             }
+            *records_read += 1;
             let record = storable(record);
             batch_bytes += codec::encoded_len(&record);
             batch.push(record);
@@ -371,14 +395,47 @@ impl Preparer<'_> {
                     .map(|()| (cut.index, cut.next_start))
             })
             .buffered(self.settings.writes_in_flight.max(1));
-        while let Some(done) = written.next().await {
-            let (index, next_start) = done.map_err(|e| Stop::Error(e.into()))?;
-            progress.written = index + 1;
-            // The last batch is published by `finish_prepare`.
-            if let Some(next_start) = next_start.filter(|_| progress.publication_due()) {
-                self.publish(job, lease, progress, Some(&next_start))
-                    .await
-                    .map_err(Stop::Error)?;
+        // One publication at a time, while the writes go on: the latest
+        // publishable point waits for the one in flight.
+        let mut publishing: Option<futures::future::BoxFuture<'_, Result<u64, StoreError>>> = None;
+        let mut publishable: Option<(u64, Checkpoint)> = None;
+        let mut writing = true;
+        while writing || publishing.is_some() {
+            tokio::select! {
+                // `Buffered::next` is cancel-safe: a write completing while
+                // a publication does stays in the stream.
+                done = written.next(), if writing => match done {
+                    None => writing = false,
+                    Some(done) => {
+                        let (index, next_start) = done.map_err(|e| Stop::Error(e.into()))?;
+                        progress.written = index + 1;
+                        // The last batch is published by `finish_prepare`.
+                        if let Some(next_start) = next_start {
+                            publishable = Some((index + 1, next_start));
+                        }
+                    }
+                },
+                published = async { publishing.as_mut().expect("guarded").await }, if publishing.is_some() => {
+                    publishing = None;
+                    progress.published = published.map_err(|e| Stop::Error(e.into()))?;
+                    progress.last_publish = Instant::now();
+                    progress.last_renewal = progress.last_publish;
+                    self.wake_for(job, progress.published, progress)
+                        .await
+                        .map_err(|e| Stop::Error(e.into()))?;
+                }
+            }
+            if publishing.is_none() && progress.publication_due() {
+                if let Some((ready, next_start)) = publishable.take() {
+                    let checkpoint = next_start.encode();
+                    let id = job.id.clone();
+                    publishing = Some(Box::pin(async move {
+                        self.store
+                            .publish(&id, lease, ready, Some(&checkpoint), now_ms())
+                            .await
+                            .map(|()| ready)
+                    }));
+                }
             }
         }
         Ok(())
@@ -466,12 +523,16 @@ struct Cut {
 
 /// How far this prepare got: batches written, published, workers woken.
 struct Progress {
+    /// Batches published when this run began.
+    started: u64,
     written: u64,
     published: u64,
     last_publish: Instant,
     /// Last extension of the prepare lease (a publication extends it too).
     last_renewal: Instant,
     woken: u64,
+    /// Records this run read (those a resumed run reads again included).
+    records_read: u64,
 }
 
 impl Progress {
@@ -683,10 +744,7 @@ mod tests {
         assert_eq!((job.status, job.prepared), (JobStatus::Failed, false));
         let reports = reports.reports.lock().unwrap().clone();
         assert_eq!(job.report.as_deref(), Some(reports[0].0.as_str()));
-        assert_eq!(
-            reports[0].1,
-            "line,field,value,message\n3,n,x,not an integer\n"
-        );
+        assert_eq!(reports[0].1, "n,line,field,reason\nx,3,n,not an integer\n");
     }
 
     /// Serves the object a few bytes a read and runs `then` once, after the

@@ -10,6 +10,7 @@ use crate::report::ReportSink;
 use crate::retry::Backoff;
 use crate::schema::{Definition, ValidRecord};
 use crate::store::{BatchOutcome, BatchState, Claim, ClaimedBatch, JobStore, StoreError};
+use crate::throttle::{self, Clock, Limiter, Throttle};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,10 @@ pub struct WorkerSettings {
     /// is left before the deadline.
     pub deadline_margin: Duration,
     pub backoff: Backoff,
+    /// The throughput cap of jobs whose definition sets none (0: none).
+    pub max_write_units_per_second: u32,
+    /// The wall clock the cap's windows follow.
+    pub clock: Clock,
 }
 
 impl Default for WorkerSettings {
@@ -28,6 +33,8 @@ impl Default for WorkerSettings {
             lease: Duration::from_secs(60),
             deadline_margin: Duration::from_secs(20),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            max_write_units_per_second: 0,
+            clock: Clock::default(),
         }
     }
 }
@@ -35,6 +42,8 @@ impl Default for WorkerSettings {
 pub struct Worker<'a> {
     pub store: &'a dyn JobStore,
     pub processor: &'a dyn RecordProcessor,
+    /// The windows of jobs' throughput caps.
+    pub throttle: &'a dyn Throttle,
     pub events: &'a dyn JobEvents,
     pub reports: &'a dyn ReportSink,
     pub definition: &'a Definition,
@@ -148,6 +157,14 @@ impl Worker<'_> {
             let started = Instant::now();
             match self.work_on(&claim).await {
                 Ok(outcome) => {
+                    let failed = outcome.failed.len() as u64;
+                    crate::metrics::batch_committed(
+                        job,
+                        claim.index,
+                        outcome.processed,
+                        failed,
+                        started.elapsed(),
+                    );
                     report.batches += 1;
                     report.processed += outcome.processed;
                     report.failed += outcome.failed.len() as u64;
@@ -248,7 +265,7 @@ impl Worker<'_> {
                 Err(issues) => failed.push(FailedRecord::invalid(record.line, issues)),
             }
         }
-        let processed = self.run_processor(claim, &valid, &mut failed).await;
+        let processed = self.run_processor(claim, &valid, &mut failed).await?;
         failed.sort_by_key(|f| f.line);
         Ok(BatchOutcome {
             state: BatchState::Done,
@@ -277,13 +294,14 @@ impl Worker<'_> {
     }
 
     /// Runs the processor with retries for retryable errors; returns how many
-    /// records succeeded and adds the rest to `failed`.
+    /// records succeeded and adds the rest to `failed`. Fails only when the
+    /// throughput cap's windows cannot be reached.
     async fn run_processor(
         &self,
         claim: &ClaimedBatch,
         valid: &[ValidRecord],
         failed: &mut Vec<FailedRecord>,
-    ) -> u64 {
+    ) -> Result<u64, StoreError> {
         let mut pending: Vec<&ValidRecord> = valid.iter().collect();
         let mut processed = 0;
         let max_retries = self.definition.max_retries;
@@ -297,8 +315,7 @@ impl Worker<'_> {
                 retry,
                 definition: self.definition,
             };
-            let results = self.processor.process_batch(&pending, &ctx).await;
-            let results = one_result_per_record(claim, pending.len(), results);
+            let results = self.call_processor(claim, &pending, &ctx).await?;
             let mut again = Vec::new();
             for (record, result) in pending.into_iter().zip(results) {
                 match result {
@@ -320,9 +337,51 @@ impl Worker<'_> {
             if again.is_empty() {
                 break;
             }
+            crate::metrics::processor_retries(again.len() as u64);
             pending = again;
         }
-        processed
+        Ok(processed)
+    }
+
+    /// One result per record from the processor. Under a throughput cap the
+    /// records go in slices of at most a tenth of the cap, each reserved in
+    /// the job's current window first (waiting for a window with room), so
+    /// a batch larger than the cap spreads over several seconds.
+    async fn call_processor(
+        &self,
+        claim: &ClaimedBatch,
+        records: &[&ValidRecord],
+        ctx: &ProcessContext<'_>,
+    ) -> Result<Vec<Result<(), ProcessError>>, StoreError> {
+        let cap = throttle::cap_of(
+            self.definition.max_write_units_per_second,
+            self.settings.max_write_units_per_second,
+        );
+        let Some(cap) = cap else {
+            let results = self.processor.process_batch(records, ctx).await;
+            return Ok(one_result_per_record(claim, records.len(), results));
+        };
+        let limiter = Limiter {
+            throttle: self.throttle,
+            clock: &self.settings.clock,
+            job: &claim.job_id,
+            cap,
+        };
+        let units: Vec<u64> = records
+            .iter()
+            .map(|r| self.processor.write_units(r, ctx))
+            .collect();
+        let mut results = Vec::with_capacity(records.len());
+        for run in throttle::slices(&units, limiter.slice()) {
+            let acquired = limiter.acquire(units[run.clone()].iter().sum()).await?;
+            if acquired.full > 0 {
+                tracing::debug!(job_id = %claim.job_id, batch = claim.index, windows_full = acquired.full, "waited for the throughput cap");
+            }
+            let slice = &records[run];
+            let answers = self.processor.process_batch(slice, ctx).await;
+            results.extend(one_result_per_record(claim, slice.len(), answers));
+        }
+        Ok(results)
     }
 
     fn finalizer(&self) -> Finalizer<'_> {

@@ -158,6 +158,7 @@ mod tests {
             finished_at_ms: None,
             failure_reason: None,
             report: None,
+            owed_events: Vec::new(),
             cost: Cost::default(),
             retries: 0,
         }

@@ -12,7 +12,7 @@
 //! a new report and a new event id.
 
 use crate::events::JobEvents;
-use crate::finalize::{deliver, DeliveryError};
+use crate::events::{deliver, DeliveryError};
 use crate::job::{now_ms, Job, JobId, JobStatus};
 use crate::queue::{PrepareQueue, QueueError, WorkMessage, WorkQueue};
 use crate::store::{JobStore, StoreError};
@@ -60,6 +60,8 @@ pub struct RetryStarted {
     /// Batches requeued for their processing failures, and their records.
     pub batches: u64,
     pub records: u64,
+    /// Batches not processed yet besides those (an abort left them).
+    pub unprocessed: u64,
     /// The file was not read to the end: prepare continues.
     pub resumes_prepare: bool,
 }
@@ -117,6 +119,7 @@ impl Steering<'_> {
         };
         self.queue.send(&vec![message; workers as usize]).await?;
         Ok(RetryStarted {
+            unprocessed: waiting.saturating_sub(requeued.len() as u64),
             job: reopened,
             batches: requeued.len() as u64,
             records: requeued.iter().sum(),

@@ -2,9 +2,11 @@
 //! job it resumes a prepare whose orchestrator died (giving up after
 //! repeated failures), finalizes a job whose last committer died before
 //! finalizing, and re-fans out workers to a job with waiting batches and no
-//! live lease; then it sends completion events nobody delivered.
+//! live lease, and sends the events it owes; then it sends what final jobs
+//! still owe.
 
-use crate::finalize::{deliver_pending, FinalizeError};
+use crate::events::{deliver_owed, deliver_pending};
+use crate::finalize::FinalizeError;
 use crate::job::{now_ms, JobId};
 use crate::ports::Deps;
 use crate::prepare::PrepareError;
@@ -26,7 +28,7 @@ pub struct SweepReport {
     pub refanned: u64,
     pub prepares_resumed: u64,
     pub finalized: u64,
-    /// Completion events sent that the finalizer had not delivered.
+    /// Job events sent that whoever recorded them had not delivered.
     pub events_sent: u64,
     /// Jobs whose recovery failed this pass (logged; the next pass retries).
     pub failed: u64,
@@ -67,7 +69,8 @@ pub async fn sweep(
             tracing::error!(job_id = %id, %error, "recovering the job failed; the next sweep retries");
         }
     }
-    report.events_sent = deliver_pending(store, deps.events.as_ref()).await?;
+    report.events_sent += deliver_pending(store, deps.events.as_ref()).await?;
+    crate::metrics::swept(&report);
     Ok(report)
 }
 
@@ -88,6 +91,16 @@ async fn recover(
         return Ok(());
     }
     report.active_jobs += 1;
+    if !job.owed_events.is_empty() {
+        // The orchestrator that recorded them stopped before sending.
+        match deliver_owed(store, deps.events.as_ref(), &job).await {
+            Ok(sent) => report.events_sent += sent,
+            Err(e) => {
+                let error = crate::telemetry::error_chain(&e);
+                tracing::warn!(job_id = %id, %error, "job event still not sent");
+            }
+        }
+    }
     let now = now_ms();
     if !job.prepared {
         if job.prepare_lease_until_ms < now {

@@ -122,6 +122,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
     let worker = Worker {
         store: &store,
         processor: &recorder,
+        throttle: &bulk_import::throttle::MemoryThrottle::default(),
         events: &events,
         reports: &reports,
         definition: &definition,
@@ -135,11 +136,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
     }
     let job = current(&store, &job.id).await;
     assert!(job.status.is_final(), "the job never finished: {job:?}");
-    assert_eq!(
-        events.completed.lock().unwrap().len(),
-        1,
-        "one job-completed event"
-    );
+    assert_eq!(events.endings().len(), 1, "one job-completed event");
     let mut errors = Vec::new();
     for batch in 0..job.total_batches {
         for record in store.failed_records(&job.id, batch).await.unwrap() {

@@ -29,6 +29,9 @@ pub struct Tally {
     pub requests: u64,
     /// Every DynamoDB request, reads included, by operation.
     pub operations: HashMap<String, u64>,
+    /// Each item write as it was sent: wall-clock milliseconds, table,
+    /// write units.
+    pub timeline: Vec<(i64, String, f64)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -81,7 +84,9 @@ impl Ledger {
             _ => return,
         };
         t.requests += 1;
+        let sent_ms = bulk_import::job::now_ms();
         for (table, action, write) in writes {
+            t.timeline.push((sent_ms, table.clone(), write.units));
             let (pk, sk) = key_of(action);
             let item = (table.clone(), pk.clone(), sk);
             *t.item_writes.entry(item.clone()).or_default() += 1;

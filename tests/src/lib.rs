@@ -313,3 +313,99 @@ pub fn bulkimport() -> std::path::PathBuf {
     );
     bin
 }
+
+/// What a subscriber to job events sets up: an EventBridge bus with a rule
+/// that forwards every `bulk-import` event to an SQS queue, which the test
+/// then reads.
+pub struct EventTap {
+    pub bus: String,
+    pub queue_url: String,
+}
+
+impl EventTap {
+    pub async fn new(clients: &Clients, name: &str) -> EventTap {
+        let bus = format!("{name}-bus");
+        clients
+            .eventbridge
+            .create_event_bus()
+            .name(&bus)
+            .send()
+            .await
+            .expect("create event bus");
+        let queue_url = clients
+            .sqs
+            .create_queue()
+            .queue_name(format!("{name}-events"))
+            .send()
+            .await
+            .expect("create events queue")
+            .queue_url
+            .expect("queue url");
+        let queue_arn = clients
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("queue attributes")
+            .attributes
+            .and_then(|mut a| a.remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+            .expect("queue arn");
+        let pattern = serde_json::json!({ "source": [bulk_import::events::SOURCE] });
+        clients
+            .eventbridge
+            .put_rule()
+            .name(format!("{name}-jobs"))
+            .event_bus_name(&bus)
+            .event_pattern(pattern.to_string())
+            .send()
+            .await
+            .expect("put rule");
+        clients
+            .eventbridge
+            .put_targets()
+            .rule(format!("{name}-jobs"))
+            .event_bus_name(&bus)
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("queue")
+                    .arn(queue_arn)
+                    .build()
+                    .expect("target"),
+            )
+            .send()
+            .await
+            .expect("put targets");
+        EventTap { bus, queue_url }
+    }
+
+    /// Every event that arrived so far (the EventBridge envelopes: `source`,
+    /// `detail-type`, `detail`, ...), in arrival order; each is read once.
+    pub async fn drain(&self, sqs: &aws_sdk_sqs::Client) -> Vec<serde_json::Value> {
+        let mut events = Vec::new();
+        loop {
+            let out = sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .expect("receive events");
+            let messages = out.messages.unwrap_or_default();
+            if messages.is_empty() {
+                return events;
+            }
+            for m in messages {
+                let body = m.body.unwrap_or_default();
+                events.push(serde_json::from_str(&body).expect("event is JSON"));
+                sqs.delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(m.receipt_handle.unwrap_or_default())
+                    .send()
+                    .await
+                    .expect("delete event");
+            }
+        }
+    }
+}

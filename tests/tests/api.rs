@@ -353,7 +353,7 @@ async fn abort_ends_a_job_once_and_retry_runs_what_it_left() {
         bulk_import::JobStatus::Aborted
     );
     assert_eq!(
-        stack.events.completed.lock().unwrap().len(),
+        stack.events.endings().len(),
         1,
         "the completion event is sent"
     );

@@ -8,11 +8,11 @@
 //! `make chaos` runs 50,000 rows and 40 kills.
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-use bulk_import::events::SqsEvents;
+use bulk_import::events::EventBridgeEvents;
 use bulk_import::job::JobId;
 use bulk_import::store::{BatchState, JobControl};
 use bulk_import::JobStatus;
-use integration_tests::{Stack, StackOptions};
+use integration_tests::{EventTap, Stack, StackOptions};
 use rand::Rng;
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -45,7 +45,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 fn spawn_worker(
     stack: &Stack,
     job: &JobId,
-    events_url: &str,
+    event_bus: &str,
     fault_log: &std::path::Path,
     error_log: &std::path::Path,
 ) -> Child {
@@ -79,8 +79,8 @@ fn spawn_worker(
         ])
         .arg("--definition")
         .arg(&stack.definition_path)
-        .arg("--events-queue-url")
-        .arg(events_url)
+        .arg("--event-bus")
+        .arg(event_bus)
         .env("BULKIMPORT_FAULT_RATE", FAULT_RATE)
         .env("BULKIMPORT_FAULT_LOG", fault_log)
         .env("RUST_LOG", "error")
@@ -108,37 +108,6 @@ fn csv(rows: u64) -> (String, HashSet<String>, u64) {
     (text, valid, invalid)
 }
 
-async fn drain(stack: &Stack, queue_url: &str) -> Vec<String> {
-    let mut bodies = Vec::new();
-    loop {
-        let out = stack
-            .clients
-            .sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .expect("receive");
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return bodies;
-        }
-        for m in messages {
-            bodies.push(m.body.unwrap_or_default());
-            stack
-                .clients
-                .sqs
-                .delete_message()
-                .queue_url(queue_url)
-                .receipt_handle(m.receipt_handle.unwrap_or_default())
-                .send()
-                .await
-                .expect("delete");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn job_survives_killed_workers_duplicates_and_throttling() {
     let rows = env_number("CHAOS_ROWS", 20_000);
@@ -149,19 +118,10 @@ async fn job_survives_killed_workers_duplicates_and_throttling() {
         visibility_timeout: Duration::from_secs(10),
     };
     let mut stack = Stack::with(DEFINITION, opts).await;
-    let events_url = stack
-        .clients
-        .sqs
-        .create_queue()
-        .queue_name(format!("{}-events", stack.resources.queue))
-        .send()
-        .await
-        .expect("events queue")
-        .queue_url
-        .expect("url");
-    stack.deps.events = Arc::new(SqsEvents {
-        client: stack.clients.sqs.clone(),
-        queue_url: Some(events_url.clone()),
+    let tap = EventTap::new(&stack.clients, &stack.resources.queue).await;
+    stack.deps.events = Arc::new(EventBridgeEvents {
+        client: stack.clients.eventbridge.clone(),
+        bus: Some(tap.bus.clone()),
     });
     let fault_log = std::env::temp_dir().join(format!("{}-faults.log", stack.resources.queue));
     let error_log = std::env::temp_dir().join(format!("{}-errors.log", stack.resources.queue));
@@ -175,7 +135,7 @@ async fn job_survives_killed_workers_duplicates_and_throttling() {
     let job_id = JobId::new(&a[0].job_id);
 
     let mut workers: Vec<Child> = (0..WORKERS)
-        .map(|_| spawn_worker(&stack, &job_id, &events_url, &fault_log, &error_log))
+        .map(|_| spawn_worker(&stack, &job_id, &tap.bus, &fault_log, &error_log))
         .collect();
     let (mut kills, mut duplicates, mut sweeps) = (0u64, 0u64, 0u64);
     let deadline = started + Duration::from_secs(env_number("CHAOS_TIMEOUT_SECONDS", 900));
@@ -200,7 +160,7 @@ async fn job_survives_killed_workers_duplicates_and_throttling() {
             // SIGKILL: no chance to release anything.
             workers[victim].start_kill().expect("kill");
             let _ = workers[victim].wait().await;
-            workers[victim] = spawn_worker(&stack, &job_id, &events_url, &fault_log, &error_log);
+            workers[victim] = spawn_worker(&stack, &job_id, &tap.bus, &fault_log, &error_log);
             kills += 1;
         }
         if duplicate {
@@ -256,12 +216,19 @@ async fn job_survives_killed_workers_duplicates_and_throttling() {
     bulk_import::sweep::sweep(&stack.deps, "chaos-sweeper", None)
         .await
         .expect("sweep");
-    let completed = drain(&stack, &events_url).await;
+    let completed: Vec<serde_json::Value> = tap
+        .drain(&stack.clients.sqs)
+        .await
+        .into_iter()
+        .filter(|e| e["detail-type"] == "job.completed")
+        .collect();
     let event_ids: HashSet<String> = completed
         .iter()
-        .map(|body| {
-            let v: serde_json::Value = serde_json::from_str(body).expect("event is JSON");
-            v["id"].as_str().expect("event id").to_owned()
+        .map(|e| {
+            e["detail"]["eventId"]
+                .as_str()
+                .expect("event id")
+                .to_owned()
         })
         .collect();
     let injected = std::fs::read_to_string(&fault_log)

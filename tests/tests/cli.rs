@@ -103,6 +103,14 @@ async fn status_and_jobs_find_a_finished_job_by_its_object_and_say_how_it_ended(
     assert_eq!(rows[0], "line,field,value,message");
     assert_eq!(rows.len(), 2, "{errors}");
     assert!(rows[1].starts_with("12,email,not-an-email,"), "{errors}");
+    // The report to fix and upload again: the row as it was, then where and why.
+    let (code, report) = cli(&stack, &["errors", job.as_str(), "--report"]).await;
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = report.lines().collect();
+    assert_eq!(rows[0], "email,name,line,field,reason", "{report}");
+    assert_eq!(rows.len(), 2, "{report}");
+    assert!(rows[1].starts_with("not-an-email,"), "{report}");
+    assert!(rows[1].contains(",12,email,"), "{report}");
 
     let (code, csv_out) = cli(&stack, &["export", job.as_str(), "--format", "csv"]).await;
     assert_eq!(code, 0);
@@ -183,9 +191,7 @@ async fn abort_then_retry_processes_what_the_abort_left() {
     assert_eq!(code, 1, "a completed job has nothing to retry");
     let ids: Vec<String> = stack
         .events
-        .completed
-        .lock()
-        .unwrap()
+        .endings()
         .iter()
         .map(|e| e.event_id.clone())
         .collect();
@@ -237,14 +243,11 @@ async fn retry_after_the_target_is_fixed_moves_failures_to_processed() {
     let rows: Vec<&str> = errors.lines().collect();
     assert_eq!(rows.len(), 2, "{errors}");
     assert!(rows[1].starts_with("12,email,not-an-email,"), "{errors}");
-    let events = stack.events.completed.lock().unwrap().clone();
+    let events = stack.events.endings();
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(
         ids,
-        vec![
-            format!("{job}:completed"),
-            format!("{job}:completed:retry-1")
-        ]
+        vec![format!("{job}:failed"), format!("{job}:completed:retry-1")]
     );
 }
 

@@ -15,16 +15,14 @@ const DEFINITION: &str = r#"{
   "batchSize": 5
 }"#;
 
-#[tokio::test]
-async fn a_handed_over_prepare_is_continued_from_the_prepare_queue() {
-    let stack = Stack::new(DEFINITION).await;
+/// Uploads 23 rows to `key` and runs the orchestrator with a second left,
+/// well inside the hand-off margin: it hands the prepare over.
+async fn handed_off(stack: &Stack, key: &str) -> JobId {
     let mut csv = String::from("email\n");
     for i in 0..23 {
         csv.push_str(&format!("user{i}@example.com\n"));
     }
-    let event = stack.upload("uploads/handoff.csv", csv).await;
-
-    // An invocation with a second left: well inside the hand-off margin.
+    let event = stack.upload(key, csv).await;
     let first = orchestrator::handle(
         &stack.deps,
         LambdaEvent::new(event, context(Duration::from_secs(1))),
@@ -32,7 +30,13 @@ async fn a_handed_over_prepare_is_continued_from_the_prepare_queue() {
     .await
     .expect("orchestrator");
     assert_eq!(first[0].outcome, "handed-off");
-    let job = JobId::new(&first[0].job_id);
+    JobId::new(&first[0].job_id)
+}
+
+#[tokio::test]
+async fn a_handed_over_prepare_is_continued_from_the_prepare_queue() {
+    let stack = Stack::new(DEFINITION).await;
+    let job = handed_off(&stack, "uploads/handoff.csv").await;
     assert!(!stack.job(&job).await.prepared);
     assert_eq!(
         stack.queue_depth(&stack.prepare_queue_url).await,
@@ -59,19 +63,7 @@ async fn a_handed_over_prepare_is_continued_from_the_prepare_queue() {
 #[tokio::test]
 async fn a_prepare_aborted_midway_resumes_at_its_checkpoint_on_retry() {
     let stack = Stack::new(DEFINITION).await;
-    let mut csv = String::from("email\n");
-    for i in 0..23 {
-        csv.push_str(&format!("user{i}@example.com\n"));
-    }
-    let event = stack.upload("uploads/stopped.csv", csv).await;
-    let first = orchestrator::handle(
-        &stack.deps,
-        LambdaEvent::new(event, context(Duration::from_secs(1))),
-    )
-    .await
-    .expect("orchestrator");
-    assert_eq!(first[0].outcome, "handed-off");
-    let job = JobId::new(&first[0].job_id);
+    let job = handed_off(&stack, "uploads/stopped.csv").await;
 
     let definition = stack.deps.definition.clone();
     assert!(stack

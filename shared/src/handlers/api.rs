@@ -4,7 +4,7 @@
 use crate::api::{Api, ApiRequest, Method};
 use crate::aws::Clients;
 use crate::config::{ConfigError, Settings};
-use crate::events::SqsEvents;
+use crate::events::EventBridgeEvents;
 use crate::objects::S3Objects;
 use crate::queue::{PrepareQueue, SqsQueue};
 use crate::report::S3Reports;
@@ -23,9 +23,9 @@ pub async fn from_env() -> Result<Api, ConfigError> {
             !clients.emulated,
         )),
         objects: Arc::new(S3Objects::new(clients.s3.clone())),
-        events: Arc::new(SqsEvents {
-            client: clients.sqs.clone(),
-            queue_url: settings.events_queue_url.clone(),
+        events: Arc::new(EventBridgeEvents {
+            client: clients.eventbridge.clone(),
+            bus: settings.event_bus_name.clone(),
         }),
         reports: Arc::new(S3Reports::new(
             clients.s3.clone(),

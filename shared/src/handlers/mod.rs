@@ -12,7 +12,7 @@ mod tests;
 
 use crate::aws::Clients;
 use crate::config::{load_definition, ConfigError, Settings};
-use crate::events::SqsEvents;
+use crate::events::EventBridgeEvents;
 use crate::objects::S3Objects;
 use crate::prepare::PrepareSettings;
 use crate::process::WorkerSettings;
@@ -26,12 +26,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use crate::ports::Deps;
 
 impl Deps {
-    /// The standard wiring: DynamoDB store, S3 objects, SQS fan-out, and the
-    /// processor given, else the built-in upsert when `TARGET_TABLE` is set.
+    /// The standard wiring: DynamoDB store, S3 objects, SQS fan-out,
+    /// EventBridge events, and the processor given, else the built-in
+    /// upsert when `TARGET_TABLE` is set. For a Lambda function: it also
+    /// turns metric lines on (stdout is the function's log).
     pub async fn from_env(
         processor: Option<Arc<dyn RecordProcessor>>,
     ) -> Result<Deps, ConfigError> {
         let settings = Settings::from_env()?;
+        crate::metrics::enable(&settings.metrics_namespace);
         let clients = Clients::load().await;
         Self::new(&settings, &clients, processor).await
     }
@@ -57,22 +60,25 @@ impl Deps {
             }
             (None, None) => None,
         };
-        let store = DynamoStore::new(
-            clients.dynamodb.clone(),
-            &settings.state_table,
-            !clients.emulated,
-        )
-        .with_retention_days(settings.retention_days);
+        let store = Arc::new(
+            DynamoStore::new(
+                clients.dynamodb.clone(),
+                &settings.state_table,
+                !clients.emulated,
+            )
+            .with_retention_days(settings.retention_days),
+        );
         Ok(Deps {
-            store: Arc::new(store),
+            store: store.clone(),
+            throttle: store,
             objects: Arc::new(S3Objects::new(clients.s3.clone())),
             queue: Arc::new(SqsQueue::new(clients.sqs.clone(), &settings.queue_url)),
             prepare_queue: settings.prepare_queue_url.as_ref().map(|url| {
                 Arc::new(SqsQueue::new(clients.sqs.clone(), url)) as Arc<dyn PrepareQueue>
             }),
-            events: Arc::new(SqsEvents {
-                client: clients.sqs.clone(),
-                queue_url: settings.events_queue_url.clone(),
+            events: Arc::new(EventBridgeEvents {
+                client: clients.eventbridge.clone(),
+                bus: settings.event_bus_name.clone(),
             }),
             reports: Arc::new(S3Reports::new(
                 clients.s3.clone(),
@@ -90,6 +96,7 @@ impl Deps {
             worker: WorkerSettings {
                 lease: settings.lease,
                 deadline_margin: settings.deadline_margin,
+                max_write_units_per_second: settings.max_write_units_per_second,
                 ..WorkerSettings::default()
             },
         })

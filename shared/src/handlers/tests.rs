@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::events::MemoryEvents;
-use crate::job::{now_ms, JobStatus};
+use crate::job::{now_ms, EventKind, JobStatus};
 use crate::objects::MemoryObjects;
 use crate::processor::MemoryProcessor;
 use crate::queue::{MemoryPrepareQueue, MemoryQueue, WorkMessage};
@@ -53,6 +53,7 @@ fn fixture(csv: &str) -> Fixture {
         events: events.clone(),
         reports: reports.clone(),
         processor: Some(recorder.clone()),
+        throttle: Arc::new(crate::throttle::MemoryThrottle::default()),
         definition: Arc::new(definition),
         pinned: Arc::default(),
         prepare: PrepareSettings {
@@ -126,8 +127,41 @@ async fn fixtures_drive_the_whole_pipeline_to_one_completion() {
         .map(|r| r.line)
         .collect();
     assert_eq!(lines, vec![2, 3, 5]);
-    let completed = f.events.completed.lock().unwrap().clone();
+    let completed = f.events.endings();
     assert_eq!(completed.len(), 1, "exactly one job-completed event");
+    let lifecycle: Vec<(EventKind, String)> = f
+        .events
+        .all()
+        .into_iter()
+        .map(|e| (e.kind, e.event_id))
+        .collect();
+    assert_eq!(
+        lifecycle,
+        vec![
+            (EventKind::Started, format!("{}:started", job.id)),
+            (EventKind::Prepared, format!("{}:prepared", job.id)),
+            (EventKind::Completed, format!("{}:completed", job.id)),
+        ]
+    );
+    assert_eq!(completed[0].status, JobStatus::CompletedWithErrors);
+    assert_eq!(
+        (
+            completed[0].total_records,
+            completed[0].processed,
+            completed[0].failed
+        ),
+        (Some(job.total_records), job.processed, job.failed)
+    );
+    assert_eq!(completed[0].report, job.report);
+    assert!(f.store.pending_events().await.unwrap().is_empty());
+    assert!(f
+        .store
+        .get_job(&job.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .owed_events
+        .is_empty());
 
     let mut failed = Vec::new();
     for batch in 0..job.total_batches {
@@ -139,13 +173,16 @@ async fn fixtures_drive_the_whole_pipeline_to_one_completion() {
         .collect();
     assert_eq!(summary, vec![(4, Some("email")), (6, Some("plan"))]);
 
-    // The error report lists them, and the job says where it is.
+    // The error report holds the rows as they were, and the job says where
+    // it is.
     let reports = f.reports.reports.lock().unwrap().clone();
     assert_eq!(reports.len(), 1);
     assert_eq!(job.report.as_deref(), Some(reports[0].0.as_str()));
     assert_eq!(
         reports[0].1,
-        "line,field,value,message\n4,email,not-an-email,not a valid email address\n6,plan,gold,\"must be one of: free, pro, team\"\n"
+        "email,full name,age,plan,country,city,signup_date,score,active,line,field,reason\n\
+         not-an-email,Alan Turing,41,free,GB,Wilmslow,2024-06-07,1,true,4,email,not a valid email address\n\
+         barbara@example.com,Barbara Liskov,84,gold,US,Boston,2024-03-04,3,no,6,plan,\"must be one of: free, pro, team\"\n"
     );
 
     // A continuation for a finished job is a no-op that succeeds.
@@ -156,7 +193,7 @@ async fn fixtures_drive_the_whole_pipeline_to_one_completion() {
     .await
     .unwrap();
     assert!(again.batch_item_failures.is_empty());
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 #[tokio::test]
@@ -337,7 +374,7 @@ async fn a_continuation_for_a_finished_job_changes_nothing() {
     );
     assert_eq!(f.queue.sent.lock().unwrap().len(), work_messages);
     assert!(f.prepare_queue.sent.lock().unwrap().is_empty());
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 #[tokio::test]
@@ -411,7 +448,7 @@ async fn missing_required_column_fails_the_job_with_the_reason() {
     let reason = job.failure_reason.unwrap();
     assert!(reason.contains("email"), "{reason}");
     assert!(f.queue.sent.lock().unwrap().is_empty());
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 #[tokio::test]
@@ -554,7 +591,7 @@ mod sweeping {
         assert_eq!(sweep(&f).await.active_jobs, 0);
         let done = f.store.get_job(&job).await.unwrap().unwrap();
         assert_eq!(done.status, JobStatus::Completed);
-        assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+        assert_eq!(f.events.endings().len(), 1);
     }
 
     #[tokio::test]
@@ -667,14 +704,25 @@ mod sweeping {
         };
         f.store.commit_batch(&c, &outcome, now_ms()).await.unwrap();
         assert_eq!(sweep(&f).await.finalized, 1);
-        assert!(f.events.completed.lock().unwrap().is_empty());
+        assert!(f.events.endings().is_empty());
         assert_eq!(f.store.pending_events().await.unwrap(), vec![job.clone()]);
         f.events
             .failing
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(sweep(&f).await.events_sent, 1);
+        // Everything the job owes: its start and its prepare, which nobody
+        // announced either, then its completion.
+        assert_eq!(sweep(&f).await.events_sent, 3);
         assert_eq!(sweep(&f).await.events_sent, 0, "acknowledged");
-        let sent = f.events.completed.lock().unwrap().clone();
+        let kinds: Vec<EventKind> = f.events.all().iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                EventKind::Started,
+                EventKind::Prepared,
+                EventKind::Completed
+            ]
+        );
+        let sent = f.events.endings();
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].event_id, format!("{job}:completed"));
     }

@@ -66,6 +66,11 @@ impl Values {
         (0..self.len()).map(|i| self.get(i))
     }
 
+    /// The values as owned strings.
+    pub fn to_vec(&self) -> Vec<Option<String>> {
+        self.iter().map(|v| v.map(str::to_owned)).collect()
+    }
+
     /// Bytes of text held, absent values counting none.
     pub fn text_len(&self) -> usize {
         self.text.len()

@@ -41,6 +41,13 @@ impl Preparer<'_> {
             let reader = RecordReader::open(body.reader, opts, self.definition)
                 .await
                 .map_err(source_stop)?;
+            if let Some(header) = reader.header() {
+                let columns = crate::report::file_columns(self.definition, header);
+                self.store
+                    .pin_columns(&job.id, &columns)
+                    .await
+                    .map_err(|e| Stop::Error(e.into()))?;
+            }
             return Ok(Start {
                 reader,
                 index: 0,

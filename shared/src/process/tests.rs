@@ -10,6 +10,7 @@ use crate::report::MemoryReports;
 use crate::store::memory::MemoryStore;
 use crate::store::{ClaimStore, JobControl, PrepareStore};
 use crate::store::{CreateOutcome, NewBatch, PrepareLease};
+use crate::throttle::MemoryThrottle;
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -75,6 +76,7 @@ async fn job(store: &MemoryStore, batches: &[Vec<StagedRecord>]) -> JobId {
 /// The in-memory backends a worker runs on.
 struct Fixture {
     store: MemoryStore,
+    throttle: MemoryThrottle,
     events: MemoryEvents,
     reports: MemoryReports,
     definition: Definition,
@@ -85,6 +87,7 @@ impl Fixture {
     fn new(extra_options: &str) -> Self {
         Fixture {
             store: MemoryStore::new(),
+            throttle: MemoryThrottle::default(),
             events: MemoryEvents::default(),
             reports: MemoryReports::default(),
             definition: definition(extra_options),
@@ -96,6 +99,7 @@ impl Fixture {
         Worker {
             store: &self.store,
             processor,
+            throttle: &self.throttle,
             events: &self.events,
             reports: &self.reports,
             definition: &self.definition,
@@ -186,7 +190,7 @@ async fn retryable_errors_are_retried_and_permanent_ones_reported() {
     );
     let j = f.store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::CompletedWithErrors);
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 #[tokio::test]
@@ -312,7 +316,7 @@ async fn continue_on_error_false_fails_the_job_at_the_first_failed_record() {
     let j = f.store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::Failed);
     assert!(j.failure_reason.unwrap().starts_with("line 3: "));
-    assert_eq!(f.events.completed.lock().unwrap().len(), 1);
+    assert_eq!(f.events.endings().len(), 1);
 }
 
 /// Holds every record until released, so a test can act mid-batch.
@@ -608,9 +612,7 @@ async fn a_retry_reruns_processing_failures_only_and_counts_move() {
     assert!(f.store.failed_records(&id, 0).await.unwrap().is_empty());
     let ids: Vec<String> = f
         .events
-        .completed
-        .lock()
-        .unwrap()
+        .endings()
         .iter()
         .map(|e| e.event_id.clone())
         .collect();
@@ -676,4 +678,66 @@ async fn a_running_job_is_not_retried() {
         matches!(r, Err(crate::steer::SteerError::NotFound(_))),
         "{r:?}"
     );
+}
+
+/// Wall-clock time that follows tokio's paused clock, from half past a
+/// second: the cap's windows advance only as the workers wait for them.
+fn paused_clock() -> Clock {
+    const ORIGIN_MS: i64 = 1_800_000_000_500;
+    let origin = tokio::time::Instant::now();
+    Clock::new(move || ORIGIN_MS + origin.elapsed().as_millis() as i64)
+}
+
+#[tokio::test(start_paused = true)]
+async fn capped_workers_share_the_cap_and_a_batch_larger_than_it_spans_windows() {
+    let mut f = Fixture::new(r#""maxWriteUnitsPerSecond": 5"#);
+    f.settings.clock = paused_clock();
+    let batches: Vec<Vec<StagedRecord>> = (0..3)
+        .map(|b| {
+            (0..8)
+                .map(|i| record(2 + b * 8 + i, &format!("u{b}-{i}@x.org")))
+                .collect()
+        })
+        .collect();
+    let id = job(&f.store, &batches).await;
+    let processor = crate::processor::MemoryProcessor::default();
+    let (a, b) = (f.worker(&processor), f.worker(&processor));
+    let (ra, rb) = tokio::time::timeout(Duration::from_secs(3600), async {
+        tokio::join!(a.run(&id, "a", None), b.run(&id, "b", None))
+    })
+    .await
+    .expect("capped workers finish");
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.processed + rb.processed, 24);
+    assert!(
+        ra.batches > 0 && rb.batches > 0,
+        "both workers took batches"
+    );
+    // Each record is one write unit: 24 units at 5 a second, every window
+    // used to the cap and none beyond it.
+    let used: Vec<u64> = f.throttle.windows(&id).iter().map(|w| w.1).collect();
+    assert_eq!(used, vec![5, 5, 5, 5, 4]);
+    let j = f.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (j.status, j.processed, j.failed),
+        (JobStatus::Completed, 24, 0)
+    );
+    assert_eq!(processor.records.lock().unwrap().len(), 24);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deployment_cap_applies_unless_the_definition_lifts_it() {
+    let batch = || vec![vec![record(2, "a@x.org"), record(3, "b@x.org")]];
+    for (options, capped) in [("", true), (r#""maxWriteUnitsPerSecond": 0"#, false)] {
+        let mut f = Fixture::new(options);
+        f.settings.clock = paused_clock();
+        f.settings.max_write_units_per_second = 1;
+        let id = job(&f.store, &batch()).await;
+        let processor = crate::processor::MemoryProcessor::default();
+        f.worker(&processor).run(&id, "w", None).await.unwrap();
+        let used: Vec<u64> = f.throttle.windows(&id).iter().map(|w| w.1).collect();
+        let expected = if capped { vec![1, 1] } else { vec![] };
+        assert_eq!(used, expected, "options {options:?}");
+        assert_eq!(processor.records.lock().unwrap().len(), 2);
+    }
 }

@@ -5,6 +5,7 @@
 use super::{ProcessContext, ProcessError, RecordProcessor};
 use crate::retry::Backoff;
 use crate::schema::ValidRecord;
+use crate::store::dynamodb::cost::{item_size, write_units};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
@@ -182,6 +183,18 @@ impl RecordProcessor for DynamoUpsert {
         }
         plan.settle(&mut results);
         results
+    }
+
+    /// Exactly what DynamoDB bills for putting the record's item as a new
+    /// item (replacing a larger one costs that one's size instead).
+    fn write_units(&self, record: &ValidRecord, ctx: &ProcessContext<'_>) -> u64 {
+        let Some(key_field) = ctx.definition.key_field.as_deref() else {
+            return 0;
+        };
+        match Self::item(record, key_field) {
+            Ok(item) => write_units(item_size(&item)) as u64,
+            Err(_) => 0,
+        }
     }
 }
 

@@ -135,6 +135,32 @@ pub trait RecordProcessor: Send + Sync {
         }
         results
     }
+
+    /// The write units processing `record` will spend, for the throughput
+    /// cap (`maxWriteUnitsPerSecond`), which reserves them before each call.
+    /// The default bills the record's values as JSON the way DynamoDB bills
+    /// an item: one unit per started KB. Override it when the processor
+    /// writes something else (0 for a record it will not write).
+    fn write_units(&self, record: &ValidRecord, _ctx: &ProcessContext<'_>) -> u64 {
+        let mut bytes = ByteCount(0);
+        // Writing into a counter cannot fail.
+        let _ = serde_json::to_writer(&mut bytes, &record.values);
+        bytes.0.max(1).div_ceil(1024) as u64
+    }
+}
+
+/// Counts what is written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Keeps every record it is given, in memory (tests and dry runs).

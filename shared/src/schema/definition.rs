@@ -3,7 +3,9 @@
 
 use super::header::{self, Names};
 use super::validate::{self, RecordShape, Rule};
-use super::{ColumnMap, Definition, DefinitionError, FieldDef, FieldType, InputFormat, Limits};
+use super::{
+    ColumnMap, Definition, DefinitionError, ExtraColumns, FieldDef, FieldType, InputFormat, Limits,
+};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +20,7 @@ pub(super) struct Compiled {
     pub(super) names: Names,
     pub(super) key_index: Option<usize>,
     pub(super) headerless: ColumnMap,
+    pub(super) report_columns: [String; 3],
 }
 
 /// The document as written; `Definition` is this plus checks and compiled state.
@@ -45,6 +48,14 @@ struct RawDefinition {
     format: Option<InputFormat>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default, skip_serializing_if = "is_default")]
+    extra_columns: ExtraColumns,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_write_units_per_second: Option<u32>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_batch_size() -> usize {
@@ -94,6 +105,8 @@ impl Serialize for Definition {
             max_attempts: self.max_attempts,
             format: self.format,
             limits: self.limits.clone(),
+            extra_columns: self.extra_columns,
+            max_write_units_per_second: self.max_write_units_per_second,
         }
         .serialize(serializer)
     }
@@ -136,6 +149,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
         Names::build(&raw.fields).map_err(|(path, message)| invalid(origin, path, message))?;
     let key_index = check_key_field(&raw, &names, origin)?;
     let shape = RecordShape::new(&raw.fields);
+    let report_columns = header::report_columns(&names);
 
     if !(1..=MAX_BATCH_SIZE).contains(&raw.batch_size) {
         return Err(invalid(
@@ -187,12 +201,15 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
         max_attempts: raw.max_attempts,
         format: raw.format,
         limits: raw.limits,
+        extra_columns: raw.extra_columns,
+        max_write_units_per_second: raw.max_write_units_per_second,
         compiled: Compiled {
             rules,
             shape,
             names,
             key_index,
             headerless,
+            report_columns,
         },
     })
 }

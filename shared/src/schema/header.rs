@@ -1,8 +1,8 @@
 //! Matching input column names (CSV header, `columns`, NDJSON keys) to
 //! definition fields: by name or alias, case-insensitive, ignoring
-//! surrounding whitespace.
+//! surrounding whitespace; and what becomes of columns no field reads.
 
-use super::{ColumnMap, Definition, FieldDef, HeaderError};
+use super::{ColumnMap, Definition, ExtraColumns, FieldDef, HeaderError};
 use std::collections::{HashMap, HashSet};
 
 const BOM: char = '\u{feff}';
@@ -65,6 +65,20 @@ impl Names {
     }
 }
 
+/// The columns the error report adds after a row's own: `line`, `field`
+/// and `reason`, each with an underscore in front for as long as a field
+/// claims the name (as its name or an alias). So they never feed a field,
+/// and a report re-imported with the same definition reads as the file did.
+pub(super) fn report_columns(names: &Names) -> [String; 3] {
+    ["line", "field", "reason"].map(|base| {
+        let mut name = base.to_owned();
+        while names.find(&name).is_some() {
+            name.insert(0, '_');
+        }
+        name
+    })
+}
+
 /// Shared by header resolution and the load-time check of `columns`.
 pub(super) fn resolve<'a>(
     fields: &[FieldDef],
@@ -115,14 +129,43 @@ pub(super) fn resolve<'a>(
 
 impl Definition {
     /// Maps each header column to the field it feeds. Columns the definition
-    /// does not know are ignored; a required field without a default must
-    /// have a column. A leading byte-order mark is ignored.
+    /// does not know are ignored, or rejected with `extraColumns: "reject"`
+    /// (except blank ones and the error report's own, `report_columns`); a
+    /// required field without a default must have a column. A leading
+    /// byte-order mark is ignored.
     pub fn resolve_header(&self, header: &[String]) -> Result<ColumnMap, HeaderError> {
-        resolve(
+        let map = resolve(
             &self.fields,
             &self.compiled.names,
             header.iter().map(String::as_str),
-        )
+        )?;
+        if self.extra_columns == ExtraColumns::Reject {
+            let unexpected: Vec<String> = header
+                .iter()
+                .zip(&map.columns)
+                .filter(|(_, field)| field.is_none())
+                .map(|(name, _)| name.trim_start_matches(BOM).trim())
+                .filter(|name| !name.is_empty() && !self.is_report_column(name))
+                .map(str::to_owned)
+                .collect();
+            if !unexpected.is_empty() {
+                return Err(HeaderError::UnexpectedColumns(unexpected));
+            }
+        }
+        Ok(map)
+    }
+
+    /// The names of the columns the error report adds after each failed
+    /// row: where it was (`line`), which fields are wrong (`field`) and why
+    /// (`reason`). An underscore goes in front of a name a field claims.
+    /// A header column of one of these names never feeds a field.
+    pub fn report_columns(&self) -> &[String; 3] {
+        &self.compiled.report_columns
+    }
+
+    fn is_report_column(&self, name: &str) -> bool {
+        let name = fold(name);
+        self.compiled.report_columns.iter().any(|c| fold(c) == name)
     }
 
     /// The column layout of headerless input: `columns` when given (checked

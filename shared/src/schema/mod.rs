@@ -29,6 +29,20 @@ pub enum FieldType {
     Enum,
 }
 
+/// What to do with header columns that no field reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtraColumns {
+    /// Skip them (a file may carry columns the import does not need).
+    #[default]
+    Ignore,
+    /// Fail the file, naming them: a misspelled optional column would
+    /// otherwise be dropped without a word. The error report's own columns
+    /// ([`Definition::report_columns`]) are ignored all the same, so a fixed
+    /// report imports with the same definition.
+    Reject,
+}
+
 /// One field of the definition, as written in the JSON file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -99,6 +113,10 @@ pub struct Definition {
     pub max_attempts: u32,
     pub format: Option<InputFormat>,
     pub limits: Limits,
+    pub extra_columns: ExtraColumns,
+    /// Write units a second all workers of a job may spend in the target
+    /// together (`throttle`); `Some(0)` lifts the deployment's default.
+    pub max_write_units_per_second: Option<u32>,
     compiled: definition::Compiled,
 }
 
@@ -154,6 +172,8 @@ pub enum HeaderError {
     MissingColumns(Vec<String>),
     #[error("duplicate column name {0:?}")]
     DuplicateColumn(String),
+    #[error("column(s) no field reads: {} (extraColumns is \"reject\")", .0.join(", "))]
+    UnexpectedColumns(Vec<String>),
 }
 
 /// Which definition field each input column feeds.

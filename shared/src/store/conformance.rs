@@ -3,7 +3,7 @@
 //! fresh store each, so one failure does not hide the rest).
 
 use super::*;
-use crate::job::FieldIssue;
+use crate::job::{EventKind, FieldIssue};
 
 const LEASE: i64 = 60_000;
 const T0: i64 = 1_700_000_000_000;
@@ -693,17 +693,70 @@ pub async fn counters_add_up_over_many_batches_and_workers(store: &dyn JobStore)
         .unwrap());
 }
 
-pub async fn a_finalized_job_owes_its_event_until_acknowledged(store: &dyn JobStore) {
-    let job = job_with(store, "owed", 1, false).await;
+async fn owed(store: &dyn JobStore, job: &JobId) -> Vec<EventKind> {
+    store.get_job(job).await.unwrap().unwrap().owed_events
+}
+
+pub async fn a_job_owes_each_lifecycle_event_until_acknowledged(store: &dyn JobStore) {
+    use EventKind::*;
+    let job = job_with(store, "owed", 1, true).await;
+    assert_eq!(owed(store, &job).await, vec![Started]);
+    store.ack_event(&job, Started).await.unwrap();
+    assert_eq!(owed(store, &job).await, vec![]);
+    store
+        .finish_prepare(&job, &lease("orchestrator"), 3, 1)
+        .await
+        .unwrap();
+    assert_eq!(owed(store, &job).await, vec![Prepared]);
+    // An active job's owed events are on the job, not listed.
     assert!(store.pending_events().await.unwrap().is_empty());
     assert!(store
         .finalize(&job, &fin(JobStatus::Failed), FinalizeWhen::Now)
         .await
         .unwrap());
+    assert_eq!(owed(store, &job).await, vec![Prepared, Failed]);
     assert_eq!(store.pending_events().await.unwrap(), vec![job.clone()]);
     assert!(store.active_jobs().await.unwrap().is_empty());
-    store.ack_event(&job).await.unwrap();
-    store.ack_event(&job).await.unwrap();
+    store.ack_event(&job, Failed).await.unwrap();
+    assert_eq!(owed(store, &job).await, vec![Prepared]);
+    assert_eq!(store.pending_events().await.unwrap(), vec![job.clone()]);
+    store.ack_event(&job, Prepared).await.unwrap();
+    store.ack_event(&job, Prepared).await.unwrap();
+    assert_eq!(owed(store, &job).await, vec![]);
+    assert!(store.pending_events().await.unwrap().is_empty());
+}
+
+pub async fn each_ending_owes_the_event_that_announces_it(store: &dyn JobStore) {
+    let endings = [
+        ("end-ok", JobStatus::Completed, EventKind::Completed),
+        (
+            "end-errors",
+            JobStatus::CompletedWithErrors,
+            EventKind::Completed,
+        ),
+        ("end-failed", JobStatus::Failed, EventKind::Failed),
+        ("end-aborted", JobStatus::Aborted, EventKind::Aborted),
+    ];
+    for (name, status, kind) in endings {
+        let job = job_with(store, name, 1, false).await;
+        store.ack_event(&job, EventKind::Started).await.unwrap();
+        store.ack_event(&job, EventKind::Prepared).await.unwrap();
+        assert!(store
+            .finalize(&job, &fin(status), FinalizeWhen::Now)
+            .await
+            .unwrap());
+        assert_eq!(owed(store, &job).await, vec![kind], "{status}");
+    }
+}
+
+pub async fn acknowledging_an_event_not_owed_changes_nothing(store: &dyn JobStore) {
+    let job = job_with(store, "not-owed", 1, true).await;
+    store.ack_event(&job, EventKind::Completed).await.unwrap();
+    assert_eq!(owed(store, &job).await, vec![EventKind::Started]);
+    // Still listed as active: the acknowledgement leaves the index alone.
+    assert_eq!(store.active_jobs().await.unwrap(), vec![job.clone()]);
+    store.ack_event(&job, EventKind::Started).await.unwrap();
+    assert_eq!(store.active_jobs().await.unwrap(), vec![job.clone()]);
     assert!(store.pending_events().await.unwrap().is_empty());
 }
 
@@ -718,6 +771,26 @@ pub async fn the_first_definition_pinned_to_a_job_stays(store: &dyn JobStore) {
         store.pinned_definition(&job).await.unwrap().as_deref(),
         Some(first)
     );
+}
+
+pub async fn the_first_columns_pinned_to_a_job_stay_beside_its_definition(store: &dyn JobStore) {
+    let job = source("columns").job_id();
+    assert_eq!(store.pinned_columns(&job).await.unwrap(), None);
+    let definition = r#"{"fields": [{"name": "a"}]}"#;
+    store.pin_definition(&job, definition).await.unwrap();
+    let first = vec!["A".to_string(), "b, \"quoted\"".to_string()];
+    store.pin_columns(&job, &first).await.unwrap();
+    store.pin_columns(&job, &["other".into()]).await.unwrap();
+    assert_eq!(store.pinned_columns(&job).await.unwrap(), Some(first));
+    assert_eq!(
+        store.pinned_definition(&job).await.unwrap().as_deref(),
+        Some(definition)
+    );
+    // A header of which no column feeds a field pins an empty list.
+    let none = source("no-columns").job_id();
+    store.pin_definition(&none, definition).await.unwrap();
+    store.pin_columns(&none, &[]).await.unwrap();
+    assert_eq!(store.pinned_columns(&none).await.unwrap(), Some(vec![]));
 }
 
 pub async fn jobs_are_listed_newest_first_by_status(store: &dyn JobStore) {
@@ -771,6 +844,14 @@ fn not_an_email(line: u64) -> FailedRecord {
     )
 }
 
+/// Acknowledges every event the job owes (as a delivery would).
+async fn ack_all(store: &dyn JobStore, job: &JobId) {
+    let owed = store.get_job(job).await.unwrap().unwrap().owed_events;
+    for kind in owed {
+        store.ack_event(job, kind).await.unwrap();
+    }
+}
+
 /// Claims and commits every batch of a prepared job; `outcome(index)` says
 /// how each ends.
 async fn settle(store: &dyn JobStore, job: &JobId, outcome: impl Fn(u64) -> BatchOutcome) {
@@ -812,7 +893,7 @@ pub async fn a_retry_requeues_processing_failures_and_counts_move(store: &dyn Jo
         .await
         .unwrap());
     assert_eq!(store.retryable_batches(&job).await.unwrap(), vec![0, 2]);
-    store.ack_event(&job).await.unwrap();
+    ack_all(store, &job).await;
 
     assert_eq!(store.requeue_batch(&job, 0).await.unwrap(), Some(1));
     assert_eq!(
@@ -915,7 +996,7 @@ pub async fn a_rerun_replaces_the_earlier_failure_items(store: &dyn JobStore) {
         .finalize(&job, &fin(JobStatus::Failed), FinalizeWhen::AllBatchesDone)
         .await
         .unwrap());
-    store.ack_event(&job).await.unwrap();
+    ack_all(store, &job).await;
     assert_eq!(store.requeue_batch(&job, 0).await.unwrap(), Some(3));
     store.reopen(&job, 0, T0 + 10).await.unwrap().unwrap();
     let c = claim(store, &job, "w", T0 + 20).await;
@@ -944,7 +1025,7 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
         store.reopen(&job, 0, T0 + 2).await.unwrap().is_none(),
         "not while the aborted event is owed"
     );
-    store.ack_event(&job).await.unwrap();
+    ack_all(store, &job).await;
     assert!(
         store.reopen(&job, 1, T0 + 2).await.unwrap().is_none(),
         "a round not seen"
@@ -1003,8 +1084,11 @@ macro_rules! conformance_tests {
             the_checkpoint_travels_with_its_publication,
             renewing_the_prepare_lease_is_fenced_and_publishes_nothing,
             counters_add_up_over_many_batches_and_workers,
-            a_finalized_job_owes_its_event_until_acknowledged,
+            a_job_owes_each_lifecycle_event_until_acknowledged,
+            each_ending_owes_the_event_that_announces_it,
+            acknowledging_an_event_not_owed_changes_nothing,
             the_first_definition_pinned_to_a_job_stays,
+            the_first_columns_pinned_to_a_job_stay_beside_its_definition,
             jobs_are_listed_newest_first_by_status,
             a_retry_requeues_processing_failures_and_counts_move,
             a_rerun_replaces_the_earlier_failure_items,

@@ -24,8 +24,6 @@ struct JobState {
     prepare: Option<(String, i64)>,
     /// Written batches, published or not (`job.batches_ready` says).
     batches: BTreeMap<u64, StoredBatch>,
-    /// The completion event is owed.
-    event_pending: bool,
     /// Prepare lease renewals without publication.
     renewals: u64,
 }
@@ -43,6 +41,7 @@ impl JobState {
 pub struct MemoryStore {
     jobs: Mutex<HashMap<JobId, JobState>>,
     definitions: Mutex<HashMap<JobId, String>>,
+    columns: Mutex<HashMap<JobId, Vec<String>>>,
 }
 
 impl MemoryStore {
@@ -67,6 +66,13 @@ impl MemoryStore {
             .get_mut(job)
             .ok_or_else(|| StoreError::JobNotFound(job.clone()))?;
         f(state)
+    }
+}
+
+/// Records that `job` owes its `kind` event (once, in lifecycle order).
+fn owe(job: &mut Job, kind: EventKind) {
+    if let Err(at) = job.owed_events.binary_search(&kind) {
+        job.owed_events.insert(at, kind);
     }
 }
 
@@ -151,6 +157,7 @@ impl PrepareStore for MemoryStore {
             report: None,
             cost: Cost::default(),
             retries: 0,
+            owed_events: vec![EventKind::Started],
         };
         jobs.insert(
             id,
@@ -158,7 +165,6 @@ impl PrepareStore for MemoryStore {
                 job: job.clone(),
                 prepare: Some((lease.owner.clone(), now_ms + lease.lease_ms)),
                 batches: BTreeMap::new(),
-                event_pending: false,
                 renewals: 0,
             },
         );
@@ -173,6 +179,15 @@ impl PrepareStore for MemoryStore {
             .entry(job.clone())
             .or_insert_with(|| definition.to_owned())
             .clone())
+    }
+
+    async fn pin_columns(&self, job: &JobId, columns: &[String]) -> Result<(), StoreError> {
+        self.columns
+            .lock()
+            .expect("memory store poisoned")
+            .entry(job.clone())
+            .or_insert_with(|| columns.to_vec());
+        Ok(())
     }
 
     async fn acquire_prepare(
@@ -302,6 +317,7 @@ impl PrepareStore for MemoryStore {
             s.job.prepared = true;
             s.job.total_records = total_records;
             s.job.total_batches = total_batches;
+            owe(&mut s.job, EventKind::Prepared);
             Ok(s.job.clone())
         })
     }
@@ -425,7 +441,9 @@ impl JobControl for MemoryStore {
             s.job.report = fin.report.clone();
             s.job.finished_at_ms = Some(fin.now_ms);
             s.job.updated_at_ms = s.job.updated_at_ms.max(fin.now_ms);
-            s.event_pending = true;
+            if let Some(kind) = EventKind::ending(fin.status) {
+                owe(&mut s.job, kind);
+            }
             Ok(true)
         })
     }
@@ -433,6 +451,15 @@ impl JobControl for MemoryStore {
     async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError> {
         Ok(self
             .definitions
+            .lock()
+            .expect("memory store poisoned")
+            .get(job)
+            .cloned())
+    }
+
+    async fn pinned_columns(&self, job: &JobId) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(self
+            .columns
             .lock()
             .expect("memory store poisoned")
             .get(job)
@@ -508,16 +535,16 @@ impl JobControl for MemoryStore {
         let jobs = self.jobs.lock().expect("memory store poisoned");
         let mut ids: Vec<JobId> = jobs
             .values()
-            .filter(|s| s.event_pending)
+            .filter(|s| s.job.status.is_final() && !s.job.owed_events.is_empty())
             .map(|s| s.job.id.clone())
             .collect();
         ids.sort();
         Ok(ids)
     }
 
-    async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
+    async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError> {
         self.with_job(job, |s| {
-            s.event_pending = false;
+            s.job.owed_events.retain(|k| *k != kind);
             Ok(())
         })
     }
@@ -569,7 +596,10 @@ impl JobControl for MemoryStore {
     ) -> Result<Option<Job>, StoreError> {
         self.with_job(job, |s| {
             // The previous round's event goes out first (see the trait).
-            if !s.job.status.is_final() || s.job.retries != seen_retries || s.event_pending {
+            if !s.job.status.is_final()
+                || s.job.retries != seen_retries
+                || !s.job.owed_events.is_empty()
+            {
                 return Ok(None);
             }
             s.job.status = JobStatus::Processing;

@@ -11,7 +11,7 @@ pub mod memory;
 #[cfg(test)]
 mod proptests;
 
-use crate::job::{FailedRecord, Job, JobId, JobStatus, SourceRef, StagedRecord};
+use crate::job::{EventKind, FailedRecord, Job, JobId, JobStatus, SourceRef, StagedRecord};
 use async_trait::async_trait;
 
 /// A batch as prepare hands it to the store.
@@ -180,7 +180,7 @@ pub enum FinalizeWhen {
 #[async_trait]
 pub trait PrepareStore: Send + Sync {
     /// Creates the job for an object version unless it exists; the creator
-    /// holds the prepare lease.
+    /// holds the prepare lease. The new job owes its `started` event.
     async fn create_job(
         &self,
         source: &SourceRef,
@@ -192,6 +192,12 @@ pub trait PrepareStore: Send + Sync {
     /// already; returns the pinned one. Called before the job is created,
     /// so the first deployment to see an object decides its definition.
     async fn pin_definition(&self, job: &JobId, definition: &str) -> Result<String, StoreError>;
+
+    /// Pins, beside the definition, the names of the file's columns that
+    /// feed a field, in file order (from its header row), unless some are
+    /// pinned already: the error report lays failed rows out by them.
+    /// Prepare pins them once it has read the header, before any batch.
+    async fn pin_columns(&self, job: &JobId, columns: &[String]) -> Result<(), StoreError>;
 
     /// Takes over an unfinished prepare whose previous owner's lease expired
     /// (or that the caller already owns). `None` when someone else holds it
@@ -247,8 +253,8 @@ pub trait PrepareStore: Send + Sync {
     /// the count.
     async fn note_prepare_failure(&self, job: &JobId, error: &str) -> Result<u32, StoreError>;
 
-    /// Publishes every batch, records the totals and marks prepare finished.
-    /// Returns the job after.
+    /// Publishes every batch, records the totals and marks prepare finished;
+    /// the job then owes its `prepared` event. Returns the job after.
     async fn finish_prepare(
         &self,
         job: &JobId,
@@ -299,9 +305,9 @@ pub trait JobControl: Send + Sync {
     /// The job with its counters, in one read whatever its size.
     async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError>;
 
-    /// Moves the job from PROCESSING to a final status and records that its
-    /// completion event is owed (`pending_events`). True for the one caller
-    /// that succeeded.
+    /// Moves the job from PROCESSING to a final status and records that the
+    /// event announcing it is owed (`EventKind::ending`), whatever else is
+    /// owed already. True for the one caller that succeeded.
     async fn finalize(
         &self,
         job: &JobId,
@@ -311,6 +317,9 @@ pub trait JobControl: Send + Sync {
 
     /// The definition pinned to a job (its JSON), if any.
     async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError>;
+
+    /// The column names pinned to a job (`pin_columns`), if any.
+    async fn pinned_columns(&self, job: &JobId) -> Result<Option<Vec<String>>, StoreError>;
 
     /// Failed records of one batch, in input order.
     async fn failed_records(
@@ -335,11 +344,15 @@ pub trait JobControl: Send + Sync {
         limit: usize,
     ) -> Result<Vec<JobId>, StoreError>;
 
-    /// Final jobs whose completion event was not acknowledged yet.
+    /// Final jobs that owe an event (`Job::owed_events`). An active job's
+    /// owed events are found on the job itself, which the sweeper reads
+    /// anyway, so only final jobs need listing.
     async fn pending_events(&self) -> Result<Vec<JobId>, StoreError>;
 
-    /// Records that the completion event of `job` was delivered.
-    async fn ack_event(&self, job: &JobId) -> Result<(), StoreError>;
+    /// Records that the `kind` event of `job` was delivered: it is owed no
+    /// more (a final job that owes nothing leaves `pending_events`).
+    /// Acknowledging an event not owed changes nothing.
+    async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError>;
 
     /// Batches holding processing failures (the processor's errors, poison
     /// batches): what a retry reruns. In index order; a batch listed may

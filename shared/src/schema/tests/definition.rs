@@ -1,5 +1,5 @@
 use super::{load, with_fields, EXAMPLE};
-use crate::schema::{Definition, DefinitionError, InputFormat, Limits};
+use crate::schema::{Definition, DefinitionError, ExtraColumns, InputFormat, Limits};
 use std::error::Error as _;
 
 fn error(json: &str) -> DefinitionError {
@@ -43,6 +43,35 @@ fn omitted_options_take_their_defaults() {
     assert_eq!(def.max_attempts, 5);
     assert_eq!(def.format, None);
     assert_eq!(def.limits, Limits::default());
+    assert_eq!(def.extra_columns, ExtraColumns::Ignore);
+    assert_eq!(def.max_write_units_per_second, None);
+}
+
+#[test]
+fn extra_columns_are_ignored_or_rejected() {
+    let def = load(r#"{"fields": [{"name": "a", "type": "string"}], "extraColumns": "reject"}"#);
+    assert_eq!(def.extra_columns, ExtraColumns::Reject);
+    assert!(def.to_json().contains(r#""extraColumns": "reject""#));
+    let err = error(r#"{"fields": [{"name": "a", "type": "string"}], "extraColumns": "keep"}"#);
+    assert_eq!(err.path(), "extraColumns");
+}
+
+#[test]
+fn a_write_cap_is_read_kept_through_pinning_and_checked_for_its_type() {
+    let text = r#"{"fields": [{"name": "a", "type": "string"}], "maxWriteUnitsPerSecond": 500}"#;
+    let def = load(text);
+    assert_eq!(def.max_write_units_per_second, Some(500));
+    // Jobs run on the pinned copy, written with to_json.
+    let pinned = load(&def.to_json());
+    assert_eq!(pinned.max_write_units_per_second, Some(500));
+    let lifted =
+        load(r#"{"fields": [{"name": "a", "type": "string"}], "maxWriteUnitsPerSecond": 0}"#);
+    assert_eq!(lifted.max_write_units_per_second, Some(0));
+    let e = error(r#"{"fields": [{"name": "a", "type": "string"}], "maxWriteUnitsPerSecond": -5}"#);
+    assert_eq!(e.path(), "maxWriteUnitsPerSecond");
+    let e =
+        error(r#"{"fields": [{"name": "a", "type": "string"}], "maxWriteUnitsPerSecond": "fast"}"#);
+    assert_eq!(e.path(), "maxWriteUnitsPerSecond");
 }
 
 #[test]

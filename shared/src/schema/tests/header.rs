@@ -132,3 +132,46 @@ fn field_index_finds_names_and_aliases() {
     assert_eq!(def.field_index(" EMAIL "), Some(0));
     assert_eq!(def.field_index("nope"), None);
 }
+
+#[test]
+fn the_report_columns_are_line_field_and_reason() {
+    let def = load(EXAMPLE);
+    assert_eq!(def.report_columns(), &["line", "field", "reason"]);
+}
+
+#[test]
+fn a_report_column_name_a_field_claims_gets_an_underscore() {
+    let def = load(
+        r#"{"fields": [{"name": "reason", "type": "string"},
+                       {"name": "note", "type": "string", "aliases": ["Line", "_line"]}]}"#,
+    );
+    assert_eq!(def.report_columns(), &["__line", "field", "_reason"]);
+    // A fixed report reads as the file did: its own columns feed nothing.
+    let map = def
+        .resolve_header(&header(&["reason", "Line", "__line", "field", "_reason"]))
+        .unwrap();
+    assert_eq!(map.columns, [Some(0), Some(1), None, None, None]);
+}
+
+#[test]
+fn rejected_extra_columns_are_named_but_the_report_columns_pass() {
+    let def = load(&EXAMPLE.replace(
+        r#""hasHeader": true"#,
+        r#""hasHeader": true, "extraColumns": "reject""#,
+    ));
+    let err = def
+        .resolve_header(&header(&["email", "name", "emial", " Notes ", ""]))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        HeaderError::UnexpectedColumns(vec!["emial".into(), "Notes".into()])
+    );
+    assert_eq!(
+        err.to_string(),
+        r#"column(s) no field reads: emial, Notes (extraColumns is "reject")"#
+    );
+    let map = def
+        .resolve_header(&header(&["email", "name", "Line", "field", "REASON"]))
+        .unwrap();
+    assert_eq!(map.columns, [Some(0), Some(1), None, None, None]);
+}

@@ -328,23 +328,12 @@ impl DynamoStore {
             ),
         ]);
         with_cost(&mut counter_values, cost);
-        // A counter shard picked at random, not the job item: commits running
-        // at the same time rarely meet on one item (a transaction holds its
-        // items), and each shard takes about 1/SHARDS of the commits. The
-        // pick is made once, so a retry sends the same transaction.
-        let counter_update = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                counter_pk(job, rand::random_range(0..SHARDS)),
-                COUNTERS_SK,
-            )))
-            .update_expression(format!(
-                "{ADD_COST}, batchesDone :one, #processed :p, failed :f SET updatedAt = :at"
-            ))
-            .set_expression_attribute_names(Some(names(&[("#processed", "processed")])))
-            .set_expression_attribute_values(Some(counter_values))
-            .build()
-            .expect("update is complete");
+        let counter_update = self.counter_shard_update(
+            job,
+            format!("{ADD_COST}, batchesDone :one, #processed :p, failed :f SET updatedAt = :at"),
+            counter_values,
+            Some(names(&[("#processed", "processed")])),
+        );
         let mut items = vec![
             TransactWriteItem::builder().update(batch_update).build(),
             TransactWriteItem::builder().update(counter_update).build(),
@@ -386,6 +375,31 @@ impl DynamoStore {
 }
 
 impl DynamoStore {
+    /// An update of one of the job's counter shards, picked at random, not
+    /// the job item: transactions running at the same time rarely meet on
+    /// one item (a transaction holds its items), and each shard takes about
+    /// 1/SHARDS of them. The pick is made once, so a retry of the
+    /// transaction sends the same one.
+    fn counter_shard_update(
+        &self,
+        job: &JobId,
+        expression: String,
+        values: Item,
+        names: Option<HashMap<String, String>>,
+    ) -> Update {
+        Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                counter_pk(job, rand::random_range(0..SHARDS)),
+                COUNTERS_SK,
+            )))
+            .update_expression(expression)
+            .set_expression_attribute_names(names)
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .expect("update is complete")
+    }
+
     /// Sort keys of a batch's failure items.
     async fn failure_parts(&self, job: &JobId, index: u64) -> Result<Vec<String>, StoreError> {
         let parts = self
@@ -470,18 +484,12 @@ impl DynamoStore {
             (":minus_rerun".into(), n(-(rerun as i64))),
         ]);
         with_cost(&mut counter_values, cost);
-        let counter_update = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                counter_pk(job, rand::random_range(0..SHARDS)),
-                COUNTERS_SK,
-            )))
-            .update_expression(format!(
-                "{ADD_COST}, batchesDone :minus_one, failed :minus_rerun"
-            ))
-            .set_expression_attribute_values(Some(counter_values))
-            .build()
-            .expect("update is complete");
+        let counter_update = self.counter_shard_update(
+            job,
+            format!("{ADD_COST}, batchesDone :minus_one, failed :minus_rerun"),
+            counter_values,
+            None,
+        );
         let items = vec![
             TransactWriteItem::builder().update(batch_update).build(),
             TransactWriteItem::builder().update(counter_update).build(),

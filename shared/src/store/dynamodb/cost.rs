@@ -119,6 +119,7 @@ impl Meter {
 
     /// Counts a write turned away by a conflict (or throttling) and retried.
     pub fn conflict(&self, job: &JobId) {
+        crate::metrics::conflict();
         self.pending
             .lock()
             .expect("meter poisoned")

@@ -1,7 +1,7 @@
 //! Item shapes and keys of the state table (see docs/design.md). One table,
 //! generic `pk`/`sk` keys, one sparse index (`leases`) over unfinished batches.
 
-use crate::job::{Cost, Job, JobId, JobStatus, SourceRef};
+use crate::job::{Cost, EventKind, Job, JobId, JobStatus, SourceRef};
 use crate::store::{BatchInfo, BatchState};
 use serde::{Deserialize, Serialize};
 
@@ -133,6 +133,14 @@ pub struct JobItem {
     /// Times the job was retried.
     #[serde(default)]
     pub retries: u32,
+    /// Lifecycle events recorded and not yet delivered: a string set, moved
+    /// by `ADD` (who records one) and `DELETE` (who acknowledges it).
+    #[serde(
+        with = "serde_dynamo::string_set",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub owed_events: Vec<EventKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
     /// Lease index key while the job is PROCESSING: the sweeper's list.
@@ -149,7 +157,8 @@ pub struct JobItem {
 
 /// Index partition listing the jobs still PROCESSING.
 pub const ACTIVE_JOBS: &str = "JOBS";
-/// Index partition listing final jobs whose completion event is owed.
+/// Index partition listing final jobs that owe events (an active job's
+/// owed events are read from its item, which is listed under `JOBS`).
 pub const PENDING_EVENTS: &str = "EVENTS";
 
 /// One counter shard: what the commits of its batches added up to. Moved
@@ -220,6 +229,7 @@ impl JobItem {
             read_units: 0.0,
             conflicts: 0,
             retries: 0,
+            owed_events: vec![EventKind::Started],
             expires_at,
             gpk: Some(ACTIVE_JOBS.into()),
             gsk: Some(now_ms),
@@ -283,6 +293,12 @@ impl JobItem {
             report: self.report,
             cost,
             retries: self.retries,
+            // A set has no order: lifecycle order is delivery order.
+            owed_events: {
+                let mut owed = self.owed_events;
+                owed.sort();
+                owed
+            },
         }
     }
 }

@@ -51,6 +51,13 @@ impl DynamoStore {
             (":lpk".into(), s(status_lpk(fin.status))),
         ]);
         with_cost(&mut values, cost);
+        // The announcement joins whatever else is owed (a retried job's
+        // earlier events were delivered before it could reopen).
+        let mut add_owed = String::new();
+        if let Some(kind) = EventKind::ending(fin.status) {
+            values.insert(":owed".into(), kind_set(kind));
+            add_owed.push_str(", owedEvents :owed");
+        }
         // The job moves from the active list to the owed-events list.
         let mut set =
             "SET #status = :st, finishedAt = :at, gpk = :events, gsk = :at, lpk = :lpk".to_string();
@@ -70,7 +77,7 @@ impl DynamoStore {
         // An unfinished prepare keeps its checkpoint: a retry resumes there.
         let update = self
             .update(job_pk(job), JOB_SK)
-            .update_expression(format!("{set} REMOVE prepareOwner {ADD_COST}"))
+            .update_expression(format!("{set} REMOVE prepareOwner {ADD_COST}{add_owed}"))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
             .set_expression_attribute_values(Some(values));
@@ -86,6 +93,27 @@ impl DynamoStore {
             .await?
             .and_then(|mut item| item.remove("d"))
             .and_then(|d| d.as_s().ok().cloned()))
+    }
+
+    pub(super) async fn pinned_columns(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let Some(list) = self
+            .get(job, job_pk(job), DEFINITION_SK)
+            .await?
+            .and_then(|mut item| item.remove("c"))
+        else {
+            return Ok(None);
+        };
+        let list = list
+            .as_l()
+            .map_err(|_| corrupt(job, "pinned columns are not a list"))?;
+        list.iter()
+            .map(|c| c.as_s().cloned())
+            .collect::<Result<Vec<String>, _>>()
+            .map(Some)
+            .map_err(|_| corrupt(job, "a pinned column name is not a string"))
     }
 
     pub(super) async fn failed_records(
@@ -148,15 +176,35 @@ impl DynamoStore {
         self.jobs_listed(PENDING_EVENTS).await
     }
 
-    pub(super) async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
+    pub(super) async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError> {
+        // DynamoDB drops a set once its last element is deleted.
+        let update = self
+            .update(job_pk(job), JOB_SK)
+            .update_expression("DELETE owedEvents :kind")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":kind", kind_set(kind))
+            .return_values(ReturnValue::AllNew);
+        let after = match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(e) if is_condition_failed(&e) => return Ok(()),
+            Err(e) => return Err(StoreError::backend("UpdateItem", e)),
+        };
+        let listed = after
+            .get("gpk")
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str);
+        if after.contains_key("owedEvents") || listed != Some(PENDING_EVENTS) {
+            return Ok(());
+        }
+        // A final job that owes nothing leaves the owed-events list; unless
+        // something was owed meanwhile, or a retry reopened it.
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression("REMOVE gpk, gsk")
-            .condition_expression("gpk = :events")
+            .condition_expression("gpk = :events AND attribute_not_exists(owedEvents)")
             .expression_attribute_values(":events", s(PENDING_EVENTS));
         match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
             Ok(_) => Ok(()),
-            // Acknowledged already (a racing sender).
             Err(e) if is_condition_failed(&e) => Ok(()),
             Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
@@ -176,7 +224,6 @@ impl DynamoStore {
             (":processing".into(), s(JobStatus::Processing.as_str())),
             (":lpk".into(), s(status_lpk(JobStatus::Processing))),
             (":jobs".into(), s(ACTIVE_JOBS)),
-            (":events".into(), s(PENDING_EVENTS)),
             (":now".into(), n(now_ms)),
             (":zero".into(), n(0)),
             (":one".into(), n(1)),
@@ -192,8 +239,9 @@ impl DynamoStore {
         } else {
             "retries = :seen"
         };
-        // Back on the active list (off the owed-events one, which is why an
-        // owed event must go out first) and on the PROCESSING listing.
+        // Back on the active list and on the PROCESSING listing; the
+        // previous round's events go out first (an owed event of a final
+        // job is sent by whoever finds it in the `EVENTS` list).
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression(
@@ -203,7 +251,7 @@ impl DynamoStore {
                  REMOVE finishedAt, failureReason, report, prepareOwner",
             )
             .condition_expression(format!(
-                "#status IN ({}) AND {seen} AND (attribute_not_exists(gpk) OR gpk <> :events)",
+                "#status IN ({}) AND {seen} AND attribute_not_exists(owedEvents)",
                 any_final.join(", ")
             ))
             .expression_attribute_names("#status", "status")

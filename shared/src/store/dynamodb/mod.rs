@@ -12,6 +12,7 @@ pub mod items;
 mod jobs;
 mod prepare;
 pub mod table;
+mod throttle;
 
 use self::cost::{item_size, read_units, write, write_units, Meter};
 use self::items::*;
@@ -191,6 +192,12 @@ impl DynamoStore {
     }
 }
 
+/// A one-element string set naming an event kind (for `ADD` / `DELETE` on
+/// `owedEvents`).
+fn kind_set(kind: EventKind) -> AttributeValue {
+    AttributeValue::Ss(vec![kind.as_str().to_owned()])
+}
+
 /// `ADD` clause that flushes metered cost into the job item.
 const ADD_COST: &str = "ADD requests :rq, writeUnits :wu, readUnits :ru, conflicts :cf";
 
@@ -234,6 +241,10 @@ impl PrepareStore for DynamoStore {
 
     async fn pin_definition(&self, job: &JobId, definition: &str) -> Result<String, StoreError> {
         Self::pin_definition(self, job, definition).await
+    }
+
+    async fn pin_columns(&self, job: &JobId, columns: &[String]) -> Result<(), StoreError> {
+        Self::pin_columns(self, job, columns).await
     }
 
     async fn acquire_prepare(
@@ -346,6 +357,10 @@ impl JobControl for DynamoStore {
         Self::pinned_definition(self, job).await
     }
 
+    async fn pinned_columns(&self, job: &JobId) -> Result<Option<Vec<String>>, StoreError> {
+        Self::pinned_columns(self, job).await
+    }
+
     async fn failed_records(
         &self,
         job: &JobId,
@@ -378,8 +393,8 @@ impl JobControl for DynamoStore {
         Self::list_jobs(self, status, limit).await
     }
 
-    async fn ack_event(&self, job: &JobId) -> Result<(), StoreError> {
-        Self::ack_event(self, job).await
+    async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError> {
+        Self::ack_event(self, job, kind).await
     }
 
     async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError> {

@@ -68,6 +68,27 @@ impl DynamoStore {
         }
     }
 
+    /// `c` on the definition item, set once: every prepare of the job
+    /// reads the same header, so a second write would change nothing.
+    pub(super) async fn pin_columns(
+        &self,
+        job: &JobId,
+        columns: &[String],
+    ) -> Result<(), StoreError> {
+        let list = AttributeValue::L(columns.iter().map(s).collect());
+        let update = self
+            .update(job_pk(job), DEFINITION_SK)
+            .update_expression("SET c = if_not_exists(c, :c)")
+            .expression_attribute_values(":c", list);
+        // The item holds the definition too, which the update rewrites:
+        // about a kilobyte, plus the names.
+        let size = SMALL_ITEM_BYTES + columns.iter().map(|c| c.len() + 3).sum::<usize>();
+        self.send_update(job, update, write(size))
+            .await
+            .map_err(|e| StoreError::backend("UpdateItem", e))?;
+        Ok(())
+    }
+
     pub(super) async fn acquire_prepare(
         &self,
         job: &JobId,
@@ -293,13 +314,14 @@ impl DynamoStore {
             (":true".into(), AttributeValue::Bool(true)),
             (":false".into(), AttributeValue::Bool(false)),
             (":processing".into(), s(JobStatus::Processing.as_str())),
+            (":owed".into(), kind_set(EventKind::Prepared)),
         ]);
         with_cost(&mut values, cost);
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression(format!(
                 "SET prepared = :true, totalRecords = :tr, totalBatches = :tb, batchesReady = :tb \
-                 REMOVE prepareOwner, prepareCheckpoint {ADD_COST}"
+                 REMOVE prepareOwner, prepareCheckpoint {ADD_COST}, owedEvents :owed"
             ))
             .condition_expression(
                 "#status = :processing AND prepareOwner = :o AND prepared = :false \
