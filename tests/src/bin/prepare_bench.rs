@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
     for in_flight in [1, MAX_WRITES_IN_FLIGHT] {
         let mut best = f64::INFINITY;
         let mut counts = (0, 0);
+        let mut requests = 0;
         for run in 0..runs {
             // A fresh stack each: tables the emulator scans stay small.
             let mut stack = Stack::new(&definition).await;
@@ -45,14 +46,17 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(p.outcome == "prepared", "prepare ended {}", p.outcome);
             counts = (p.total_records, p.total_batches);
             best = best.min(took);
+            let job = stack.job(&bulk_import::JobId::new(&p.job_id)).await;
+            requests = job.cost.requests;
         }
         println!(
-            "{:>2} write(s) in flight: {:>7.2} s  ({} records, {} batches, {:.0} records/s; best of {runs})",
+            "{:>2} write(s) in flight: {:>7.2} s  ({} records, {} batches, {:.0} records/s; best of {runs}; {:.2} DynamoDB requests a batch)",
             in_flight,
             best,
             counts.0,
             counts.1,
-            counts.0 as f64 / best
+            counts.0 as f64 / best,
+            requests as f64 / counts.1.max(1) as f64
         );
         times.push(best);
     }
