@@ -295,7 +295,6 @@ impl Preparer<'_> {
         renewed: &mut Instant,
         records_read: &mut u64,
     ) -> Result<(u64, u64), Stop> {
-        use futures::SinkExt;
         let resume_from = job.batches_ready;
         let mut reader = start.reader;
         let (mut index, mut total) = (start.index, start.records);
@@ -304,34 +303,13 @@ impl Preparer<'_> {
         let mut cut_this_run = 0u64;
         // A full batch waits here for the next record's checkpoint.
         let mut full: Option<(u64, Vec<StagedRecord>, usize)> = None;
-        let send = |cuts: &mut futures::channel::mpsc::Sender<Cut>,
-                    (index, records, bytes): (u64, Vec<StagedRecord>, usize),
-                    next_start: Option<Checkpoint>| {
-            let budget = budget.clone();
-            let mut cuts = cuts.clone();
-            async move {
-                let units = (bytes / BUDGET_UNIT + 1).min(BUDGET_UNITS) as u32;
-                let permit = budget
-                    .acquire_many_owned(units)
-                    .await
-                    .expect("the budget is never closed");
-                let cut = Cut {
-                    index,
-                    records,
-                    next_start,
-                    _held: permit,
-                };
-                // The writer stopped on an error it reports itself.
-                cuts.send(cut).await.is_ok()
-            }
-        };
         while let Some(record) = reader.next_record().await.map_err(source_stop)? {
             if batch.is_empty() {
                 // Where this batch starts: the checkpoint published with the
                 // batches before it.
                 let batch_start = reader.checkpoint();
                 if let Some(previous) = full.take() {
-                    if !send(&mut cuts, previous, batch_start.clone()).await {
+                    if !send_cut(&mut cuts, &budget, previous, batch_start.clone()).await {
                         return Ok((total, index));
                     }
                 }
@@ -360,12 +338,14 @@ impl Preparer<'_> {
             }
         }
         if let Some(previous) = full.take() {
-            if !send(&mut cuts, previous, None).await {
+            if !send_cut(&mut cuts, &budget, previous, None).await {
                 return Ok((total, index));
             }
         }
         if !batch.is_empty() {
-            if index >= resume_from && !send(&mut cuts, (index, batch, batch_bytes), None).await {
+            if index >= resume_from
+                && !send_cut(&mut cuts, &budget, (index, batch, batch_bytes), None).await
+            {
                 return Ok((total, index));
             }
             index += 1;
@@ -519,6 +499,30 @@ struct Cut {
     records: Vec<StagedRecord>,
     next_start: Option<Checkpoint>,
     _held: OwnedSemaphorePermit,
+}
+
+/// Hands a full batch to the writer once the in-flight budget has room for
+/// it. False when the writer stopped (on an error it reports itself).
+async fn send_cut(
+    cuts: &mut futures::channel::mpsc::Sender<Cut>,
+    budget: &Arc<Semaphore>,
+    (index, records, bytes): (u64, Vec<StagedRecord>, usize),
+    next_start: Option<Checkpoint>,
+) -> bool {
+    use futures::SinkExt;
+    let units = (bytes / BUDGET_UNIT + 1).min(BUDGET_UNITS) as u32;
+    let permit = budget
+        .clone()
+        .acquire_many_owned(units)
+        .await
+        .expect("the budget is never closed");
+    let cut = Cut {
+        index,
+        records,
+        next_start,
+        _held: permit,
+    };
+    cuts.send(cut).await.is_ok()
 }
 
 /// How far this prepare got: batches written, published, workers woken.
