@@ -46,7 +46,8 @@ pub struct PrepareSettings {
     /// if the deadline had come: a deterministic way to exercise resumption.
     /// `None` (the default) hands over only near the deadline.
     pub handoff_after_batches: Option<u64>,
-    /// Batch writes in flight while the file is read on (1: one at a time).
+    /// Writes in flight while the file is read on, and batches a write
+    /// carries at most (1: one batch at a time).
     pub writes_in_flight: usize,
 }
 
@@ -246,8 +247,9 @@ impl Preparer<'_> {
     /// (cutting is deterministic, so they are identical).
     ///
     /// Reading and writing overlap: the reader cuts batches while up to
-    /// `writes_in_flight` (8) earlier ones are being written (at most
-    /// `MAX_BYTES_IN_FLIGHT` of records held), and batches are published in
+    /// `writes_in_flight` (8) writes of earlier ones are out, each carrying
+    /// the batches cut meanwhile, up to as many again (at most
+    /// `MAX_BYTES_IN_FLIGHT` of records held). Batches are published in
     /// order as the writes before them complete, so the protocol sees the
     /// same sequence as a one-at-a-time prepare.
     async fn write_batches(
@@ -258,7 +260,9 @@ impl Preparer<'_> {
         progress: &mut Progress,
     ) -> Result<(u64, u64), Stop> {
         let start = self.open_reader(job, lease, deadline, progress).await?;
-        let (cuts, to_write) = futures::channel::mpsc::channel::<Cut>(1);
+        // Room for a full group of batches to gather while writes are out.
+        let (cuts, to_write) =
+            futures::channel::mpsc::channel::<Cut>(self.settings.writes_in_flight.max(1));
         let budget = Arc::new(Semaphore::new(BUDGET_UNITS));
         let mut renewed = progress.last_renewal;
         let mut records_read = 0;
@@ -353,8 +357,8 @@ impl Preparer<'_> {
         Ok((total, index))
     }
 
-    /// The writing half: up to `writes_in_flight` batch writes at once,
-    /// completed in order; publishes as they complete. Each batch is not
+    /// The writing half: up to `writes_in_flight` writes at once, of up to
+    /// as many batches each, completed in order; publishes as they complete. Each batch is not
     /// claimable until published, with the checkpoint of the batch after it.
     async fn write_cuts(
         &self,
@@ -363,18 +367,31 @@ impl Preparer<'_> {
         cuts: futures::channel::mpsc::Receiver<Cut>,
         progress: &mut Progress,
     ) -> Result<(), Stop> {
+        // Batches cut while writes are in flight go out together, sharing
+        // requests: up to `writes_in_flight` batches a write, that many
+        // writes at once.
+        let in_flight = self.settings.writes_in_flight.max(1);
         let mut written = cuts
-            .map(|cut| async move {
-                let batch = NewBatch {
-                    index: cut.index,
-                    records: &cut.records,
-                };
+            .ready_chunks(in_flight)
+            .map(|group| async move {
+                let batches: Vec<NewBatch<'_>> = group
+                    .iter()
+                    .map(|cut| NewBatch {
+                        index: cut.index,
+                        records: &cut.records,
+                    })
+                    .collect();
                 self.store
-                    .write_batch(&job.id, batch, now_ms())
+                    .write_batches(&job.id, &batches, now_ms())
                     .await
-                    .map(|()| (cut.index, cut.next_start))
+                    .map(|()| {
+                        group
+                            .into_iter()
+                            .map(|cut| (cut.index, cut.next_start))
+                            .collect::<Vec<_>>()
+                    })
             })
-            .buffered(self.settings.writes_in_flight.max(1));
+            .buffered(in_flight);
         // One publication at a time, while the writes go on: the latest
         // publishable point waits for the one in flight.
         let mut publishing: Option<futures::future::BoxFuture<'_, Result<u64, StoreError>>> = None;
@@ -387,11 +404,12 @@ impl Preparer<'_> {
                 done = written.next(), if writing => match done {
                     None => writing = false,
                     Some(done) => {
-                        let (index, next_start) = done.map_err(|e| Stop::Error(e.into()))?;
-                        progress.written = index + 1;
-                        // The last batch is published by `finish_prepare`.
-                        if let Some(next_start) = next_start {
-                            publishable = Some((index + 1, next_start));
+                        for (index, next_start) in done.map_err(|e| Stop::Error(e.into()))? {
+                            progress.written = index + 1;
+                            // The last batch is published by `finish_prepare`.
+                            if let Some(next_start) = next_start {
+                                publishable = Some((index + 1, next_start));
+                            }
                         }
                     }
                 },
@@ -483,7 +501,7 @@ impl Preparer<'_> {
     }
 }
 
-/// Batch writes in flight at once while the file is read on.
+/// Writes in flight at once while the file is read on, and batches in each.
 pub const MAX_WRITES_IN_FLIGHT: usize = 8;
 /// Records held for writes in flight (and the batch waiting to be sent)
 /// at most, whatever the batch size.

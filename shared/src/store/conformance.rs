@@ -1058,6 +1058,49 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
         .is_some());
 }
 
+/// Batches written together (more records items than one BatchWriteItem
+/// takes) are each stored whole, and one already written and claimed is
+/// left as it is.
+pub async fn batches_written_together_are_stored_whole_and_claimed_ones_kept(
+    store: &dyn JobStore,
+) {
+    let job = job_with(store, "together", 1, true).await;
+    let owner = lease("orchestrator");
+    let first = claim(store, &job, "w0", T0 + 1).await;
+    assert_eq!(first.index, 0);
+    let records: Vec<Vec<StagedRecord>> = (0..30).map(|i| records(i, 1 + i % 4)).collect();
+    let batches: Vec<NewBatch<'_>> = records
+        .iter()
+        .zip(0..)
+        .map(|(records, index)| NewBatch { index, records })
+        .collect();
+    // Batch 0 as it was cut before, written again with the rest.
+    let original = self::records(0, 3);
+    let mut again = batches.clone();
+    again[0].records = &original;
+    store.write_batches(&job, &again, T0 + 2).await.unwrap();
+    store.publish(&job, &owner, 30, None, T0 + 2).await.unwrap();
+    let mut seen = Vec::new();
+    for w in 1..30 {
+        let c = claim(store, &job, &format!("w{w}"), T0 + 3).await;
+        assert_eq!(c.record_count, records[c.index as usize].len() as u64);
+        assert_eq!(
+            store.load_records(&job, c.index).await.unwrap(),
+            records[c.index as usize]
+        );
+        seen.push(c.index);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..30).collect::<Vec<u64>>(), "batch 0 stays claimed");
+    assert_eq!(
+        store.claim_batch(&job, "late", T0 + 3, LEASE).await.unwrap(),
+        Claim::Wait
+    );
+    assert_eq!(store.load_records(&job, 0).await.unwrap(), original);
+    let committed = store.commit_batch(&first, &done(3), T0 + 4).await;
+    assert!(committed.is_ok(), "the first claim still holds: {committed:?}");
+}
+
 /// `$make` is an async block returning a fresh store.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -1093,6 +1136,7 @@ macro_rules! conformance_tests {
             a_retry_requeues_processing_failures_and_counts_move,
             a_rerun_replaces_the_earlier_failure_items,
             a_job_reopens_once_per_round_and_only_when_final,
+            batches_written_together_are_stored_whole_and_claimed_ones_kept,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

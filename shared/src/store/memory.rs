@@ -213,13 +213,14 @@ impl PrepareStore for MemoryStore {
         })
     }
 
-    async fn write_batch(
+    async fn write_batches(
         &self,
         job: &JobId,
-        batch: NewBatch<'_>,
+        batches: &[NewBatch<'_>],
         _now_ms: i64,
     ) -> Result<(), StoreError> {
         self.with_job(job, |s| {
+            for batch in batches {
             s.batches.entry(batch.index).or_insert_with(|| StoredBatch {
                 info: BatchInfo {
                     index: batch.index,
@@ -237,6 +238,7 @@ impl PrepareStore for MemoryStore {
                 base_version: 0,
                 rerun: None,
             });
+            }
             Ok(())
         })
     }

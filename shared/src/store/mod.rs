@@ -209,16 +209,26 @@ pub trait PrepareStore: Send + Sync {
         now_ms: i64,
     ) -> Result<Option<Job>, StoreError>;
 
-    /// Stores a batch and its records, not yet claimable (see `publish`).
+    /// Stores batches and their records, not yet claimable (see `publish`).
     /// Idempotent: batches are cut deterministically, so a second write of
     /// the same index (a resumed or a fenced-out orchestrator) changes
-    /// nothing.
+    /// nothing. Several batches at once share requests.
+    async fn write_batches(
+        &self,
+        job: &JobId,
+        batches: &[NewBatch<'_>],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// `write_batches` of one batch.
     async fn write_batch(
         &self,
         job: &JobId,
         batch: NewBatch<'_>,
         now_ms: i64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.write_batches(job, &[batch], now_ms).await
+    }
 
     /// Makes batches `0..ready` claimable and extends the prepare lease,
     /// fenced by it (`PrepareLeaseLost` for a stale owner or a job that is

@@ -256,13 +256,13 @@ impl PrepareStore for DynamoStore {
         Self::acquire_prepare(self, job, lease, now_ms).await
     }
 
-    async fn write_batch(
+    async fn write_batches(
         &self,
         job: &JobId,
-        batch: NewBatch<'_>,
+        batches: &[NewBatch<'_>],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        Self::write_batch(self, job, batch, now_ms).await
+        Self::write_batches(self, job, batches, now_ms).await
     }
 
     async fn publish(

@@ -115,42 +115,62 @@ impl DynamoStore {
         }
     }
 
-    pub(super) async fn write_batch(
+    /// Records of every batch first, packed, in as few BatchWriteItem
+    /// requests as their items allow: a batch item exists only with all of
+    /// its records stored. Rewriting records is harmless: batches are cut
+    /// deterministically, so the content is identical. Then each batch
+    /// item, conditionally and all at once.
+    pub(super) async fn write_batches(
         &self,
         job: &JobId,
-        batch: NewBatch<'_>,
+        batches: &[NewBatch<'_>],
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let expires_at = self.expires_at(now_ms);
-        let pk = batch_pk(job, batch.index);
-        // Records first: a batch item exists only with all of its records
-        // stored. Rewriting them is harmless: batches are cut
-        // deterministically, so the content is identical.
-        let chunks = codec::pack(batch.records);
-        let chunk_count = chunks.len() as u64;
-        let items = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, d)| {
-                to_item(PackedItem {
+        let mut records = Vec::new();
+        let mut chunk_counts = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let pk = batch_pk(job, batch.index);
+            let chunks = codec::pack(batch.records);
+            chunk_counts.push(chunks.len() as u64);
+            for (i, d) in chunks.into_iter().enumerate() {
+                let item = to_item(PackedItem {
                     pk: pk.clone(),
                     sk: chunk_sk(i),
                     d,
                     expires_at,
                 })
-            })
-            .collect::<Result<Vec<Item>, _>>()
-            .map_err(|e| corrupt(job, e))?;
-        self.put_all(job, items).await?;
+                .map_err(|e| corrupt(job, e))?;
+                records.push(item);
+            }
+        }
+        self.put_all(job, records).await?;
+        let puts = batches
+            .iter()
+            .zip(chunk_counts)
+            .map(|(batch, chunks)| self.put_batch_item(job, batch, chunks, expires_at));
+        futures::future::try_join_all(puts).await?;
+        Ok(())
+    }
 
+    /// A batch's own item, never over an existing one: it may be claimed
+    /// or done already.
+    async fn put_batch_item(
+        &self,
+        job: &JobId,
+        batch: &NewBatch<'_>,
+        chunks: u64,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let pk = batch_pk(job, batch.index);
         let batch_item = BatchItem {
-            pk: pk.clone(),
+            pk,
             sk: BATCH_SK.into(),
             index: batch.index,
             state: BatchState::Pending,
             version: 0,
             records: batch.records.len() as u64,
-            chunks: chunk_count,
+            chunks,
             worker: None,
             lease_until: 0,
             gpk: Some(lease_gpk(job, batch.index)),
@@ -170,7 +190,6 @@ impl DynamoStore {
             write_units: write_units(item_size(&attrs)) + 1.0,
             ..Cost::default()
         };
-        // Never over an existing batch: it may be claimed or done already.
         let put = self
             .client
             .put_item()
