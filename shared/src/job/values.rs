@@ -38,6 +38,30 @@ impl Values {
         }
     }
 
+    /// `n` absent values over `text`, which `point` then picks them from.
+    pub fn over(text: String, n: usize) -> Values {
+        Values {
+            text,
+            spans: vec![ABSENT..ABSENT; n],
+        }
+    }
+
+    /// Makes value `i` the part `span` of the text given to `over`; false
+    /// (and nothing changed) unless `span` lies on its character boundaries.
+    ///
+    /// # Panics
+    /// If `i` is out of range.
+    pub fn point(&mut self, i: usize, span: Range<usize>) -> bool {
+        if span.start > span.end
+            || !self.text.is_char_boundary(span.start)
+            || !self.text.is_char_boundary(span.end)
+        {
+            return false;
+        }
+        self.spans[i] = span;
+        true
+    }
+
     /// Sets value `i` (the text of a replaced value stays, unused).
     ///
     /// # Panics
@@ -214,6 +238,16 @@ mod tests {
             [Some("a"), None, Some("c")]
         );
         assert_eq!(format!("{values:?}"), r#"[Some("a"), None, Some("c")]"#);
+    }
+
+    #[test]
+    fn values_point_into_a_text_only_on_character_boundaries() {
+        let mut values = Values::over("aé,b".to_owned(), 3);
+        assert!(values.point(2, 0..3));
+        assert!(!values.point(0, 0..2), "inside é");
+        assert!(!values.point(0, 4..3));
+        assert!(values.point(0, 4..5));
+        assert_eq!(values.iter().collect::<Vec<_>>(), [Some("b"), None, Some("aé")]);
     }
 
     #[test]

@@ -179,25 +179,11 @@ impl CsvSource {
         } else {
             record.len()
         };
-        let mut values = Values::with_capacity(self.map.field_count, record.as_slice().len());
         let mut issue = None;
-        for (raw, column) in record.iter().zip(&self.map.columns) {
-            let Some(field) = *column else { continue };
-            if field >= values.len() {
-                continue;
-            }
-            match std::str::from_utf8(raw) {
-                Ok(text) => values.set(field, text),
-                Err(_) => {
-                    let text = String::from_utf8_lossy(raw);
-                    if issue.is_none() {
-                        let name = self.field_names.get(field).map(String::as_str);
-                        issue = Some(FieldIssue::new(name, Some(&text), "invalid UTF-8"));
-                    }
-                    values.set(field, &text);
-                }
-            }
-        }
+        let values = match self.point_into(record) {
+            Some(values) => values,
+            None => self.copy_out(record, &mut issue),
+        };
         if found != expected {
             let mut message = format!("expected {expected} fields, found {found}");
             // An unclosed quote swallows the following lines into this
@@ -215,5 +201,48 @@ impl CsvSource {
             values,
             issue,
         })
+    }
+
+    /// The common case in one copy: the row's text is valid UTF-8 as a
+    /// whole, and each value is a part of it. `None` when some value is
+    /// not valid UTF-8 by itself.
+    fn point_into(&self, record: &ByteRecord) -> Option<Values> {
+        let text = std::str::from_utf8(record.as_slice()).ok()?;
+        let mut values = Values::over(text.to_owned(), self.map.field_count);
+        for (i, column) in self.map.columns.iter().enumerate().take(record.len()) {
+            let Some(field) = *column else { continue };
+            if field >= values.len() {
+                continue;
+            }
+            let span = record.range(i)?;
+            if !values.point(field, span) {
+                return None;
+            }
+        }
+        Some(values)
+    }
+
+    /// Value by value, each invalid UTF-8 sequence replaced, the first such
+    /// value noted in `issue`.
+    fn copy_out(&self, record: &ByteRecord, issue: &mut Option<FieldIssue>) -> Values {
+        let mut values = Values::with_capacity(self.map.field_count, record.as_slice().len());
+        for (raw, column) in record.iter().zip(&self.map.columns) {
+            let Some(field) = *column else { continue };
+            if field >= values.len() {
+                continue;
+            }
+            match std::str::from_utf8(raw) {
+                Ok(text) => values.set(field, text),
+                Err(_) => {
+                    let text = String::from_utf8_lossy(raw);
+                    if issue.is_none() {
+                        let name = self.field_names.get(field).map(String::as_str);
+                        *issue = Some(FieldIssue::new(name, Some(&text), "invalid UTF-8"));
+                    }
+                    values.set(field, &text);
+                }
+            }
+        }
+        values
     }
 }

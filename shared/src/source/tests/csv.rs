@@ -216,6 +216,23 @@ async fn invalid_utf8_in_a_field_is_a_record_issue() {
 }
 
 #[tokio::test]
+async fn a_character_split_by_a_delimiter_is_invalid_in_both_values() {
+    // "é" is C3 A9: the row reads as valid UTF-8 only across the comma.
+    let input = b"email,age\na@x.io\xc3,\xa91\nb@x.io,\xc3\xa9\n";
+    let got = records("f.csv", input, &people()).await;
+    assert_eq!(
+        got[0],
+        with_issue(
+            rec(2, &[Some("a@x.io\u{fffd}"), Some("\u{fffd}1")]),
+            Some("email"),
+            Some("a@x.io\u{fffd}"),
+            "invalid UTF-8"
+        )
+    );
+    assert_eq!(got[1], rec(3, &[Some("b@x.io"), Some("é")]));
+}
+
+#[tokio::test]
 async fn header_only_yields_zero_records() {
     assert_eq!(records("f.csv", b"email,age\n", &people()).await, vec![]);
     assert_eq!(records("f.csv", b"email,age", &people()).await, vec![]);

@@ -355,7 +355,7 @@ impl DynamoStore {
 
     /// Every packed entry of one partition whose sort key starts with
     /// `prefix`, in sort-key order (a consistent, paginated Query).
-    pub(super) async fn query_packed<T: serde::de::DeserializeOwned>(
+    pub(super) async fn query_packed<T: codec::Entry>(
         &self,
         job: &JobId,
         pk: String,
@@ -371,7 +371,7 @@ impl DynamoStore {
 
     /// Like `query_packed`, item by item: each item's sort key with its
     /// entries.
-    pub(super) async fn query_parts<T: serde::de::DeserializeOwned>(
+    pub(super) async fn query_parts<T: codec::Entry>(
         &self,
         job: &JobId,
         pk: String,
