@@ -157,23 +157,26 @@ fn is_eol(b: u8) -> bool {
     b == b'\n' || b == b'\r'
 }
 
-/// [`count_break`] over a whole slice, in scans the compiler can vectorise.
+/// [`count_break`] over a whole slice: one vectorised search for the
+/// breaks, which a typical row has one of, at its end.
 fn count_breaks(bytes: &[u8], breaks: &mut u64, pending_cr: &mut bool) {
-    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+    let Some(&first) = bytes.first() else {
         return;
     };
     if std::mem::take(pending_cr) && first != b'\n' {
         *breaks += 1;
     }
-    *breaks += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-    // Most rows hold no CR at all: skip the pairwise scan for them.
-    if bytes.contains(&b'\r') {
-        *breaks += bytes
-            .windows(2)
-            .filter(|w| w[0] == b'\r' && w[1] != b'\n')
-            .count() as u64;
+    for at in memchr::memchr2_iter(b'\n', b'\r', bytes) {
+        if bytes[at] == b'\n' {
+            *breaks += 1;
+            continue;
+        }
+        match bytes.get(at + 1) {
+            Some(b'\n') => {}
+            Some(_) => *breaks += 1,
+            None => *pending_cr = true,
+        }
     }
-    *pending_cr = last == b'\r';
 }
 
 fn count_break(breaks: &mut u64, pending_cr: &mut bool, b: u8) {
@@ -231,6 +234,24 @@ mod tests {
                 rows(input, piece, &ends),
                 vec![(1, 1), (4, 1), (5, 1), (6, 1)]
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn breaks_counted_over_slices_are_those_counted_a_byte_at_a_time(
+            input in proptest::collection::vec(
+                proptest::sample::select(b"ab\r\n".to_vec()), 0..40
+            ),
+            cut in 0usize..40,
+        ) {
+            let (mut one, mut cr_one) = (0, false);
+            input.iter().for_each(|&b| count_break(&mut one, &mut cr_one, b));
+            let (mut all, mut cr_all) = (0, false);
+            let (head, tail) = input.split_at(cut.min(input.len()));
+            count_breaks(head, &mut all, &mut cr_all);
+            count_breaks(tail, &mut all, &mut cr_all);
+            proptest::prop_assert_eq!((one, cr_one), (all, cr_all));
         }
     }
 
