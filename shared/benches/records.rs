@@ -18,6 +18,10 @@ use csv_core::ReadRecordResult;
 use std::hint::black_box;
 use std::time::Duration;
 
+/// The allocator the binaries use (`functions/*`, `cli`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The generator behind `bulkimport generate`, so the rows are the demo's.
 #[allow(dead_code, unused_imports)]
 #[path = "../../cli/src/generate.rs"]

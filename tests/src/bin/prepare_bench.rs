@@ -12,6 +12,10 @@ use bulk_import::prepare::MAX_WRITES_IN_FLIGHT;
 use integration_tests::Stack;
 use std::time::Instant;
 
+/// The orchestrator's allocator, so that memory and speed are its own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let file = std::env::args()
