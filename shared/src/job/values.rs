@@ -87,7 +87,9 @@ impl Values {
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Option<&str>> + '_ {
-        (0..self.len()).map(|i| self.get(i))
+        self.spans
+            .iter()
+            .map(|span| (span.start != ABSENT).then(|| &self.text[span.clone()]))
     }
 
     /// The values as owned strings.

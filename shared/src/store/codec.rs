@@ -66,6 +66,8 @@ impl Entry for StagedRecord {
     const FORMAT: u8 = STAGED_RECORDS;
 
     fn encode(&self, out: &mut Vec<u8>) {
+        // Lengths under 128 take a byte: room for all but a long issue.
+        out.reserve(self.values.text_len() + self.values.len() + 24);
         put_varint(out, self.line);
         put_varint(out, self.values.len() as u64);
         for value in self.values.iter() {
