@@ -1,4 +1,5 @@
-//! Prepare alone, one batch write at a time against several in flight: the
+//! Prepare alone, one batch write at a time against several in flight,
+//! each carrying the batches cut meanwhile: the
 //! same file through the orchestrator twice against the emulator, with the
 //! emulator's per-request latency set like DynamoDB's from Lambda
 //! (`MOTO_LATENCY_MS`, 10 in `make bench-prepare`), times side by side:
@@ -8,7 +9,7 @@
 //!     make bench-prepare           (PREPARE_BENCH_ROWS, default 100,000)
 //!     prepare-bench FILE.csv       (the demo's definition, examples/users.json)
 
-use bulk_import::prepare::MAX_WRITES_IN_FLIGHT;
+use bulk_import::prepare::{MAX_BATCHES_PER_WRITE, MAX_WRITES_IN_FLIGHT};
 use integration_tests::Stack;
 use std::time::Instant;
 
@@ -33,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let mut times = Vec::new();
-    for in_flight in [1, MAX_WRITES_IN_FLIGHT] {
+    for (in_flight, per_write) in [(1, 1), (MAX_WRITES_IN_FLIGHT, MAX_BATCHES_PER_WRITE)] {
         let mut best = f64::INFINITY;
         let mut counts = (0, 0);
         let mut requests = 0;
@@ -41,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
             // A fresh stack each: tables the emulator scans stay small.
             let mut stack = Stack::new(&definition).await;
             stack.deps.prepare.writes_in_flight = in_flight;
+            stack.deps.prepare.batches_per_write = per_write;
             let key = format!("uploads/prepare-{in_flight}-{run}.csv");
             let event = stack.upload(&key, body.clone()).await;
             let started = Instant::now();
@@ -54,8 +56,7 @@ async fn main() -> anyhow::Result<()> {
             requests = job.cost.requests;
         }
         println!(
-            "{:>2} write(s) in flight: {:>7.2} s  ({} records, {} batches, {:.0} records/s; best of {runs}; {:.2} DynamoDB requests a batch)",
-            in_flight,
+            "{in_flight} write(s) in flight, up to {per_write} batch(es) each: {:>6.2} s  ({} records, {} batches, {:.0} records/s; best of {runs}; {:.2} DynamoDB requests a batch)",
             best,
             counts.0,
             counts.1,
