@@ -16,8 +16,9 @@ impl RecordProcessor for Welcome {
         record: &ValidRecord,
         _ctx: &ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        let email = record.values["email"]
-            .as_str()
+        let email = record
+            .get("email")
+            .and_then(|v| v.as_str())
             .ok_or_else(|| ProcessError::permanent("no email"))?;
         deliver(email)
             .await

@@ -97,7 +97,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
             };
             match format {
                 ExportFormat::Ndjson => {
-                    serde_json::to_writer(&mut buf, &valid.values).expect("JSON values serialize");
+                    serde_json::to_writer(&mut buf, &valid.values()).expect("JSON values serialize");
                     buf.push(b'\n');
                 }
                 ExportFormat::Json => {
@@ -105,16 +105,12 @@ pub async fn export<W: AsyncWrite + Unpin>(
                         buf.push(b',');
                     }
                     buf.push(b'\n');
-                    serde_json::to_writer(&mut buf, &valid.values).expect("JSON values serialize");
+                    serde_json::to_writer(&mut buf, &valid.values()).expect("JSON values serialize");
                 }
                 ExportFormat::Csv => {
                     let cells: Vec<String> = names
                         .iter()
-                        .map(|n| match valid.values.get(*n) {
-                            None | Some(serde_json::Value::Null) => String::new(),
-                            Some(serde_json::Value::String(s)) => s.clone(),
-                            Some(other) => other.to_string(),
-                        })
+                        .map(|n| valid.get(n).map(|v| v.to_string()).unwrap_or_default())
                         .collect();
                     write_csv_row(&mut buf, cells.iter().map(String::as_str));
                 }

@@ -41,4 +41,4 @@ pub mod upload;
 
 pub use job::{JobId, JobStatus, JobSummary};
 pub use processor::{ProcessContext, ProcessError, RecordProcessor};
-pub use schema::{Definition, ValidRecord};
+pub use schema::{Definition, FieldValue, ValidRecord};

@@ -151,7 +151,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
         reason: job.failure_reason,
         imported: imported
             .into_iter()
-            .map(|r| (r.line, Value::Object(r.values)))
+            .map(|r| (r.line, Value::Object(r.to_json())))
             .collect(),
         errors,
     }

@@ -120,7 +120,10 @@ impl RecordProcessor for Picky {
         record: &ValidRecord,
         ctx: &ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        let name = record.values["name"].as_str().unwrap_or_default();
+        let name = record
+            .get("name")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         if name.starts_with("REJECT") {
             return Err(ProcessError::permanent("the target refused the name"));
         }

@@ -127,7 +127,7 @@ impl RecordProcessor for Scripted {
         ctx: &ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let email = record.values["email"].as_str().unwrap();
+        let email = record.get("email").and_then(|v| v.as_str()).unwrap();
         if self.fixed.load(Ordering::SeqCst) {
             self.done.lock().unwrap().push(record.line);
             return Ok(());

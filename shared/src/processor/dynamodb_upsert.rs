@@ -4,12 +4,11 @@
 
 use super::{ProcessContext, ProcessError, RecordProcessor};
 use crate::retry::Backoff;
-use crate::schema::ValidRecord;
+use crate::schema::{FieldValue, ValidRecord};
 use crate::store::dynamodb::cost::{item_size, write_units};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
-use serde_dynamo::aws_sdk_dynamodb_1::to_attribute_value;
 use std::collections::HashMap;
 
 const BATCH_WRITE_MAX: usize = 25;
@@ -32,26 +31,20 @@ impl DynamoUpsert {
         }
     }
 
-    /// The record as an item. The key attribute is always a string, so the
-    /// table's key type does not depend on the field's type.
+    /// The record as an item. The key attribute is always a string (the
+    /// value's JSON text unless it is one), so the table's key type does not
+    /// depend on the field's type.
     fn item(record: &ValidRecord, key_field: &str) -> Result<Item, ProcessError> {
-        let mut item = Item::with_capacity(record.values.len());
-        for (name, value) in &record.values {
+        let mut item = Item::with_capacity(record.len());
+        for (name, value) in record.iter() {
             let attr = if name == key_field {
-                AttributeValue::S(match value {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
+                AttributeValue::S(value.to_string())
             } else {
-                let attr = to_attribute_value(value).map_err(|e| {
-                    ProcessError::permanent_from(format!("field {name} cannot be stored"), e)
-                })?;
-                check_numbers(&attr).map_err(|problem| {
+                attribute(value).map_err(|problem| {
                     ProcessError::permanent(format!("field {name}: {problem}"))
-                })?;
-                attr
+                })?
             };
-            item.insert(name.clone(), attr);
+            item.insert(name.to_owned(), attr);
         }
         if !item.contains_key(key_field) {
             return Err(ProcessError::permanent(format!(
@@ -271,25 +264,27 @@ impl WritePlan {
     }
 }
 
-/// DynamoDB refuses a whole BatchWriteItem for one number it cannot store,
-/// and a schema `number` is any finite f64: check each number up front so
-/// only its record fails, with a message that says why.
-fn check_numbers(attr: &AttributeValue) -> Result<(), String> {
-    match attr {
-        AttributeValue::N(n) => number_problem(n).map_or(Ok(()), Err),
-        AttributeValue::Ns(ns) => ns
-            .iter()
-            .try_for_each(|n| number_problem(n).map_or(Ok(()), Err)),
-        AttributeValue::L(list) => list.iter().try_for_each(check_numbers),
-        AttributeValue::M(map) => map.values().try_for_each(check_numbers),
-        _ => Ok(()),
+/// A value as an attribute: S, N or BOOL. Numbers are written in their
+/// decimal text (`i64` and `f64` `Display`: no exponent, so 1e200 is 201
+/// digits). DynamoDB refuses a whole BatchWriteItem for one number it
+/// cannot store, and a schema `number` is any finite f64: each number is
+/// checked up front so only its record fails, with a message that says why.
+fn attribute(value: FieldValue<'_>) -> Result<AttributeValue, String> {
+    let n = match value {
+        FieldValue::String(s) => return Ok(AttributeValue::S(s.to_owned())),
+        FieldValue::Boolean(b) => return Ok(AttributeValue::Bool(b)),
+        FieldValue::Integer(n) => n.to_string(),
+        FieldValue::Number(x) => x.to_string(),
+    };
+    match number_problem(&n) {
+        None => Ok(AttributeValue::N(n)),
+        Some(problem) => Err(problem),
     }
 }
 
-/// Why DynamoDB would refuse the number `n` (decimal text, as serde_dynamo
-/// writes it: without an exponent for floats, so 1e200 arrives as 201
-/// digits): at most 38 significant digits, and a magnitude between 1E-130
-/// and 9.9999999999999999999999999999999999999E+125, or zero.
+/// Why DynamoDB would refuse the number `n` (decimal text, with or without
+/// an exponent): at most 38 significant digits, and a magnitude between
+/// 1E-130 and 9.9999999999999999999999999999999999999E+125, or zero.
 fn number_problem(n: &str) -> Option<String> {
     let unsigned = n.strip_prefix(['-', '+']).unwrap_or(n);
     let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
@@ -406,10 +401,7 @@ mod tests {
 
     fn record(line: u64, id: &str, n: serde_json::Value) -> ValidRecord {
         let values = serde_json::json!({"id": id, "n": n});
-        ValidRecord {
-            line,
-            values: values.as_object().unwrap().clone(),
-        }
+        ValidRecord::from_json(line, values.as_object().unwrap()).unwrap()
     }
 
     #[test]
@@ -437,6 +429,47 @@ mod tests {
             "field n: 1E+200 is larger than DynamoDB numbers can be \
              (at most 9.9999999999999999999999999999999999999E+125)"
         );
+    }
+
+    #[test]
+    fn attributes_are_those_serde_dynamo_made_of_the_json_values() {
+        use serde_dynamo::aws_sdk_dynamodb_1::to_attribute_value;
+        let values = [
+            FieldValue::String("a \"b\""),
+            FieldValue::String(""),
+            FieldValue::Integer(0),
+            FieldValue::Integer(-7),
+            FieldValue::Integer(i64::MAX),
+            FieldValue::Integer(i64::MIN),
+            FieldValue::Number(7.0),
+            FieldValue::Number(-0.0),
+            FieldValue::Number(0.1),
+            FieldValue::Number(-1.5e-7),
+            FieldValue::Number(1e21),
+            FieldValue::Number(123456.789),
+            FieldValue::Boolean(true),
+            FieldValue::Boolean(false),
+        ];
+        for value in values {
+            let before: AttributeValue = to_attribute_value(value.to_json()).unwrap();
+            assert_eq!(attribute(value), Ok(before), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_key_attribute_is_the_json_text_of_a_value_that_is_not_a_string() {
+        for (key, text) in [
+            (serde_json::json!("a@b.org"), "a@b.org"),
+            (serde_json::json!(42), "42"),
+            (serde_json::json!(2.0), "2.0"),
+            (serde_json::json!(true), "true"),
+        ] {
+            let item = DynamoUpsert::item(&record(1, "x", key), "n").unwrap();
+            assert_eq!(item["n"], AttributeValue::S(text.into()));
+            assert_eq!(item["id"], AttributeValue::S("x".into()));
+        }
+        let e = DynamoUpsert::item(&record(1, "x", serde_json::json!(1)), "other").unwrap_err();
+        assert_eq!(e.to_string(), "key field other has no value");
     }
 
     #[test]

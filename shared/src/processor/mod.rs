@@ -144,7 +144,7 @@ pub trait RecordProcessor: Send + Sync {
     fn write_units(&self, record: &ValidRecord, _ctx: &ProcessContext<'_>) -> u64 {
         let mut bytes = ByteCount(0);
         // Writing into a counter cannot fail.
-        let _ = serde_json::to_writer(&mut bytes, &record.values);
+        let _ = serde_json::to_writer(&mut bytes, &record.values());
         bytes.0.max(1).div_ceil(1024) as u64
     }
 }

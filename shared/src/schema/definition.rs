@@ -2,12 +2,14 @@
 //! then the semantic checks and the compiled state the validator needs.
 
 use super::header::{self, Names};
-use super::validate::{self, RecordShape, Rule};
+use super::record::RecordShape;
+use super::validate::{self, Rule};
 use super::{
     ColumnMap, Definition, DefinitionError, ExtraColumns, FieldDef, FieldType, InputFormat, Limits,
 };
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 const MAX_BATCH_SIZE: usize = 10_000;
 
@@ -16,7 +18,10 @@ const MAX_BATCH_SIZE: usize = 10_000;
 #[derive(Debug, Clone)]
 pub(super) struct Compiled {
     pub(super) rules: Vec<Rule>,
-    pub(super) shape: RecordShape,
+    /// The field names every valid record shares.
+    pub(super) shape: Arc<RecordShape>,
+    /// Bytes of text the defaults can add to a record.
+    pub(super) default_text: usize,
     pub(super) names: Names,
     pub(super) key_index: Option<usize>,
     pub(super) headerless: ColumnMap,
@@ -148,7 +153,14 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
     let names =
         Names::build(&raw.fields).map_err(|(path, message)| invalid(origin, path, message))?;
     let key_index = check_key_field(&raw, &names, origin)?;
-    let shape = RecordShape::new(&raw.fields);
+    let shape = Arc::new(RecordShape::new(
+        raw.fields.iter().map(|f| f.name.clone()).collect(),
+    ));
+    let default_text = rules
+        .iter()
+        .filter_map(|r| r.default.as_ref())
+        .map(|d| d.text_len())
+        .sum();
     let report_columns = header::report_columns(&names);
 
     if !(1..=MAX_BATCH_SIZE).contains(&raw.batch_size) {
@@ -206,6 +218,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
         compiled: Compiled {
             rules,
             shape,
+            default_text,
             names,
             key_index,
             headerless,

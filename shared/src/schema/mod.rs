@@ -1,11 +1,14 @@
 //! The import definition: the schema and options of an import, loaded and
 //! checked once at cold start, plus header resolution and the per-record
-//! validator that turns staged text values into typed JSON.
+//! validator that turns staged text values into typed records.
 
 mod definition;
 mod email;
 mod header;
+mod record;
 mod validate;
+
+pub use record::{FieldValue, RecordValues, ValidRecord, ValueError};
 
 use serde::{Deserialize, Serialize};
 
@@ -183,14 +186,6 @@ pub struct ColumnMap {
     /// columns the definition does not know (they are ignored).
     pub columns: Vec<Option<usize>>,
     pub field_count: usize,
-}
-
-/// A record that passed validation: typed values keyed by field name.
-/// Missing optional fields without a default are absent, not null.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ValidRecord {
-    pub line: u64,
-    pub values: serde_json::Map<String, serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! The per-record validator: staged text values in, typed JSON values out,
-//! with every problem of a record reported at once.
+//! The per-record validator: staged text values in, typed values out, with
+//! every problem of a record reported at once.
 
-use super::{email, Definition, FieldDef, FieldType, ValidRecord};
+use super::{email, Definition, FieldDef, FieldType, FieldValue, ValidRecord};
 use crate::job::{FieldIssue, StagedRecord};
 use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use regex::Regex;
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::num::IntErrorKind;
 
@@ -29,7 +30,7 @@ pub(super) struct Rule {
     enum_set: Option<HashSet<String>>,
     enum_message: String,
     /// The default in the form a parsed value takes.
-    pub(super) default: Option<Value>,
+    pub(super) default: Option<Parsed<'static>>,
 }
 
 impl Rule {
@@ -53,21 +54,68 @@ impl Rule {
     }
 }
 
+/// A value that parsed, in its type: text borrowed from the input unless
+/// parsing rewrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Parsed<'a> {
+    Text(Cow<'a, str>),
+    Integer(i64),
+    Number(f64),
+    Boolean(bool),
+}
+
+impl Parsed<'_> {
+    fn value(&self) -> FieldValue<'_> {
+        match self {
+            Parsed::Text(s) => FieldValue::String(s),
+            Parsed::Integer(n) => FieldValue::Integer(*n),
+            Parsed::Number(x) => FieldValue::Number(*x),
+            Parsed::Boolean(b) => FieldValue::Boolean(*b),
+        }
+    }
+
+    fn borrowed(&self) -> Parsed<'_> {
+        match self {
+            Parsed::Text(s) => Parsed::Text(Cow::Borrowed(s)),
+            Parsed::Integer(n) => Parsed::Integer(*n),
+            Parsed::Number(x) => Parsed::Number(*x),
+            Parsed::Boolean(b) => Parsed::Boolean(*b),
+        }
+    }
+
+    fn into_owned(self) -> Parsed<'static> {
+        match self {
+            Parsed::Text(s) => Parsed::Text(Cow::Owned(s.into_owned())),
+            Parsed::Integer(n) => Parsed::Integer(n),
+            Parsed::Number(x) => Parsed::Number(x),
+            Parsed::Boolean(b) => Parsed::Boolean(b),
+        }
+    }
+
+    /// Bytes of text it adds to a record.
+    pub(super) fn text_len(&self) -> usize {
+        match self {
+            Parsed::Text(s) => s.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// Checks a definition's default against its field and returns the value
-/// records will receive, so a field has one JSON type whether the input or
-/// the default supplied it (`"42"` for an integer field becomes `42`).
+/// records will receive, so a field has one type whether the input or the
+/// default supplied it (`"42"` for an integer field becomes `42`).
 pub(super) fn typed_default(
     field: &FieldDef,
     rule: &Rule,
     default: &Value,
-) -> Result<Value, String> {
+) -> Result<Parsed<'static>, String> {
     let text = match default {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         _ => return Err("must be a string, number or boolean".to_owned()),
     };
-    parse(field, rule, &text).map_err(|message| {
+    parse(field, rule, &text).map(Parsed::into_owned).map_err(|message| {
         let shown = serde_json::to_string(default).unwrap_or_default();
         match message.strip_prefix("not ") {
             Some(rest) => format!("{shown} is not {rest}"),
@@ -77,12 +125,12 @@ pub(super) fn typed_default(
 }
 
 /// Parses one present value. Errors are the issue messages.
-fn parse<'r>(field: &FieldDef, rule: &'r Rule, raw: &str) -> Result<Value, &'r str> {
+fn parse<'a, 'r>(field: &FieldDef, rule: &'r Rule, raw: &'a str) -> Result<Parsed<'a>, &'r str> {
     let text = raw.trim();
     let value = match field.kind {
-        FieldType::String => Value::String(if field.trim { text } else { raw }.to_owned()),
+        FieldType::String => Parsed::Text(Cow::Borrowed(if field.trim { text } else { raw })),
         FieldType::Integer => match text.parse::<i64>() {
-            Ok(n) => Value::from(n),
+            Ok(n) => Parsed::Integer(n),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -93,20 +141,22 @@ fn parse<'r>(field: &FieldDef, rule: &'r Rule, raw: &str) -> Result<Value, &'r s
             }
             Err(_) => return Err(BAD_INTEGER),
         },
-        FieldType::Number => match text.parse::<f64>().ok().and_then(Number::from_f64) {
-            // from_f64 refuses NaN and infinities, which "nan" and "inf" parse to.
-            Some(n) => Value::Number(n),
-            None => return Err(BAD_NUMBER),
+        FieldType::Number => match text.parse::<f64>() {
+            // "nan" and "inf" parse; JSON has no such numbers.
+            Ok(x) if x.is_finite() => Parsed::Number(x),
+            _ => return Err(BAD_NUMBER),
         },
-        FieldType::Boolean => Value::Bool(parse_bool(text).ok_or(BAD_BOOLEAN)?),
+        FieldType::Boolean => Parsed::Boolean(parse_bool(text).ok_or(BAD_BOOLEAN)?),
         FieldType::Date => {
             parse_date(text).ok_or(BAD_DATE)?;
             // The strict shape means the input already is the canonical form.
-            Value::String(text.to_owned())
+            Parsed::Text(Cow::Borrowed(text))
         }
         FieldType::Datetime => {
             let at = parse_datetime(text).ok_or(BAD_DATETIME)?;
-            Value::String(at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            Parsed::Text(Cow::Owned(
+                at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            ))
         }
         FieldType::Email => {
             // A bare address only: a display name ("Jane <jane@x.org>") would
@@ -114,7 +164,7 @@ fn parse<'r>(field: &FieldDef, rule: &'r Rule, raw: &str) -> Result<Value, &'r s
             if !email::is_valid(text) {
                 return Err(BAD_EMAIL);
             }
-            Value::String(text.to_owned())
+            Parsed::Text(Cow::Borrowed(text))
         }
         FieldType::Enum => {
             let known = match &rule.enum_set {
@@ -124,7 +174,7 @@ fn parse<'r>(field: &FieldDef, rule: &'r Rule, raw: &str) -> Result<Value, &'r s
             if !known {
                 return Err(&rule.enum_message);
             }
-            Value::String(text.to_owned())
+            Parsed::Text(Cow::Borrowed(text))
         }
     };
     if let Some(pattern) = &rule.pattern {
@@ -203,37 +253,6 @@ fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
     Some(date.and_time(time).and_utc())
 }
 
-/// The shape every valid record of a definition has: each field's name
-/// with a placeholder, in the map's (name) order. Cloning it costs a record
-/// its key allocations but none of the comparisons that inserting the names
-/// one by one into the map would.
-#[derive(Debug, Clone)]
-pub(super) struct RecordShape {
-    template: Map<String, Value>,
-    /// The field behind each entry of `template`, in its order.
-    fields: Vec<usize>,
-}
-
-impl RecordShape {
-    /// Field names are distinct (loading checks it).
-    pub(super) fn new(fields: &[FieldDef]) -> RecordShape {
-        let template: Map<String, Value> = fields
-            .iter()
-            .map(|f| (f.name.clone(), Value::Null))
-            .collect();
-        let fields = template
-            .keys()
-            .map(|name| {
-                fields
-                    .iter()
-                    .position(|f| f.name == *name)
-                    .expect("every key is a field's name")
-            })
-            .collect();
-        RecordShape { template, fields }
-    }
-}
-
 impl Definition {
     /// Turns a staged record into typed values keyed by field name, or lists
     /// every problem found, in field order. A blank value counts as missing:
@@ -243,45 +262,36 @@ impl Definition {
         if let Some(issue) = &record.issue {
             return Err(vec![issue.clone()]);
         }
-        let shape = &self.compiled.shape;
-        let mut values = shape.template.clone();
-        // Parsed values are never null, so a null left in place is a field
-        // without a value.
-        let mut absent = false;
+        let compiled = &self.compiled;
+        let mut valid = ValidRecord::empty(
+            record.line,
+            &compiled.shape,
+            record.values.text_len() + compiled.default_text,
+        );
         let mut issues = Vec::new();
-        for (slot, &i) in values.values_mut().zip(&shape.fields) {
-            let (field, rule) = (&self.fields[i], &self.compiled.rules[i]);
+        for (i, (field, rule)) in self.fields.iter().zip(&compiled.rules).enumerate() {
             // Rows shorter than the definition are padded by the stager; be
             // lenient anyway rather than panic on a hand-made record.
             let raw = record.values.get(i);
             let outcome = match raw {
                 Some(raw) if !raw.trim().is_empty() => parse(field, rule, raw),
                 _ => match &rule.default {
-                    Some(default) => Ok(default.clone()),
+                    Some(default) => Ok(default.borrowed()),
                     None if field.required => Err(MISSING),
-                    None => {
-                        absent = true;
-                        continue;
-                    }
+                    None => continue,
                 },
             };
             match outcome {
                 // Once the record has failed its values are not needed.
-                Ok(value) if issues.is_empty() => *slot = value,
+                Ok(value) if issues.is_empty() => valid.set(i, value.value()),
                 Ok(_) => {}
-                Err(message) => issues.push((i, FieldIssue::new(Some(&field.name), raw, message))),
+                Err(message) => issues.push(FieldIssue::new(Some(&field.name), raw, message)),
             }
         }
-        if !issues.is_empty() {
-            issues.sort_unstable_by_key(|(i, _)| *i);
-            return Err(issues.into_iter().map(|(_, issue)| issue).collect());
+        if issues.is_empty() {
+            Ok(valid)
+        } else {
+            Err(issues)
         }
-        if absent {
-            values.retain(|_, value| !value.is_null());
-        }
-        Ok(ValidRecord {
-            line: record.line,
-            values,
-        })
     }
 }

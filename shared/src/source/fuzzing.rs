@@ -168,7 +168,7 @@ fn check(definition: &Definition, outcome: &Outcome) {
         match definition.validate(record) {
             Ok(valid) => {
                 assert_eq!(valid.line, record.line);
-                assert!(valid.values.len() <= definition.fields.len());
+                assert!(valid.len() <= definition.fields.len());
             }
             Err(issues) => assert!(!issues.is_empty(), "a failed record says why"),
         }

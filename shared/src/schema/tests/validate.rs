@@ -1,5 +1,6 @@
 use super::{load, with_fields, EXAMPLE};
 use crate::job::{FieldIssue, StagedRecord};
+use crate::schema::FieldValue;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -16,7 +17,7 @@ fn one(field: &str, value: &str) -> Result<Value, Vec<FieldIssue>> {
     let def = with_fields(field);
     let name = def.fields[0].name.clone();
     def.validate(&record(&[Some(value)]))
-        .map(|mut r| r.values.remove(&name).expect("value present"))
+        .map(|r| r.get(&name).expect("value present").to_json())
 }
 
 fn message(field: &str, value: &str) -> String {
@@ -46,9 +47,39 @@ fn a_good_record_becomes_typed_values_keyed_by_field_name() {
         .unwrap();
     assert_eq!(valid.line, 7);
     assert_eq!(
-        Value::Object(valid.values),
+        Value::Object(valid.to_json()),
         json!({"email": "a@example.com", "name": "Ann", "age": 42, "plan": "pro"})
     );
+}
+
+#[test]
+fn a_valid_record_serializes_with_its_values_keyed_by_sorted_name() {
+    let def = with_fields(
+        r#"{"name": "z", "type": "string"}, {"name": "n", "type": "number"},
+           {"name": "a", "type": "integer"}, {"name": "m", "type": "boolean", "default": "no"},
+           {"name": "t", "type": "datetime"}, {"name": "o", "type": "string"}"#,
+    );
+    let valid = def
+        .validate(&record(&[
+            Some("é \"q\""),
+            Some("3"),
+            Some("-1"),
+            None,
+            Some("2024-01-31 10:00:00.5"),
+        ]))
+        .unwrap();
+    assert_eq!(
+        serde_json::to_string(&valid).unwrap(),
+        r#"{"line":7,"values":{"a":-1,"m":false,"n":3.0,"t":"2024-01-31T10:00:00.500Z","z":"é \"q\""}}"#
+    );
+    assert_eq!(valid.len(), 5);
+    assert_eq!(
+        valid.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+        ["z", "n", "a", "m", "t"],
+        "in field order"
+    );
+    assert_eq!(valid.get("n"), Some(FieldValue::Number(3.0)));
+    assert_eq!(valid.get("o"), None);
 }
 
 #[test]
@@ -249,7 +280,7 @@ fn missing_required_value_is_an_issue() {
 fn missing_optional_value_is_left_out_not_null() {
     let def = with_fields(r#"{"name": "a", "type": "string"}, {"name": "b", "type": "integer"}"#);
     let valid = def.validate(&record(&[Some("x"), Some(" ")])).unwrap();
-    assert_eq!(Value::Object(valid.values), json!({"a": "x"}));
+    assert_eq!(Value::Object(valid.to_json()), json!({"a": "x"}));
 }
 
 #[test]
@@ -262,7 +293,7 @@ fn missing_value_takes_the_default_in_its_typed_form() {
     );
     let valid = def.validate(&record(&[None, Some(""), None])).unwrap();
     assert_eq!(
-        Value::Object(valid.values),
+        Value::Object(valid.to_json()),
         json!({"plan": "free", "n": 42, "ok": true, "x": 2.0})
     );
 }
@@ -329,7 +360,7 @@ fn extra_values_beyond_the_fields_are_ignored() {
     let valid = def
         .validate(&record(&[Some("1"), Some("surplus")]))
         .unwrap();
-    assert_eq!(Value::Object(valid.values), json!({"n": 1}));
+    assert_eq!(Value::Object(valid.to_json()), json!({"n": 1}));
 }
 
 const EVERY_TYPE: &str = r#"
