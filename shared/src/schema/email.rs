@@ -28,9 +28,7 @@ pub(super) fn is_valid_by_crate(text: &str) -> bool {
 /// part, then at least two domain labels of atext that start and end with a
 /// letter or digit. `None` for input outside that shape.
 fn is_valid_ascii(b: &[u8]) -> Option<bool> {
-    if b.iter()
-        .any(|&c| !c.is_ascii() || matches!(c, b'"' | b'<' | b'['))
-    {
+    if b.iter().any(|&c| CLASS[usize::from(c)] == OUTSIDE) {
         return None;
     }
     let Some(at) = b.iter().rposition(|&c| c == b'@') else {
@@ -67,28 +65,39 @@ fn is_dot_atom(b: &[u8]) -> bool {
 
 /// RFC 5322 atext, ASCII part.
 fn is_atext(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'/'
-                | b'='
-                | b'?'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'{'
-                | b'|'
-                | b'}'
-                | b'~'
-        )
+    CLASS[usize::from(c)] == ATEXT
+}
+
+const OTHER: u8 = 0;
+const ATEXT: u8 = 1;
+/// Bytes the ASCII check leaves to the crate.
+const OUTSIDE: u8 = 2;
+
+/// Each byte's class, looked up rather than matched: addresses are checked
+/// once a record, and this is most of what a record's validation costs.
+static CLASS: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut class = [OTHER; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        class[c] = if !b.is_ascii() || b == b'"' || b == b'<' || b == b'[' {
+            OUTSIDE
+        } else if b.is_ascii_alphanumeric() {
+            ATEXT
+        } else {
+            OTHER
+        };
+        c += 1;
+    }
+    let symbols = b"!#$%&'*+-/=?^_`{|}~";
+    let mut i = 0;
+    while i < symbols.len() {
+        class[symbols[i] as usize] = ATEXT;
+        i += 1;
+    }
+    class
 }
 
 #[cfg(test)]

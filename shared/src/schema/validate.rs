@@ -124,9 +124,30 @@ pub(super) fn typed_default(
     })
 }
 
+/// `s.trim()`, without its Unicode scan for the usual value that starts
+/// and ends with visible ASCII (whitespace is either ASCII up to a space or
+/// not ASCII at all).
+fn trim(s: &str) -> &str {
+    let visible = |b: Option<&u8>| b.is_some_and(|&b| b > b' ' && b.is_ascii());
+    if visible(s.as_bytes().first()) && visible(s.as_bytes().last()) {
+        s
+    } else {
+        s.trim()
+    }
+}
+
 /// Parses one present value. Errors are the issue messages.
 fn parse<'a, 'r>(field: &FieldDef, rule: &'r Rule, raw: &'a str) -> Result<Parsed<'a>, &'r str> {
-    let text = raw.trim();
+    parse_trimmed(field, rule, raw, trim(raw))
+}
+
+/// `parse` of a value and its trimmed text.
+fn parse_trimmed<'a, 'r>(
+    field: &FieldDef,
+    rule: &'r Rule,
+    raw: &'a str,
+    text: &'a str,
+) -> Result<Parsed<'a>, &'r str> {
     let value = match field.kind {
         FieldType::String => Parsed::Text(Cow::Borrowed(if field.trim { text } else { raw })),
         FieldType::Integer => match text.parse::<i64>() {
@@ -273,8 +294,8 @@ impl Definition {
             // Rows shorter than the definition are padded by the stager; be
             // lenient anyway rather than panic on a hand-made record.
             let raw = record.values.get(i);
-            let outcome = match raw {
-                Some(raw) if !raw.trim().is_empty() => parse(field, rule, raw),
+            let outcome = match raw.map(|raw| (raw, trim(raw))) {
+                Some((raw, text)) if !text.is_empty() => parse_trimmed(field, rule, raw, text),
                 _ => match &rule.default {
                     Some(default) => Ok(default.borrowed()),
                     None if field.required => Err(MISSING),
@@ -292,6 +313,18 @@ impl Definition {
             Ok(valid)
         } else {
             Err(issues)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn trim_is_str_trim(s in "[ \t\u{a0}\u{2003}\u{85}a-z\u{e9}]{0,6}") {
+            prop_assert_eq!(super::trim(&s), s.trim());
         }
     }
 }
