@@ -97,7 +97,8 @@ pub async fn export<W: AsyncWrite + Unpin>(
             };
             match format {
                 ExportFormat::Ndjson => {
-                    serde_json::to_writer(&mut buf, &valid.values()).expect("JSON values serialize");
+                    serde_json::to_writer(&mut buf, &valid.values())
+                        .expect("JSON values serialize");
                     buf.push(b'\n');
                 }
                 ExportFormat::Json => {
@@ -105,7 +106,8 @@ pub async fn export<W: AsyncWrite + Unpin>(
                         buf.push(b',');
                     }
                     buf.push(b'\n');
-                    serde_json::to_writer(&mut buf, &valid.values()).expect("JSON values serialize");
+                    serde_json::to_writer(&mut buf, &valid.values())
+                        .expect("JSON values serialize");
                 }
                 ExportFormat::Csv => {
                     let cells: Vec<String> = names

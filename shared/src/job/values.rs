@@ -251,7 +251,10 @@ mod tests {
         let backwards = 4..3;
         assert!(!values.point(0, backwards));
         assert!(values.point(0, 4..5));
-        assert_eq!(values.iter().collect::<Vec<_>>(), [Some("b"), None, Some("aé")]);
+        assert_eq!(
+            values.iter().collect::<Vec<_>>(),
+            [Some("b"), None, Some("aé")]
+        );
     }
 
     #[test]

@@ -353,7 +353,10 @@ mod tests {
         assert_eq!(r.get("nope"), None);
         assert_eq!(
             r.iter().collect::<Vec<_>>(),
-            [("z", FieldValue::String("zed")), ("m", FieldValue::Integer(-4))]
+            [
+                ("z", FieldValue::String("zed")),
+                ("m", FieldValue::Integer(-4))
+            ]
         );
         assert_eq!((r.len(), r.is_empty()), (2, false));
         assert!(ValidRecord::empty(1, &shape, 0).is_empty());
@@ -445,10 +448,16 @@ mod tests {
         .iter()
         .map(ToString::to_string)
         .collect();
-        let json: Vec<String> = [json!(-12), json!(2.0), json!(1e200), json!(0.1), json!(false)]
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let json: Vec<String> = [
+            json!(-12),
+            json!(2.0),
+            json!(1e200),
+            json!(0.1),
+            json!(false),
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
         assert_eq!(shown[0], "a b");
         assert_eq!(shown[1..], json[..]);
     }

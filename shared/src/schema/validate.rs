@@ -115,13 +115,15 @@ pub(super) fn typed_default(
         Value::Bool(b) => b.to_string(),
         _ => return Err("must be a string, number or boolean".to_owned()),
     };
-    parse(field, rule, &text).map(Parsed::into_owned).map_err(|message| {
-        let shown = serde_json::to_string(default).unwrap_or_default();
-        match message.strip_prefix("not ") {
-            Some(rest) => format!("{shown} is not {rest}"),
-            None => format!("{shown} {message}"),
-        }
-    })
+    parse(field, rule, &text)
+        .map(Parsed::into_owned)
+        .map_err(|message| {
+            let shown = serde_json::to_string(default).unwrap_or_default();
+            match message.strip_prefix("not ") {
+                Some(rest) => format!("{shown} is not {rest}"),
+                None => format!("{shown} {message}"),
+            }
+        })
 }
 
 /// `s.trim()`, without its Unicode scan for the usual value that starts
@@ -175,9 +177,7 @@ fn parse_trimmed<'a, 'r>(
         }
         FieldType::Datetime => {
             let at = parse_datetime(text).ok_or(BAD_DATETIME)?;
-            Parsed::Text(Cow::Owned(
-                at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-            ))
+            Parsed::Text(Cow::Owned(at.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
         }
         FieldType::Email => {
             // A bare address only: a display name ("Jane <jane@x.org>") would

@@ -205,7 +205,10 @@ fn json_lines<T: DeserializeOwned>(text: &[u8]) -> Result<Vec<T>, CodecError> {
 }
 
 fn json_line<T: DeserializeOwned>(input: &mut &[u8]) -> Result<T, CodecError> {
-    let end = input.iter().position(|b| *b == b'\n').unwrap_or(input.len());
+    let end = input
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(input.len());
     let line = take(input, end)?;
     *input = input.get(1..).unwrap_or_default();
     serde_json::from_slice(line).map_err(CodecError::Json)
@@ -373,7 +376,8 @@ mod tests {
             let mut chunk = compress(&content[..end]);
             let back = unpack::<StagedRecord>(&chunk);
             assert!(
-                back.as_ref().is_err_and(|e| matches!(e, CodecError::Malformed)),
+                back.as_ref()
+                    .is_err_and(|e| matches!(e, CodecError::Malformed)),
                 "{end}: {back:?}"
             );
             chunk.truncate(chunk.len() - 1);
@@ -385,7 +389,11 @@ mod tests {
     fn failures_travel_as_json_lines_and_are_not_read_as_records() {
         let failed = vec![FailedRecord::invalid(
             7,
-            vec![FieldIssue::new(Some("age"), Some("x"), "not a valid integer")],
+            vec![FieldIssue::new(
+                Some("age"),
+                Some("x"),
+                "not a valid integer",
+            )],
         )];
         let chunks = pack(&failed);
         assert_eq!(unpack::<FailedRecord>(&chunks[0]).unwrap(), failed);

@@ -1061,9 +1061,7 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
 /// Batches written together (more records items than one BatchWriteItem
 /// takes) are each stored whole, and one already written and claimed is
 /// left as it is.
-pub async fn batches_written_together_are_stored_whole_and_claimed_ones_kept(
-    store: &dyn JobStore,
-) {
+pub async fn batches_written_together_are_stored_whole_and_claimed_ones_kept(store: &dyn JobStore) {
     let job = job_with(store, "together", 1, true).await;
     let owner = lease("orchestrator");
     let first = claim(store, &job, "w0", T0 + 1).await;
@@ -1093,12 +1091,18 @@ pub async fn batches_written_together_are_stored_whole_and_claimed_ones_kept(
     seen.sort_unstable();
     assert_eq!(seen, (1..30).collect::<Vec<u64>>(), "batch 0 stays claimed");
     assert_eq!(
-        store.claim_batch(&job, "late", T0 + 3, LEASE).await.unwrap(),
+        store
+            .claim_batch(&job, "late", T0 + 3, LEASE)
+            .await
+            .unwrap(),
         Claim::Wait
     );
     assert_eq!(store.load_records(&job, 0).await.unwrap(), original);
     let committed = store.commit_batch(&first, &done(3), T0 + 4).await;
-    assert!(committed.is_ok(), "the first claim still holds: {committed:?}");
+    assert!(
+        committed.is_ok(),
+        "the first claim still holds: {committed:?}"
+    );
 }
 
 /// `$make` is an async block returning a fresh store.

@@ -221,23 +221,23 @@ impl PrepareStore for MemoryStore {
     ) -> Result<(), StoreError> {
         self.with_job(job, |s| {
             for batch in batches {
-            s.batches.entry(batch.index).or_insert_with(|| StoredBatch {
-                info: BatchInfo {
-                    index: batch.index,
-                    state: BatchState::Pending,
-                    version: 0,
-                    worker: None,
-                    lease_until_ms: 0,
-                    record_count: batch.records.len() as u64,
-                    processed: 0,
-                    failed: 0,
-                    last_error: None,
-                },
-                records: batch.records.to_vec(),
-                failures: Vec::new(),
-                base_version: 0,
-                rerun: None,
-            });
+                s.batches.entry(batch.index).or_insert_with(|| StoredBatch {
+                    info: BatchInfo {
+                        index: batch.index,
+                        state: BatchState::Pending,
+                        version: 0,
+                        worker: None,
+                        lease_until_ms: 0,
+                        record_count: batch.records.len() as u64,
+                        processed: 0,
+                        failed: 0,
+                        last_error: None,
+                    },
+                    records: batch.records.to_vec(),
+                    failures: Vec::new(),
+                    base_version: 0,
+                    rerun: None,
+                });
             }
             Ok(())
         })

@@ -168,7 +168,12 @@ async fn a_record_too_large_to_store_fails_alone() {
     // The record as stored: its line, then each value's length and text.
     let stored = bulk_import::store::codec::encoded_len(&bulk_import::job::StagedRecord {
         line: 3,
-        values: vec![Some(huge_name), Some("85".into()), Some("grace@example.org".into())].into(),
+        values: vec![
+            Some(huge_name),
+            Some("85".into()),
+            Some("grace@example.org".into()),
+        ]
+        .into(),
         issue: None,
     });
     assert_eq!(stored, 2 + 350_003 + 3 + 18 + 1);
