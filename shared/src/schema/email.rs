@@ -31,36 +31,57 @@ fn is_valid_ascii(b: &[u8]) -> Option<bool> {
     if b.iter().any(|&c| CLASS[usize::from(c)] == OUTSIDE) {
         return None;
     }
-    let Some(at) = b.iter().rposition(|&c| c == b'@') else {
+    let Some(at) = memchr::memrchr(b'@', b) else {
         return Some(false);
     };
     let (local, domain) = (&b[..at], &b[at + 1..]);
-    if local.is_empty() || local.len() > LOCAL_PART_MAX || !is_dot_atom(local) {
-        return Some(false);
-    }
-    if domain.is_empty() || domain.len() > DOMAIN_MAX {
-        return Some(false);
-    }
-    let mut labels = 0;
-    for label in domain.split(|&c| c == b'.') {
-        let (Some(first), Some(last)) = (label.first(), label.last()) else {
-            return Some(false);
-        };
-        if !first.is_ascii_alphanumeric()
-            || !last.is_ascii_alphanumeric()
-            || label.len() > LABEL_MAX
-            || !label.iter().all(|&c| is_atext(c))
-        {
-            return Some(false);
-        }
-        labels += 1;
-    }
-    Some(labels >= 2)
+    Some(
+        local.len() <= LOCAL_PART_MAX
+            && is_dot_atom(local)
+            && domain.len() <= DOMAIN_MAX
+            && has_labels(domain),
+    )
 }
 
+/// Atoms of atext joined by single dots, in one pass: not empty, no dot at
+/// either end, none doubled.
 fn is_dot_atom(b: &[u8]) -> bool {
-    b.split(|&c| c == b'.')
-        .all(|atom| !atom.is_empty() && atom.iter().all(|&c| is_atext(c)))
+    let mut after_dot = true;
+    for &c in b {
+        if c == b'.' {
+            if after_dot {
+                return false;
+            }
+            after_dot = true;
+        } else if is_atext(c) {
+            after_dot = false;
+        } else {
+            return false;
+        }
+    }
+    !after_dot
+}
+
+/// At least two dot-separated labels of atext, each starting and ending
+/// with a letter or digit and at most `LABEL_MAX` long, in one pass.
+fn has_labels(b: &[u8]) -> bool {
+    let (mut labels, mut len, mut last) = (0, 0, b'.');
+    for &c in b {
+        if c == b'.' {
+            if len == 0 || !last.is_ascii_alphanumeric() {
+                return false;
+            }
+            labels += 1;
+            len = 0;
+        } else {
+            if !is_atext(c) || (len == 0 && !c.is_ascii_alphanumeric()) || len == LABEL_MAX {
+                return false;
+            }
+            len += 1;
+        }
+        last = c;
+    }
+    len > 0 && last.is_ascii_alphanumeric() && labels + 1 >= 2
 }
 
 /// RFC 5322 atext, ASCII part.
