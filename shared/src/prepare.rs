@@ -329,8 +329,8 @@ impl Preparer<'_> {
                 }
             }
             *records_read += 1;
-            let record = storable(record);
-            batch_bytes += codec::encoded_len(&record);
+            let (record, size) = storable(record);
+            batch_bytes += size;
             batch.push(record);
             total += 1;
             if batch.len() >= self.definition.batch_size || batch_bytes >= MAX_BATCH_BYTES {
@@ -607,18 +607,13 @@ fn source_stop(e: SourceError) -> Stop {
 
 /// A record too large for one DynamoDB item is kept as a failed record
 /// (its line and the reason) instead of breaking the batch write.
-fn storable(record: StagedRecord) -> StagedRecord {
-    // JSON at most sextuples a byte of text (`\u0000`): a record without an
-    // issue that is small enough even so needs no trial serialization.
-    let most = 64 + 6 * record.values.text_len() + 5 * record.values.len();
-    if record.issue.is_none() && most <= codec::MAX_CHUNK_BYTES {
-        return record;
-    }
+/// Returns the record as it will be stored, with its stored size.
+fn storable(record: StagedRecord) -> (StagedRecord, usize) {
     let size = codec::encoded_len(&record);
     if size <= codec::MAX_CHUNK_BYTES {
-        return record;
+        return (record, size);
     }
-    StagedRecord {
+    let kept = StagedRecord {
         line: record.line,
         values: crate::job::Values::absent(record.values.len()),
         issue: Some(FieldIssue::new(
@@ -629,7 +624,9 @@ fn storable(record: StagedRecord) -> StagedRecord {
                 codec::MAX_CHUNK_BYTES
             ),
         )),
-    }
+    };
+    let size = codec::encoded_len(&kept);
+    (kept, size)
 }
 
 #[cfg(test)]
