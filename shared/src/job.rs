@@ -339,7 +339,8 @@ pub struct JobSummary {
 /// One input row as prepare stores it: raw text values in the definition's
 /// field order (`None` when the column is absent or the NDJSON key missing),
 /// plus a row-level problem found while parsing (ragged row, bad UTF-8...).
-/// Type validation happens in the worker.
+/// Type validation happens in the worker. Few records have an issue, so it
+/// is boxed: records move through the reader and into batches by value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedRecord {
     /// 1-based line number in the (decompressed) file where the row starts.
@@ -348,7 +349,7 @@ pub struct StagedRecord {
     #[serde(rename = "v")]
     pub values: Values,
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
-    pub issue: Option<FieldIssue>,
+    pub issue: Option<Box<FieldIssue>>,
 }
 
 /// What is wrong with one value (or with the whole row when `field` is None).

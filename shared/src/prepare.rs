@@ -616,14 +616,14 @@ fn storable(record: StagedRecord) -> (StagedRecord, usize) {
     let kept = StagedRecord {
         line: record.line,
         values: crate::job::Values::absent(record.values.len()),
-        issue: Some(FieldIssue::new(
+        issue: Some(Box::new(FieldIssue::new(
             None,
             None,
             format!(
                 "record is {size} bytes when stored; the limit is {} bytes",
                 codec::MAX_CHUNK_BYTES
             ),
-        )),
+        ))),
     };
     let size = codec::encoded_len(&kept);
     (kept, size)

@@ -28,19 +28,29 @@ pub(super) fn is_valid_by_crate(text: &str) -> bool {
 /// part, then at least two domain labels of atext that start and end with a
 /// letter or digit. `None` for input outside that shape.
 fn is_valid_ascii(b: &[u8]) -> Option<bool> {
+    // The shape first: an address that has it is all atext, dots and one
+    // `@`, so none of its bytes is outside, and the usual valid address
+    // takes one pass.
+    if has_shape(b) {
+        return Some(true);
+    }
     if b.iter().any(|&c| CLASS[usize::from(c)] == OUTSIDE) {
         return None;
     }
+    Some(false)
+}
+
+/// A dot-atom local part of at most `LOCAL_PART_MAX` bytes, `@`, and a
+/// domain of labels (`has_labels`) of at most `DOMAIN_MAX`.
+fn has_shape(b: &[u8]) -> bool {
     let Some(at) = memchr::memrchr(b'@', b) else {
-        return Some(false);
+        return false;
     };
     let (local, domain) = (&b[..at], &b[at + 1..]);
-    Some(
-        local.len() <= LOCAL_PART_MAX
-            && is_dot_atom(local)
-            && domain.len() <= DOMAIN_MAX
-            && has_labels(domain),
-    )
+    local.len() <= LOCAL_PART_MAX
+        && is_dot_atom(local)
+        && domain.len() <= DOMAIN_MAX
+        && has_labels(domain)
 }
 
 /// Atoms of atext joined by single dots, in one pass: not empty, no dot at

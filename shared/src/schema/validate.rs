@@ -281,7 +281,7 @@ impl Definition {
     /// optional one is left out of the output.
     pub fn validate(&self, record: &StagedRecord) -> Result<ValidRecord, Vec<FieldIssue>> {
         if let Some(issue) = &record.issue {
-            return Err(vec![issue.clone()]);
+            return Err(vec![FieldIssue::clone(issue)]);
         }
         let compiled = &self.compiled;
         let mut valid = ValidRecord::empty(

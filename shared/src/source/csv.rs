@@ -194,7 +194,7 @@ impl CsvSource {
             {
                 message.push_str(" (a quoted value runs across lines: is a quote left open?)");
             }
-            issue = Some(FieldIssue::new(None, None, message));
+            issue = Some(Box::new(FieldIssue::new(None, None, message)));
         }
         Some(StagedRecord {
             line,
@@ -224,7 +224,7 @@ impl CsvSource {
 
     /// Value by value, each invalid UTF-8 sequence replaced, the first such
     /// value noted in `issue`.
-    fn copy_out(&self, record: &ByteRecord, issue: &mut Option<FieldIssue>) -> Values {
+    fn copy_out(&self, record: &ByteRecord, issue: &mut Option<Box<FieldIssue>>) -> Values {
         let mut values = Values::with_capacity(self.map.field_count, record.as_slice().len());
         for (raw, column) in record.iter().zip(&self.map.columns) {
             let Some(field) = *column else { continue };
@@ -237,7 +237,11 @@ impl CsvSource {
                     let text = String::from_utf8_lossy(raw);
                     if issue.is_none() {
                         let name = self.field_names.get(field).map(String::as_str);
-                        *issue = Some(FieldIssue::new(name, Some(&text), "invalid UTF-8"));
+                        *issue = Some(Box::new(FieldIssue::new(
+                            name,
+                            Some(&text),
+                            "invalid UTF-8",
+                        )));
                     }
                     values.set(field, &text);
                 }

@@ -71,11 +71,11 @@ impl NdjsonSource {
                 Err(e) => StagedRecord {
                     line,
                     values: Values::absent(self.def.fields.len()),
-                    issue: Some(FieldIssue::new(
+                    issue: Some(Box::new(FieldIssue::new(
                         None,
                         None,
                         format!("not a JSON object: {e}"),
-                    )),
+                    ))),
                 },
             };
             self.last = Some(Position { offset, line });

@@ -103,11 +103,11 @@ impl Entry for StagedRecord {
                 let field = text(input)?.map(str::to_owned);
                 let value = text(input)?.map(str::to_owned);
                 let message = text(input)?.ok_or(CodecError::Malformed)?.to_owned();
-                Some(FieldIssue {
+                Some(Box::new(FieldIssue {
                     field,
                     value,
                     message,
-                })
+                }))
             }
             _ => return Err(CodecError::Malformed),
         };
@@ -317,7 +317,11 @@ mod tests {
         let mut records: Vec<_> = (1..=2000)
             .map(|i| record(i, &format!("value {i} é")))
             .collect();
-        records[7].issue = Some(FieldIssue::new(None, None, "expected 2 fields, found 3"));
+        records[7].issue = Some(Box::new(FieldIssue::new(
+            None,
+            None,
+            "expected 2 fields, found 3",
+        )));
         let chunks = pack(&records);
         let back: Vec<StagedRecord> = chunks
             .iter()
@@ -352,7 +356,11 @@ mod tests {
         ];
         let mut bad = record(3, "x");
         bad.values.set(1, "y");
-        bad.issue = Some(FieldIssue::new(None, None, "expected 2 fields, found 3"));
+        bad.issue = Some(Box::new(FieldIssue::new(
+            None,
+            None,
+            "expected 2 fields, found 3",
+        )));
         let expected = vec![record(2, "ada@example.com"), bad];
         assert_eq!(unpack::<StagedRecord>(&CHUNK).unwrap(), expected);
     }
@@ -365,7 +373,7 @@ mod tests {
     #[test]
     fn every_truncation_of_a_chunk_is_an_error_not_a_panic() {
         let mut records: Vec<_> = (1..=3).map(|i| record(i, "value")).collect();
-        records[1].issue = Some(FieldIssue::new(Some("a"), Some("b"), "bad"));
+        records[1].issue = Some(Box::new(FieldIssue::new(Some("a"), Some("b"), "bad")));
         let mut content = vec![STAGED_RECORDS];
         let mut ends = vec![];
         for r in &records {
@@ -414,10 +422,12 @@ mod tests {
             .prop_map(|(line, values, issue)| StagedRecord {
                 line,
                 values: values.into(),
-                issue: issue.map(|(field, value, message)| FieldIssue {
-                    field,
-                    value,
-                    message,
+                issue: issue.map(|(field, value, message)| {
+                    Box::new(FieldIssue {
+                        field,
+                        value,
+                        message,
+                    })
                 }),
             })
     }

@@ -349,7 +349,7 @@ fn a_row_level_issue_fails_the_record_alone() {
     let staged = StagedRecord {
         line: 3,
         values: vec![None; 4].into(),
-        issue: Some(issue.clone()),
+        issue: Some(Box::new(issue.clone())),
     };
     assert_eq!(def.validate(&staged), Err(vec![issue]));
 }

@@ -106,7 +106,7 @@ fn with_issue(
     value: Option<&str>,
     msg: &str,
 ) -> StagedRecord {
-    record.issue = Some(FieldIssue::new(field, value, msg));
+    record.issue = Some(Box::new(FieldIssue::new(field, value, msg)));
     record
 }
 
