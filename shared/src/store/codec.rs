@@ -2,18 +2,19 @@
 //! at least one write unit, so records travel compressed, many to an item of
 //! up to `MAX_CHUNK_BYTES` (uncompressed), well under the 400 KB item limit.
 //!
-//! A chunk is a zstd frame whose content starts with a format byte: staged
-//! records in a compact binary layout ([`STAGED_RECORDS`]), or JSON lines
-//! ([`JSON_LINES`]). Chunks written before either format existed are raw
-//! deflate of JSON lines, and still read.
+//! A chunk's content starts with a format byte: staged records in a compact
+//! binary layout ([`STAGED_RECORDS`]), or JSON lines ([`JSON_LINES`]). A
+//! chunk is [`LZ4_BLOCK`], the content's length (LEB128) and the content as
+//! an LZ4 block. Chunks written by earlier versions still read: the same
+//! content in a zstd frame, and before that raw deflate of JSON lines.
 
 use crate::job::{FieldIssue, StagedRecord, Values};
 use flate2::read::DeflateDecoder;
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::Read;
 
-/// Uncompressed bytes per packed item. zstd never grows input by more than
-/// a few bytes per 128 KB, so a chunk always fits in a 400 KB item.
+/// Uncompressed bytes per packed item. LZ4 never grows input by more than
+/// one byte in 255 (and a few), so a chunk always fits in a 400 KB item.
 pub const MAX_CHUNK_BYTES: usize = 300 * 1024;
 
 /// Format byte: one JSON document a line.
@@ -28,6 +29,8 @@ pub const STAGED_RECORDS: u8 = 0x02;
 pub enum CodecError {
     #[error("packed item does not inflate")]
     Inflate(#[source] std::io::Error),
+    #[error("packed item does not decompress")]
+    Decompress(#[source] lz4_flex::block::DecompressError),
     #[error("packed item holds an invalid entry")]
     Json(#[source] serde_json::Error),
     #[error("packed item holds a truncated or invalid entry")]
@@ -158,10 +161,14 @@ pub fn pack<T: Entry>(values: &[T]) -> Vec<Vec<u8>> {
     chunks
 }
 
+/// The first byte of a chunk of LZ4. A deflate stream cannot begin with it
+/// (its first block would be of type 3, which deflate reserves), nor can a
+/// zstd frame, so a chunk says by itself which of the three it is.
+pub const LZ4_BLOCK: u8 = 0x06;
+
 /// The first bytes of every zstd frame. Raw deflate from any encoder of
 /// ours cannot begin with them (a deflate stream whose first block is
-/// stored pads its header byte with zeros, and 0x28 is not such a byte),
-/// so a chunk says by itself which of the two it is.
+/// stored pads its header byte with zeros, and 0x28 is not such a byte).
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Upper bound on a chunk's inflated size: `MAX_CHUNK_BYTES`, or one entry
@@ -169,18 +176,37 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const MAX_INFLATED_BYTES: u64 = 64 * 1024 * 1024;
 
 pub fn unpack<T: Entry>(chunk: &[u8]) -> Result<Vec<T>, CodecError> {
-    let mut content = Vec::with_capacity(chunk.len() * 4);
-    if !chunk.starts_with(&ZSTD_MAGIC) {
-        DeflateDecoder::new(chunk)
-            .read_to_end(&mut content)
-            .map_err(CodecError::Inflate)?;
-        return json_lines(&content);
-    }
-    zstd::stream::read::Decoder::with_buffer(chunk)
-        .map_err(CodecError::Inflate)?
-        .take(MAX_INFLATED_BYTES)
-        .read_to_end(&mut content)
-        .map_err(CodecError::Inflate)?;
+    let content = match chunk {
+        [LZ4_BLOCK, rest @ ..] => {
+            let mut rest = rest;
+            let len = varint(&mut rest)?;
+            if len > MAX_INFLATED_BYTES {
+                return Err(CodecError::Malformed);
+            }
+            let len = usize::try_from(len).map_err(|_| CodecError::Malformed)?;
+            let content = lz4_flex::block::decompress(rest, len).map_err(CodecError::Decompress)?;
+            if content.len() != len {
+                return Err(CodecError::Malformed);
+            }
+            content
+        }
+        _ if chunk.starts_with(&ZSTD_MAGIC) => {
+            let mut content = Vec::with_capacity(chunk.len() * 4);
+            zstd::stream::read::Decoder::with_buffer(chunk)
+                .map_err(CodecError::Inflate)?
+                .take(MAX_INFLATED_BYTES)
+                .read_to_end(&mut content)
+                .map_err(CodecError::Inflate)?;
+            content
+        }
+        _ => {
+            let mut content = Vec::with_capacity(chunk.len() * 4);
+            DeflateDecoder::new(chunk)
+                .read_to_end(&mut content)
+                .map_err(CodecError::Inflate)?;
+            return json_lines(&content);
+        }
+    };
     let Some((&format, mut input)) = content.split_first() else {
         return Err(CodecError::Malformed);
     };
@@ -271,31 +297,23 @@ fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], CodecError> {
     Ok(head)
 }
 
-/// zstd's first fast level. On the demo's records it packs as small as
-/// deflate did at level 2 (about 27 bytes a record) in a fraction of the
-/// time; level 1 packs 15% smaller but runs 20% slower, and a batch's
-/// records cost a dozen write units against the 500 its rows cost in the
-/// target table (BENCHMARKS.md).
-const ZSTD_LEVEL: i32 = -1;
-
+/// LZ4 rather than zstd: on the demo's records zstd at its fastest levels
+/// packs to 27 bytes a record against LZ4's 34, but takes over half as long
+/// again, and packing is most of what prepare spends on a record besides
+/// parsing it. The difference is a few write units a batch against the 500
+/// its rows cost in the target table (BENCHMARKS.md).
 fn compress(bytes: &[u8]) -> Vec<u8> {
-    thread_local! {
-        // A context costs more to set up than a small chunk to compress.
-        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    COMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let compressor = match cell.as_mut() {
-            Some(c) => c,
-            None => cell.insert(
-                zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd accepts its own levels"),
-            ),
-        };
-        compressor
-            .compress(bytes)
-            .expect("compressing into a buffer of the bound")
-    })
+    let bound = lz4_flex::block::get_maximum_output_size(bytes.len());
+    let mut chunk = Vec::with_capacity(1 + 10 + bound);
+    chunk.push(LZ4_BLOCK);
+    put_varint(&mut chunk, bytes.len() as u64);
+    let header = chunk.len();
+    chunk.resize(header + bound, 0);
+    let written = lz4_flex::block::compress_into(bytes, &mut chunk[header..])
+        .expect("compressing into a buffer of the bound");
+    chunk.truncate(header + written);
+    chunk.shrink_to_fit();
+    chunk
 }
 
 #[cfg(test)]
@@ -366,8 +384,28 @@ mod tests {
     }
 
     #[test]
+    fn chunks_of_zstd_unpack() {
+        let records = vec![record(2, "ada@example.com"), record(3, "x")];
+        let mut content = vec![STAGED_RECORDS];
+        records.iter().for_each(|r| r.encode(&mut content));
+        let chunk = zstd::bulk::compress(&content, -1).unwrap();
+        assert!(chunk.starts_with(&ZSTD_MAGIC));
+        assert_eq!(unpack::<StagedRecord>(&chunk).unwrap(), records);
+    }
+
+    #[test]
     fn corrupt_chunk_is_an_error_not_a_panic() {
         assert!(unpack::<StagedRecord>(b"not deflate").is_err());
+        let mut chunk = compress(&[STAGED_RECORDS, 2, 1, 0, 0]);
+        // A length past what the block holds, and one past the bound.
+        chunk[1] += 1;
+        assert!(unpack::<StagedRecord>(&chunk).is_err());
+        let mut huge = vec![LZ4_BLOCK];
+        put_varint(&mut huge, MAX_INFLATED_BYTES + 1);
+        assert!(matches!(
+            unpack::<StagedRecord>(&huge),
+            Err(CodecError::Malformed)
+        ));
     }
 
     #[test]
@@ -433,6 +471,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn any_bytes_after_the_lz4_tag_unpack_or_fail_without_a_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..64)
+        ) {
+            let mut chunk = vec![LZ4_BLOCK];
+            chunk.extend(bytes);
+            let _ = unpack::<StagedRecord>(&chunk);
+            let _ = unpack::<FailedRecord>(&chunk);
+        }
+
         #[test]
         fn staged_records_round_trip_and_know_their_size(
             records in prop::collection::vec(staged(), 0..20)
