@@ -92,6 +92,15 @@ impl Values {
             .map(|span| (span.start != ABSENT).then(|| &self.text[span.clone()]))
     }
 
+    /// The values' bytes, without the checks that slicing the text as a
+    /// `str` makes: for writing them out.
+    pub(crate) fn iter_bytes(&self) -> impl ExactSizeIterator<Item = Option<&[u8]>> + '_ {
+        let text = self.text.as_bytes();
+        self.spans
+            .iter()
+            .map(move |span| (span.start != ABSENT).then(|| &text[span.clone()]))
+    }
+
     /// The values as owned strings.
     pub fn to_vec(&self) -> Vec<Option<String>> {
         self.iter().map(|v| v.map(str::to_owned)).collect()

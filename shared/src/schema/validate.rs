@@ -5,6 +5,8 @@ use super::{email, Definition, FieldDef, FieldType, FieldValue, ValidRecord};
 use crate::job::{FieldIssue, StagedRecord};
 use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use regex::Regex;
+use regex_automata::dfa::{dense, Automaton};
+use regex_automata::Input;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -25,7 +27,7 @@ const ENUM_SCAN_MAX: usize = 8;
 /// Per-field state prepared at load time.
 #[derive(Debug, Clone)]
 pub(super) struct Rule {
-    pattern: Option<Regex>,
+    pattern: Option<Pattern>,
     pattern_message: String,
     enum_set: Option<HashSet<String>>,
     enum_message: String,
@@ -41,7 +43,7 @@ impl Rule {
                 .as_ref()
                 .map(|p| format!("does not match pattern {p}"))
                 .unwrap_or_default(),
-            pattern,
+            pattern: pattern.map(Pattern::new),
             enum_set: (field.values.len() > ENUM_SCAN_MAX)
                 .then(|| field.values.iter().cloned().collect()),
             enum_message: if field.kind == FieldType::Enum {
@@ -51,6 +53,42 @@ impl Rule {
             },
             default: None,
         }
+    }
+}
+
+/// Largest DFA a field's pattern is compiled to; beyond it the pattern is
+/// matched by its `Regex` alone.
+const PATTERN_DFA_BYTES: usize = 256 * 1024;
+
+/// A field's pattern. Most patterns (short codes, formats) compile to a small
+/// DFA, which matches a value without the general engine's per-search set-up
+/// (a large share of the time for a value of a few bytes); the `Regex`
+/// decides whatever the DFA cannot.
+#[derive(Debug, Clone)]
+struct Pattern {
+    regex: Regex,
+    dfa: Option<dense::DFA<Vec<u32>>>,
+}
+
+impl Pattern {
+    fn new(regex: Regex) -> Pattern {
+        let config = dense::Config::new()
+            .dfa_size_limit(Some(PATTERN_DFA_BYTES))
+            .determinize_size_limit(Some(PATTERN_DFA_BYTES));
+        let dfa = dense::Builder::new()
+            .configure(config)
+            .build(regex.as_str())
+            .ok();
+        Pattern { regex, dfa }
+    }
+
+    fn is_match(&self, text: &str) -> bool {
+        if let Some(dfa) = &self.dfa {
+            if let Ok(found) = dfa.try_search_fwd(&Input::new(text).earliest(true)) {
+                return found.is_some();
+            }
+        }
+        self.regex.is_match(text)
     }
 }
 
@@ -319,9 +357,39 @@ impl Definition {
 
 #[cfg(test)]
 mod tests {
+    use super::Pattern;
     use proptest::prelude::*;
+    use regex::Regex;
+
+    const PATTERNS: [&str; 8] = [
+        "^[A-Z]{2}$",
+        "[0-9]+",
+        r"^\w+@\w+$",
+        r"\bcat\b",
+        "(?i)^caf\u{e9}",
+        "^$",
+        "a|b|",
+        r"^\p{Greek}{1,3}-\d{2}$",
+    ];
+
+    #[test]
+    fn simple_patterns_get_a_dfa_and_unicode_word_boundaries_do_not() {
+        assert!(Pattern::new(Regex::new("^[A-Z]{2}$").unwrap())
+            .dfa
+            .is_some());
+        assert!(Pattern::new(Regex::new(r"\bcat\b").unwrap()).dfa.is_none());
+    }
 
     proptest! {
+        #[test]
+        fn patterns_match_as_their_regex(
+            i in 0..PATTERNS.len(),
+            text in "[ A-Za-z0-9@\u{e9}\u{c9}\u{3b1}-\u{3b3}-]{0,8}",
+        ) {
+            let regex = Regex::new(PATTERNS[i]).unwrap();
+            prop_assert_eq!(Pattern::new(regex.clone()).is_match(&text), regex.is_match(&text));
+        }
+
         #[test]
         fn trim_is_str_trim(s in "[ \t\u{a0}\u{2003}\u{85}a-z\u{e9}]{0,6}") {
             prop_assert_eq!(super::trim(&s), s.trim());

@@ -73,8 +73,14 @@ impl Entry for StagedRecord {
         out.reserve(self.values.text_len() + self.values.len() + 24);
         put_varint(out, self.line);
         put_varint(out, self.values.len() as u64);
-        for value in self.values.iter() {
-            put_text(out, value);
+        for value in self.values.iter_bytes() {
+            match value {
+                None => out.push(0),
+                Some(bytes) => {
+                    put_varint(out, bytes.len() as u64 + 1);
+                    out.extend_from_slice(bytes);
+                }
+            }
         }
         match &self.issue {
             None => out.push(0),
