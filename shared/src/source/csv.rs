@@ -207,7 +207,7 @@ impl CsvSource {
     /// whole, and each value is a part of it. `None` when some value is
     /// not valid UTF-8 by itself.
     fn point_into(&self, record: &ByteRecord) -> Option<Values> {
-        let text = std::str::from_utf8(record.as_slice()).ok()?;
+        let text = simdutf8::basic::from_utf8(record.as_slice()).ok()?;
         let mut values = Values::over(text.to_owned(), self.map.field_count);
         for (i, column) in self.map.columns.iter().enumerate().take(record.len()) {
             let Some(field) = *column else { continue };
