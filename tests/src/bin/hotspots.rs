@@ -15,7 +15,7 @@ use bulk_import::aws::Clients;
 use bulk_import::handlers::orchestrator::source_of;
 use integration_tests::ledger::Ledger;
 use integration_tests::{Stack, StackOptions};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -83,11 +83,11 @@ async fn main() -> anyhow::Result<()> {
     let event = stack.upload("uploads/hotspots.csv", csv).await;
     let job_id = source_of(&event.records[0], 0)?.job_id();
     let started = Instant::now();
-    let (prepared, _) = tokio::join!(stack.orchestrate(event), async {
-        // Workers start while the file is read, as the fan-out wakes them.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        stack.run_workers(workers, &job_id).await
-    });
+    // Workers poll while the file is read, as the fan-out wakes them.
+    let (prepared, _) = tokio::join!(
+        stack.orchestrate(event),
+        stack.run_workers(workers, &job_id)
+    );
     let elapsed = started.elapsed();
     assert_eq!(prepared[0].job_id, job_id.as_str());
     let job = stack.job(&job_id).await;
