@@ -361,8 +361,9 @@ impl Preparer<'_> {
     }
 
     /// The writing half: up to `writes_in_flight` writes at once, of up to
-    /// `batches_per_write` batches each, completed in order; publishes as they complete. Each batch is not
-    /// claimable until published, with the checkpoint of the batch after it.
+    /// `batches_per_write` batches each, completed in order; publishes as
+    /// they complete. Each batch is not claimable until published, with the
+    /// checkpoint of the batch after it.
     async fn write_cuts(
         &self,
         job: &Job,

@@ -74,21 +74,15 @@ impl Entry for StagedRecord {
         put_varint(out, self.line);
         put_varint(out, self.values.len() as u64);
         for value in self.values.iter_bytes() {
-            match value {
-                None => out.push(0),
-                Some(bytes) => {
-                    put_varint(out, bytes.len() as u64 + 1);
-                    out.extend_from_slice(bytes);
-                }
-            }
+            put_text(out, value);
         }
         match &self.issue {
             None => out.push(0),
             Some(issue) => {
                 out.push(1);
-                put_text(out, issue.field.as_deref());
-                put_text(out, issue.value.as_deref());
-                put_text(out, Some(&issue.message));
+                put_text(out, issue.field.as_deref().map(str::as_bytes));
+                put_text(out, issue.value.as_deref().map(str::as_bytes));
+                put_text(out, Some(issue.message.as_bytes()));
             }
         }
     }
@@ -128,13 +122,19 @@ impl Entry for StagedRecord {
     }
 
     fn encoded_len(&self) -> usize {
-        let text = |t: Option<&str>| t.map_or(1, |t| varint_len(t.len() as u64 + 1) + t.len());
+        let text = |len: Option<usize>| len.map_or(1, |n| varint_len(n as u64 + 1) + n);
         let issue = self.issue.as_ref().map_or(1, |i| {
-            1 + text(i.field.as_deref()) + text(i.value.as_deref()) + text(Some(&i.message))
+            1 + text(i.field.as_ref().map(String::len))
+                + text(i.value.as_ref().map(String::len))
+                + text(Some(i.message.len()))
         });
         varint_len(self.line)
             + varint_len(self.values.len() as u64)
-            + self.values.iter().map(text).sum::<usize>()
+            + self
+                .values
+                .iter_bytes()
+                .map(|v| text(v.map(<[u8]>::len)))
+                .sum::<usize>()
             + issue
     }
 }
@@ -273,12 +273,14 @@ fn varint(input: &mut &[u8]) -> Result<u64, CodecError> {
     Err(CodecError::Malformed)
 }
 
-fn put_text(out: &mut Vec<u8>, text: Option<&str>) {
+/// An optional text (given as its bytes): 0 when absent, else its length
+/// plus one and the bytes.
+fn put_text(out: &mut Vec<u8>, text: Option<&[u8]>) {
     match text {
         None => out.push(0),
         Some(text) => {
             put_varint(out, text.len() as u64 + 1);
-            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(text);
         }
     }
 }
