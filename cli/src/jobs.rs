@@ -305,7 +305,7 @@ pub async fn export(
             bulk_import::export::export(&store, &definition, &job, format, &mut w).await?
         }
     };
-    eprintln!("exported {written} records");
+    eprintln!("{written}");
     Ok(())
 }
 

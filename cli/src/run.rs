@@ -219,8 +219,8 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.export {
         let mut out = tokio::io::BufWriter::new(tokio::fs::File::create(path).await?);
-        let n = export_ndjson(&watcher, &definition, &job, &mut out).await?;
-        eprintln!("exported {n} records to {}", path.display());
+        let exported = export_ndjson(&watcher, &definition, &job, &mut out).await?;
+        eprintln!("{exported} to {}", path.display());
     }
     let mut summary = serde_json::to_value(job.summary(now_ms()))?;
     let prepared_ms = prepared_ms.load(Ordering::SeqCst);

@@ -227,13 +227,13 @@ pub async fn deliver_owed(
     let mut sent = 0;
     for kind in &job.owed_events {
         events.send(&JobEvent::of(job, *kind)).await?;
-        store.ack_event(&job.id, *kind).await?;
+        store.ack_event(&job.id, *kind, job.retries).await?;
         sent += 1;
     }
     if let (true, Some(ending)) = (job.owed_events.is_empty(), EventKind::ending(job.status)) {
         // Listed as owing but owing nothing: an acknowledgement stopped
         // half-way. Acknowledging again takes the job off the list.
-        store.ack_event(&job.id, ending).await?;
+        store.ack_event(&job.id, ending, job.retries).await?;
     }
     Ok(sent)
 }

@@ -1,10 +1,12 @@
 //! Writing a job's imported records back out, in input order, as NDJSON,
 //! CSV or a JSON array (`bulkimport export`, `run --export`): batch by
-//! batch, so memory stays bounded whatever the job's size.
+//! batch, so memory stays bounded whatever the job's size. Only batches
+//! that were processed count: what an abort left unprocessed, or never
+//! read, is left out and said so in the returned `Exported`.
 
 use crate::job::Job;
 use crate::schema::Definition;
-use crate::store::{JobStore, StoreError};
+use crate::store::{BatchState, JobStore, StoreError};
 use std::collections::HashSet;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -51,26 +53,61 @@ impl std::str::FromStr for ExportFormat {
     }
 }
 
+/// What an export wrote, and what it left out because it was never
+/// imported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exported {
+    /// Records written: every record imported (valid and processed).
+    pub written: u64,
+    /// Batches written to the store but never processed (an abort stopped
+    /// the job first), and their records.
+    pub unprocessed_batches: u64,
+    pub unprocessed_records: u64,
+    /// The file was read to its end (false after an abort during prepare:
+    /// rows past the last batch written were never read).
+    pub file_read: bool,
+}
+
+impl std::fmt::Display for Exported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exported {} records", self.written)?;
+        if self.unprocessed_batches > 0 {
+            write!(
+                f,
+                "; {} batches ({} records) were never processed and are not in the export",
+                self.unprocessed_batches, self.unprocessed_records
+            )?;
+        }
+        if !self.file_read {
+            write!(
+                f,
+                "; the file was not read to its end, so rows after those are not in it either"
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes every record that was imported (valid and processed), one JSON
-/// object per line, in input order. Returns how many were written.
+/// object per line, in input order.
 pub async fn export_ndjson<W: AsyncWrite + Unpin>(
     store: &dyn JobStore,
     definition: &Definition,
     job: &Job,
     out: &mut W,
-) -> Result<u64, ExportError> {
+) -> Result<Exported, ExportError> {
     export(store, definition, job, ExportFormat::Ndjson, out).await
 }
 
 /// Writes every record that was imported (valid and processed), in input
-/// order, in `format`. Returns how many were written.
+/// order, in `format`. Batches nobody processed are skipped and counted.
 pub async fn export<W: AsyncWrite + Unpin>(
     store: &dyn JobStore,
     definition: &Definition,
     job: &Job,
     format: ExportFormat,
     out: &mut W,
-) -> Result<u64, ExportError> {
+) -> Result<Exported, ExportError> {
     let names: Vec<&str> = definition.fields.iter().map(|f| f.name.as_str()).collect();
     let mut written = 0;
     let mut buf = Vec::new();
@@ -79,13 +116,30 @@ pub async fn export<W: AsyncWrite + Unpin>(
         ExportFormat::Json => buf.push(b'['),
         ExportFormat::Ndjson => {}
     }
-    for index in 0..job.total_batches {
-        let failed: HashSet<u64> = store
-            .failed_records(&job.id, index)
-            .await?
-            .into_iter()
-            .map(|f| f.line)
-            .collect();
+    let mut exported = Exported {
+        file_read: job.prepared,
+        ..Exported::default()
+    };
+    // `total_batches` is 0 until prepare finishes: a job aborted while its
+    // file was read has the batches published so far.
+    for index in 0..job.total_batches.max(job.batches_ready) {
+        let info = match store.batch_info(&job.id, index).await? {
+            Some(b) if matches!(b.state, BatchState::Done | BatchState::Failed) => b,
+            other => {
+                exported.unprocessed_batches += 1;
+                exported.unprocessed_records += other.map_or(0, |b| b.record_count);
+                continue;
+            }
+        };
+        let failed: HashSet<u64> = match info.failed {
+            0 => HashSet::new(),
+            _ => store
+                .failed_records(&job.id, index)
+                .await?
+                .into_iter()
+                .map(|f| f.line)
+                .collect(),
+        };
         for record in store.load_records(&job.id, index).await? {
             if failed.contains(&record.line) {
                 continue;
@@ -129,7 +183,8 @@ pub async fn export<W: AsyncWrite + Unpin>(
     }
     out.write_all(&buf).await?;
     out.flush().await?;
-    Ok(written)
+    exported.written = written;
+    Ok(exported)
 }
 
 /// One RFC 4180 row: cells quoted when they hold a delimiter, a quote or a
@@ -153,6 +208,113 @@ fn write_csv_row<'a>(buf: &mut Vec<u8>, cells: impl Iterator<Item = &'a str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::{JobStatus, SourceRef, StagedRecord};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{
+        BatchOutcome, Claim, ClaimStore, CreateOutcome, Finalization, FinalizeWhen, JobControl,
+        NewBatch, PrepareLease, PrepareStore,
+    };
+
+    const DEFINITION: &str = r#"{"fields": [{"name": "email", "type": "email"}]}"#;
+
+    /// A job of `batches` published batches of 10 records, of which the
+    /// first `processed` are committed, then aborted; prepared or not.
+    async fn aborted(store: &MemoryStore, batches: u64, processed: u64, prepared: bool) -> Job {
+        let source = SourceRef {
+            bucket: "b".into(),
+            key: "k.csv".into(),
+            version: "v".into(),
+        };
+        let lease = PrepareLease {
+            owner: "o".into(),
+            lease_ms: 60_000,
+        };
+        let CreateOutcome::Created(job) = store.create_job(&source, &lease, 0).await.unwrap()
+        else {
+            panic!("new job");
+        };
+        for index in 0..batches {
+            let records: Vec<StagedRecord> = (0..10)
+                .map(|i| StagedRecord {
+                    line: index * 10 + i + 2,
+                    values: vec![Some(format!("u{index}-{i}@x.org"))].into(),
+                    issue: None,
+                })
+                .collect();
+            let batch = NewBatch {
+                index,
+                records: &records,
+            };
+            store.write_batch(&job.id, batch, 0).await.unwrap();
+        }
+        store
+            .publish(&job.id, &lease, batches, None, 0)
+            .await
+            .unwrap();
+        if prepared {
+            store
+                .finish_prepare(&job.id, &lease, batches * 10, batches)
+                .await
+                .unwrap();
+        }
+        for _ in 0..processed {
+            let Claim::Batch(c) = store.claim_batch(&job.id, "w", 0, 60_000).await.unwrap() else {
+                panic!("a batch to claim");
+            };
+            let outcome = BatchOutcome {
+                state: BatchState::Done,
+                processed: 10,
+                failed: Vec::new(),
+                error: None,
+            };
+            store.commit_batch(&c, &outcome, 0).await.unwrap();
+        }
+        let fin = Finalization {
+            status: JobStatus::Aborted,
+            reason: Some("stop".into()),
+            report: None,
+            now_ms: 1,
+        };
+        assert!(store
+            .finalize(&job.id, &fin, FinalizeWhen::Now)
+            .await
+            .unwrap());
+        store.get_job(&job.id).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_aborted_job_exports_what_was_processed_and_says_what_was_not() {
+        let definition = Definition::from_json(DEFINITION, "test").unwrap();
+        for prepared in [true, false] {
+            let store = MemoryStore::new();
+            let job = aborted(&store, 5, 2, prepared).await;
+            let mut out = Vec::new();
+            let exported = export_ndjson(&store, &definition, &job, &mut out)
+                .await
+                .unwrap();
+            assert_eq!(
+                exported,
+                Exported {
+                    written: 20,
+                    unprocessed_batches: 3,
+                    unprocessed_records: 30,
+                    file_read: prepared,
+                },
+                "prepared: {prepared}"
+            );
+            let lines = String::from_utf8(out).unwrap();
+            assert_eq!(lines.lines().count(), 20);
+            assert!(lines
+                .lines()
+                .all(|l| l.contains("u0-") || l.contains("u1-")));
+            let said = exported.to_string();
+            assert!(
+                said.contains("3 batches (30 records) were never processed"),
+                "{said}"
+            );
+            assert_eq!(said.contains("not read to its end"), !prepared, "{said}");
+        }
+    }
 
     #[test]
     fn csv_cells_are_quoted_only_when_needed() {

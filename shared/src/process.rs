@@ -157,17 +157,17 @@ impl Worker<'_> {
             let started = Instant::now();
             match self.work_on(&claim).await {
                 Ok(outcome) => {
-                    let failed = outcome.failed.len() as u64;
+                    let (processed, failed) = settled_now(&claim, &outcome);
                     crate::metrics::batch_committed(
                         job,
                         claim.index,
-                        outcome.processed,
+                        processed,
                         failed,
                         started.elapsed(),
                     );
                     report.batches += 1;
-                    report.processed += outcome.processed;
-                    report.failed += outcome.failed.len() as u64;
+                    report.processed += processed;
+                    report.failed += failed;
                     report.finalized |= self.after_commit(&claim, &outcome).await?;
                 }
                 Err(StoreError::ClaimLost { .. }) => {
@@ -428,6 +428,20 @@ impl Worker<'_> {
         };
         Ok(self.finalizer().complete(&current).await?)
     }
+}
+
+/// The records a commit settled in this run: a rerun's outcome covers the
+/// whole batch, and what its earlier run processed, or failed validation,
+/// was counted then.
+fn settled_now(claim: &ClaimedBatch, outcome: &BatchOutcome) -> (u64, u64) {
+    let prior = claim.rerun.unwrap_or(crate::store::Rerun {
+        processed: 0,
+        failed: 0,
+    });
+    (
+        outcome.processed.saturating_sub(prior.processed),
+        (outcome.failed.len() as u64).saturating_sub(prior.failed),
+    )
 }
 
 /// What a requeued batch's earlier run settled: its validation failures

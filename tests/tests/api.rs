@@ -79,6 +79,16 @@ fn assert_documented(request: &ApiRequest, response: &ApiResponse) {
             response.status, 405,
             "{method} {template} is not documented"
         );
+        let allowed: Vec<String> = ["get", "post"]
+            .into_iter()
+            .filter(|m| operation.get(m).is_some())
+            .map(str::to_ascii_uppercase)
+            .collect();
+        assert_eq!(
+            response.header("allow"),
+            Some(allowed.join(", ").as_str()),
+            "a 405 names the documented methods"
+        );
         return validate("#/components/schemas/Error", &response.body);
     }
     let mut pointer = format!("#/paths/{}/{method}/responses/{status}", escape(&template));
@@ -98,6 +108,16 @@ fn assert_documented(request: &ApiRequest, response: &ApiResponse) {
         documented["content"]["application/json"]["schema"].is_object(),
         "{pointer} has no JSON schema"
     );
+    if let Some(headers) = documented.get("headers").and_then(Value::as_object) {
+        for (name, header) in headers {
+            if header["required"] == Value::Bool(true) {
+                assert!(
+                    response.header(name).is_some(),
+                    "{pointer} promises the {name} header"
+                );
+            }
+        }
+    }
     validate(
         &format!("{pointer}/content/application~1json/schema"),
         &response.body,

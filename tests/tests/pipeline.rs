@@ -144,7 +144,8 @@ async fn ten_thousand_rows_with_four_workers_import_every_valid_record_exactly_o
     let written = bulk_import::export::export_ndjson(&stack.watcher, &definition, &job, &mut out)
         .await
         .unwrap();
-    assert_eq!(written, valid.len() as u64);
+    assert_eq!(written.written, valid.len() as u64);
+    assert_eq!((written.unprocessed_batches, written.file_read), (0, true));
     let exported: Vec<serde_json::Value> = out
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())

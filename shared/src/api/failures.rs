@@ -1,8 +1,11 @@
 //! A job's failed records, one row per problem (as `bulkimport errors`
 //! prints them), in input order, in pages. The cursor is opaque to
-//! clients: base64url of the batch to read next and how many of its rows
-//! came before. A batch's failures never change once it is committed, so
-//! pages are stable; the list is complete once the job has ended.
+//! clients: base64url of the job's round (`retries`), the batch to read
+//! next and how many of its rows came before. Within a round a batch's
+//! failures never change once it is committed, so pages are stable; the
+//! list is complete once the job has ended. A retry reruns failures, so a
+//! cursor of an earlier round is refused (410 `cursor_expired`) rather
+//! than skipping or repeating rows.
 
 use super::{Api, ApiError, Query};
 use crate::job::{FailedRecord, FailureStage, JobId};
@@ -19,6 +22,8 @@ const MAX_BATCHES_PER_PAGE: u64 = 100;
 /// Where the next page starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
+    /// The job's round (`retries`) when the page was read.
+    pub round: u32,
     pub batch: u64,
     /// Rows of that batch already returned.
     pub offset: usize,
@@ -26,14 +31,22 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}.{}", self.batch, self.offset))
+        URL_SAFE_NO_PAD.encode(format!("{}.{}.{}", self.round, self.batch, self.offset))
     }
 
+    /// A cursor this API returned; one without a round (`batch.offset`,
+    /// from before rounds were recorded) is of round 0.
     pub fn decode(text: &str) -> Option<Cursor> {
         let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
         let text = std::str::from_utf8(&bytes).ok()?;
-        let (batch, offset) = text.split_once('.')?;
+        let parts: Vec<&str> = text.split('.').collect();
+        let (round, batch, offset) = match parts.as_slice() {
+            [batch, offset] => ("0", batch, offset),
+            [round, batch, offset] => (*round, batch, offset),
+            _ => return None,
+        };
         Some(Cursor {
+            round: round.parse().ok()?,
             batch: batch.parse().ok()?,
             offset: offset.parse().ok()?,
         })
@@ -89,20 +102,34 @@ impl Api {
         query: &Query<'_>,
     ) -> Result<FailuresPage, ApiError> {
         let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
-        let start = match query.get("cursor") {
+        let given = query
+            .get("cursor")
+            .map(|text| {
+                Cursor::decode(text).ok_or_else(|| {
+                    ApiError::BadRequest("cursor is not one this API returned".into())
+                })
+            })
+            .transpose()?;
+        let job = self.job(id).await?;
+        let start = match given {
             None => Cursor {
+                round: job.retries,
                 batch: 0,
                 offset: 0,
             },
-            Some(text) => Cursor::decode(text).ok_or_else(|| {
-                ApiError::BadRequest("cursor is not one this API returned".into())
-            })?,
+            Some(c) if c.round != job.retries => {
+                return Err(ApiError::CursorExpired(format!(
+                    "the cursor is of round {} of job {id}, which has been retried since \
+                     (round {} now) and its failures rerun: start again without a cursor",
+                    c.round, job.retries
+                )))
+            }
+            Some(c) => c,
         };
-        let job = self.job(id).await?;
         let end = job.total_batches.max(job.batches_ready);
         // Batches are never taken away, so a cursor this API returned
         // always points before the end.
-        if start.batch >= end && query.get("cursor").is_some() {
+        if start.batch >= end && given.is_some() {
             return Err(ApiError::BadRequest(
                 "cursor is not one this API returned".into(),
             ));
@@ -125,6 +152,7 @@ impl Api {
                 at = Cursor {
                     batch: at.batch + 1,
                     offset: 0,
+                    ..at
                 };
             }
         }

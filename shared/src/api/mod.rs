@@ -79,17 +79,31 @@ impl ApiRequest {
     }
 }
 
-/// A status code and a JSON body.
+/// A status code, headers beyond `content-type` (`Allow` on a 405), and a
+/// JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiResponse {
     pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
     pub body: serde_json::Value,
 }
 
 impl ApiResponse {
     fn ok(body: &impl Serialize) -> Result<ApiResponse, ApiError> {
         let body = serde_json::to_value(body).map_err(|e| ApiError::Internal(e.into()))?;
-        Ok(ApiResponse { status: 200, body })
+        Ok(ApiResponse {
+            status: 200,
+            headers: Vec::new(),
+            body,
+        })
+    }
+
+    /// The value of header `name`, if the response has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -103,8 +117,16 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// The path exists; `allow` is the method it takes.
+    #[error("{message}")]
+    MethodNotAllowed {
+        message: String,
+        allow: &'static str,
+    },
+    /// A page cursor of an earlier round of the job: a retry has changed
+    /// its failures since.
     #[error("{0}")]
-    MethodNotAllowed(String),
+    CursorExpired(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -117,7 +139,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::CursorExpired(_) => "cursor_expired",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -128,7 +151,8 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::BadRequest(_) => 400,
             ApiError::Conflict(_) => 409,
-            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::CursorExpired(_) => 410,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
@@ -145,8 +169,14 @@ impl ApiError {
             }
             other => other.to_string(),
         };
+        let headers = match self {
+            // RFC 9110, 15.5.6: a 405 says which methods the path takes.
+            ApiError::MethodNotAllowed { allow, .. } => vec![("allow", (*allow).to_owned())],
+            _ => Vec::new(),
+        };
         ApiResponse {
             status: self.status(),
+            headers,
             body: serde_json::json!({ "code": self.code(), "message": message }),
         }
     }
@@ -266,11 +296,14 @@ impl<'a> Query<'a> {
         Ok(Query(pairs))
     }
 
+    /// The value of parameter `name`; an empty value (`status=`) is the
+    /// same as none, as the API document says.
     pub(crate) fn get(&self, name: &str) -> Option<&'a str> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
 
     /// `limit`: 1 to `max`, `default` when absent.
@@ -331,10 +364,10 @@ impl Api {
                 Method::Post => "POST",
                 _ => "GET",
             };
-            return Err(ApiError::MethodNotAllowed(format!(
-                "{} takes {allowed} only",
-                route.template()
-            )));
+            return Err(ApiError::MethodNotAllowed {
+                message: format!("{} takes {allowed} only", route.template()),
+                allow: allowed,
+            });
         }
         let query = Query::checked(&request.query, route.parameters())?;
         let id = crate::job::JobId::new(id.unwrap_or_default());

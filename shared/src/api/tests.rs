@@ -8,7 +8,7 @@ use crate::objects::MemoryObjects;
 use crate::report::MemoryReports;
 use crate::store::memory::MemoryStore;
 use crate::store::{
-    BatchOutcome, BatchState, Claim, ClaimStore, CreateOutcome, NewBatch, PrepareLease,
+    BatchOutcome, BatchState, Claim, ClaimStore, CreateOutcome, JobControl, NewBatch, PrepareLease,
     PrepareStore,
 };
 use serde_json::json;
@@ -84,8 +84,20 @@ async fn job(f: &Fixture, key: &str, failures: &[u64], commit: bool) -> JobId {
         .unwrap();
     if commit {
         for _ in failures {
-            let Claim::Batch(claim) = store.claim_batch(&job.id, "w", now, 60_000).await.unwrap()
-            else {
+            commit_next(f, &job.id, failures).await;
+        }
+    }
+    job.id
+}
+
+/// Claims and commits the next batch of a job made by `job`, with its
+/// share of `failures`.
+async fn commit_next(f: &Fixture, id: &JobId, failures: &[u64]) {
+    let store = f.store.as_ref();
+    let now = now_ms();
+    {
+        {
+            let Claim::Batch(claim) = store.claim_batch(id, "w", now, 60_000).await.unwrap() else {
                 panic!("a batch to claim");
             };
             let failed: Vec<FailedRecord> = (0..failures[claim.index as usize])
@@ -109,7 +121,6 @@ async fn job(f: &Fixture, key: &str, failures: &[u64], commit: bool) -> JobId {
             store.commit_batch(&claim, &outcome, now).await.unwrap();
         }
     }
-    job.id
 }
 
 async fn get(f: &Fixture, request: ApiRequest) -> (u16, serde_json::Value) {
@@ -124,6 +135,19 @@ async fn unknown_routes_methods_and_parameters_answer_stable_error_codes() {
     assert_eq!((status, &body["code"]), (404, &json!("not_found")));
     let (status, body) = get(&f, ApiRequest::post("/jobs")).await;
     assert_eq!((status, &body["code"]), (405, &json!("method_not_allowed")));
+    let refused = f.api.handle(&ApiRequest::post("/jobs")).await;
+    assert_eq!(
+        refused.header("Allow"),
+        Some("GET"),
+        "RFC 9110: a 405 says what is allowed"
+    );
+    let refused = f.api.handle(&ApiRequest::get("/jobs/x/retry")).await;
+    assert_eq!(
+        (refused.status, refused.header("allow")),
+        (405, Some("POST"))
+    );
+    let (status, body) = get(&f, ApiRequest::get("/jobs").with_query("status", "")).await;
+    assert_eq!(status, 200, "an empty status is no status: {body}");
     let (status, body) = get(&f, ApiRequest::get("/jobs").with_query("colour", "red")).await;
     assert_eq!((status, &body["code"]), (400, &json!("bad_request")));
     let (status, _) = get(&f, ApiRequest::get("/jobs").with_query("limit", "0")).await;
@@ -166,13 +190,15 @@ async fn failures_page_in_input_order_with_an_opaque_cursor_and_end_without_one(
         json!({"line": 2, "field": "email", "value": "x",
                "message": "not a valid email address", "stage": "validation"})
     );
-    // A page read again is the same page.
-    let again = ApiRequest::get(&path).with_query("limit", "3");
-    assert_eq!(get(&f, again.clone()).await, get(&f, again).await);
+    // An empty cursor is none: the first page.
+    let first = ApiRequest::get(&path).with_query("limit", "3");
+    let empty = first.clone().with_query("cursor", "");
+    assert_eq!(get(&f, empty).await, get(&f, first).await);
     for bad in [
         "%%%",
         "bm90IGEgY3Vyc29y",
         &Cursor {
+            round: 0,
             batch: 0,
             offset: 99,
         }
@@ -181,6 +207,65 @@ async fn failures_page_in_input_order_with_an_opaque_cursor_and_end_without_one(
         let request = ApiRequest::get(&path).with_query("cursor", bad);
         assert_eq!(get(&f, request).await.0, 400, "cursor {bad}");
     }
+}
+
+/// The page a cursor names, and its `nextCursor`.
+async fn page(f: &Fixture, path: &str, cursor: &str) -> (u16, serde_json::Value) {
+    let request = ApiRequest::get(path)
+        .with_query("limit", "3")
+        .with_query("cursor", cursor);
+    get(f, request).await
+}
+
+#[tokio::test]
+async fn a_cursor_reads_the_same_page_after_later_commits_and_expires_with_a_retry() {
+    let f = fixture();
+    let failures = [2, 0, 3, 1];
+    let id = job(&f, "stable.csv", &failures, false).await;
+    for _ in 0..3 {
+        commit_next(&f, &id, &failures).await;
+    }
+    let path = format!("/jobs/{id}/errors");
+    let (_, first) = get(&f, ApiRequest::get(&path).with_query("limit", "3")).await;
+    let cursor = first["nextCursor"].as_str().unwrap().to_owned();
+    let (status, second) = page(&f, &path, &cursor).await;
+    assert_eq!(status, 200, "{second}");
+    // The last batch commits (with a failure of its own) in between.
+    commit_next(&f, &id, &failures).await;
+    assert_eq!(
+        page(&f, &path, &cursor).await,
+        (200, second.clone()),
+        "the rows a cursor names do not move"
+    );
+
+    // The job ends and is retried: the failures of the earlier round are
+    // rerun, and its cursors are refused rather than skip or repeat rows.
+    let store = f.store.as_ref();
+    let fin = crate::store::Finalization {
+        status: crate::JobStatus::CompletedWithErrors,
+        reason: None,
+        report: None,
+        now_ms: now_ms(),
+    };
+    assert!(store
+        .finalize(&id, &fin, crate::store::FinalizeWhen::AllBatchesDone)
+        .await
+        .unwrap());
+    for kind in store.get_job(&id).await.unwrap().unwrap().owed_events {
+        store.ack_event(&id, kind, 0).await.unwrap();
+    }
+    store.reopen(&id, 0, now_ms()).await.unwrap().unwrap();
+    let (status, body) = page(&f, &path, &cursor).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (410, &json!("cursor_expired")),
+        "{body}"
+    );
+    let (status, fresh) = get(&f, ApiRequest::get(&path).with_query("limit", "3")).await;
+    assert_eq!((status, &fresh["errors"]), (200, &first["errors"]));
+    let next = fresh["nextCursor"].as_str().unwrap();
+    assert_ne!(next, cursor, "a cursor names its round");
+    assert_eq!(page(&f, &path, next).await.1["errors"], second["errors"]);
 }
 
 #[tokio::test]

@@ -65,10 +65,13 @@ pub fn request_of(event: &Request) -> ApiRequest {
 
 pub async fn handle(api: &Api, event: Request) -> Result<Response<Body>, lambda_http::Error> {
     let response = api.handle(&request_of(&event)).await;
-    Ok(Response::builder()
+    let mut http = Response::builder()
         .status(response.status)
-        .header("content-type", "application/json")
-        .body(Body::Text(response.body.to_string()))?)
+        .header("content-type", "application/json");
+    for (name, value) in &response.headers {
+        http = http.header(*name, value);
+    }
+    Ok(http.body(Body::Text(response.body.to_string()))?)
 }
 
 #[cfg(test)]

@@ -595,6 +595,11 @@ async fn a_retry_reruns_processing_failures_only_and_counts_move() {
     assert!(!queue.sent.lock().unwrap().is_empty(), "workers are woken");
     let report = f.worker(&processor).run(&id, "w", None).await.unwrap();
     assert!(report.finalized);
+    assert_eq!(
+        (report.processed, report.failed),
+        (2, 0),
+        "a rerun counts the records it settled, not the earlier run's"
+    );
     let mut rerun = processor.done.lock().unwrap().clone();
     rerun.sort();
     assert_eq!(rerun, vec![2, 5], "only the processing failures ran again");

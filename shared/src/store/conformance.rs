@@ -701,7 +701,7 @@ pub async fn a_job_owes_each_lifecycle_event_until_acknowledged(store: &dyn JobS
     use EventKind::*;
     let job = job_with(store, "owed", 1, true).await;
     assert_eq!(owed(store, &job).await, vec![Started]);
-    store.ack_event(&job, Started).await.unwrap();
+    store.ack_event(&job, Started, 0).await.unwrap();
     assert_eq!(owed(store, &job).await, vec![]);
     store
         .finish_prepare(&job, &lease("orchestrator"), 3, 1)
@@ -717,11 +717,11 @@ pub async fn a_job_owes_each_lifecycle_event_until_acknowledged(store: &dyn JobS
     assert_eq!(owed(store, &job).await, vec![Prepared, Failed]);
     assert_eq!(store.pending_events().await.unwrap(), vec![job.clone()]);
     assert!(store.active_jobs().await.unwrap().is_empty());
-    store.ack_event(&job, Failed).await.unwrap();
+    store.ack_event(&job, Failed, 0).await.unwrap();
     assert_eq!(owed(store, &job).await, vec![Prepared]);
     assert_eq!(store.pending_events().await.unwrap(), vec![job.clone()]);
-    store.ack_event(&job, Prepared).await.unwrap();
-    store.ack_event(&job, Prepared).await.unwrap();
+    store.ack_event(&job, Prepared, 0).await.unwrap();
+    store.ack_event(&job, Prepared, 0).await.unwrap();
     assert_eq!(owed(store, &job).await, vec![]);
     assert!(store.pending_events().await.unwrap().is_empty());
 }
@@ -739,8 +739,8 @@ pub async fn each_ending_owes_the_event_that_announces_it(store: &dyn JobStore) 
     ];
     for (name, status, kind) in endings {
         let job = job_with(store, name, 1, false).await;
-        store.ack_event(&job, EventKind::Started).await.unwrap();
-        store.ack_event(&job, EventKind::Prepared).await.unwrap();
+        store.ack_event(&job, EventKind::Started, 0).await.unwrap();
+        store.ack_event(&job, EventKind::Prepared, 0).await.unwrap();
         assert!(store
             .finalize(&job, &fin(status), FinalizeWhen::Now)
             .await
@@ -751,11 +751,14 @@ pub async fn each_ending_owes_the_event_that_announces_it(store: &dyn JobStore) 
 
 pub async fn acknowledging_an_event_not_owed_changes_nothing(store: &dyn JobStore) {
     let job = job_with(store, "not-owed", 1, true).await;
-    store.ack_event(&job, EventKind::Completed).await.unwrap();
+    store
+        .ack_event(&job, EventKind::Completed, 0)
+        .await
+        .unwrap();
     assert_eq!(owed(store, &job).await, vec![EventKind::Started]);
     // Still listed as active: the acknowledgement leaves the index alone.
     assert_eq!(store.active_jobs().await.unwrap(), vec![job.clone()]);
-    store.ack_event(&job, EventKind::Started).await.unwrap();
+    store.ack_event(&job, EventKind::Started, 0).await.unwrap();
     assert_eq!(store.active_jobs().await.unwrap(), vec![job.clone()]);
     assert!(store.pending_events().await.unwrap().is_empty());
 }
@@ -846,9 +849,10 @@ fn not_an_email(line: u64) -> FailedRecord {
 
 /// Acknowledges every event the job owes (as a delivery would).
 async fn ack_all(store: &dyn JobStore, job: &JobId) {
-    let owed = store.get_job(job).await.unwrap().unwrap().owed_events;
-    for kind in owed {
-        store.ack_event(job, kind).await.unwrap();
+    let j = store.get_job(job).await.unwrap().unwrap();
+    let round = j.retries;
+    for kind in j.owed_events {
+        store.ack_event(job, kind, round).await.unwrap();
     }
 }
 
@@ -1040,7 +1044,7 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
     assert_eq!(j.prepare_failures, 0);
     assert!(
         store.reopen(&job, 0, T0 + 3).await.unwrap().is_none(),
-        "a second retry of the same round"
+        "a retry of round 0 while round 1 runs"
     );
     assert_eq!(store.active_jobs().await.unwrap(), vec![job.clone()]);
     assert_eq!(
@@ -1056,6 +1060,51 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
         .await
         .unwrap()
         .is_some());
+    // Round 1 ends too; a late retry of round 0 is fenced by the round
+    // alone (the job is final and owes nothing).
+    assert!(store.finalize(&job, &f, FinalizeWhen::Now).await.unwrap());
+    ack_all(store, &job).await;
+    assert!(
+        store.reopen(&job, 0, T0 + 5).await.unwrap().is_none(),
+        "a second retry of round 0"
+    );
+    let j = store.reopen(&job, 1, T0 + 5).await.unwrap().unwrap();
+    assert_eq!(j.retries, 2);
+}
+
+/// A sweeper that stalled after sending round 0's ending event and then
+/// acknowledges it must not erase round 1's event of the same kind.
+pub async fn a_late_acknowledgement_leaves_the_next_rounds_event_owed(store: &dyn JobStore) {
+    let job = job_with(store, "late-ack", 1, false).await;
+    settle(store, &job, |_| done(3)).await;
+    let f = fin(JobStatus::Completed);
+    assert!(store
+        .finalize(&job, &f, FinalizeWhen::AllBatchesDone)
+        .await
+        .unwrap());
+    ack_all(store, &job).await;
+    store.reopen(&job, 0, T0 + 1).await.unwrap().unwrap();
+    assert!(store
+        .finalize(&job, &f, FinalizeWhen::AllBatchesDone)
+        .await
+        .unwrap());
+    assert_eq!(owed(store, &job).await, vec![EventKind::Completed]);
+    store
+        .ack_event(&job, EventKind::Completed, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        owed(store, &job).await,
+        vec![EventKind::Completed],
+        "round 0's acknowledgement is not round 1's"
+    );
+    assert_eq!(store.pending_events().await.unwrap(), vec![job.clone()]);
+    store
+        .ack_event(&job, EventKind::Completed, 1)
+        .await
+        .unwrap();
+    assert_eq!(owed(store, &job).await, vec![]);
+    assert!(store.pending_events().await.unwrap().is_empty());
 }
 
 /// Batches written together (more records items than one BatchWriteItem
@@ -1140,6 +1189,7 @@ macro_rules! conformance_tests {
             a_retry_requeues_processing_failures_and_counts_move,
             a_rerun_replaces_the_earlier_failure_items,
             a_job_reopens_once_per_round_and_only_when_final,
+            a_late_acknowledgement_leaves_the_next_rounds_event_owed,
             batches_written_together_are_stored_whole_and_claimed_ones_kept,
         );
     };

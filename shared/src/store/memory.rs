@@ -544,9 +544,11 @@ impl JobControl for MemoryStore {
         Ok(ids)
     }
 
-    async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError> {
+    async fn ack_event(&self, job: &JobId, kind: EventKind, round: u32) -> Result<(), StoreError> {
         self.with_job(job, |s| {
-            s.job.owed_events.retain(|k| *k != kind);
+            if s.job.retries == round {
+                s.job.owed_events.retain(|k| *k != kind);
+            }
             Ok(())
         })
     }

@@ -359,10 +359,12 @@ pub trait JobControl: Send + Sync {
     /// anyway, so only final jobs need listing.
     async fn pending_events(&self) -> Result<Vec<JobId>, StoreError>;
 
-    /// Records that the `kind` event of `job` was delivered: it is owed no
-    /// more (a final job that owes nothing leaves `pending_events`).
-    /// Acknowledging an event not owed changes nothing.
-    async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError>;
+    /// Records that the `kind` event of round `round` (`Job::retries` when
+    /// it was sent) of `job` was delivered: it is owed no more (a final job
+    /// that owes nothing leaves `pending_events`). Fenced by the round, so a
+    /// late acknowledgement cannot erase the next round's event of the same
+    /// kind. Acknowledging an event not owed changes nothing.
+    async fn ack_event(&self, job: &JobId, kind: EventKind, round: u32) -> Result<(), StoreError>;
 
     /// Batches holding processing failures (the processor's errors, poison
     /// batches): what a retry reruns. In index order; a batch listed may

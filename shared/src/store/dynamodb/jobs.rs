@@ -176,13 +176,19 @@ impl DynamoStore {
         self.jobs_listed(PENDING_EVENTS).await
     }
 
-    pub(super) async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError> {
+    pub(super) async fn ack_event(
+        &self,
+        job: &JobId,
+        kind: EventKind,
+        round: u32,
+    ) -> Result<(), StoreError> {
         // DynamoDB drops a set once its last element is deleted.
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression("DELETE owedEvents :kind")
-            .condition_expression("attribute_exists(pk)")
+            .condition_expression(format!("attribute_exists(pk) AND {}", round_is(round)))
             .expression_attribute_values(":kind", kind_set(kind))
+            .expression_attribute_values(":round", n(round))
             .return_values(ReturnValue::AllNew);
         let after = match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
             Ok(out) => out.attributes.unwrap_or_default(),
@@ -227,18 +233,14 @@ impl DynamoStore {
             (":now".into(), n(now_ms)),
             (":zero".into(), n(0)),
             (":one".into(), n(1)),
-            (":seen".into(), n(seen_retries)),
         ]);
         let mut any_final = Vec::new();
         for (i, status) in finals.iter().enumerate() {
             values.insert(format!(":final{i}"), s(status.as_str()));
             any_final.push(format!(":final{i}"));
         }
-        let seen = if seen_retries == 0 {
-            "(attribute_not_exists(retries) OR retries = :seen)"
-        } else {
-            "retries = :seen"
-        };
+        values.insert(":round".into(), n(seen_retries));
+        let seen = round_is(seen_retries);
         // Back on the active list and on the PROCESSING listing; the
         // previous round's events go out first (an owed event of a final
         // job is sent by whoever finds it in the `EVENTS` list).
@@ -338,5 +340,15 @@ impl DynamoStore {
                     .info(),
             )),
         }
+    }
+}
+
+/// A condition that the job is in round `round` (`:round`): a job never
+/// retried has no `retries` attribute.
+fn round_is(round: u32) -> &'static str {
+    if round == 0 {
+        "(attribute_not_exists(retries) OR retries = :round)"
+    } else {
+        "retries = :round"
     }
 }

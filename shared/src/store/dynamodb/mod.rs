@@ -393,8 +393,8 @@ impl JobControl for DynamoStore {
         Self::list_jobs(self, status, limit).await
     }
 
-    async fn ack_event(&self, job: &JobId, kind: EventKind) -> Result<(), StoreError> {
-        Self::ack_event(self, job, kind).await
+    async fn ack_event(&self, job: &JobId, kind: EventKind, round: u32) -> Result<(), StoreError> {
+        Self::ack_event(self, job, kind, round).await
     }
 
     async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError> {
