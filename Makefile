@@ -96,7 +96,7 @@ build:
 build-check:
 	BUILD_PROFILE=debug scripts/build.sh
 
-## lint-template: cfn-lint template.yaml, and again after the SAM transform
+## lint-template: cfn-lint template.yaml, and again after the SAM transform; the IAM check; checkov on both
 lint-template:
 	scripts/lint-template.sh
 

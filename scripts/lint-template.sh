@@ -2,8 +2,10 @@
 # Lints template.yaml with cfn-lint (errors and warnings fail), then
 # translates it with the SAM translator, offline, as CloudFormation would on
 # deploy, and lints the result: that catches what SAM itself rejects and
-# what only shows after the transform (cycles, generated resources). Last,
-# scripts/check-iam.py checks the policies' actions and "*" resources.
+# what only shows after the transform (cycles, generated resources). Then
+# scripts/check-iam.py checks the policies' actions and "*" resources, and
+# scripts/checkov.sh scans both templates with checkov (any failed check
+# fails; skips carry their reasons in the template).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -21,4 +23,5 @@ mkdir -p "$out"
 "$venv/bin/python" "$root/scripts/sam-translate.py" "$template" >"$out/template.json"
 "$venv/bin/cfn-lint" -- "$out/template.json"
 "$venv/bin/python" "$root/scripts/check-iam.py" "$out/template.json"
-echo "$template: cfn-lint clean, SAM transform ($out/template.json) cfn-lint clean" >&2
+"$root/scripts/checkov.sh" "$template" "$out/template.json"
+echo "$template: cfn-lint clean, SAM transform ($out/template.json) cfn-lint clean, IAM checked, checkov clean" >&2
