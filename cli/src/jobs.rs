@@ -152,8 +152,10 @@ pub async fn abort(
         events: &events,
         reports: &reports,
         definition: &definition,
+        deadline: None,
     };
-    let aborted = finalizer.abort(&id, reason.to_owned()).await?;
+    // No time limit here: the report and the event follow at once.
+    let aborted = finalizer.abort_and_settle(&id, reason.to_owned()).await?;
     let job = job_of(&store, &id).await?;
     let view = JobStatusView::of(&job, now_ms());
     println!("{}", serde_json::to_string_pretty(&view)?);

@@ -226,11 +226,16 @@ pub async fn deliver_owed(
 ) -> Result<u64, DeliveryError> {
     let mut sent = 0;
     for kind in &job.owed_events {
+        if job.report_owed && Some(*kind) == EventKind::ending(job.status) {
+            // The ending is announced with its report, once written.
+            break;
+        }
         events.send(&JobEvent::of(job, *kind)).await?;
         store.ack_event(&job.id, *kind, job.retries).await?;
         sent += 1;
     }
-    if let (true, Some(ending)) = (job.owed_events.is_empty(), EventKind::ending(job.status)) {
+    let owes_nothing = job.owed_events.is_empty() && !job.report_owed;
+    if let (true, Some(ending)) = (owes_nothing, EventKind::ending(job.status)) {
         // Listed as owing but owing nothing: an acknowledgement stopped
         // half-way. Acknowledging again takes the job off the list.
         store.ack_event(&job.id, ending, job.retries).await?;
@@ -250,12 +255,17 @@ pub async fn deliver(
     }
 }
 
-/// Delivers what `job` owes after whoever recorded it; a failure is
-/// logged, not returned: the events stay owed and the sweeper sends them.
-pub async fn announce(store: &dyn JobStore, events: &dyn JobEvents, job: &Job) {
-    if let Err(e) = deliver_owed(store, events, job).await {
-        let error = crate::telemetry::error_chain(&e);
-        tracing::warn!(job_id = %job.id, %error, "job event not sent yet; the sweeper resends it");
+/// Delivers what `job` owes after whoever recorded it; returns how many
+/// were sent. A failure is logged, not returned: the events stay owed and
+/// the sweeper sends them.
+pub async fn announce(store: &dyn JobStore, events: &dyn JobEvents, job: &Job) -> u64 {
+    match deliver_owed(store, events, job).await {
+        Ok(sent) => sent,
+        Err(e) => {
+            let error = crate::telemetry::error_chain(&e);
+            tracing::warn!(job_id = %job.id, %error, "job event not sent yet; the sweeper resends it");
+            0
+        }
     }
 }
 
@@ -351,7 +361,7 @@ mod tests {
         let fin = Finalization {
             status: JobStatus::Aborted,
             reason: Some("stop".into()),
-            report: None,
+            report_owed: false,
             now_ms: 2_000,
         };
         assert!(store

@@ -272,7 +272,7 @@ mod tests {
         let fin = Finalization {
             status: JobStatus::Aborted,
             reason: Some("stop".into()),
-            report: None,
+            report_owed: false,
             now_ms: 1,
         };
         assert!(store

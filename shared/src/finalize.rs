@@ -1,12 +1,28 @@
 //! Ending a job, exactly once: the conditional update from PROCESSING that
-//! exactly one caller wins, the error report written before it, and the
-//! event announcing the end, sent by the winner.
+//! exactly one caller wins, then the error report, then the event
+//! announcing the end.
+//!
+//! The status changes first, in a bounded number of requests whatever the
+//! job's size (one read and one update), so an abort through the API or a
+//! finalizer near its deadline always ends the job. The same update records
+//! that the ending owes its report; the report, whose writing grows with
+//! the job's failures, is written afterwards (under a key of the round, so
+//! no other ending's report can overwrite it) and recorded on the job, and
+//! only then is the ending announced, with the report's location. Whoever
+//! finds a report owed writes it: the winner when it has the time, a worker
+//! woken for the ended job, the sweeper.
 
 use crate::events::{announce, JobEvents};
 use crate::job::{now_ms, Job, JobId, JobStatus};
 use crate::report::{ReportError, ReportSink};
 use crate::schema::Definition;
 use crate::store::{Finalization, FinalizeWhen, JobStore, StoreError};
+use std::time::{Duration, Instant};
+
+/// A report is not started with less than this left before the deadline
+/// (whoever finds it owed later writes it), and one still being written
+/// this close to the deadline is given up.
+pub const REPORT_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
@@ -16,14 +32,32 @@ pub enum FinalizeError {
     Report(#[from] ReportError),
 }
 
+#[derive(Clone, Copy)]
 pub struct Finalizer<'a> {
     pub store: &'a dyn JobStore,
     pub events: &'a dyn JobEvents,
     pub reports: &'a dyn ReportSink,
     pub definition: &'a Definition,
+    /// The invocation's deadline: a report that cannot be written before
+    /// it stays owed for the next one to find.
+    pub deadline: Option<Instant>,
+}
+
+/// What settling an ended job did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// The owed report was written and recorded.
+    pub report: bool,
+    /// Events sent.
+    pub events: u64,
 }
 
 impl Finalizer<'_> {
+    /// The same finalizer, bound by `deadline`.
+    pub fn until(self, deadline: Option<Instant>) -> Self {
+        Finalizer { deadline, ..self }
+    }
+
     /// Completes `job` if prepare has finished and every batch is terminal.
     /// True for the one caller whose conditional update succeeded.
     pub async fn complete(&self, job: &Job) -> Result<bool, FinalizeError> {
@@ -31,18 +65,11 @@ impl Finalizer<'_> {
             return Ok(false);
         }
         let (status, reason) = final_status(job, self.definition);
-        // The report is written before the job says where it is; with every
-        // batch terminal its content is final, so racing finalizers write
-        // the same object.
-        let report = if job.failed > 0 {
-            Some(self.reports.write(job, self.definition, self.store).await?)
-        } else {
-            None
-        };
         let fin = Finalization {
             status,
             reason,
-            report,
+            // With every batch terminal the failures are final.
+            report_owed: job.failed > 0,
             now_ms: now_ms(),
         };
         if !self
@@ -52,22 +79,42 @@ impl Finalizer<'_> {
         {
             return Ok(false);
         }
-        self.announce(&job.id).await;
+        self.after_end(&job.id).await;
         Ok(true)
     }
 
     /// Ends `job` as FAILED now, whatever its batches (a file-level error,
     /// or a failed record with `continueOnError` off).
     pub async fn fail(&self, job: &JobId, reason: String) -> Result<bool, FinalizeError> {
-        self.end_now(job, JobStatus::Failed, reason).await
+        if !self.end_now(job, JobStatus::Failed, reason).await? {
+            return Ok(false);
+        }
+        self.after_end(job).await;
+        Ok(true)
     }
 
     /// Stops `job` now (an operator's abort): prepare publishes nothing
     /// more, workers claim nothing more (the batch in hand still commits
-    /// and counts), and the job ends ABORTED with the failures known so far
-    /// in its report. False when the job was already final.
+    /// and counts), and the job ends ABORTED. Only the ending is written
+    /// here, in one read and one update: its report (the failures known by
+    /// then) and event follow through `settle`. False when the job was
+    /// already final.
     pub async fn abort(&self, job: &JobId, reason: String) -> Result<bool, FinalizeError> {
         self.end_now(job, JobStatus::Aborted, reason).await
+    }
+
+    /// `abort`, then the report and the event in this process (a caller
+    /// without a time limit, such as the command line).
+    pub async fn abort_and_settle(
+        &self,
+        job: &JobId,
+        reason: String,
+    ) -> Result<bool, FinalizeError> {
+        if !self.abort(job, reason).await? {
+            return Ok(false);
+        }
+        self.settle(job).await?;
+        Ok(true)
     }
 
     async fn end_now(
@@ -76,40 +123,82 @@ impl Finalizer<'_> {
         status: JobStatus,
         reason: String,
     ) -> Result<bool, FinalizeError> {
-        let report = match self.store.get_job(job).await? {
-            Some(j) if j.failed > 0 && !j.status.is_final() => {
-                Some(self.reports.write(&j, self.definition, self.store).await?)
-            }
-            _ => None,
+        let Some(current) = self.store.get_job(job).await? else {
+            return Err(StoreError::JobNotFound(job.clone()).into());
         };
+        if current.status.is_final() {
+            return Ok(false);
+        }
         let fin = Finalization {
             status,
             reason: Some(reason),
-            report,
+            // A batch in hand may still commit failures after the end, so
+            // the report is owed whatever the count now; written with none
+            // it records no report.
+            report_owed: true,
             now_ms: now_ms(),
         };
-        if !self.store.finalize(job, &fin, FinalizeWhen::Now).await? {
-            return Ok(false);
-        }
-        self.announce(job).await;
-        Ok(true)
+        Ok(self.store.finalize(job, &fin, FinalizeWhen::Now).await?)
     }
 
-    /// Sends the event the finalization recorded as owed (with anything
-    /// else still owed). A failure here loses nothing: the event stays owed
-    /// and the sweeper sends it.
-    async fn announce(&self, job: &JobId) {
-        match self.store.get_job(job).await {
-            Ok(Some(ended)) => {
-                tracing::info!(job_id = %job, status = %ended.status, processed = ended.processed, failed = ended.failed, "job finalized");
-                crate::metrics::job_ended(&ended);
-                announce(self.store, self.events, &ended).await;
+    /// The winner's follow-up: the report and the event now if it can; a
+    /// failure loses nothing, both stay owed for whoever comes next.
+    async fn after_end(&self, job: &JobId) {
+        if let Err(e) = self.settle(job).await {
+            let error = crate::telemetry::error_chain(&e);
+            tracing::warn!(job_id = %job, %error, "job report or event not done yet; whoever finds it owed does it");
+        }
+    }
+
+    /// Writes the report an ended job owes (when there is time before the
+    /// deadline), records it, then sends the events it owes. Anything
+    /// left undone stays owed; calling it again is safe.
+    pub async fn settle(&self, job: &JobId) -> Result<Settled, FinalizeError> {
+        let mut settled = Settled::default();
+        let Some(mut ended) = self.store.get_job(job).await? else {
+            return Ok(settled);
+        };
+        if ended.report_owed && ended.status.is_final() {
+            if !self.report_fits() {
+                tracing::info!(job_id = %job, "too close to the deadline to write the report; it stays owed");
+                return Ok(settled);
             }
-            Ok(None) => {}
-            Err(e) => {
-                let error = crate::telemetry::error_chain(&e);
-                tracing::warn!(job_id = %job, %error, "job event not sent yet; the sweeper resends it");
+            let location = match ended.failed {
+                0 => None,
+                _ => Some(self.write_report(&ended).await?),
+            };
+            settled.report = self
+                .store
+                .record_report(job, ended.retries, location.as_deref())
+                .await?;
+            match self.store.get_job(job).await? {
+                Some(j) => ended = j,
+                None => return Ok(settled),
             }
+        }
+        if ended.status.is_final() {
+            tracing::info!(job_id = %job, status = %ended.status, processed = ended.processed, failed = ended.failed, "job finalized");
+            crate::metrics::job_ended(&ended);
+        }
+        settled.events = announce(self.store, self.events, &ended).await;
+        Ok(settled)
+    }
+
+    fn report_fits(&self) -> bool {
+        self.deadline
+            .is_none_or(|d| d.saturating_duration_since(Instant::now()) > REPORT_MARGIN * 2)
+    }
+
+    /// The report, given up (and left owed) if the deadline comes first.
+    async fn write_report(&self, job: &Job) -> Result<String, FinalizeError> {
+        let write = self.reports.write(job, self.definition, self.store);
+        let Some(deadline) = self.deadline else {
+            return Ok(write.await?);
+        };
+        let until = deadline.checked_sub(REPORT_MARGIN).unwrap_or(deadline);
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(until), write).await {
+            Ok(written) => Ok(written?),
+            Err(_) => Err(ReportError::Unfinished.into()),
         }
     }
 }
@@ -135,5 +224,118 @@ pub fn final_status(job: &Job, definition: &Definition) -> (JobStatus, Option<St
         )
     } else {
         (JobStatus::CompletedWithErrors, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::MemoryEvents;
+    use crate::job::{EventKind, FailedRecord, FieldIssue, SourceRef, StagedRecord};
+    use crate::report::MemoryReports;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{
+        BatchOutcome, BatchState, Claim, ClaimStore, CreateOutcome, JobControl, NewBatch,
+        PrepareLease, PrepareStore,
+    };
+
+    const DEFINITION: &str = r#"{"fields": [{"name": "email", "type": "email"}]}"#;
+
+    /// A prepared job of one batch of two records, one failed, committed.
+    async fn done_with_a_failure(store: &MemoryStore) -> Job {
+        let source = SourceRef {
+            bucket: "b".into(),
+            key: "k.csv".into(),
+            version: "v".into(),
+        };
+        let lease = PrepareLease {
+            owner: "o".into(),
+            lease_ms: 60_000,
+        };
+        let CreateOutcome::Created(job) = store.create_job(&source, &lease, 0).await.unwrap()
+        else {
+            panic!("new job");
+        };
+        let records: Vec<StagedRecord> = (2..4)
+            .map(|line| StagedRecord {
+                line,
+                values: vec![Some(format!("u{line}@x.org"))].into(),
+                issue: None,
+            })
+            .collect();
+        let batch = NewBatch {
+            index: 0,
+            records: &records,
+        };
+        store.write_batch(&job.id, batch, 0).await.unwrap();
+        store.finish_prepare(&job.id, &lease, 2, 1).await.unwrap();
+        let Claim::Batch(c) = store.claim_batch(&job.id, "w", 0, 60_000).await.unwrap() else {
+            panic!("a batch");
+        };
+        let outcome = BatchOutcome {
+            state: BatchState::Done,
+            processed: 1,
+            failed: vec![FailedRecord::unprocessed(
+                3,
+                vec![FieldIssue::new(None, None, "refused")],
+            )],
+            error: None,
+        };
+        store.commit_batch(&c, &outcome, 0).await.unwrap();
+        store.get_job(&job.id).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_finalizer_out_of_time_ends_the_job_and_leaves_its_report_owed() {
+        let (store, events, reports) = (
+            MemoryStore::new(),
+            MemoryEvents::default(),
+            MemoryReports::default(),
+        );
+        let definition = Definition::from_json(DEFINITION, "test").unwrap();
+        let finalizer = Finalizer {
+            store: &store,
+            events: &events,
+            reports: &reports,
+            definition: &definition,
+            deadline: None,
+        };
+        let job = done_with_a_failure(&store).await;
+        let hurried = finalizer.until(Some(Instant::now() + REPORT_MARGIN));
+        assert!(
+            hurried.complete(&job).await.unwrap(),
+            "the ending is written"
+        );
+        let ended = store.get_job(&job.id).await.unwrap().unwrap();
+        assert_eq!(ended.status, JobStatus::CompletedWithErrors);
+        assert!(ended.report_owed);
+        assert!(reports.reports.lock().unwrap().is_empty());
+        assert!(events.endings().is_empty(), "announced with its report");
+        assert_eq!(store.pending_events().await.unwrap(), vec![job.id.clone()]);
+
+        // Whoever finds it owed (a woken worker, the sweeper) writes it.
+        let settled = finalizer.settle(&job.id).await.unwrap();
+        assert!(settled.report);
+        let ended = store.get_job(&job.id).await.unwrap().unwrap();
+        let location = format!("memory://reports/{}.csv", job.id);
+        assert_eq!(
+            (ended.report_owed, ended.report.as_deref()),
+            (false, Some(location.as_str()))
+        );
+        let endings = events.of(EventKind::Completed);
+        assert_eq!(endings.len(), 1);
+        assert_eq!(endings[0].report.as_deref(), Some(location.as_str()));
+        assert!(store.pending_events().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_round_of_a_job_reports_under_its_own_name() {
+        let mut job =
+            futures::executor::block_on(async { done_with_a_failure(&MemoryStore::new()).await });
+        let first = crate::report::report_name(&job);
+        job.retries = 2;
+        let third = crate::report::report_name(&job);
+        assert_eq!(first, format!("{}.csv", job.id));
+        assert_eq!(third, format!("{}.retry-2.csv", job.id));
     }
 }

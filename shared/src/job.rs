@@ -258,6 +258,10 @@ pub struct Job {
     pub failure_reason: Option<String>,
     /// Location of the error report, when one was written.
     pub report: Option<String>,
+    /// The ending owes its error report (written after the status changed);
+    /// its event waits for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report_owed: bool,
     pub cost: Cost,
     /// Times an operator reran the job's failed or unprocessed records.
     #[serde(default)]

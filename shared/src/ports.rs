@@ -104,6 +104,7 @@ impl Deps {
             events: self.events.as_ref(),
             reports: self.reports.as_ref(),
             definition,
+            deadline: None,
         }
     }
 }

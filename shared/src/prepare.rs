@@ -204,7 +204,7 @@ impl Preparer<'_> {
                 tracing::info!(job_id = %job.id, total_records, total_batches, "prepared");
                 crate::events::announce(self.store, self.events, &job).await;
                 // Workers may have finished every batch already.
-                self.finalizer().complete(&job).await?;
+                self.finalizer(deadline).complete(&job).await?;
                 Ok(PrepareOutcome::Prepared(job))
             }
             Err(Stop::Reject(reason)) => self.reject(job, reason).await,
@@ -228,18 +228,20 @@ impl Preparer<'_> {
         }
     }
 
-    fn finalizer(&self) -> Finalizer<'_> {
+    fn finalizer(&self, deadline: Option<Instant>) -> Finalizer<'_> {
         Finalizer {
             store: self.store,
             events: self.events,
             reports: self.reports,
             definition: self.definition,
+            deadline,
         }
     }
 
     async fn reject(&self, job: Job, reason: String) -> Result<PrepareOutcome, PrepareError> {
         tracing::warn!(job_id = %job.id, %reason, "file rejected");
-        self.finalizer().fail(&job.id, reason).await?;
+        // A rejected file's report (rows failed before it) is small.
+        self.finalizer(None).fail(&job.id, reason).await?;
         let job = self.store.get_job(&job.id).await?.unwrap_or(job);
         Ok(PrepareOutcome::Rejected(job))
     }
@@ -817,7 +819,7 @@ mod tests {
                 let fin = crate::store::Finalization {
                     status: JobStatus::Aborted,
                     reason: Some("stopped by an operator".into()),
-                    report: None,
+                    report_owed: false,
                     now_ms: now_ms(),
                 };
                 // The memory store never waits on anything.

@@ -104,7 +104,7 @@ impl Worker<'_> {
                 let needed = self.settings.deadline_margin.max(slowest * 2);
                 if deadline.saturating_duration_since(Instant::now()) < needed {
                     if report.batches > 0 {
-                        report.finalized |= self.complete(job).await?;
+                        report.finalized |= self.complete(job, Some(deadline)).await?;
                     }
                     report.stop = StopReason::Deadline;
                     return Ok(report);
@@ -145,11 +145,15 @@ impl Worker<'_> {
                     // Whoever finds nothing left after the last commit
                     // finalizes; every committer looks once more before it
                     // leaves, so the last one always sees the full count.
-                    report.finalized |= self.complete(job).await?;
+                    report.finalized |= self.complete(job, deadline).await?;
                     report.stop = StopReason::NoWork;
                     return Ok(report);
                 }
                 Claim::JobFinished(_) => {
+                    // An ending written in a hurry (an abort through the
+                    // API, a finalizer out of time) may still owe its
+                    // report and event: a worker woken for it writes them.
+                    self.finalizer(deadline).settle(job).await?;
                     report.stop = StopReason::JobFinished;
                     return Ok(report);
                 }
@@ -168,7 +172,7 @@ impl Worker<'_> {
                     report.batches += 1;
                     report.processed += processed;
                     report.failed += failed;
-                    report.finalized |= self.after_commit(&claim, &outcome).await?;
+                    report.finalized |= self.after_commit(&claim, &outcome, deadline).await?;
                 }
                 Err(StoreError::ClaimLost { .. }) => {
                     tracing::warn!(job_id = %job, batch = claim.index, version = claim.version, "claim lost to a reclaim; result dropped");
@@ -384,12 +388,13 @@ impl Worker<'_> {
         Ok(results)
     }
 
-    fn finalizer(&self) -> Finalizer<'_> {
+    fn finalizer(&self, deadline: Option<Instant>) -> Finalizer<'_> {
         Finalizer {
             store: self.store,
             events: self.events,
             reports: self.reports,
             definition: self.definition,
+            deadline,
         }
     }
 
@@ -400,6 +405,7 @@ impl Worker<'_> {
         &self,
         claim: &ClaimedBatch,
         outcome: &BatchOutcome,
+        deadline: Option<Instant>,
     ) -> Result<bool, WorkError> {
         let job = &claim.job_id;
         // A rerun's validation failures are the earlier run's, already
@@ -418,15 +424,15 @@ impl Worker<'_> {
             .map(|i| i.message.as_str())
             .unwrap_or("record failed");
         let reason = format!("line {}: {message} (continueOnError is false)", first.line);
-        Ok(self.finalizer().fail(job, reason).await?)
+        Ok(self.finalizer(deadline).fail(job, reason).await?)
     }
 
     /// Completes the job if prepare has finished and every batch is terminal.
-    async fn complete(&self, job: &JobId) -> Result<bool, WorkError> {
+    async fn complete(&self, job: &JobId, deadline: Option<Instant>) -> Result<bool, WorkError> {
         let Some(current) = self.store.get_job(job).await? else {
             return Err(StoreError::JobNotFound(job.clone()).into());
         };
-        Ok(self.finalizer().complete(&current).await?)
+        Ok(self.finalizer(deadline).complete(&current).await?)
     }
 }
 

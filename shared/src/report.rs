@@ -29,6 +29,18 @@ pub enum ReportError {
     Store(#[from] StoreError),
     #[error("writing the error report failed")]
     Write(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the error report could not be written before the deadline; it stays owed")]
+    Unfinished,
+}
+
+/// The report's file name: one per round of a job (`<jobId>.csv`, then
+/// `<jobId>.retry-<n>.csv`), so the report of one ending never overwrites
+/// another's.
+pub fn report_name(job: &Job) -> String {
+    match job.retries {
+        0 => format!("{}.csv", job.id),
+        n => format!("{}.retry-{n}.csv", job.id),
+    }
 }
 
 fn write_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ReportError {
@@ -340,7 +352,7 @@ impl ReportSink for S3Reports {
             .bucket
             .clone()
             .unwrap_or_else(|| job.source.bucket.clone());
-        let key = format!("{}{}.csv", self.prefix, job.id);
+        let key = format!("{}{}", self.prefix, report_name(job));
         self.upload(&bucket, &key, job, definition, store).await?;
         let location = format!("s3://{bucket}/{key}");
         tracing::info!(job_id = %job.id, report = %location, "error report written");
@@ -364,7 +376,7 @@ impl ReportSink for MemoryReports {
     ) -> Result<String, ReportError> {
         let mut out = Vec::new();
         write_csv(job, definition, store, &mut out).await?;
-        let location = format!("memory://reports/{}.csv", job.id);
+        let location = format!("memory://reports/{}", report_name(job));
         let text = String::from_utf8(out).map_err(write_error)?;
         self.reports
             .lock()

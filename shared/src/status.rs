@@ -52,6 +52,9 @@ pub struct JobStatusView {
     pub failure_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// Ended, and the report is being written (`report` follows).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub report_pending: bool,
     /// Retry rounds run so far.
     pub retries: u32,
     pub spend: Cost,
@@ -122,6 +125,7 @@ impl JobStatusView {
             finished_at_ms: job.finished_at_ms,
             failure_reason: job.failure_reason.clone(),
             report: job.report.clone(),
+            report_pending: job.report_owed,
             retries: job.retries,
             spend: job.cost,
         }
@@ -158,6 +162,7 @@ mod tests {
             finished_at_ms: None,
             failure_reason: None,
             report: None,
+            report_owed: false,
             owed_events: Vec::new(),
             cost: Cost::default(),
             retries: 0,

@@ -12,7 +12,7 @@
 //! a new report and a new event id.
 
 use crate::events::JobEvents;
-use crate::events::{deliver, DeliveryError};
+use crate::events::{deliver_owed as deliver, DeliveryError};
 use crate::job::{now_ms, Job, JobId, JobStatus};
 use crate::queue::{PrepareQueue, QueueError, WorkMessage, WorkQueue};
 use crate::store::{JobStore, StoreError};
@@ -31,6 +31,8 @@ pub enum SteerError {
     NothingToRetry { job: JobId, status: JobStatus },
     #[error("job {0} was retried by someone else at the same time")]
     Busy(JobId),
+    #[error("job {0} is still writing the error report of its ending: retry in a minute")]
+    Settling(JobId),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -69,10 +71,25 @@ pub struct RetryStarted {
 impl Steering<'_> {
     /// Starts a retry round of a final job (see the module doc).
     pub async fn retry(&self, id: &JobId) -> Result<RetryStarted, SteerError> {
-        let job = self.job(id).await?;
+        let mut job = self.job(id).await?;
         if !job.status.is_final() {
             return Err(SteerError::NotFinal(id.clone()));
         }
+        if job.report_owed {
+            // An ending with nothing to report (an abort before any
+            // failure) records so at once; a report being written is
+            // waited for: its round's event carries it.
+            if job.failed > 0 {
+                return Err(SteerError::Settling(id.clone()));
+            }
+            self.store.record_report(id, job.retries, None).await?;
+            job = self.job(id).await?;
+        }
+        // What the previous round owes goes out first, with that round's
+        // counts, before anything of the next round moves them.
+        deliver(self.store, self.events, &job)
+            .await
+            .map_err(SteerError::Event)?;
         // Requeued before the job reopens, so no worker can find the round
         // finished before its batches are back. A retry interrupted here
         // leaves a final job with batches requeued; the next one reopens it.
@@ -90,20 +107,11 @@ impl Steering<'_> {
                 status: job.status,
             });
         }
-        let reopened = match self.store.reopen(id, job.retries, now_ms()).await? {
-            Some(j) => j,
-            None => {
-                // The previous round's event may still be owed: it goes out
-                // first, so that its round's subscribers hear of it.
-                deliver(self.store, self.events, id)
-                    .await
-                    .map_err(SteerError::Event)?;
-                self.store
-                    .reopen(id, job.retries, now_ms())
-                    .await?
-                    .ok_or_else(|| SteerError::Busy(id.clone()))?
-            }
-        };
+        let reopened = self
+            .store
+            .reopen(id, job.retries, now_ms())
+            .await?
+            .ok_or_else(|| SteerError::Busy(id.clone()))?;
         tracing::info!(job_id = %id, retries = reopened.retries, batches = requeued.len(), records = requeued.iter().sum::<u64>(), prepared = reopened.prepared, "job reopened for a retry");
         let resumes_prepare = !reopened.prepared;
         if resumes_prepare {

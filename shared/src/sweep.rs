@@ -5,7 +5,7 @@
 //! live lease, and sends the events it owes; then it sends what final jobs
 //! still owe.
 
-use crate::events::{deliver_owed, deliver_pending};
+use crate::events::deliver_owed;
 use crate::finalize::FinalizeError;
 use crate::job::{now_ms, JobId};
 use crate::ports::Deps;
@@ -30,6 +30,8 @@ pub struct SweepReport {
     pub finalized: u64,
     /// Job events sent that whoever recorded them had not delivered.
     pub events_sent: u64,
+    /// Error reports of ended jobs that whoever ended them had not written.
+    pub reports_written: u64,
     /// Jobs whose recovery failed this pass (logged; the next pass retries).
     pub failed: u64,
 }
@@ -69,9 +71,37 @@ pub async fn sweep(
             tracing::error!(job_id = %id, %error, "recovering the job failed; the next sweep retries");
         }
     }
-    report.events_sent += deliver_pending(store, deps.events.as_ref()).await?;
+    for id in store.pending_events().await? {
+        match settle(deps, &id, deadline).await {
+            Ok(settled) => {
+                report.events_sent += settled.events;
+                report.reports_written += u64::from(settled.report);
+            }
+            Err(e) => {
+                let error = crate::telemetry::error_chain(&e);
+                tracing::warn!(job_id = %id, %error, "job report or event still not done");
+            }
+        }
+    }
     crate::metrics::swept(&report);
     Ok(report)
+}
+
+/// Writes the report an ended job still owes, then sends its owed events.
+async fn settle(
+    deps: &Deps,
+    id: &JobId,
+    deadline: Option<Instant>,
+) -> Result<crate::finalize::Settled, SweepError> {
+    let definition = deps
+        .pinned
+        .of(deps.store.as_ref(), id, &deps.definition)
+        .await?;
+    Ok(deps
+        .finalizer(&definition)
+        .until(deadline)
+        .settle(id)
+        .await?)
 }
 
 async fn recover(
@@ -83,7 +113,7 @@ async fn recover(
 ) -> Result<(), SweepError> {
     let store = deps.store.as_ref();
     let definition = deps.pinned.of(store, id, &deps.definition).await?;
-    let finalizer = deps.finalizer(&definition);
+    let finalizer = deps.finalizer(&definition).until(deadline);
     let Some(job) = store.get_job(id).await? else {
         return Ok(());
     };

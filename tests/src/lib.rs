@@ -186,8 +186,8 @@ impl Stack {
     }
 
     /// Runs `n` concurrent pollers (stand-ins for Lambda's SQS event source
-    /// mapping) until the job is final; pollers started beside the
-    /// orchestrator wait for it to create the job.
+    /// mapping) until the job is final and its report written; pollers
+    /// started beside the orchestrator wait for it to create the job.
     pub async fn run_workers(&self, n: usize, job: &JobId) -> PollStats {
         let pollers = (0..n).map(|_| {
             let poller = Poller {
@@ -204,7 +204,7 @@ impl Stack {
                             .get_job(job)
                             .await
                             .expect("get job")
-                            .is_some_and(|job| job.status.is_final())
+                            .is_some_and(|job| job.status.is_final() && !job.report_owed)
                     })
                     .await
                     .expect("poller")

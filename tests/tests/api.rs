@@ -372,6 +372,16 @@ async fn abort_ends_a_job_once_and_retry_runs_what_it_left() {
         stack.job(&job).await.status,
         bulk_import::JobStatus::Aborted
     );
+    assert_eq!(view["reportPending"], true, "{view}");
+    assert!(
+        stack.events.endings().is_empty(),
+        "the abort's request only ends the job"
+    );
+    // The worker the abort woke settles the ending: no failures to report,
+    // and the event.
+    stack.run_workers(1, &job).await;
+    let (_, view) = call(&api, ApiRequest::get(&format!("/jobs/{job}"))).await;
+    assert!(view.get("reportPending").is_none(), "{view}");
     assert_eq!(
         stack.events.endings().len(),
         1,

@@ -5,6 +5,7 @@ use super::{Api, ApiError, Query};
 use crate::finalize::Finalizer;
 use crate::job::{now_ms, Job, JobId, JobStatus};
 use crate::locate::{JobRef, LocateError};
+use crate::queue::WorkMessage;
 use crate::schema::Definition;
 use crate::status::JobStatusView;
 use crate::steer::{SteerError, Steering};
@@ -110,6 +111,7 @@ impl Api {
             events: self.events.as_ref(),
             reports: self.reports.as_ref(),
             definition: &definition,
+            deadline: None,
         };
         let reason = body
             .reason
@@ -125,6 +127,16 @@ impl Api {
             return Err(already_ended(&job));
         }
         tracing::info!(job_id = %id, "job aborted through the API");
+        // The report grows with the job's failures: a worker writes it and
+        // sends the event (the sweeper would too, on its next pass).
+        let wake = WorkMessage {
+            job_id: id.clone(),
+            continuation: false,
+        };
+        if let Err(e) = self.queue.send(&[wake]).await {
+            let error = crate::telemetry::error_chain(&e);
+            tracing::warn!(job_id = %id, %error, "no worker woken for the abort's report; the sweeper writes it");
+        }
         Ok(JobStatusView::of(&job, now_ms()))
     }
 
@@ -141,9 +153,10 @@ impl Api {
         };
         let started = steering.retry(id).await.map_err(|e| match e {
             SteerError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            SteerError::NotFinal(_) | SteerError::NothingToRetry { .. } | SteerError::Busy(_) => {
-                ApiError::Conflict(e.to_string())
-            }
+            SteerError::NotFinal(_)
+            | SteerError::NothingToRetry { .. }
+            | SteerError::Busy(_)
+            | SteerError::Settling(_) => ApiError::Conflict(e.to_string()),
             other => ApiError::internal(other),
         })?;
         tracing::info!(job_id = %id, retries = started.job.retries, batches = started.batches, records = started.records, "retry started through the API");

@@ -17,17 +17,23 @@ struct Fixture {
     api: Api,
     store: Arc<MemoryStore>,
     objects: Arc<MemoryObjects>,
+    events: Arc<MemoryEvents>,
+    reports: Arc<MemoryReports>,
+    queue: Arc<crate::queue::MemoryQueue>,
 }
 
 fn fixture() -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let objects = Arc::new(MemoryObjects::default());
+    let events = Arc::new(MemoryEvents::default());
+    let reports = Arc::new(MemoryReports::default());
+    let queue = Arc::new(crate::queue::MemoryQueue::default());
     let api = Api {
         store: store.clone(),
         objects: objects.clone(),
-        events: Arc::new(MemoryEvents::default()),
-        reports: Arc::new(MemoryReports::default()),
-        queue: Arc::new(crate::queue::MemoryQueue::default()),
+        events: events.clone(),
+        reports: reports.clone(),
+        queue: queue.clone(),
         prepare_queue: None,
         max_workers: 2,
         version: "1.2.3".into(),
@@ -36,6 +42,9 @@ fn fixture() -> Fixture {
         api,
         store,
         objects,
+        events,
+        reports,
+        queue,
     }
 }
 
@@ -244,7 +253,7 @@ async fn a_cursor_reads_the_same_page_after_later_commits_and_expires_with_a_ret
     let fin = crate::store::Finalization {
         status: crate::JobStatus::CompletedWithErrors,
         reason: None,
-        report: None,
+        report_owed: false,
         now_ms: now_ms(),
     };
     assert!(store
@@ -266,6 +275,62 @@ async fn a_cursor_reads_the_same_page_after_later_commits_and_expires_with_a_ret
     let next = fresh["nextCursor"].as_str().unwrap();
     assert_ne!(next, cursor, "a cursor names its round");
     assert_eq!(page(&f, &path, next).await.1["errors"], second["errors"]);
+}
+
+/// An abort through the API must end a job of any size within the API
+/// function's 30 seconds: it changes the status and leaves the report,
+/// which reads every batch with failures, to a worker it wakes.
+#[tokio::test]
+async fn abort_of_a_big_job_ends_it_at_once_and_a_woken_worker_writes_the_report() {
+    let f = fixture();
+    let failures = vec![1; 20_000];
+    let id = job(&f, "big.csv", &failures, true).await;
+    let (status, body) = get(&f, ApiRequest::post(&format!("/jobs/{id}/abort"))).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("ABORTED")),
+        "{body}"
+    );
+    assert!(
+        f.reports.reports.lock().unwrap().is_empty(),
+        "no report is written inside the request"
+    );
+    assert!(
+        f.events.endings().is_empty(),
+        "the event waits for its report"
+    );
+    let woken = f.queue.sent.lock().unwrap().clone();
+    assert_eq!(woken.len(), 1, "a worker is woken for the report");
+    let job = f.store.get_job(&id).await.unwrap().unwrap();
+    assert!(job.report_owed && job.report.is_none());
+
+    // The woken worker finds the job ended and settles it.
+    let definition = crate::Definition::from_json(DEFINITION, "test").unwrap();
+    let finalizer = crate::finalize::Finalizer {
+        store: f.store.as_ref(),
+        events: f.events.as_ref(),
+        reports: f.reports.as_ref(),
+        definition: &definition,
+        deadline: None,
+    };
+    let settled = finalizer.settle(&id).await.unwrap();
+    assert!(settled.report);
+    let reports = f.reports.reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].0, format!("memory://reports/{id}.csv"));
+    assert_eq!(
+        reports[0].1.lines().count(),
+        1 + 20_000,
+        "header + a row a record"
+    );
+    let ended = f.events.endings();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].report.as_deref(), Some(reports[0].0.as_str()));
+    assert_eq!(
+        finalizer.settle(&id).await.unwrap(),
+        Default::default(),
+        "settled once"
+    );
 }
 
 #[tokio::test]

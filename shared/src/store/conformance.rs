@@ -92,7 +92,7 @@ fn fin(status: JobStatus) -> Finalization {
     Finalization {
         status,
         reason: None,
-        report: None,
+        report_owed: false,
         now_ms: T0 + 1,
     }
 }
@@ -1021,7 +1021,7 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
     let f = Finalization {
         status: JobStatus::Aborted,
         reason: Some("stop".into()),
-        report: Some("s3://reports/reopen.csv".into()),
+        report_owed: true,
         now_ms: T0 + 1,
     };
     assert!(store.finalize(&job, &f, FinalizeWhen::Now).await.unwrap());

@@ -155,6 +155,7 @@ impl PrepareStore for MemoryStore {
             finished_at_ms: None,
             failure_reason: None,
             report: None,
+            report_owed: false,
             cost: Cost::default(),
             retries: 0,
             owed_events: vec![EventKind::Started],
@@ -440,12 +441,29 @@ impl JobControl for MemoryStore {
             }
             s.job.status = fin.status;
             s.job.failure_reason = fin.reason.clone();
-            s.job.report = fin.report.clone();
+            s.job.report = None;
+            s.job.report_owed = fin.report_owed;
             s.job.finished_at_ms = Some(fin.now_ms);
             s.job.updated_at_ms = s.job.updated_at_ms.max(fin.now_ms);
             if let Some(kind) = EventKind::ending(fin.status) {
                 owe(&mut s.job, kind);
             }
+            Ok(true)
+        })
+    }
+
+    async fn record_report(
+        &self,
+        job: &JobId,
+        round: u32,
+        location: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.with_job(job, |s| {
+            if !s.job.report_owed || s.job.retries != round {
+                return Ok(false);
+            }
+            s.job.report_owed = false;
+            s.job.report = location.map(str::to_owned);
             Ok(true)
         })
     }
@@ -612,6 +630,7 @@ impl JobControl for MemoryStore {
             s.job.finished_at_ms = None;
             s.job.failure_reason = None;
             s.job.report = None;
+            s.job.report_owed = false;
             s.job.prepare_lease_until_ms = 0;
             s.job.prepare_failures = 0;
             s.prepare = None;

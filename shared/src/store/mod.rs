@@ -112,7 +112,10 @@ pub struct BatchInfo {
 pub struct Finalization {
     pub status: JobStatus,
     pub reason: Option<String>,
-    pub report: Option<String>,
+    /// The ending owes an error report: written after the update, by its
+    /// winner or whoever finds it owed (`record_report`), and announced
+    /// with it.
+    pub report_owed: bool,
     pub now_ms: i64,
 }
 
@@ -323,6 +326,17 @@ pub trait JobControl: Send + Sync {
         job: &JobId,
         fin: &Finalization,
         when: FinalizeWhen,
+    ) -> Result<bool, StoreError>;
+
+    /// Records where the error report of round `round` of a final job is
+    /// (`None`: it had nothing to report), which it owed since its
+    /// finalization. False when it is not owed (recorded already, or
+    /// another round).
+    async fn record_report(
+        &self,
+        job: &JobId,
+        round: u32,
+        location: Option<&str>,
     ) -> Result<bool, StoreError>;
 
     /// The definition pinned to a job (its JSON), if any.

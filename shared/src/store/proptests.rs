@@ -51,7 +51,7 @@ async fn finalize(store: &MemoryStore, job: &JobId, now: i64) -> bool {
     let fin = Finalization {
         status: JobStatus::Completed,
         reason: None,
-        report: None,
+        report_owed: false,
         now_ms: now,
     };
     store

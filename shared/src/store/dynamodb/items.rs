@@ -121,6 +121,9 @@ pub struct JobItem {
     pub failure_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// Set by a finalization that owes a report, removed once it is written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report_owed: bool,
     /// Spend of prepare and finalization (workers' is on the counters).
     #[serde(default)]
     pub requests: u64,
@@ -224,6 +227,7 @@ impl JobItem {
             finished_at: None,
             failure_reason: None,
             report: None,
+            report_owed: false,
             requests: 0,
             write_units: 0.0,
             read_units: 0.0,
@@ -291,6 +295,7 @@ impl JobItem {
             finished_at_ms: self.finished_at,
             failure_reason: self.failure_reason,
             report: self.report,
+            report_owed: self.report_owed,
             cost,
             retries: self.retries,
             // A set has no order: lifecycle order is delivery order.

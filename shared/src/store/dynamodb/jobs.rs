@@ -65,9 +65,9 @@ impl DynamoStore {
             values.insert(":reason".into(), s(truncate_value(reason)));
             set.push_str(", failureReason = :reason");
         }
-        if let Some(report) = &fin.report {
-            values.insert(":report".into(), s(report));
-            set.push_str(", report = :report");
+        if fin.report_owed {
+            values.insert(":owed_report".into(), AttributeValue::Bool(true));
+            set.push_str(", reportOwed = :owed_report");
         }
         let mut condition = "#status = :processing".to_string();
         if when == FinalizeWhen::AllBatchesDone {
@@ -77,11 +77,37 @@ impl DynamoStore {
         // An unfinished prepare keeps its checkpoint: a retry resumes there.
         let update = self
             .update(job_pk(job), JOB_SK)
-            .update_expression(format!("{set} REMOVE prepareOwner {ADD_COST}{add_owed}"))
+            .update_expression(format!(
+                "{set} REMOVE prepareOwner, report {ADD_COST}{add_owed}"
+            ))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
             .set_expression_attribute_values(Some(values));
         self.update_carrying(job, update, cost).await
+    }
+
+    pub(super) async fn record_report(
+        &self,
+        job: &JobId,
+        round: u32,
+        location: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut update = self
+            .update(job_pk(job), JOB_SK)
+            .condition_expression(format!("reportOwed = :true AND {}", round_is(round)))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":round", n(round));
+        update = match location {
+            Some(location) => update
+                .update_expression("SET report = :report REMOVE reportOwed")
+                .expression_attribute_values(":report", s(location)),
+            None => update.update_expression("REMOVE reportOwed"),
+        };
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(StoreError::backend("UpdateItem", e)),
+        }
     }
 
     pub(super) async fn pinned_definition(
@@ -250,7 +276,7 @@ impl DynamoStore {
                 "SET #status = :processing, retries = if_not_exists(retries, :zero) + :one, \
                  gpk = :jobs, gsk = :now, lpk = :lpk, prepareLeaseUntil = :zero, prepareFailures = :zero, \
                  updatedAt = :now \
-                 REMOVE finishedAt, failureReason, report, prepareOwner",
+                 REMOVE finishedAt, failureReason, report, reportOwed, prepareOwner",
             )
             .condition_expression(format!(
                 "#status IN ({}) AND {seen} AND attribute_not_exists(owedEvents)",

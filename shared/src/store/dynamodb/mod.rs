@@ -353,6 +353,15 @@ impl JobControl for DynamoStore {
         Self::finalize(self, job, fin, when).await
     }
 
+    async fn record_report(
+        &self,
+        job: &JobId,
+        round: u32,
+        location: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        Self::record_report(self, job, round, location).await
+    }
+
     async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError> {
         Self::pinned_definition(self, job).await
     }
