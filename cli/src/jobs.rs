@@ -12,12 +12,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
+/// The deployment's state table; what a retry writes expires after
+/// `RETENTION_DAYS` (30 by default), as the functions' writes do.
 fn store(names: &Names, clients: &Clients) -> DynamoStore {
+    let retention = std::env::var("RETENTION_DAYS")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(30);
     DynamoStore::new(
         clients.dynamodb.clone(),
         &names.state_table,
         !clients.emulated,
     )
+    .with_retention_days(retention)
 }
 
 async fn job_of(store: &DynamoStore, id: &JobId) -> anyhow::Result<bulk_import::job::Job> {

@@ -114,6 +114,27 @@ async fn ten_thousand_rows_with_four_workers_import_every_valid_record_exactly_o
         invalid.iter().map(|(l, f)| (*l, f.to_string())).collect();
     assert_eq!(reported, expected);
 
+    // Every item the job wrote expires with it: job, definition, cursors,
+    // counters, batches, records and failures alike.
+    let items = stack.scan(&stack.resources.state_table).await;
+    let kinds: std::collections::BTreeSet<String> = items
+        .iter()
+        .filter_map(|i| i.get("sk")?.as_s().ok())
+        .map(|sk| sk.split('#').next().unwrap_or(sk).to_owned())
+        .collect();
+    for kind in ["JOB", "DEFINITION", "CURSOR", "COUNTERS", "BATCH", "C"] {
+        assert!(
+            kinds.contains(kind),
+            "the job wrote {kind} items: {kinds:?}"
+        );
+    }
+    let lasting: Vec<String> = items
+        .iter()
+        .filter(|i| !i.contains_key("expiresAt"))
+        .map(|i| format!("{:?} {:?}", i.get("pk"), i.get("sk")))
+        .collect();
+    assert!(lasting.is_empty(), "items that never expire: {lasting:?}");
+
     // The error report is in S3: each failed row as it was, in input order.
     let location = format!("s3://{}/reports/{}.csv", stack.resources.bucket, job_id);
     assert_eq!(job.report.as_deref(), Some(location.as_str()));

@@ -17,11 +17,15 @@ pub async fn from_env() -> Result<Api, ConfigError> {
     let settings = Settings::from_env()?;
     let clients = Clients::load().await;
     Ok(Api {
-        store: Arc::new(DynamoStore::new(
-            clients.dynamodb.clone(),
-            &settings.state_table,
-            !clients.emulated,
-        )),
+        // A retry's requeue may create a counter shard: it expires too.
+        store: Arc::new(
+            DynamoStore::new(
+                clients.dynamodb.clone(),
+                &settings.state_table,
+                !clients.emulated,
+            )
+            .with_retention_days(settings.retention_days),
+        ),
         objects: Arc::new(S3Objects::new(clients.s3.clone())),
         events: Arc::new(EventBridgeEvents {
             client: clients.eventbridge.clone(),

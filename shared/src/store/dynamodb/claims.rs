@@ -34,13 +34,17 @@ impl DynamoStore {
         shard: u64,
         limit: u64,
     ) -> Result<Option<u64>, StoreError> {
+        let mut values: Item = HashMap::from([
+            (":zero".into(), n(0)),
+            (":one".into(), n(1)),
+            (":limit".into(), n(limit)),
+        ]);
+        let expiry = self.expiry_clause(&mut values);
         let update = self
             .update(cursor_pk(job, shard), CURSOR_SK)
-            .update_expression("SET k = if_not_exists(k, :zero) + :one")
+            .update_expression(format!("SET k = if_not_exists(k, :zero) + :one{expiry}"))
             .condition_expression("attribute_not_exists(k) OR k < :limit")
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(limit))
+            .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::UpdatedNew);
         match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
             Ok(out) => {
@@ -328,9 +332,12 @@ impl DynamoStore {
             ),
         ]);
         with_cost(&mut counter_values, cost);
+        let expiry = self.expiry_clause(&mut counter_values);
         let counter_update = self.counter_shard_update(
             job,
-            format!("{ADD_COST}, batchesDone :one, #processed :p, failed :f SET updatedAt = :at"),
+            format!(
+                "{ADD_COST}, batchesDone :one, #processed :p, failed :f SET updatedAt = :at{expiry}"
+            ),
             counter_values,
             Some(names(&[("#processed", "processed")])),
         );
@@ -484,9 +491,13 @@ impl DynamoStore {
             (":minus_rerun".into(), n(-(rerun as i64))),
         ]);
         with_cost(&mut counter_values, cost);
+        counter_values.insert(":now".into(), n(crate::job::now_ms()));
+        let expiry = self.expiry_clause(&mut counter_values);
         let counter_update = self.counter_shard_update(
             job,
-            format!("{ADD_COST}, batchesDone :minus_one, failed :minus_rerun"),
+            format!(
+                "{ADD_COST}, batchesDone :minus_one, failed :minus_rerun SET updatedAt = :now{expiry}"
+            ),
             counter_values,
             None,
         );

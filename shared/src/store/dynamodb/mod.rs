@@ -190,6 +190,19 @@ impl DynamoStore {
         // TTL attributes are in seconds.
         self.retention_ms.map(|r| (now_ms + r) / 1000)
     }
+
+    /// `, expiresAt = if_not_exists(expiresAt, :exp)` for an update that
+    /// may create its item (a cursor or counter shard), with `:exp` in
+    /// `values`; nothing without a retention. Every item of a job expires.
+    fn expiry_clause(&self, values: &mut Item) -> &'static str {
+        match self.expires_at(crate::job::now_ms()) {
+            Some(at) => {
+                values.insert(":exp".into(), n(at));
+                ", expiresAt = if_not_exists(expiresAt, :exp)"
+            }
+            None => "",
+        }
+    }
 }
 
 /// A one-element string set naming an event kind (for `ADD` / `DELETE` on

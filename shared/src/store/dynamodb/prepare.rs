@@ -49,6 +49,9 @@ impl DynamoStore {
     ) -> Result<String, StoreError> {
         let mut item = key(job_pk(job), DEFINITION_SK);
         item.insert("d".into(), s(definition));
+        if let Some(at) = self.expires_at(crate::job::now_ms()) {
+            item.insert("expiresAt".into(), n(at));
+        }
         let put = self
             .client
             .put_item()
