@@ -25,6 +25,10 @@ What DynamoDB does, and what this wrapper adds to moto for it:
 - BatchWriteItem cannot fail with TransactionConflictException (it is not
   among its errors); a put or delete it cannot apply comes back in
   UnprocessedItems, and so does one on a held item.
+- A TransactWriteItems with a ClientRequestToken seen in the last 10
+  minutes answers as the first did without writing again, and with other
+  items fails with IdempotentParameterMismatchException (moto ignores the
+  token).
 - Reads are never refused.
 - Every request, to any service, first waits MOTO_LATENCY_MS, standing in
   for the network between Lambda and AWS.
@@ -80,6 +84,10 @@ table_locks = {}  # table -> lock held while moto applies a write to it
 writing = {}  # item -> non-transactional writes in progress
 held = set()  # items held by a transaction
 conflicts = 0
+# ClientRequestToken of a TransactWriteItems that succeeded -> (its items,
+# when, the response). moto ignores the token; DynamoDB does not.
+tokens = {}
+TOKEN_WINDOW_S = 600
 
 
 def application(environ, start_response):
@@ -118,6 +126,35 @@ def single_write(environ, action, request, writes):
 
 
 def transact_write(environ, action, request, writes):
+    """A transaction, with DynamoDB's idempotency: a ClientRequestToken seen
+    in the last 10 minutes with the same items answers as before without
+    writing again; with other items, IdempotentParameterMismatchException."""
+    token = request.get("ClientRequestToken")
+    if not token:
+        return transact_once(environ, action, request, writes)
+    items = json.dumps(request.get("TransactItems"), sort_keys=True)
+    now = time.monotonic()
+    with bookkeeping:
+        seen = tokens.get(token)
+        if seen and now - seen[1] > TOKEN_WINDOW_S:
+            seen = tokens.pop(token)
+            seen = None
+    if seen and seen[0] != items:
+        error = {
+            "__type": ERROR + "IdempotentParameterMismatchException",
+            "message": "Request parameters do not match a previous request with the same client token",
+        }
+        return reply("400 Bad Request", error)
+    if seen:
+        return seen[2]
+    status, headers, body = transact_once(environ, action, request, writes)
+    if status.startswith("200"):
+        with bookkeeping:
+            tokens[token] = (items, now, (status, headers, body))
+    return status, headers, body
+
+
+def transact_once(environ, action, request, writes):
     tables = [table for _, _, table, _ in writes]
     if not CONFLICTS:
         return moto(environ, tables)

@@ -239,6 +239,20 @@ def test_condition_failures_pass_through_and_release_items(s):
     s.db.put_item(TableName=TABLE, Item=key("d2"))
 
 
+def test_a_client_token_replays_its_transaction_and_refuses_other_items(s):
+    once = [put("i1", "first")]
+    s.db.transact_write_items(TransactItems=once, ClientRequestToken="tok-1")
+    s.db.put_item(TableName=TABLE, Item={**key("i1"), "v": {"S": "later"}})
+    # The same request again answers as before and writes nothing.
+    s.db.transact_write_items(TransactItems=once, ClientRequestToken="tok-1")
+    assert v_of(s, "i1") == "later"
+    # The same token with other items is refused, as DynamoDB does.
+    other = [put("i1", "other")]
+    code = error_code(lambda: s.db.transact_write_items(TransactItems=other, ClientRequestToken="tok-1"))
+    assert code == "IdempotentParameterMismatchException", code
+    assert v_of(s, "i1") == "later"
+
+
 # Racing increments: 8 threads × 25 keep the run short while still racing
 # every write against the others.
 INCREMENT_THREADS, INCREMENTS = 8, 25
@@ -344,6 +358,7 @@ def main():
             (test_batch_write_leaves_held_items_unprocessed, strict),
             (test_reads_are_not_refused, strict),
             (test_condition_failures_pass_through_and_release_items, strict),
+            (test_a_client_token_replays_its_transaction_and_refuses_other_items, strict),
             (test_conditional_increments_are_atomic, strict),
             (test_different_items_do_not_wait, strict),
             (test_latency, plain),

@@ -369,7 +369,27 @@ impl DynamoStore {
         ]);
         match self.transact(job, items, own, Some(tok)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => {
+            Ok(Err(Cancelled::TokenReused)) => {
+                // A commit of this very claim went out before (its answer
+                // lost, or a second call): if it landed, the batch is
+                // committed at this version and counted once.
+                self.meter.restore(job, cost);
+                match self.batch_info(job, claim.index).await? {
+                    Some(b)
+                        if b.version == claim.version
+                            && matches!(b.state, BatchState::Done | BatchState::Failed) =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(StoreError::claim_lost(claim)),
+                }
+            }
+            Ok(Err(refused)) => {
+                let at = match refused {
+                    Cancelled::Condition(at) => Some(at),
+                    _ => None,
+                };
+                tracing::debug!(job_id = %job, batch = claim.index, item = ?at, "commit refused by its condition");
                 self.meter.restore(job, cost);
                 Err(StoreError::claim_lost(claim))
             }
@@ -505,13 +525,12 @@ impl DynamoStore {
             TransactWriteItem::builder().update(batch_update).build(),
             TransactWriteItem::builder().update(counter_update).build(),
         ];
-        let tok = token(&[
-            job.as_str(),
-            "requeue",
-            &index.to_string(),
-            &batch.version.to_string(),
-        ]);
-        match self.transact(job, items, own, Some(tok)).await {
+        // No idempotency token: racing retries build different requests
+        // for one batch (a random counter shard, their own costs), and
+        // DynamoDB refuses a token reused with other parameters. The batch
+        // condition fences a second requeue instead; an SDK retry after a
+        // lost answer finds the batch requeued and says so.
+        match self.transact(job, items, own, None).await {
             Ok(Ok(())) => Ok(Some(rerun)),
             // Requeued by a racing retry.
             Ok(Err(_)) => {

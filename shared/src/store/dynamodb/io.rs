@@ -257,7 +257,7 @@ impl DynamoStore {
         items: Vec<TransactWriteItem>,
         computed: Cost,
         token: Option<String>,
-    ) -> Result<Result<(), usize>, StoreError> {
+    ) -> Result<Result<(), Cancelled>, StoreError> {
         let mut attempt = 0;
         loop {
             let result = self
@@ -272,7 +272,9 @@ impl DynamoStore {
                 // Its cost travels inside the transaction (`ADD` on the job).
                 Ok(_) => return Ok(Ok(())),
                 Err(e) => match cancellation(&e) {
-                    Some(Cancelled::Condition(i)) => return Ok(Err(i)),
+                    Some(refused @ (Cancelled::Condition(_) | Cancelled::TokenReused)) => {
+                        return Ok(Err(refused))
+                    }
                     Some(Cancelled::Busy) if attempt < MAX_CONFLICT_RETRIES => {
                         // A cancelled transaction is billed too.
                         self.meter.record(job, computed, &[]);

@@ -126,6 +126,9 @@ enum Cancelled {
     /// Another transaction or write held one of the items, or throttling:
     /// the same transaction can succeed later.
     Busy,
+    /// Its idempotency token was used, within DynamoDB's 10 minutes, by a
+    /// request with other parameters.
+    TokenReused,
 }
 
 fn cancellation<R>(
@@ -156,6 +159,7 @@ fn cancellation<R>(
             });
             retryable.then_some(Cancelled::Busy)
         }
+        E::IdempotentParameterMismatchException(_) => Some(Cancelled::TokenReused),
         E::TransactionInProgressException(_)
         | E::ThrottlingException(_)
         | E::ProvisionedThroughputExceededException(_)
@@ -472,6 +476,7 @@ mod tests {
         let kind = |codes: &[&str]| match cancellation(&cancelled(codes)) {
             Some(Cancelled::Busy) => "retry",
             Some(Cancelled::Condition(_)) => "condition",
+            Some(Cancelled::TokenReused) => "token",
             None => "fail",
         };
         assert_eq!(kind(&["None", "TransactionConflict"]), "retry");
