@@ -165,8 +165,17 @@ async fn abort_then_retry_processes_what_the_abort_left() {
     let event = stack.upload("uploads/later.csv", users(20)).await;
     let prepared = stack.orchestrate(event).await;
     let job = bulk_import::JobId::new(&prepared[0].job_id);
-    let (code, _) = cli(&stack, &["abort", job.as_str()]).await;
+    // The operator's commands announce on a bus of their own, so the test
+    // sees exactly what they sent (the functions' events go to memory).
+    let tap = integration_tests::EventTap::new(&stack.clients, &stack.resources.queue).await;
+    let (code, _) = cli(&stack, &["abort", job.as_str(), "--event-bus", &tap.bus]).await;
     assert_eq!(code, 0);
+    let sent: Vec<serde_json::Value> = tap.drain(&stack.clients.sqs).await;
+    let ids: Vec<&str> = sent
+        .iter()
+        .map(|e| e["detail"]["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [format!("{job}:aborted")], "one job.aborted, once");
     stack.run_workers(2, &job).await;
     assert_eq!(
         stack.job(&job).await.processed,
@@ -174,8 +183,12 @@ async fn abort_then_retry_processes_what_the_abort_left() {
         "nothing ran after the abort"
     );
 
-    let (code, out) = cli(&stack, &["retry", job.as_str()]).await;
+    let (code, out) = cli(&stack, &["retry", job.as_str(), "--event-bus", &tap.bus]).await;
     assert_eq!(code, 0, "{out}");
+    assert!(
+        tap.drain(&stack.clients.sqs).await.is_empty(),
+        "the aborted round owed nothing more"
+    );
     let view: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(view["status"], "PROCESSING");
     assert_eq!(view["retries"], 1);

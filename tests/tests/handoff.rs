@@ -72,12 +72,18 @@ async fn a_prepare_aborted_midway_resumes_at_its_checkpoint_on_retry() {
         .abort(&job, "wrong time".into())
         .await
         .expect("abort"));
+    let at_abort = stack.job(&job).await;
+    assert!(at_abort.batches_ready < 5, "the abort came midway");
     // The continuation finds the job ended and reads nothing more.
     stack.continue_prepares(&job).await;
     let aborted = stack.job(&job).await;
     assert_eq!(aborted.status, bulk_import::JobStatus::Aborted);
     assert!(!aborted.prepared);
-    assert!(aborted.batches_ready < 5, "the abort came midway");
+    assert_eq!(
+        (aborted.batches_ready, &aborted.prepare_checkpoint),
+        (at_abort.batches_ready, &at_abort.prepare_checkpoint),
+        "nothing more was published after the abort"
+    );
 
     let started = stack.deps.steering().retry(&job).await.expect("retry");
     assert!(started.resumes_prepare);
