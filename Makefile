@@ -14,7 +14,7 @@ PROFILE ?= debug
 
 export FILE DEFINITION WORKERS EXPORT ROWS
 
-.PHONY: demo test unit lint check build build-check lint-template chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle demo-conflicts fuzz \
+.PHONY: demo test unit lint check build build-check lint-template api-schema chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle demo-conflicts fuzz \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
 
 ## demo: the whole pipeline on a 100k-row sample (or FILE=... DEFINITION=...)
@@ -26,7 +26,12 @@ demo:
 test: check
 	$(CARGO) build --workspace --all-targets
 	scripts/with-moto.sh .venv/bin/python scripts/test_moto_server.py
+	scripts/with-moto.sh scripts/api-schema.sh
 	scripts/with-moto.sh $(CARGO) test --workspace
+
+## api-schema: generated requests (schemathesis) against the API function over HTTP, checked against docs/openapi.yaml
+api-schema:
+	scripts/with-moto.sh scripts/api-schema.sh
 
 ## chaos: the chaos test at full size: 50k rows, 8 worker processes, 40 SIGKILLs, injected faults
 chaos:

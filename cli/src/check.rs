@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 pub async fn run(file: &Path, definition: &Path, errors: usize) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(definition)
         .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
-    let definition = bulk_import::Definition::from_json(&text, &definition.display().to_string())?;
+    let origin = definition.display().to_string();
+    let definition = bulk_import::Definition::from_json(&text, &origin)?;
+    // The definition's own cap, as the functions would refuse it (the
+    // deployment's default is not known here).
+    bulk_import::throttle::check_cap(&definition, 0, &origin)?;
     let name = file.display().to_string();
     let input = tokio::fs::File::open(file)
         .await

@@ -47,7 +47,8 @@ async fn definition_of(store: &DynamoStore, id: &JobId) -> anyhow::Result<bulk_i
 }
 
 /// A job id, or `s3://bucket/key`: the job of the object's current version
-/// (its version id, or its ETag on an unversioned bucket).
+/// (its version id, or on an unversioned bucket its ETag and Last-Modified
+/// time).
 pub async fn resolve(clients: &Clients, job: &str) -> anyhow::Result<JobId> {
     let objects = bulk_import::objects::S3Objects::new(clients.s3.clone());
     Ok(bulk_import::locate::job_id(&objects, job).await?)
@@ -220,6 +221,7 @@ pub async fn retry(
             .map(|q| q as &dyn bulk_import::queue::PrepareQueue),
         events: &events,
         max_workers,
+        inline_requeue: true,
     };
     let started = match steering.retry(&id).await {
         Ok(started) => started,
@@ -234,10 +236,9 @@ pub async fn retry(
         Err(e) => return Err(e.into()),
     };
     eprintln!(
-        "retry {} of job {id}: {} failed records in {} batches run again, {} batches never processed{}",
+        "retry {} of job {id}: {} failed records run again, {} batches never processed{}",
         started.job.retries,
         started.records,
-        started.batches,
         started.unprocessed,
         if started.resumes_prepare {
             "; reading the file resumes where it stopped"

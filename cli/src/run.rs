@@ -130,7 +130,9 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let event = s3_put_event(&resources.bucket, &key, &etag, put.version_id(), size);
-    let job_id = orchestrator::source_of(&event.records[0], 0)?.job_id();
+    let job_id = orchestrator::source_of(deps.versions.as_ref(), &event.records[0], 0)
+        .await?
+        .job_id();
     // The orchestrator runs alongside the workers, as on AWS: batches are
     // claimable as soon as they are written.
     let orchestrator_failed = AtomicBool::new(false);

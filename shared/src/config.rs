@@ -23,6 +23,10 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Definition(#[from] DefinitionError),
+    /// The definition's throughput cap, or the deployment's default for
+    /// it, leaves too little time to write a batch.
+    #[error(transparent)]
+    Cap(#[from] crate::throttle::CapError),
 }
 
 #[derive(Debug, Clone)]

@@ -16,8 +16,8 @@ use std::fmt;
 pub struct JobId(String);
 
 impl JobId {
-    /// Derives the id from the object's identity: bucket, key and version id
-    /// (or ETag when the bucket is not versioned).
+    /// Derives the id from the object's identity: bucket, key and version
+    /// (`SourceRef::version`).
     pub fn for_object(bucket: &str, key: &str, version: &str) -> Self {
         let mut h = Sha256::new();
         for part in [bucket, key, version] {
@@ -48,7 +48,8 @@ impl fmt::Display for JobId {
 pub struct SourceRef {
     pub bucket: String,
     pub key: String,
-    /// Version id, or the ETag when the bucket is not versioned.
+    /// Version id; when the bucket is not versioned, ETag and Last-Modified
+    /// time, which name one upload (`objects::etag_version`).
     pub version: String,
 }
 
@@ -239,6 +240,11 @@ pub struct Job {
     pub batches_done: u64,
     pub processed: u64,
     pub failed: u64,
+    /// Of `failed`, the records whose processing failed (the processor's
+    /// errors, poison batches): what a retry runs again. Validation
+    /// failures stay failed: fixing them means fixing the file.
+    #[serde(default)]
+    pub retryable: u64,
     /// Until when the current orchestrator holds the right to write batches
     /// (0 once prepare has finished).
     pub prepare_lease_until_ms: i64,
@@ -269,12 +275,73 @@ pub struct Job {
     /// Lifecycle events recorded but not yet delivered, in lifecycle order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owed_events: Vec<EventKind>,
+    /// Where the current round (`retries`) stands.
+    #[serde(default)]
+    pub round: Round,
 }
 
+/// The current round of a job: the first run is round 0, each retry opens
+/// the next. A retry puts its failed batches back in a requeue pass that
+/// runs outside the request that asked for it (it grows with the job), and
+/// counts its rate from when its batches are back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Round {
+    /// The requeue pass is still putting failed batches back: the job cannot
+    /// complete, and workers with nothing to claim wait instead of leaving.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requeuing: bool,
+    /// Where the requeue pass goes on (opaque to all but the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeue_cursor: Option<String>,
+    /// When the requeue pass last moved: a pass that stalls (its function
+    /// died) is taken over after `REQUEUE_STALL_MS`.
+    #[serde(default)]
+    pub requeued_at_ms: i64,
+    /// When the round's work started (0: the job's creation).
+    #[serde(default)]
+    pub started_at_ms: i64,
+    /// Records settled when it started (`processed + failed`), which its
+    /// rate does not count.
+    #[serde(default)]
+    pub base: u64,
+}
+
+/// A requeue pass that has not moved for this long is taken over by the
+/// sweeper (a pass records its progress every page, a few seconds apart).
+pub const REQUEUE_STALL_MS: i64 = 60_000;
+
 impl Job {
-    /// Every batch is terminal and no more will be written.
+    /// Every batch is terminal and no more will be written or requeued.
     pub fn all_batches_done(&self) -> bool {
-        self.prepared && self.batches_done >= self.total_batches
+        self.prepared && !self.round.requeuing && self.batches_done >= self.total_batches
+    }
+
+    /// When the current round's work started.
+    pub fn round_started_at_ms(&self) -> i64 {
+        if self.round.started_at_ms > 0 {
+            self.round.started_at_ms
+        } else {
+            self.created_at_ms
+        }
+    }
+
+    /// Records settled in the current round, and the round's rate of them
+    /// (records a second) until `now_ms` or the job's end.
+    pub fn round_rate(&self, now_ms: i64) -> (u64, f64) {
+        let settled = if self.round.requeuing {
+            0
+        } else {
+            (self.processed + self.failed).saturating_sub(self.round.base)
+        };
+        let end = self.finished_at_ms.unwrap_or(now_ms);
+        let elapsed_ms = (end - self.round_started_at_ms()).max(0);
+        let rate = if elapsed_ms == 0 {
+            0.0
+        } else {
+            settled as f64 * 1000.0 / elapsed_ms as f64
+        };
+        (settled, rate)
     }
 
     /// The stable id of this job's `kind` event: the same for every
@@ -289,7 +356,7 @@ impl Job {
     pub fn summary(&self, now_ms: i64) -> JobSummary {
         let end = self.finished_at_ms.unwrap_or(now_ms);
         let elapsed_ms = (end - self.created_at_ms).max(0) as u64;
-        let done = self.processed + self.failed;
+        let (_, rate) = self.round_rate(now_ms);
         JobSummary {
             job_id: self.id.clone(),
             status: self.status,
@@ -297,11 +364,7 @@ impl Job {
             processed: self.processed,
             failed: self.failed,
             elapsed_ms,
-            records_per_second: if elapsed_ms == 0 {
-                0.0
-            } else {
-                (done as f64 * 1000.0 / elapsed_ms as f64).round()
-            },
+            records_per_second: rate.round(),
             requests: self.cost.requests,
             write_units: self.cost.write_units,
             read_units: self.cost.read_units,

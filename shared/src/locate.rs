@@ -1,6 +1,8 @@
 //! Naming a job the way a user does: by its id, or by the object they
 //! uploaded (`s3://bucket/key`), which names the job of the object's
-//! current version (its version id, or its ETag on an unversioned bucket).
+//! current version: its version id, or on an unversioned bucket its ETag
+//! and Last-Modified time, from a HEAD, as the orchestrator keys the job
+//! of the upload event.
 
 use crate::job::{JobId, SourceRef};
 use crate::objects::{ObjectError, ObjectVersions};
@@ -88,6 +90,40 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_object_names_the_job_of_its_latest_upload() {
+        let objects = MemoryObjects::default();
+        let first = objects.put_at("b", "k.csv", "a\n1\n", 1_000);
+        let first_job = job_id(&objects, "s3://b/k.csv").await.unwrap();
+        assert_eq!(
+            first_job,
+            SourceRef {
+                bucket: "b".into(),
+                key: "k.csv".into(),
+                version: first.version(),
+            }
+            .job_id()
+        );
+        // The same bytes uploaded again later: the new upload's job.
+        objects.put_at("b", "k.csv", "a\n1\n", 1_000 + 86_400);
+        let again = job_id(&objects, "s3://b/k.csv").await.unwrap();
+        assert_ne!(again, first_job);
+        // On a versioned bucket, the version id alone.
+        objects.put_with(
+            "b",
+            "k.csv",
+            "a\n1\n",
+            crate::objects::ObjectHead {
+                version_id: Some("3HL4kqtJlcpXroDTDmJ".into()),
+                ..first
+            },
+        );
+        assert_eq!(
+            job_id(&objects, "s3://b/k.csv").await.unwrap(),
+            JobId::for_object("b", "k.csv", "3HL4kqtJlcpXroDTDmJ")
+        );
     }
 
     #[tokio::test]

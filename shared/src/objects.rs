@@ -7,8 +7,74 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Prefix of `SourceRef::version` when the bucket is unversioned and the
-/// object is identified by its ETag instead.
+/// object is identified by its ETag (and Last-Modified time) instead.
 pub const ETAG_PREFIX: &str = "etag:";
+
+/// Separates the ETag from the Last-Modified time in an `etag:` version.
+/// S3 ETags are hex digests (`-<parts>` after a multipart upload's): they
+/// hold no `@`.
+const LAST_MODIFIED_SEPARATOR: char = '@';
+
+/// The version of an object of an unversioned bucket, as `SourceRef::version`
+/// spells it: `etag:<ETag>@<Last-Modified>`, the time in RFC 3339 to the
+/// second (`etag:9b2cf535f27731c974343645a3985328@2026-11-24T09:30:00Z`).
+///
+/// The ETag names the bytes, which an upload of the same file weeks later
+/// has too; with the time it names the upload. A job's state expires item
+/// by item (DynamoDB TTL), so an id derived from the ETag alone could be
+/// reused over what is left of an earlier job of the same bytes.
+///
+/// Without a time (`etag:<ETag>`, as before the time was part of it): an
+/// upload whose object was replaced or deleted before the orchestrator
+/// could look at it (`handlers::orchestrator::upload_version`).
+pub fn etag_version(etag: &str, last_modified: Option<i64>) -> String {
+    let etag = etag.trim_matches('"');
+    match last_modified {
+        None => format!("{ETAG_PREFIX}{etag}"),
+        Some(secs) => {
+            let time = chrono::DateTime::from_timestamp(secs, 0)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                // Out of chrono's range: no S3 date is; still one per second.
+                .unwrap_or_else(|| secs.to_string());
+            format!("{ETAG_PREFIX}{etag}{LAST_MODIFIED_SEPARATOR}{time}")
+        }
+    }
+}
+
+/// The ETag an `etag:` version names (with or without its time): what a
+/// read sends as `If-Match`. `None` for a version id.
+pub fn etag_of(version: &str) -> Option<&str> {
+    let rest = version.strip_prefix(ETAG_PREFIX)?;
+    Some(match rest.split_once(LAST_MODIFIED_SEPARATOR) {
+        Some((etag, _)) => etag,
+        None => rest,
+    })
+}
+
+/// What HEAD says of an object: which write of it is current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHead {
+    /// `None` on an unversioned bucket, and for the `null` version (objects
+    /// written while versioning was off or suspended, which every upload of
+    /// the key overwrites: it names no one upload).
+    pub version_id: Option<String>,
+    /// Without quotes.
+    pub etag: String,
+    /// Last-Modified in seconds since the epoch (an HTTP date has no finer
+    /// resolution): when this write of the object was made.
+    pub last_modified: i64,
+}
+
+impl ObjectHead {
+    /// What the job of this write is keyed by (`SourceRef::version`): the
+    /// version id, else ETag and Last-Modified (`etag_version`).
+    pub fn version(&self) -> String {
+        match &self.version_id {
+            Some(id) => id.clone(),
+            None => etag_version(&self.etag, Some(self.last_modified)),
+        }
+    }
+}
 
 pub struct ObjectBody {
     pub reader: Box<dyn AsyncRead + Send + Unpin>,
@@ -58,6 +124,12 @@ pub enum ObjectError {
     RangeNotSatisfiable(String),
     #[error("{0} is not readable: access denied")]
     AccessDenied(String),
+    /// S3 always sends these; a response without one is not S3's.
+    #[error("the HEAD of {object} has no {missing}")]
+    Incomplete {
+        object: String,
+        missing: &'static str,
+    },
     #[error("reading {object} failed")]
     Transient {
         object: String,
@@ -106,14 +178,23 @@ pub trait ObjectSource: Send + Sync {
     }
 }
 
-/// Which content of an object is current: what a job created for it now
+/// Which write of an object is current: what a job created for it now
 /// would be keyed by (`SourceRef::version`).
 #[async_trait]
 pub trait ObjectVersions: Send + Sync {
-    /// The object's version id, or `etag:<ETag>` on an unversioned bucket;
-    /// `None` when the object does not exist.
-    async fn current_version(&self, bucket: &str, key: &str)
-        -> Result<Option<String>, ObjectError>;
+    /// The HEAD of the object; `None` when it does not exist.
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectHead>, ObjectError>;
+
+    /// The object's version id, or `etag:<ETag>@<Last-Modified>` on an
+    /// unversioned bucket (`ObjectHead::version`); `None` when the object
+    /// does not exist.
+    async fn current_version(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<String>, ObjectError> {
+        Ok(self.head(bucket, key).await?.map(|head| head.version()))
+    }
 }
 
 pub struct S3Objects {
@@ -137,8 +218,10 @@ impl S3Objects {
             .key(&source.key)
             .set_range(range.map(|r| r.header()));
         // Read exactly the version the job was created for: a replaced
-        // object is a different job.
-        get = match source.version.strip_prefix(ETAG_PREFIX) {
+        // object is a different job. The ETag pins the bytes; the time in
+        // an `etag:` version only tells uploads of the same bytes apart, so
+        // a later upload of them leaves these readable.
+        get = match etag_of(&source.version) {
             Some(etag) => get.if_match(etag),
             None => get.version_id(&source.version),
         };
@@ -190,11 +273,7 @@ impl ObjectSource for S3Objects {
 
 #[async_trait]
 impl ObjectVersions for S3Objects {
-    async fn current_version(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Result<Option<String>, ObjectError> {
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectHead>, ObjectError> {
         let name = format!("s3://{bucket}/{key}");
         let head = match self
             .client
@@ -216,31 +295,77 @@ impl ObjectVersions for S3Objects {
                 }
             }
         };
-        // The same choice as the upload event's: a real version id, else
-        // the ETag ("null" is the version of objects written unversioned).
-        match (head.version_id(), head.e_tag()) {
-            (Some(v), _) if !v.is_empty() && v != "null" => Ok(Some(v.to_owned())),
-            (_, Some(etag)) => Ok(Some(format!("{ETAG_PREFIX}{}", etag.trim_matches('"')))),
-            _ => Err(ObjectError::Transient {
-                object: name,
-                source: "the object has neither a version id nor an ETag".into(),
-            }),
-        }
+        let incomplete = |missing| ObjectError::Incomplete {
+            object: name.clone(),
+            missing,
+        };
+        let etag = head.e_tag().ok_or_else(|| incomplete("ETag"))?;
+        let last_modified = head
+            .last_modified()
+            .ok_or_else(|| incomplete("Last-Modified"))?;
+        Ok(Some(ObjectHead {
+            // "null" is the version of objects written unversioned.
+            version_id: head
+                .version_id()
+                .filter(|v| !v.is_empty() && *v != "null")
+                .map(str::to_owned),
+            etag: etag.trim_matches('"').to_owned(),
+            last_modified: last_modified.secs(),
+        }))
     }
 }
 
-/// Objects held in memory (unit tests), keyed by bucket and key.
+/// Objects held in memory (unit tests), keyed by bucket and key, each with
+/// what HEAD says of it. Reads return the current bytes, whatever version
+/// the source names.
 #[derive(Debug, Default)]
 pub struct MemoryObjects {
-    objects: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<u8>>>,
+    objects: std::sync::Mutex<std::collections::HashMap<(String, String), MemoryObject>>,
+}
+
+#[derive(Debug)]
+struct MemoryObject {
+    body: Vec<u8>,
+    head: ObjectHead,
 }
 
 impl MemoryObjects {
-    pub fn put(&self, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
-        self.objects
-            .lock()
-            .expect("objects poisoned")
-            .insert((bucket.into(), key.into()), body.into());
+    /// Uploads `body` as to an unversioned bucket, now: its ETag a digest of
+    /// the bytes, Last-Modified this second. Returns the object's HEAD.
+    pub fn put(&self, bucket: &str, key: &str, body: impl Into<Vec<u8>>) -> ObjectHead {
+        self.put_at(bucket, key, body, chrono::Utc::now().timestamp())
+    }
+
+    /// `put`, at `last_modified` (seconds since the epoch).
+    pub fn put_at(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: impl Into<Vec<u8>>,
+        last_modified: i64,
+    ) -> ObjectHead {
+        use sha2::Digest;
+        let body = body.into();
+        let digest = hex::encode(sha2::Sha256::digest(&body));
+        let head = ObjectHead {
+            version_id: None,
+            etag: digest[..32].to_owned(),
+            last_modified,
+        };
+        self.put_with(bucket, key, body, head.clone());
+        head
+    }
+
+    /// Stores `body` with the HEAD given (a version id, the ETag an event
+    /// fixture names).
+    pub fn put_with(&self, bucket: &str, key: &str, body: impl Into<Vec<u8>>, head: ObjectHead) {
+        self.objects.lock().expect("objects poisoned").insert(
+            (bucket.into(), key.into()),
+            MemoryObject {
+                body: body.into(),
+                head,
+            },
+        );
     }
 }
 
@@ -256,9 +381,10 @@ impl ObjectSource for MemoryObjects {
         range: ByteRange,
     ) -> Result<ObjectBody, ObjectError> {
         let objects = self.objects.lock().expect("objects poisoned");
-        let body = objects
+        let body = &objects
             .get(&(source.bucket.clone(), source.key.clone()))
-            .ok_or_else(|| ObjectError::NotFound(source.to_string()))?;
+            .ok_or_else(|| ObjectError::NotFound(source.to_string()))?
+            .body;
         let len = body.len() as u64;
         if range.start > len {
             return Err(ObjectError::RangeNotSatisfiable(source.to_string()));
@@ -273,20 +399,13 @@ impl ObjectSource for MemoryObjects {
     }
 }
 
-/// Memory objects are unversioned; their "ETag" is a digest of the content.
 #[async_trait]
 impl ObjectVersions for MemoryObjects {
-    async fn current_version(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Result<Option<String>, ObjectError> {
-        use sha2::Digest;
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectHead>, ObjectError> {
         let objects = self.objects.lock().expect("objects poisoned");
-        Ok(objects.get(&(bucket.into(), key.into())).map(|body| {
-            let digest = hex::encode(sha2::Sha256::digest(body));
-            format!("{ETAG_PREFIX}{}", &digest[..32])
-        }))
+        Ok(objects
+            .get(&(bucket.into(), key.into()))
+            .map(|object| object.head.clone()))
     }
 }
 
@@ -346,5 +465,52 @@ mod tests {
     fn range_headers_name_inclusive_ends() {
         assert_eq!(ByteRange::from(5).header(), "bytes=5-");
         assert_eq!(ByteRange::first(10).header(), "bytes=0-9");
+    }
+
+    #[test]
+    fn an_etag_version_names_the_upload_and_reads_by_its_etag() {
+        // 2026-11-24T09:30:00Z
+        let at = 1_795_512_600;
+        let version = etag_version("\"9b2c-2\"", Some(at));
+        assert_eq!(version, "etag:9b2c-2@2026-11-24T09:30:00Z");
+        assert_eq!(etag_of(&version), Some("9b2c-2"));
+        assert_ne!(version, etag_version("9b2c-2", Some(at + 1)));
+        // Without a time: the ETag alone.
+        assert_eq!(etag_version("9b2c-2", None), "etag:9b2c-2");
+        assert_eq!(etag_of("etag:9b2c-2"), Some("9b2c-2"));
+        assert_eq!(etag_of("3HL4kqtJlcpXroDTDmJ"), None);
+    }
+
+    #[test]
+    fn a_head_names_the_version_id_else_etag_and_last_modified() {
+        let head = ObjectHead {
+            version_id: None,
+            etag: "9b2c".into(),
+            last_modified: 1_795_512_600,
+        };
+        assert_eq!(head.version(), "etag:9b2c@2026-11-24T09:30:00Z");
+        let versioned = ObjectHead {
+            version_id: Some("3HL4kqtJlcpXroDTDmJ".into()),
+            ..head
+        };
+        assert_eq!(versioned.version(), "3HL4kqtJlcpXroDTDmJ");
+    }
+
+    #[tokio::test]
+    async fn memory_objects_carry_etag_and_last_modified() {
+        let objects = MemoryObjects::default();
+        let first = objects.put_at("b", "k", "a\n1\n", 100);
+        assert_eq!(objects.head("b", "k").await.unwrap(), Some(first.clone()));
+        // The same bytes again, later: same ETag, a new Last-Modified.
+        let again = objects.put_at("b", "k", "a\n1\n", 160);
+        assert_eq!(
+            (again.etag.as_str(), again.last_modified),
+            (first.etag.as_str(), 160)
+        );
+        assert_ne!(
+            objects.current_version("b", "k").await.unwrap(),
+            Some(first.version())
+        );
+        assert_eq!(objects.head("b", "missing").await.unwrap(), None);
     }
 }

@@ -7,7 +7,7 @@
 use crate::events::JobEvents;
 use crate::finalize::Finalizer;
 use crate::job::JobId;
-use crate::objects::ObjectSource;
+use crate::objects::{ObjectSource, ObjectVersions};
 use crate::pinned::PinnedDefinitions;
 use crate::prepare::{PrepareSettings, Preparer};
 use crate::process::{Worker, WorkerSettings};
@@ -23,6 +23,9 @@ use std::sync::Arc;
 pub struct Deps {
     pub store: Arc<dyn JobStore>,
     pub objects: Arc<dyn ObjectSource>,
+    /// HEADs of uploaded objects: the orchestrator learns from it which
+    /// upload of an unversioned bucket an event is for.
+    pub versions: Arc<dyn ObjectVersions>,
     pub queue: Arc<dyn WorkQueue>,
     /// Continuations of prepares handed over near a deadline (`None`: the
     /// sweeper resumes them).
@@ -95,6 +98,7 @@ impl Deps {
             prepare_queue: self.prepare_queue.as_deref(),
             events: self.events.as_ref(),
             max_workers: self.prepare.max_workers,
+            inline_requeue: false,
         }
     }
 

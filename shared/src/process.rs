@@ -10,7 +10,7 @@ use crate::report::ReportSink;
 use crate::retry::Backoff;
 use crate::schema::{Definition, ValidRecord};
 use crate::store::{BatchOutcome, BatchState, Claim, ClaimedBatch, JobStore, StoreError};
-use crate::throttle::{self, Clock, Limiter, Throttle};
+use crate::throttle::{self, Clock, Grant, Limiter, Throttle};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -18,7 +18,9 @@ pub struct WorkerSettings {
     /// A claim's lease; renewed every `lease / 3` while the batch is worked on.
     pub lease: Duration,
     /// Stop claiming when less than this (or twice the slowest batch so far)
-    /// is left before the deadline.
+    /// is left before the deadline. Half of it is kept to commit or give
+    /// back the batch in hand: a worker waiting for the throughput cap
+    /// stops that long before the deadline.
     pub deadline_margin: Duration,
     pub backoff: Backoff,
     /// The throughput cap of jobs whose definition sets none (0: none).
@@ -81,6 +83,16 @@ pub enum WorkError {
     Finalize(#[from] FinalizeError),
 }
 
+/// Why work on a claimed batch ended without an outcome to commit.
+#[derive(Debug, thiserror::Error)]
+enum Unfinished {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The throughput cap has no room left before the worker must stop.
+    #[error("the throughput cap has no room before the invocation's deadline")]
+    OutOfTime,
+}
+
 impl Worker<'_> {
     /// Works on `job` until nothing is claimable or `deadline` is near.
     pub async fn run(
@@ -97,14 +109,24 @@ impl Worker<'_> {
             lost_claims: 0,
             finalized: false,
         };
+        // Time is told by tokio's clock: the system's monotonic clock,
+        // except in tests that pause it (it then moves as the worker waits).
+        let now = tokio::time::Instant::now;
+        let ends = deadline.map(tokio::time::Instant::from_std);
+        // Work on a batch stops here, leaving half the margin to commit it
+        // or give it back.
+        let stop_at = ends.map(|d| {
+            d.checked_sub(self.settings.deadline_margin / 2)
+                .unwrap_or_else(now)
+        });
         let mut slowest = Duration::ZERO;
         let mut waits = 0;
         loop {
-            if let Some(deadline) = deadline {
+            if let Some(ends) = ends {
                 let needed = self.settings.deadline_margin.max(slowest * 2);
-                if deadline.saturating_duration_since(Instant::now()) < needed {
+                if ends.saturating_duration_since(now()) < needed {
                     if report.batches > 0 {
-                        report.finalized |= self.complete(job, Some(deadline)).await?;
+                        report.finalized |= self.complete(job, deadline).await?;
                     }
                     report.stop = StopReason::Deadline;
                     return Ok(report);
@@ -131,9 +153,8 @@ impl Worker<'_> {
                             break;
                         };
                         let nothing_new = !j.prepared && j.batches_handed_out >= j.batches_ready;
-                        let out_of_time = deadline.is_some_and(|d| {
-                            d.saturating_duration_since(Instant::now())
-                                < self.settings.deadline_margin
+                        let out_of_time = ends.is_some_and(|d| {
+                            d.saturating_duration_since(now()) < self.settings.deadline_margin
                         });
                         if j.status.is_final() || !nothing_new || out_of_time {
                             break;
@@ -158,8 +179,8 @@ impl Worker<'_> {
                     return Ok(report);
                 }
             };
-            let started = Instant::now();
-            match self.work_on(&claim).await {
+            let started = now();
+            match self.work_on(&claim, stop_at).await {
                 Ok(outcome) => {
                     let (processed, failed) = settled_now(&claim, &outcome);
                     crate::metrics::batch_committed(
@@ -174,25 +195,49 @@ impl Worker<'_> {
                     report.failed += failed;
                     report.finalized |= self.after_commit(&claim, &outcome, deadline).await?;
                 }
-                Err(StoreError::ClaimLost { .. }) => {
+                Err(Unfinished::Store(StoreError::ClaimLost { .. })) => {
                     tracing::warn!(job_id = %job, batch = claim.index, version = claim.version, "claim lost to a reclaim; result dropped");
                     report.lost_claims += 1;
                 }
-                Err(e) if e.is_transient() => {
+                Err(Unfinished::Store(e)) if e.is_transient() => {
                     // Hand the batch back so another attempt need not wait
                     // for the lease (if this fails too, the lease expires).
                     let _ = self.store.release_batch(&claim, &e.to_string()).await;
                     return Err(e.into());
                 }
-                Err(e) => return Err(e.into()),
+                Err(Unfinished::Store(e)) => return Err(e.into()),
+                Err(Unfinished::OutOfTime) => {
+                    // The batch did not fail, the invocation ran out: give it
+                    // back without it counting toward maxAttempts, so a
+                    // batch slowed by the cap is never declared poison.
+                    // The next claim writes its records again from the
+                    // first (processors are idempotent). No completion
+                    // check: this batch is not done, so the job is not.
+                    match self.store.yield_batch(&claim).await {
+                        Ok(()) => {
+                            tracing::info!(job_id = %job, batch = claim.index, version = claim.version, "out of time under the throughput cap; batch given back")
+                        }
+                        Err(StoreError::ClaimLost { .. }) => report.lost_claims += 1,
+                        Err(e) => {
+                            tracing::warn!(job_id = %job, batch = claim.index, error = %e, "giving the batch back failed; its lease will expire")
+                        }
+                    }
+                    report.stop = StopReason::Deadline;
+                    return Ok(report);
+                }
             }
             slowest = slowest.max(started.elapsed());
         }
     }
 
-    /// Processes and commits one claimed batch while keeping its lease alive.
-    async fn work_on(&self, claim: &ClaimedBatch) -> Result<BatchOutcome, StoreError> {
-        let work = self.process(claim);
+    /// Processes and commits one claimed batch while keeping its lease
+    /// alive; `OutOfTime` when the cap leaves no room before `stop_at`.
+    async fn work_on(
+        &self,
+        claim: &ClaimedBatch,
+        stop_at: Option<tokio::time::Instant>,
+    ) -> Result<BatchOutcome, Unfinished> {
+        let work = self.process(claim, stop_at);
         tokio::pin!(work);
         let every = self.settings.lease / 3;
         let outcome = loop {
@@ -203,7 +248,7 @@ impl Worker<'_> {
                     match self.store.extend_lease(claim, until).await {
                         Ok(()) => {}
                         // Someone reclaimed the batch: stop working on it.
-                        Err(e @ StoreError::ClaimLost { .. }) => return Err(e),
+                        Err(e @ StoreError::ClaimLost { .. }) => return Err(e.into()),
                         Err(e) => tracing::warn!(job_id = %claim.job_id, batch = claim.index, error = %e, "lease renewal failed; retrying"),
                     }
                 }
@@ -214,7 +259,11 @@ impl Worker<'_> {
     }
 
     /// Validates and processes the batch's records into an outcome.
-    async fn process(&self, claim: &ClaimedBatch) -> Result<BatchOutcome, StoreError> {
+    async fn process(
+        &self,
+        claim: &ClaimedBatch,
+        stop_at: Option<tokio::time::Instant>,
+    ) -> Result<BatchOutcome, Unfinished> {
         let max_attempts = u64::from(self.definition.max_attempts);
         // A retry's rerun keeps what the earlier run settled: records that
         // succeeded, and validation failures (the file is what it is).
@@ -247,9 +296,9 @@ impl Worker<'_> {
                 if let Err(release) = self.store.release_batch(claim, &e.to_string()).await {
                     tracing::warn!(job_id = %claim.job_id, batch = claim.index, error = %release, "releasing an unloadable batch failed; its lease will expire");
                 }
-                return Err(e);
+                return Err(e.into());
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let (records, mut failed, settled) = match earlier {
             Some(earlier) => earlier.split(records, claim.rerun.map_or(0, |r| r.processed)),
@@ -269,7 +318,9 @@ impl Worker<'_> {
                 Err(issues) => failed.push(FailedRecord::invalid(record.line, issues)),
             }
         }
-        let processed = self.run_processor(claim, &valid, &mut failed).await?;
+        let processed = self
+            .run_processor(claim, &valid, &mut failed, stop_at)
+            .await?;
         failed.sort_by_key(|f| f.line);
         Ok(BatchOutcome {
             state: BatchState::Done,
@@ -299,13 +350,15 @@ impl Worker<'_> {
 
     /// Runs the processor with retries for retryable errors; returns how many
     /// records succeeded and adds the rest to `failed`. Fails only when the
-    /// throughput cap's windows cannot be reached.
+    /// throughput cap's windows cannot be reached or have no room before
+    /// `stop_at`.
     async fn run_processor(
         &self,
         claim: &ClaimedBatch,
         valid: &[ValidRecord],
         failed: &mut Vec<FailedRecord>,
-    ) -> Result<u64, StoreError> {
+        stop_at: Option<tokio::time::Instant>,
+    ) -> Result<u64, Unfinished> {
         let mut pending: Vec<&ValidRecord> = valid.iter().collect();
         let mut processed = 0;
         let max_retries = self.definition.max_retries;
@@ -319,7 +372,7 @@ impl Worker<'_> {
                 retry,
                 definition: self.definition,
             };
-            let results = self.call_processor(claim, &pending, &ctx).await?;
+            let results = self.call_processor(claim, &pending, &ctx, stop_at).await?;
             let mut again = Vec::new();
             for (record, result) in pending.into_iter().zip(results) {
                 match result {
@@ -350,13 +403,15 @@ impl Worker<'_> {
     /// One result per record from the processor. Under a throughput cap the
     /// records go in slices of at most a tenth of the cap, each reserved in
     /// the job's current window first (waiting for a window with room), so
-    /// a batch larger than the cap spreads over several seconds.
+    /// a batch larger than the cap spreads over several seconds, and stops
+    /// (`OutOfTime`) rather than wait for a window past `stop_at`.
     async fn call_processor(
         &self,
         claim: &ClaimedBatch,
         records: &[&ValidRecord],
         ctx: &ProcessContext<'_>,
-    ) -> Result<Vec<Result<(), ProcessError>>, StoreError> {
+        stop_at: Option<tokio::time::Instant>,
+    ) -> Result<Vec<Result<(), ProcessError>>, Unfinished> {
         let cap = throttle::cap_of(
             self.definition.max_write_units_per_second,
             self.settings.max_write_units_per_second,
@@ -370,6 +425,7 @@ impl Worker<'_> {
             clock: &self.settings.clock,
             job: &claim.job_id,
             cap,
+            stop_at,
         };
         let units: Vec<u64> = records
             .iter()
@@ -377,7 +433,10 @@ impl Worker<'_> {
             .collect();
         let mut results = Vec::with_capacity(records.len());
         for run in throttle::slices(&units, limiter.slice()) {
-            let acquired = limiter.acquire(units[run.clone()].iter().sum()).await?;
+            let acquired = match limiter.acquire(units[run.clone()].iter().sum()).await? {
+                Grant::Granted(acquired) => acquired,
+                Grant::OutOfTime(_) => return Err(Unfinished::OutOfTime),
+            };
             if acquired.full > 0 {
                 tracing::debug!(job_id = %claim.job_id, batch = claim.index, windows_full = acquired.full, "waited for the throughput cap");
             }
@@ -520,7 +579,7 @@ fn poisoned(claim: &ClaimedBatch, records: &[StagedRecord], max_attempts: u64) -
         .as_deref()
         .unwrap_or("the worker stopped without committing");
     let message = format!("batch abandoned after {max_attempts} attempts; last error: {cause}");
-    tracing::error!(job_id = %claim.job_id, batch = claim.index, attempts = claim.version - 1, "poison batch failed");
+    tracing::error!(job_id = %claim.job_id, batch = claim.index, attempts = claim.attempt - 1, "poison batch failed");
     BatchOutcome {
         state: BatchState::Failed,
         processed: 0,
@@ -545,7 +604,7 @@ fn unloadable(claim: &ClaimedBatch, error: &StoreError, max_attempts: u64) -> Ba
         "batch {}: records could not be loaded after {max_attempts} attempts: {error}",
         claim.index
     );
-    tracing::error!(job_id = %claim.job_id, batch = claim.index, attempts = claim.version - 1, error = %error, "unloadable batch failed");
+    tracing::error!(job_id = %claim.job_id, batch = claim.index, attempts = claim.attempt - 1, error = %error, "unloadable batch failed");
     BatchOutcome {
         state: BatchState::Failed,
         processed: 0,

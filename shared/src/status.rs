@@ -55,6 +55,9 @@ pub struct JobStatusView {
     /// Ended, and the report is being written (`report` follows).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub report_pending: bool,
+    /// A retry's requeue pass is putting failed batches back.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub requeuing: bool,
     /// Retry rounds run so far.
     pub retries: u32,
     pub spend: Cost,
@@ -81,14 +84,10 @@ impl JobStatusView {
                 10 + (89 * done / job.total_batches.max(1)) as u8
             }
         };
-        let end = job.finished_at_ms.unwrap_or(now_ms);
-        let elapsed_s = (end - job.created_at_ms).max(0) as f64 / 1000.0;
+        // A retry's round counts from when its batches were back, over
+        // what it settled itself: not from the job's creation a day before.
+        let (_, rate) = job.round_rate(now_ms);
         let handled = job.processed + job.failed;
-        let rate = if elapsed_s > 0.0 {
-            handled as f64 / elapsed_s
-        } else {
-            0.0
-        };
         let total = job.prepared.then_some(job.total_records);
         // While reading, the checkpoint of the last publication counts the
         // records before it.
@@ -126,6 +125,7 @@ impl JobStatusView {
             failure_reason: job.failure_reason.clone(),
             report: job.report.clone(),
             report_pending: job.report_owed,
+            requeuing: job.round.requeuing,
             retries: job.retries,
             spend: job.cost,
         }
@@ -166,6 +166,8 @@ mod tests {
             owed_events: Vec::new(),
             cost: Cost::default(),
             retries: 0,
+            retryable: 0,
+            round: Default::default(),
         }
     }
 
@@ -215,5 +217,38 @@ mod tests {
             (v.phase, v.progress, v.eta_seconds),
             (Phase::Done, 100, Some(0))
         );
+    }
+
+    /// A job retried a day after it was created: its rate counts what the
+    /// round settled since its batches were back, not since the creation.
+    #[test]
+    fn a_retried_round_counts_its_rate_and_eta_from_its_own_start() {
+        const DAY_MS: i64 = 86_400_000;
+        let mut j = job();
+        j.prepared = true;
+        j.total_batches = 10;
+        j.total_records = 1_000;
+        j.batches_done = 8;
+        j.processed = 800;
+        j.retries = 1;
+        // The requeue pass: nothing of the round is settled yet.
+        j.round.requeuing = true;
+        j.round.started_at_ms = DAY_MS;
+        j.round.base = 1_000;
+        let v = JobStatusView::of(&j, DAY_MS + 5_000);
+        assert_eq!((v.records_per_second, v.eta_seconds), (0.0, None));
+        // The pass ended at the day's start with 800 records settled; ten
+        // seconds later the round has settled 100 more.
+        j.round = crate::job::Round {
+            started_at_ms: DAY_MS,
+            base: 800,
+            ..Default::default()
+        };
+        j.batches_done = 9;
+        j.processed = 900;
+        let v = JobStatusView::of(&j, DAY_MS + 10_000);
+        assert_eq!(v.records_per_second, 10.0);
+        assert_eq!(v.eta_seconds, Some(10), "100 records left at 10 a second");
+        assert_eq!(j.summary(DAY_MS + 10_000).records_per_second, 10.0);
     }
 }

@@ -1,25 +1,43 @@
 //! Steering a job after the fact: retrying what failed in processing, and
 //! what an abort left unprocessed.
 //!
-//! A retry is a new round of the same job. It requeues every batch that
-//! holds processing failures (the processor's errors, poison batches): their
-//! failed records leave the failed count until the rerun commits, and only
-//! they run again (records that succeeded, and validation failures, keep
-//! their outcome). Then it reopens the job (PROCESSING, `retries` + 1),
-//! wakes workers and, when the file was not read to the end (an abort during
-//! prepare), continues prepare at its checkpoint. Batches an abort left
-//! unclaimed are claimed as usual. The job then finalizes again, once, with
-//! a new report and a new event id.
+//! A retry is a new round of the same job. Starting it does a bounded amount
+//! of work, whatever the job's size: it reopens the job (PROCESSING,
+//! `retries` + 1) and wakes what the round needs. Batches that hold
+//! processing failures (the processor's errors, poison batches) are put back
+//! by the round's requeue pass, which grows with the job and so runs outside
+//! the request that asked for the retry: in the orchestrator, through the
+//! prepare queue, handing over near its deadline; in the sweeper when it
+//! stalls; or inline in the command-line tool. The pass walks the failures
+//! page by page from a cursor recorded on the job, and each requeue is fenced
+//! by the round, so a pass that runs twice or late requeues nothing twice.
+//! Until the pass ends the job cannot complete. A requeued batch's failed
+//! records leave the failed count until its rerun commits, and only they run
+//! again (records that succeeded, and validation failures, keep their
+//! outcome). Batches an abort left unclaimed are claimed as usual; a file
+//! not read to the end (an abort during prepare) is read on from its
+//! checkpoint. The job then finalizes again, once, with a new report and a
+//! new event id.
 
 use crate::events::JobEvents;
 use crate::events::{deliver_owed as deliver, DeliveryError};
 use crate::job::{now_ms, Job, JobId, JobStatus};
 use crate::queue::{PrepareQueue, QueueError, WorkMessage, WorkQueue};
-use crate::store::{JobStore, StoreError};
+use crate::store::{JobStore, Reopening, StoreError};
 use futures::{StreamExt, TryStreamExt};
+use std::time::{Duration, Instant};
 
 /// Batches requeued at once.
 const PARALLEL_REQUEUES: usize = 16;
+
+/// Failure items a requeue pass reads a page (each names one batch, or a
+/// part of one): a page takes a few seconds at most, and records the pass's
+/// progress when done.
+pub const REQUEUE_PAGE: usize = 100;
+
+/// A requeue pass hands over when less than this is left before its
+/// deadline (a page takes far less).
+const REQUEUE_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SteerError {
@@ -42,30 +60,50 @@ pub enum SteerError {
 }
 
 /// What a retry needs: the store, the queues that wake workers and
-/// prepare, and the event channel (an event still owed by the previous
-/// round goes out before the new round starts).
+/// continue prepares and requeue passes, and the event channel (an event
+/// still owed by the previous round goes out before the new round starts).
 pub struct Steering<'a> {
     pub store: &'a dyn JobStore,
     pub queue: &'a dyn WorkQueue,
-    /// `None`: the sweeper resumes an unfinished prepare.
+    /// Where the orchestrator continues an unfinished prepare and runs a
+    /// retry's requeue pass. `None`: the sweeper does both (a requeue pass
+    /// once it stalled), unless `inline_requeue`.
     pub prepare_queue: Option<&'a dyn PrepareQueue>,
     pub events: &'a dyn JobEvents,
     /// Workers woken at most.
     pub max_workers: u32,
+    /// Run the requeue pass within `retry` (a command-line tool, with no
+    /// deadline) rather than hand it over.
+    pub inline_requeue: bool,
 }
 
 /// What a retry started.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryStarted {
-    /// The job as reopened.
+    /// The job as reopened (or, after an inline requeue pass, as it stood
+    /// when the pass ended).
     pub job: Job,
-    /// Batches requeued for their processing failures, and their records.
-    pub batches: u64,
+    /// Records whose processing failed, which run again.
     pub records: u64,
     /// Batches not processed yet besides those (an abort left them).
     pub unprocessed: u64,
+    /// The requeue pass putting the failed batches back has not ended yet
+    /// (it runs in the orchestrator or the sweeper).
+    pub requeuing: bool,
     /// The file was not read to the end: prepare continues.
     pub resumes_prepare: bool,
+}
+
+/// How a requeue pass stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequeueOutcome {
+    /// Every failed batch is back; the job may complete again.
+    Finished { batches: u64, records: u64 },
+    /// Near the deadline: the next pass goes on from the recorded cursor.
+    HandedOff { batches: u64, records: u64 },
+    /// The job has no requeue pass running (it ended, finished its pass
+    /// elsewhere, or moved to another round): nothing to do.
+    Over,
 }
 
 impl Steering<'_> {
@@ -90,49 +128,131 @@ impl Steering<'_> {
         deliver(self.store, self.events, &job)
             .await
             .map_err(SteerError::Event)?;
-        // Requeued before the job reopens, so no worker can find the round
-        // finished before its batches are back. A retry interrupted here
-        // leaves a final job with batches requeued; the next one reopens it.
-        let requeued: Vec<u64> = futures::stream::iter(self.store.retryable_batches(id).await?)
-            .map(|index| self.store.requeue_batch(id, index))
-            .buffer_unordered(PARALLEL_REQUEUES)
-            .try_filter_map(|n| async move { Ok(n) })
-            .try_collect()
-            .await?;
-        let job = self.job(id).await?;
-        let unfinished = !job.prepared || job.batches_done < job.total_batches;
-        if !unfinished {
+        let unprocessed = if job.prepared {
+            job.total_batches.saturating_sub(job.batches_done)
+        } else {
+            job.batches_ready.saturating_sub(job.batches_done)
+        };
+        let requeue = job.retryable > 0;
+        if !requeue && job.prepared && unprocessed == 0 {
             return Err(SteerError::NothingToRetry {
                 job: id.clone(),
                 status: job.status,
             });
         }
+        let reopening = Reopening {
+            seen_retries: job.retries,
+            requeue,
+            base: job.processed + job.failed,
+            now_ms: now_ms(),
+        };
         let reopened = self
             .store
-            .reopen(id, job.retries, now_ms())
+            .reopen(id, &reopening)
             .await?
             .ok_or_else(|| SteerError::Busy(id.clone()))?;
-        tracing::info!(job_id = %id, retries = reopened.retries, batches = requeued.len(), records = requeued.iter().sum::<u64>(), prepared = reopened.prepared, "job reopened for a retry");
+        tracing::info!(job_id = %id, retries = reopened.retries, records = job.retryable, unprocessed, prepared = reopened.prepared, "job reopened for a retry");
         let resumes_prepare = !reopened.prepared;
-        if resumes_prepare {
-            if let Some(queue) = self.prepare_queue {
-                queue.continue_prepare(id).await?;
+        // One continuation does both: the orchestrator runs the requeue
+        // pass, then reads on.
+        let hand_over = (requeue && !self.inline_requeue) || resumes_prepare;
+        if let (true, Some(queue)) = (hand_over, self.prepare_queue) {
+            queue.continue_prepare(id).await?;
+        }
+        self.wake(id, unprocessed).await?;
+        let mut started = RetryStarted {
+            records: job.retryable,
+            unprocessed,
+            requeuing: requeue,
+            resumes_prepare,
+            job: reopened,
+        };
+        if requeue && self.inline_requeue {
+            self.requeue(id, None).await?;
+            started.job = self.job(id).await?;
+            started.requeuing = started.job.round.requeuing;
+        }
+        Ok(started)
+    }
+
+    /// Runs the requeue pass of `id`'s current round from its recorded
+    /// cursor until it ends or `deadline` is near, waking workers for the
+    /// batches it puts back. Safe to run twice at once, or late.
+    pub async fn requeue(
+        &self,
+        id: &JobId,
+        deadline: Option<Instant>,
+    ) -> Result<RequeueOutcome, SteerError> {
+        let job = self.job(id).await?;
+        if job.status.is_final() || !job.round.requeuing {
+            return Ok(RequeueOutcome::Over);
+        }
+        let round = job.retries;
+        let mut cursor = job.round.requeue_cursor.clone();
+        let (mut batches, mut records) = (0, 0);
+        let mut woken = 0;
+        loop {
+            let page = self
+                .store
+                .retryable_batches(id, cursor.as_deref(), REQUEUE_PAGE)
+                .await?;
+            let requeued: Vec<u64> = futures::stream::iter(page.batches)
+                .map(|index| self.store.requeue_batch(id, index, round))
+                .buffer_unordered(PARALLEL_REQUEUES)
+                .try_filter_map(|n| async move { Ok(n) })
+                .try_collect()
+                .await?;
+            // Workers start on the first batches back while the pass goes
+            // on (they wait for more rather than leave), so a pass wakes at
+            // most `max_workers` of them however many pages it reads.
+            let wanted = (requeued.len() as u64).min(self.workers() - woken);
+            self.wake(id, wanted).await?;
+            woken += wanted;
+            batches += requeued.len() as u64;
+            records += requeued.iter().sum::<u64>();
+            let Some(next) = page.next else {
+                break;
+            };
+            if !self.store.note_requeue(id, round, &next, now_ms()).await? {
+                return Ok(RequeueOutcome::Over);
+            }
+            cursor = Some(next);
+            if deadline
+                .is_some_and(|d| d.saturating_duration_since(Instant::now()) < REQUEUE_MARGIN)
+            {
+                tracing::info!(job_id = %id, round, batches, records, "requeue pass handed over near the deadline");
+                return Ok(RequeueOutcome::HandedOff { batches, records });
             }
         }
-        let waiting = reopened.total_batches.max(reopened.batches_ready) - reopened.batches_done;
-        let workers = waiting.clamp(1, u64::from(self.max_workers.max(1)));
+        // The round counts from here, over what it settles from now on
+        // (commits of reruns already under way count as settled before).
+        let now = self.job(id).await?;
+        let base = now.processed + now.failed;
+        if !self.store.finish_requeue(id, round, base, now_ms()).await? {
+            return Ok(RequeueOutcome::Over);
+        }
+        tracing::info!(job_id = %id, round, batches, records, "requeue pass finished");
+        // Someone must find the round finished, even if nothing came back.
+        self.wake(id, 1).await?;
+        Ok(RequeueOutcome::Finished { batches, records })
+    }
+
+    fn workers(&self) -> u64 {
+        u64::from(self.max_workers.max(1))
+    }
+
+    /// Sends up to `max_workers` messages for `batches` batches waiting.
+    async fn wake(&self, id: &JobId, batches: u64) -> Result<(), SteerError> {
+        let workers = batches.min(self.workers());
+        if workers == 0 {
+            return Ok(());
+        }
         let message = WorkMessage {
             job_id: id.clone(),
             continuation: false,
         };
         self.queue.send(&vec![message; workers as usize]).await?;
-        Ok(RetryStarted {
-            unprocessed: waiting.saturating_sub(requeued.len() as u64),
-            job: reopened,
-            batches: requeued.len() as u64,
-            records: requeued.iter().sum(),
-            resumes_prepare,
-        })
+        Ok(())
     }
 
     async fn job(&self, id: &JobId) -> Result<Job, SteerError> {
@@ -142,3 +262,6 @@ impl Steering<'_> {
             .ok_or_else(|| SteerError::NotFound(id.clone()))
     }
 }
+
+#[cfg(test)]
+mod tests;

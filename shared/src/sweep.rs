@@ -1,13 +1,14 @@
 //! The sweeper: makes sure no job stays PROCESSING forever. For each active
 //! job it resumes a prepare whose orchestrator died (giving up after
-//! repeated failures), finalizes a job whose last committer died before
+//! repeated failures), takes over a retry's requeue pass that stalled,
+//! finalizes a job whose last committer died before
 //! finalizing, and re-fans out workers to a job with waiting batches and no
 //! live lease, and sends the events it owes; then it sends what final jobs
 //! still owe.
 
 use crate::events::deliver_owed;
 use crate::finalize::FinalizeError;
-use crate::job::{now_ms, JobId};
+use crate::job::{now_ms, JobId, REQUEUE_STALL_MS};
 use crate::ports::Deps;
 use crate::prepare::PrepareError;
 use crate::queue::{QueueError, WorkMessage};
@@ -27,6 +28,8 @@ pub struct SweepReport {
     /// Jobs that got new worker messages.
     pub refanned: u64,
     pub prepares_resumed: u64,
+    /// Retries' requeue passes taken over after they stalled.
+    pub requeues_resumed: u64,
     pub finalized: u64,
     /// Job events sent that whoever recorded them had not delivered.
     pub events_sent: u64,
@@ -46,6 +49,12 @@ pub enum SweepError {
     Finalize(#[from] FinalizeError),
     #[error(transparent)]
     Definition(#[from] crate::pinned::PinError),
+    #[error("taking over the requeue pass of job {job} failed")]
+    Requeue {
+        job: JobId,
+        #[source]
+        source: crate::steer::SteerError,
+    },
     #[error("resuming the prepare of job {job} failed")]
     Prepare {
         job: JobId,
@@ -132,6 +141,26 @@ async fn recover(
         }
     }
     let now = now_ms();
+    if job.round.requeuing {
+        // The pass records its progress every page; one silent for this
+        // long died with its function (or its continuation was lost).
+        if job.round.requeued_at_ms + REQUEUE_STALL_MS < now {
+            tracing::warn!(job_id = %id, round = job.retries, "taking over a stalled requeue pass");
+            let outcome = deps
+                .steering()
+                .requeue(id, deadline)
+                .await
+                .map_err(|source| SweepError::Requeue {
+                    job: id.clone(),
+                    source,
+                })?;
+            if let crate::steer::RequeueOutcome::HandedOff { .. } = outcome {
+                deps.continue_prepare(id).await?;
+            }
+            report.requeues_resumed += 1;
+        }
+        return Ok(());
+    }
     if !job.prepared {
         if job.prepare_lease_until_ms < now {
             tracing::warn!(job_id = %id, from_batch = job.batches_ready, "resuming an abandoned prepare");

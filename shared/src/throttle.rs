@@ -5,12 +5,14 @@
 //! write per processor call, never one per record.
 
 use crate::job::JobId;
+use crate::schema::Definition;
 use crate::store::StoreError;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// A reservation takes at most this share of the cap (a tenth), so the
 /// reservations that no longer fit leave little of a window unused (at
@@ -26,6 +28,94 @@ const JITTER_MS: u64 = 20;
 /// default (`MAX_WRITE_UNITS_PER_SECOND`, 0 for none).
 pub fn cap_of(definition: Option<u32>, deployment_default: u32) -> Option<u64> {
     Some(u64::from(definition.unwrap_or(deployment_default))).filter(|&cap| cap > 0)
+}
+
+/// The longest one batch may take to write at the full cap, counting at
+/// least one write unit a record: a fifth of the worker function's timeout
+/// (300 s), so a batch fits in an invocation with room to spare, also when
+/// a few workers share the cap. (Lambda allows at most 15 minutes, less
+/// `DEADLINE_MARGIN_SECONDS`; a batch that cannot fit in that would never
+/// finish, and one that fits only barely would rarely.)
+pub const MAX_BATCH_SECONDS: u64 = 60;
+
+/// A throughput cap under which one batch cannot be written in the time a
+/// batch may take (`MAX_BATCH_SECONDS`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapError {
+    #[error(
+        "import definition {origin}: batchSize {batch_size} at maxWriteUnitsPerSecond {cap} \
+         needs at least {} s per batch at the full cap (a record costs at least 1 write unit), \
+         more than the {MAX_BATCH_SECONDS} s a batch may take: lower batchSize to at most {} \
+         or raise maxWriteUnitsPerSecond to at least {}",
+        seconds_per_batch(*.batch_size, *.cap),
+        largest_batch(*.cap),
+        smallest_cap(*.batch_size)
+    )]
+    Definition {
+        origin: String,
+        batch_size: usize,
+        cap: u64,
+    },
+    #[error(
+        "import definition {origin} sets no maxWriteUnitsPerSecond, so its jobs run under the \
+         deployment's MAX_WRITE_UNITS_PER_SECOND {cap}: batchSize {batch_size} at {cap} write \
+         units a second needs at least {} s per batch at the full cap (a record costs at least \
+         1 write unit), more than the {MAX_BATCH_SECONDS} s a batch may take: lower batchSize to \
+         at most {}, raise MAX_WRITE_UNITS_PER_SECOND to at least {}, or set \
+         maxWriteUnitsPerSecond in the definition",
+        seconds_per_batch(*.batch_size, *.cap),
+        largest_batch(*.cap),
+        smallest_cap(*.batch_size)
+    )]
+    Deployment {
+        origin: String,
+        batch_size: usize,
+        cap: u64,
+    },
+}
+
+fn seconds_per_batch(batch_size: usize, cap: u64) -> u64 {
+    (batch_size as u64).div_ceil(cap.max(1))
+}
+
+fn largest_batch(cap: u64) -> u64 {
+    cap.saturating_mul(MAX_BATCH_SECONDS)
+}
+
+fn smallest_cap(batch_size: usize) -> u64 {
+    (batch_size as u64).div_ceil(MAX_BATCH_SECONDS)
+}
+
+/// Refuses a cap under which a batch of `definition` cannot be written in
+/// `MAX_BATCH_SECONDS`: a worker gives such a batch back each time its
+/// invocation runs out, so it would never finish. Checked where the
+/// definition meets the deployment's default (the functions' cold start,
+/// `bulkimport check` with no default); `origin` names the definition.
+pub fn check_cap(
+    definition: &Definition,
+    deployment_default: u32,
+    origin: &str,
+) -> Result<(), CapError> {
+    let Some(cap) = cap_of(definition.max_write_units_per_second, deployment_default) else {
+        return Ok(());
+    };
+    let batch_size = definition.batch_size;
+    if seconds_per_batch(batch_size, cap) <= MAX_BATCH_SECONDS {
+        return Ok(());
+    }
+    let origin = origin.to_owned();
+    Err(match definition.max_write_units_per_second {
+        Some(_) => CapError::Definition {
+            origin,
+            batch_size,
+            cap,
+        },
+        None => CapError::Deployment {
+            origin,
+            batch_size,
+            cap,
+        },
+    })
 }
 
 /// Whether a window had room for a reservation.
@@ -127,6 +217,10 @@ pub struct Limiter<'a> {
     pub job: &'a JobId,
     /// Write units a second, more than 0.
     pub cap: u64,
+    /// When the worker must stop working to leave time to commit or give
+    /// its batch back (on tokio's clock, which tests pause); `None` for no
+    /// deadline. No reservation is made after it and no wait ends past it.
+    pub stop_at: Option<Instant>,
 }
 
 /// What getting a reservation took.
@@ -138,6 +232,33 @@ pub struct Acquired {
     pub full: u32,
 }
 
+/// How asking for a reservation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// The units are reserved: spend them now.
+    Granted(Acquired),
+    /// No window with room opens before the worker must stop (`stop_at`):
+    /// nothing is reserved, and no wait was started.
+    OutOfTime(Acquired),
+}
+
+impl Grant {
+    /// The reservation, if it was made.
+    pub fn granted(self) -> Option<Acquired> {
+        match self {
+            Grant::Granted(acquired) => Some(acquired),
+            Grant::OutOfTime(_) => None,
+        }
+    }
+
+    /// What asking took, granted or not.
+    pub fn acquired(self) -> Acquired {
+        match self {
+            Grant::Granted(acquired) | Grant::OutOfTime(acquired) => acquired,
+        }
+    }
+}
+
 impl Limiter<'_> {
     /// The most one reservation takes.
     pub fn slice(&self) -> u64 {
@@ -147,13 +268,21 @@ impl Limiter<'_> {
     /// Returns once `units` may be spent, reserved in the current window
     /// (or the first later one with room). More than the cap takes a whole
     /// window to itself, so a single huge record still goes through.
-    pub async fn acquire(&self, units: u64) -> Result<Acquired, StoreError> {
+    /// `OutOfTime` instead when `stop_at` has passed, or when the next
+    /// window opens after it: a worker must not sleep through the time it
+    /// needs to commit or give its batch back.
+    pub async fn acquire(&self, units: u64) -> Result<Grant, StoreError> {
         let mut acquired = Acquired::default();
         if units == 0 {
-            return Ok(acquired);
+            return Ok(Grant::Granted(acquired));
         }
         let units = units.min(self.cap);
         loop {
+            // Units reserved now and not spent would be lost to the whole
+            // job for this second.
+            if self.stop_at.is_some_and(|stop| Instant::now() >= stop) {
+                return Ok(Grant::OutOfTime(acquired));
+            }
             let second = self.clock.now_ms().div_euclid(1000);
             acquired.requests += 1;
             let reservation = self
@@ -161,13 +290,20 @@ impl Limiter<'_> {
                 .reserve(self.job, second, units, self.cap)
                 .await?;
             if reservation == Reservation::Granted {
-                return Ok(acquired);
+                return Ok(Grant::Granted(acquired));
             }
             acquired.full += 1;
             let wait = (second + 1) * 1000 - self.clock.now_ms();
             if wait > 0 {
                 let jitter = rand::random::<u64>() % JITTER_MS;
-                tokio::time::sleep(Duration::from_millis(wait as u64 + jitter)).await;
+                let wait = Duration::from_millis(wait as u64 + jitter);
+                if self
+                    .stop_at
+                    .is_some_and(|stop| Instant::now() + wait > stop)
+                {
+                    return Ok(Grant::OutOfTime(acquired));
+                }
+                tokio::time::sleep(wait).await;
             }
         }
     }

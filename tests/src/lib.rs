@@ -36,6 +36,23 @@ pub async fn clients() -> Clients {
     Clients::load().await
 }
 
+/// Clients for the emulator whose every request goes through `ledger`.
+pub async fn ledger_clients(ledger: &ledger::Ledger) -> Clients {
+    use aws_smithy_http_client::{
+        tls::{self, rustls_provider::CryptoMode},
+        Builder,
+    };
+    clients().await;
+    let http = Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(ledger.wrap(http))
+        .load()
+        .await;
+    Clients::from_config(&config)
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}",
@@ -220,7 +237,8 @@ impl Stack {
     }
 
     /// Runs the orchestrator on the prepare queue (a stand-in for its SQS
-    /// event source mapping) until the job is prepared or final.
+    /// event source mapping) until the job is prepared (and a retry's
+    /// requeue pass over) or final.
     pub async fn continue_prepares(&self, job: &JobId) -> PollStats {
         let poller = Poller {
             sqs: self.clients.sqs.clone(),
@@ -232,7 +250,7 @@ impl Stack {
         poller
             .run_until(|| async {
                 let job = self.job(job).await;
-                job.prepared || job.status.is_final()
+                (job.prepared && !job.round.requeuing) || job.status.is_final()
             })
             .await
             .expect("prepare poller")

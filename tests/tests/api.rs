@@ -432,6 +432,108 @@ async fn abort_ends_a_job_once_and_retry_runs_what_it_left() {
     assert_eq!(status, 404);
 }
 
+/// A retry through the API must start within the API function's 30
+/// seconds whatever the job's size: the request reopens the job and hands
+/// the requeue pass, which grows with the failures, to the orchestrator.
+#[tokio::test]
+async fn retry_of_a_job_with_many_failed_batches_starts_in_a_bounded_number_of_requests() {
+    const ROWS: u64 = 150;
+    let definition = DEFINITION.replace(
+        r#""batchSize": 4"#,
+        r#""batchSize": 1, "maxRetries": 0, "continueOnError": true"#,
+    );
+    let stack = Stack::new(&definition).await;
+    let event = stack
+        .upload("uploads/down.csv", csv(ROWS as usize, 0))
+        .await;
+    // The target table is gone while the job runs: every record fails in
+    // processing, one batch each.
+    stack
+        .clients
+        .dynamodb
+        .delete_table()
+        .table_name(&stack.resources.target_table)
+        .send()
+        .await
+        .expect("delete the target table");
+    let job = JobId::new(&stack.orchestrate(event).await[0].job_id);
+    stack.run_workers(4, &job).await;
+    let failed = stack.job(&job).await;
+    assert_eq!(
+        (failed.status, failed.failed, failed.retryable),
+        (bulk_import::JobStatus::Failed, ROWS, ROWS)
+    );
+    bulk_import::local::ensure_resources(&stack.clients, &stack.resources)
+        .await
+        .expect("recreate the target table");
+
+    // The API's store counts its requests.
+    let ledger = integration_tests::ledger::Ledger::default();
+    let counted = integration_tests::ledger_clients(&ledger).await;
+    let mut api = api(&stack);
+    api.store = Arc::new(DynamoStore::new(
+        counted.dynamodb.clone(),
+        &stack.resources.state_table,
+        false,
+    ));
+    let (status, view) = call(&api, ApiRequest::post(&format!("/jobs/{job}/retry"))).await;
+    assert_eq!(status, 200, "{view}");
+    let requests: u64 = ledger.with(|t| t.operations.values().sum());
+    assert!(
+        requests <= 6,
+        "{requests} requests for {ROWS} failed batches: {:?}",
+        ledger.with(|t| t.operations.clone())
+    );
+    // Reopened and consistent: nothing requeued yet, and it cannot complete
+    // until the pass has put every failed batch back.
+    let reopened = stack.job(&job).await;
+    assert_eq!(
+        (
+            reopened.status,
+            reopened.retries,
+            reopened.round.requeuing,
+            reopened.batches_done,
+            reopened.failed
+        ),
+        (bulk_import::JobStatus::Processing, 1, true, ROWS, ROWS)
+    );
+    assert_eq!(
+        (&view["status"], &view["requeuing"]),
+        (&json!("PROCESSING"), &json!(true))
+    );
+
+    // The orchestrator runs the pass from the prepare queue.
+    let continued = stack.continue_prepares(&job).await;
+    assert_eq!(continued.failed_messages, 0);
+    let requeued = stack.job(&job).await;
+    assert_eq!(
+        (
+            requeued.round.requeuing,
+            requeued.batches_done,
+            requeued.failed,
+            requeued.retryable
+        ),
+        (false, 0, 0, 0)
+    );
+    stack.run_workers(4, &job).await;
+    let done = stack.job(&job).await;
+    assert_eq!(
+        (done.status, done.processed, done.failed, done.retries),
+        (bulk_import::JobStatus::Completed, ROWS, 0, 1)
+    );
+    assert_eq!(stack.target_items().await.len() as u64, ROWS);
+    let ids: Vec<String> = stack
+        .events
+        .endings()
+        .iter()
+        .map(|e| e.event_id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![format!("{job}:failed"), format!("{job}:completed:retry-1")]
+    );
+}
+
 #[tokio::test]
 async fn stats_count_jobs_per_status_and_sum_recent_records() {
     let stack = Stack::new(DEFINITION).await;

@@ -1,11 +1,14 @@
 //! The pipeline end to end on the emulator: S3 upload -> orchestrator ->
 //! DynamoDB -> SQS -> concurrent workers -> exactly-once finalization.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use bulk_import::job::JobId;
+use bulk_import::locate;
+use bulk_import::objects::S3Objects;
 use bulk_import::store::{BatchState, JobControl};
 use bulk_import::JobStatus;
-use integration_tests::Stack;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use integration_tests::{Item, Stack};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 const DEFINITION: &str = r#"{
   "fields": [
@@ -262,4 +265,191 @@ async fn write_units_per_record_stay_within_budget() {
     );
     assert!(per_record < 0.3, "{per_record} write units per record");
     let _ = HashMap::<(), ()>::new();
+}
+
+/// The job's items left in the state table (its partitions `J#<jobId>…`).
+async fn items_of(stack: &Stack, job: &JobId) -> Vec<Item> {
+    let pk = bulk_import::store::dynamodb::items::job_pk(job);
+    stack
+        .scan(&stack.resources.state_table)
+        .await
+        .into_iter()
+        .filter(|i| {
+            i["pk"]
+                .as_s()
+                .is_ok_and(|p| p == &pk || p.starts_with(&format!("{pk}#")))
+        })
+        .collect()
+}
+
+/// Last-Modified of the object, from a HEAD, in seconds.
+async fn last_modified(stack: &Stack, key: &str) -> i64 {
+    stack
+        .clients
+        .s3
+        .head_object()
+        .bucket(&stack.resources.bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("head object")
+        .last_modified()
+        .expect("Last-Modified")
+        .secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_file_uploaded_again_after_its_job_expired_is_a_new_job_with_exact_counts() {
+    // The stack's bucket is unversioned: its uploads have no version id.
+    let stack = Stack::new(DEFINITION).await;
+    let key = "uploads/again.csv";
+    let (csv, valid, invalid) = users(1_200);
+    let event = stack.upload(key, csv.clone()).await;
+    let uploaded_object = &event.records[0].s3.object;
+    assert!(
+        uploaded_object
+            .version_id
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty(),
+        "an unversioned bucket: the event names no version"
+    );
+    let etag = uploaded_object.e_tag.clone();
+    let first = stack.orchestrate(event.clone()).await;
+    let first_job = JobId::new(&first[0].job_id);
+    stack.run_workers(2, &first_job).await;
+    let job = stack.job(&first_job).await;
+    assert_eq!(job.status, JobStatus::CompletedWithErrors);
+    assert_eq!((job.processed, job.batches_done), (valid.len() as u64, 3));
+    let objects = S3Objects::new(stack.clients.s3.clone());
+    let object = format!("s3://{}/{key}", stack.resources.bucket);
+    assert_eq!(locate::job_id(&objects, &object).await.unwrap(), first_job);
+
+    // The event delivered again finds its job.
+    let redelivered = stack.orchestrate(event).await;
+    assert_eq!(redelivered[0].job_id, first_job.as_str());
+    assert_eq!(redelivered[0].outcome, "duplicate");
+
+    // The retention period passes; DynamoDB's TTL has deleted the job item
+    // and nothing else yet: counter shards, cursors, batches, records and
+    // the pinned definition are left.
+    stack
+        .clients
+        .dynamodb
+        .delete_item()
+        .table_name(&stack.resources.state_table)
+        .key(
+            "pk",
+            AttributeValue::S(bulk_import::store::dynamodb::items::job_pk(&first_job)),
+        )
+        .key("sk", AttributeValue::S("JOB".into()))
+        .send()
+        .await
+        .expect("delete the job item");
+    let left: BTreeSet<String> = items_of(&stack, &first_job)
+        .await
+        .iter()
+        .filter_map(|i| i["sk"].as_s().ok())
+        .map(|sk| sk.split('#').next().unwrap_or(sk).to_owned())
+        .collect();
+    for kind in ["DEFINITION", "CURSOR", "COUNTERS", "BATCH"] {
+        assert!(left.contains(kind), "{kind} items are left: {left:?}");
+    }
+    assert!(!left.contains("JOB"));
+    // The target is emptied, so that what the next job writes shows.
+    for item in stack.target_items().await {
+        stack
+            .clients
+            .dynamodb
+            .delete_item()
+            .table_name(&stack.resources.target_table)
+            .key("email", item["email"].clone())
+            .send()
+            .await
+            .expect("delete target item");
+    }
+
+    // The same bytes uploaded again: the same ETag, and as soon as S3's
+    // clock (to the second) has moved, another Last-Modified. Each round is
+    // a real upload; the first to land in a later second is the new one.
+    let uploaded = last_modified(&stack, key).await;
+    let started = std::time::Instant::now();
+    let event = loop {
+        let event = stack.upload(key, csv.clone()).await;
+        if last_modified(&stack, key).await != uploaded {
+            break event;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "Last-Modified never moved"
+        );
+    };
+    assert_eq!(event.records[0].s3.object.e_tag, etag, "the same bytes");
+    let second = stack.orchestrate(event).await;
+    let second_job = JobId::new(&second[0].job_id);
+    assert_ne!(second_job, first_job, "a new upload is a new job");
+    assert_eq!(second[0].outcome, "prepared");
+    assert_eq!(locate::job_id(&objects, &object).await.unwrap(), second_job);
+    stack.run_workers(2, &second_job).await;
+
+    let job = stack.job(&second_job).await;
+    assert_eq!(job.status, JobStatus::CompletedWithErrors);
+    assert_eq!(job.total_records, 1_200);
+    assert_eq!(job.processed, valid.len() as u64);
+    assert_eq!(job.failed, invalid.len() as u64);
+    assert_eq!((job.total_batches, job.batches_done), (3, 3));
+    for batch in 0..3 {
+        let info = stack
+            .watcher
+            .batch_info(&second_job, batch)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.state, BatchState::Done, "batch {batch}");
+    }
+    // Every valid record went through the processor again.
+    let keys: HashSet<String> = stack
+        .target_items()
+        .await
+        .iter()
+        .map(|i| i["email"].as_s().expect("email").clone())
+        .collect();
+    assert_eq!(keys.len(), valid.len(), "records written by the new job");
+    assert_eq!(keys, valid);
+    assert_eq!(stack.events.endings().len(), 2);
+}
+
+#[tokio::test]
+async fn an_upload_replaced_before_its_event_is_handled_fails_its_job_as_replaced() {
+    let stack = Stack::new(DEFINITION).await;
+    let key = "uploads/replaced.csv";
+    let replaced = stack.upload(key, users(10).0).await;
+    let current = stack.upload(key, users(20).0).await;
+    let prepared = stack.orchestrate(replaced.clone()).await;
+    // Its upload can no longer be told by its time: its ETag alone names it.
+    let etag = replaced.records[0].s3.object.e_tag.clone().expect("ETag");
+    let version = format!("{}{etag}", bulk_import::objects::ETAG_PREFIX);
+    let expected = JobId::for_object(&stack.resources.bucket, key, &version);
+    assert_eq!(prepared[0].job_id, expected.as_str());
+    assert_eq!(prepared[0].outcome, "rejected");
+    let job = stack.job(&expected).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let reason = job.failure_reason.unwrap_or_default();
+    assert!(
+        reason.contains("deleted or replaced since the upload event"),
+        "{reason}"
+    );
+    let again = stack.orchestrate(replaced).await;
+    assert_eq!(
+        (again[0].job_id.as_str(), again[0].outcome),
+        (expected.as_str(), "duplicate")
+    );
+
+    // The upload that replaced it is a job of its own.
+    let prepared = stack.orchestrate(current).await;
+    assert_ne!(prepared[0].job_id, expected.as_str());
+    assert_eq!(
+        (prepared[0].outcome, prepared[0].total_records),
+        ("prepared", 20)
+    );
 }

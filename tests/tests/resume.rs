@@ -8,7 +8,7 @@ use bulk_import::aws::Clients;
 use bulk_import::events::MemoryEvents;
 use bulk_import::job::{SourceRef, StagedRecord};
 use bulk_import::objects::{
-    ByteRange, ObjectBody, ObjectError, ObjectSource, S3Objects, ETAG_PREFIX,
+    ByteRange, ObjectBody, ObjectError, ObjectSource, ObjectVersions, S3Objects,
 };
 use bulk_import::prepare::{PrepareOutcome, PrepareSettings, Preparer};
 use bulk_import::queue::MemoryQueue;
@@ -48,8 +48,8 @@ async fn bucket(clients: &Clients, versioned: bool) -> String {
     bucket
 }
 
-/// Uploads `body` and names the version written (its id, or its ETag in an
-/// unversioned bucket), as the orchestrator does.
+/// Uploads `body` and names the version written (its id, or its ETag and
+/// Last-Modified in an unversioned bucket), as the orchestrator does.
 async fn upload(clients: &Clients, bucket: &str, key: &str, body: &[u8]) -> SourceRef {
     let out = clients
         .s3
@@ -60,10 +60,13 @@ async fn upload(clients: &Clients, bucket: &str, key: &str, body: &[u8]) -> Sour
         .send()
         .await
         .expect("put object");
-    let version = match (out.version_id(), out.e_tag()) {
-        (Some(id), _) => id.to_owned(),
-        (None, Some(etag)) => format!("{ETAG_PREFIX}{}", etag.trim_matches('"')),
-        (None, None) => panic!("S3 named no version"),
+    let version = match out.version_id() {
+        Some(id) => id.to_owned(),
+        None => S3Objects::new(clients.s3.clone())
+            .current_version(bucket, key)
+            .await
+            .expect("head object")
+            .expect("the object just written"),
     };
     SourceRef {
         bucket: bucket.into(),
@@ -121,6 +124,17 @@ async fn a_range_of_an_s3_object_is_read_from_the_version_the_job_names() {
             Err(ObjectError::NotFound(_))
         ),
         "a replaced object is not read under the old ETag"
+    );
+    // The same bytes uploaded again: a read pins the bytes (If-Match), so
+    // the first upload's version reads them as well as the new one's.
+    let again = upload(&clients, &plain, "k.csv", b"0123456789").await;
+    assert_eq!(
+        read(&objects, &first, ByteRange::from(8)).await.unwrap(),
+        "89"
+    );
+    assert_eq!(
+        read(&objects, &again, ByteRange::from(8)).await.unwrap(),
+        "89"
     );
 }
 

@@ -150,6 +150,7 @@ impl Api {
             prepare_queue: self.prepare_queue.as_deref(),
             events: self.events.as_ref(),
             max_workers: self.max_workers,
+            inline_requeue: false,
         };
         let started = steering.retry(id).await.map_err(|e| match e {
             SteerError::NotFound(_) => ApiError::NotFound(e.to_string()),
@@ -159,7 +160,7 @@ impl Api {
             | SteerError::Settling(_) => ApiError::Conflict(e.to_string()),
             other => ApiError::internal(other),
         })?;
-        tracing::info!(job_id = %id, retries = started.job.retries, batches = started.batches, records = started.records, "retry started through the API");
+        tracing::info!(job_id = %id, retries = started.job.retries, records = started.records, unprocessed = started.unprocessed, "retry started through the API");
         Ok(JobStatusView::of(&started.job, now_ms()))
     }
 }

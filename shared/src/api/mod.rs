@@ -271,6 +271,14 @@ fn route(path: &str) -> Result<Option<(Route, Option<String>)>, ApiError> {
     }))
 }
 
+/// Whether a path's id has the shape of a job id (`JobId::for_object`: 32
+/// lowercase hex digits). No job has another, so such a path is answered
+/// 404 without a read, which DynamoDB would refuse with a validation error
+/// (a 500) when the key is over its 2 KB limit.
+fn is_job_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// A request's query parameters, checked against what its route takes.
 pub(crate) struct Query<'a>(&'a [(String, String)]);
 
@@ -370,7 +378,12 @@ impl Api {
             });
         }
         let query = Query::checked(&request.query, route.parameters())?;
-        let id = crate::job::JobId::new(id.unwrap_or_default());
+        let id = match id {
+            Some(id) if !is_job_id(&id) => {
+                return Err(ApiError::NotFound(format!("no job {id}")));
+            }
+            id => crate::job::JobId::new(id.unwrap_or_default()),
+        };
         match route {
             Route::Jobs => ApiResponse::ok(&self.list_jobs(&query).await?),
             Route::Job => ApiResponse::ok(&self.job_view(&id).await?),

@@ -166,6 +166,27 @@ async fn unknown_routes_methods_and_parameters_answer_stable_error_codes() {
     assert!(body["message"].as_str().unwrap().contains("COMPLETED"));
     let (status, body) = get(&f, ApiRequest::get("/jobs/nope")).await;
     assert_eq!((status, &body["code"]), (404, &json!("not_found")));
+    // Ids no job can have are not looked up: one over DynamoDB's 2 KB key
+    // limit would be a validation error there.
+    let id = job(&f, "shape.csv", &[1], true).await;
+    for other in [
+        "a".repeat(3000),
+        id.as_str().to_ascii_uppercase(),
+        format!("{id}0"),
+    ] {
+        for path in [format!("/jobs/{other}"), format!("/jobs/{other}/errors")] {
+            let (status, body) = get(&f, ApiRequest::get(&path)).await;
+            assert_eq!(
+                (status, &body["code"]),
+                (404, &json!("not_found")),
+                "{path}"
+            );
+        }
+        let abort = ApiRequest::post(&format!("/jobs/{other}/abort"));
+        assert_eq!(get(&f, abort).await.0, 404);
+    }
+    let (status, _) = get(&f, ApiRequest::get(&format!("/jobs/{id}"))).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
@@ -263,7 +284,13 @@ async fn a_cursor_reads_the_same_page_after_later_commits_and_expires_with_a_ret
     for kind in store.get_job(&id).await.unwrap().unwrap().owed_events {
         store.ack_event(&id, kind, 0).await.unwrap();
     }
-    store.reopen(&id, 0, now_ms()).await.unwrap().unwrap();
+    let reopening = crate::store::Reopening {
+        seen_retries: 0,
+        requeue: false,
+        base: 0,
+        now_ms: now_ms(),
+    };
+    store.reopen(&id, &reopening).await.unwrap().unwrap();
     let (status, body) = page(&f, &path, &cursor).await;
     assert_eq!(
         (status, &body["code"]),

@@ -45,6 +45,14 @@ impl Deps {
         processor: Option<Arc<dyn RecordProcessor>>,
     ) -> Result<Deps, ConfigError> {
         let definition = load_definition(&settings.definition, &clients.s3).await?;
+        // Where the definition meets the deployment's default cap: refuse,
+        // at cold start, a cap under which a batch would never finish
+        // (so no orchestrator pins such a definition to a job).
+        crate::throttle::check_cap(
+            &definition,
+            settings.max_write_units_per_second,
+            &settings.definition,
+        )?;
         let processor = match (processor, &settings.target_table) {
             (Some(p), _) => Some(p),
             (None, Some(table)) => {
@@ -72,6 +80,7 @@ impl Deps {
             store: store.clone(),
             throttle: store,
             objects: Arc::new(S3Objects::new(clients.s3.clone())),
+            versions: Arc::new(S3Objects::new(clients.s3.clone())),
             queue: Arc::new(SqsQueue::new(clients.sqs.clone(), &settings.queue_url)),
             prepare_queue: settings.prepare_queue_url.as_ref().map(|url| {
                 Arc::new(SqsQueue::new(clients.sqs.clone(), url)) as Arc<dyn PrepareQueue>

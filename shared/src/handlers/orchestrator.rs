@@ -2,7 +2,7 @@
 
 use super::Deps;
 use crate::job::SourceRef;
-use crate::objects::ETAG_PREFIX;
+use crate::objects::{etag_version, ObjectError, ObjectHead, ObjectVersions};
 use crate::prepare::{PrepareError, PrepareOutcome};
 use crate::queue::PrepareMessage;
 use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
@@ -18,12 +18,16 @@ pub enum OrchestratorError {
     MalformedRecord(usize),
     #[error("object key {0:?} is not valid URL-encoded UTF-8")]
     BadKey(String),
+    #[error("looking up the uploaded object failed; the event is retried")]
+    Lookup(#[source] ObjectError),
     #[error(transparent)]
     Prepare(#[from] PrepareError),
     #[error(transparent)]
     Definition(#[from] crate::pinned::PinError),
     #[error(transparent)]
     Continuation(#[from] crate::queue::QueueError),
+    #[error("the requeue pass of a retry failed")]
+    Requeue(#[source] crate::steer::SteerError),
     #[error("the event is neither an S3 notification nor an SQS batch")]
     UnknownEvent(#[source] serde_json::Error),
 }
@@ -35,9 +39,11 @@ impl OrchestratorError {
             OrchestratorError::MalformedRecord(_)
             | OrchestratorError::BadKey(_)
             | OrchestratorError::UnknownEvent(_) => "InvalidEvent",
-            OrchestratorError::Prepare(_)
+            OrchestratorError::Lookup(_)
+            | OrchestratorError::Prepare(_)
             | OrchestratorError::Definition(_)
             | OrchestratorError::Continuation(_) => "PrepareFailed",
+            OrchestratorError::Requeue(_) => "RequeueFailed",
         }
     }
 }
@@ -69,7 +75,15 @@ pub fn decode_key(key: &str) -> Result<String, OrchestratorError> {
         .map_err(|_| OrchestratorError::BadKey(key.to_owned()))
 }
 
-pub fn source_of(record: &S3EventRecord, position: usize) -> Result<SourceRef, OrchestratorError> {
+/// The object an upload event names, and the version its job is keyed by:
+/// the event's version id; on an unversioned bucket, the ETag and the
+/// object's Last-Modified time, which the event does not carry: a HEAD of
+/// the object learns it (`upload_version`).
+pub async fn source_of(
+    versions: &dyn ObjectVersions,
+    record: &S3EventRecord,
+    position: usize,
+) -> Result<SourceRef, OrchestratorError> {
     let bucket = record
         .s3
         .bucket
@@ -85,16 +99,52 @@ pub fn source_of(record: &S3EventRecord, position: usize) -> Result<SourceRef, O
             .ok_or(OrchestratorError::MalformedRecord(position))?,
     )?;
     let object = &record.s3.object;
-    let version = match (&object.version_id, &object.e_tag) {
-        (Some(v), _) if !v.is_empty() => v.clone(),
-        (_, Some(etag)) => format!("{ETAG_PREFIX}{}", etag.trim_matches('"')),
-        _ => return Err(OrchestratorError::MalformedRecord(position)),
+    // "null" is the version of objects written unversioned (or while
+    // versioning was suspended): every upload of the key overwrites it.
+    let version_id = object
+        .version_id
+        .as_deref()
+        .filter(|v| !v.is_empty() && *v != "null");
+    let version = match (version_id, &object.e_tag) {
+        (Some(v), _) => v.to_owned(),
+        (None, Some(etag)) => {
+            let head = match versions.head(&bucket, &key).await {
+                Ok(head) => head,
+                // Unreadable, or (without s3:ListBucket) deleted: the read
+                // fails the job and says which.
+                Err(ObjectError::AccessDenied(_)) => None,
+                Err(e) => return Err(OrchestratorError::Lookup(e)),
+            };
+            upload_version(etag.trim_matches('"'), head.as_ref())
+        }
+        (None, None) => return Err(OrchestratorError::MalformedRecord(position)),
     };
     Ok(SourceRef {
         bucket,
         key,
         version,
     })
+}
+
+/// The version the job of an upload without a version id is keyed by,
+/// from the event's ETag and the object's HEAD now.
+///
+/// When the object still holds that upload (the same ETag), its ETag and
+/// Last-Modified: a re-delivered event finds the job again, and an upload
+/// of the same bytes later (a new Last-Modified) is a new job, never one
+/// whose id is reused over what is left of the old one. (Two uploads of the
+/// same bytes within one second are one job: S3 cannot tell them apart.)
+///
+/// When it was replaced or deleted since (another ETag, or none), the event's
+/// upload can no longer be named by its time: its ETag alone, as before the
+/// time was part of the version. The read (`If-Match` on that ETag) then
+/// finds the object gone and the job fails saying so, and a re-delivered
+/// event finds that job.
+pub fn upload_version(etag: &str, head: Option<&ObjectHead>) -> String {
+    match head {
+        Some(head) if head.version_id.is_none() && head.etag == etag => head.version(),
+        _ => etag_version(etag, None),
+    }
 }
 
 /// Prepares a job per record. An error makes Lambda retry the event, which
@@ -108,7 +158,7 @@ pub async fn handle(
     let deadline = super::deadline_of(event.context.deadline);
     let mut results = Vec::new();
     for (i, record) in event.payload.records.iter().enumerate() {
-        let source = source_of(record, i)?;
+        let source = source_of(deps.versions.as_ref(), record, i).await?;
         let definition = deps
             .pinned
             .pin(deps.store.as_ref(), &source.job_id(), &deps.definition)
@@ -144,7 +194,8 @@ pub async fn handle(
 
 /// The orchestrator's two kinds of event: S3 notifications (new uploads)
 /// and SQS batches from the prepare queue (continuations of prepares handed
-/// over near a deadline), told apart by their records' `eventSource`.
+/// over near a deadline, and of retries' requeue passes), told apart by
+/// their records' `eventSource`.
 pub async fn handle_any(
     deps: &Deps,
     event: LambdaEvent<serde_json::Value>,
@@ -163,8 +214,9 @@ pub async fn handle_any(
     Ok(output.expect("responses serialize"))
 }
 
-/// Continues the prepares named by prepare-queue messages (`{"jobId"}`);
-/// a job already prepared or final is left alone. A message fails alone.
+/// Continues the jobs named by prepare-queue messages (`{"jobId"}`): a
+/// retry's requeue pass first, then an unfinished prepare; a job with
+/// neither, or final, is left alone. A message fails alone.
 pub async fn continue_prepares(
     deps: &Deps,
     event: LambdaEvent<SqsEvent>,
@@ -184,13 +236,30 @@ pub async fn continue_prepares(
                 }
             };
             let store = deps.store.as_ref();
-            let Some(job) = store
+            let Some(mut job) = store
                 .get_job(&continuation.job_id)
                 .await
                 .map_err(PrepareError::from)?
             else {
                 return Ok(true);
             };
+            if job.round.requeuing && !job.status.is_final() {
+                let span = tracing::info_span!("requeue", job_id = %job.id);
+                let outcome = deps
+                    .steering()
+                    .requeue(&job.id, deadline)
+                    .instrument(span)
+                    .await
+                    .map_err(OrchestratorError::Requeue)?;
+                if let crate::steer::RequeueOutcome::HandedOff { .. } = outcome {
+                    deps.continue_prepare(&job.id).await?;
+                    return Ok(true);
+                }
+                let Some(now) = store.get_job(&job.id).await.map_err(PrepareError::from)? else {
+                    return Ok(true);
+                };
+                job = now;
+            }
             if job.prepared || job.status.is_final() {
                 return Ok(true);
             }
@@ -227,6 +296,133 @@ pub async fn continue_prepares(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::JobId;
+    use crate::objects::MemoryObjects;
+    use async_trait::async_trait;
+
+    const BUCKET: &str = "bulk-import-uploads";
+    /// The fixture's key, as `decode_key` reads it.
+    const KEY: &str = "uploads/users 2026-11(1).csv";
+    const DAY: i64 = 86_400;
+    /// 2026-11-24T09:30:00Z
+    const T: i64 = 1_795_512_600;
+
+    /// The fixture's upload event, for an object of `etag` (and version id).
+    fn record(etag: &str, version_id: &str) -> S3EventRecord {
+        let mut event: serde_json::Value =
+            serde_json::from_str(include_str!("../../../events/s3-put.json")).unwrap();
+        let object = &mut event["Records"][0]["s3"]["object"];
+        object["eTag"] = etag.into();
+        object["versionId"] = version_id.into();
+        let event: S3Event = serde_json::from_value(event).unwrap();
+        event.records.into_iter().next().unwrap()
+    }
+
+    async fn job_of(objects: &dyn ObjectVersions, record: &S3EventRecord) -> JobId {
+        source_of(objects, record, 0).await.unwrap().job_id()
+    }
+
+    /// Where the CLI and the API look for the job of the object.
+    async fn located(objects: &dyn ObjectVersions) -> JobId {
+        crate::locate::job_id(objects, &format!("s3://{BUCKET}/{KEY}"))
+            .await
+            .unwrap()
+    }
+
+    /// Versions whose HEAD fails with `error` (or must not be asked).
+    struct Heads(Option<fn() -> ObjectError>);
+
+    #[async_trait]
+    impl ObjectVersions for Heads {
+        async fn head(&self, _: &str, _: &str) -> Result<Option<ObjectHead>, ObjectError> {
+            match self.0 {
+                Some(error) => Err(error()),
+                None => panic!("an event with a version id needs no HEAD"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_keyed_by_its_etag_and_last_modified_and_found_again() {
+        let objects = MemoryObjects::default();
+        let head = objects.put_at(BUCKET, KEY, "a\n1\n", T);
+        let event = record(&format!("\"{}\"", head.etag), "");
+        let source = source_of(&objects, &event, 0).await.unwrap();
+        assert_eq!(
+            source.version,
+            format!("etag:{}@2026-11-24T09:30:00Z", head.etag)
+        );
+        assert_eq!((source.bucket.as_str(), source.key.as_str()), (BUCKET, KEY));
+        // The event delivered again; the object named by the CLI or the API.
+        assert_eq!(job_of(&objects, &event).await, source.job_id());
+        assert_eq!(located(&objects).await, source.job_id());
+    }
+
+    #[tokio::test]
+    async fn the_same_bytes_uploaded_again_later_are_a_new_job() {
+        let objects = MemoryObjects::default();
+        let first = objects.put_at(BUCKET, KEY, "a\n1\n", T);
+        let first_job = job_of(&objects, &record(&first.etag, "")).await;
+        // After the retention period, when only part of the first job's
+        // state has expired.
+        let again = objects.put_at(BUCKET, KEY, "a\n1\n", T + 31 * DAY);
+        assert_eq!(again.etag, first.etag);
+        let second_job = job_of(&objects, &record(&again.etag, "")).await;
+        assert_ne!(second_job, first_job);
+        assert_eq!(located(&objects).await, second_job);
+        // Within one second S3 cannot tell two uploads of the same bytes
+        // apart: they are one job.
+        objects.put_at(BUCKET, KEY, "a\n1\n", T + 31 * DAY);
+        assert_eq!(job_of(&objects, &record(&again.etag, "")).await, second_job);
+        // Other bytes are another job in any case.
+        let other = objects.put_at(BUCKET, KEY, "a\n2\n", T + 31 * DAY);
+        assert_ne!(job_of(&objects, &record(&other.etag, "")).await, second_job);
+    }
+
+    #[tokio::test]
+    async fn an_upload_replaced_or_deleted_before_its_event_is_keyed_by_its_etag_alone() {
+        let objects = MemoryObjects::default();
+        let replaced = objects.put_at(BUCKET, KEY, "a\n1\n", T);
+        objects.put_at(BUCKET, KEY, "a\n2\n", T + 5);
+        let etag_alone = JobId::for_object(BUCKET, KEY, &format!("etag:{}", replaced.etag));
+        let event = record(&replaced.etag, "");
+        assert_eq!(job_of(&objects, &event).await, etag_alone);
+        assert_eq!(job_of(&objects, &event).await, etag_alone, "found again");
+        assert_ne!(located(&objects).await, etag_alone);
+        let deleted = job_of(&MemoryObjects::default(), &event).await;
+        assert_eq!(deleted, etag_alone);
+        // Unreadable: the read fails the job and says why.
+        let denied = Heads(Some(|| ObjectError::AccessDenied("s3://b/k".into())));
+        assert_eq!(job_of(&denied, &event).await, etag_alone);
+    }
+
+    #[tokio::test]
+    async fn a_version_id_names_the_job_without_a_head() {
+        let source = source_of(&Heads(None), &record("e", "3HL4kqtJlcpXroDTDmJ"), 0)
+            .await
+            .unwrap();
+        assert_eq!(source.version, "3HL4kqtJlcpXroDTDmJ");
+        // "null" names no one upload: the ETag and Last-Modified do.
+        let objects = MemoryObjects::default();
+        let head = objects.put_at(BUCKET, KEY, "a\n1\n", T);
+        let source = source_of(&objects, &record(&head.etag, "null"), 0)
+            .await
+            .unwrap();
+        assert_eq!(source.version, head.version());
+    }
+
+    #[tokio::test]
+    async fn a_head_that_fails_fails_the_event_for_a_retry() {
+        let unreachable = Heads(Some(|| ObjectError::Transient {
+            object: "s3://b/k".into(),
+            source: "connection reset".into(),
+        }));
+        let error = source_of(&unreachable, &record("e", ""), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, OrchestratorError::Lookup(_)), "{error:?}");
+        assert_eq!(error.error_type(), "PrepareFailed");
+    }
 
     #[test]
     fn keys_are_url_decoded_with_plus_as_space() {

@@ -4,7 +4,7 @@
 use super::*;
 use crate::events::MemoryEvents;
 use crate::job::{now_ms, EventKind, JobStatus};
-use crate::objects::MemoryObjects;
+use crate::objects::{MemoryObjects, ObjectHead};
 use crate::processor::MemoryProcessor;
 use crate::queue::{MemoryPrepareQueue, MemoryQueue, WorkMessage};
 use crate::report::MemoryReports;
@@ -35,8 +35,18 @@ struct Fixture {
 
 fn fixture(csv: &str) -> Fixture {
     let objects = Arc::new(MemoryObjects::default());
-    // The fixture's key, decoded the way S3 encodes it in events.
-    objects.put("bulk-import-uploads", "uploads/users 2026-11(1).csv", csv);
+    // The fixture's key, decoded the way S3 encodes it in events, under the
+    // ETag its event names.
+    objects.put_with(
+        "bulk-import-uploads",
+        "uploads/users 2026-11(1).csv",
+        csv,
+        ObjectHead {
+            version_id: None,
+            etag: "d41d8cd98f00b204e9800998ecf8427e".into(),
+            last_modified: now_ms() / 1000,
+        },
+    );
     let store = Arc::new(MemoryStore::new());
     let queue = Arc::new(MemoryQueue::default());
     let prepare_queue = Arc::new(MemoryPrepareQueue::default());
@@ -47,7 +57,8 @@ fn fixture(csv: &str) -> Fixture {
     definition.batch_size = 2;
     let deps = Deps {
         store: store.clone(),
-        objects,
+        objects: objects.clone(),
+        versions: objects,
         queue: queue.clone(),
         prepare_queue: Some(prepare_queue.clone()),
         events: events.clone(),
@@ -595,6 +606,97 @@ mod sweeping {
         let done = f.store.get_job(&job).await.unwrap().unwrap();
         assert_eq!(done.status, JobStatus::Completed);
         assert_eq!(f.events.endings().len(), 1);
+    }
+
+    /// A retry's requeue pass whose orchestrator died (or whose message was
+    /// lost) is taken over once it has been silent for a minute, and not
+    /// before.
+    #[tokio::test]
+    async fn a_stalled_requeue_pass_is_taken_over_and_a_live_one_left_alone() {
+        let f = fixture(CSV);
+        let job = old_job(&f, 2).await;
+        let failing = |c: &crate::store::ClaimedBatch| BatchOutcome {
+            state: BatchState::Done,
+            processed: 0,
+            failed: vec![crate::job::FailedRecord::unprocessed(
+                c.index * 2 + 2,
+                vec![crate::job::FieldIssue::new(None, None, "refused")],
+            )],
+            error: None,
+        };
+        while let Claim::Batch(c) = f
+            .store
+            .claim_batch(&job, "w", now_ms(), MINUTE)
+            .await
+            .unwrap()
+        {
+            f.store
+                .commit_batch(&c, &failing(&c), now_ms())
+                .await
+                .unwrap();
+        }
+        assert_eq!(sweep(&f).await.finalized, 1);
+        let ended = f.store.get_job(&job).await.unwrap().unwrap();
+        for kind in ended.owed_events {
+            f.store.ack_event(&job, kind, 0).await.unwrap();
+        }
+        let reopening = |now_ms| crate::store::Reopening {
+            seen_retries: 0,
+            requeue: true,
+            base: 4,
+            now_ms,
+        };
+        f.store
+            .reopen(&job, &reopening(now_ms()))
+            .await
+            .unwrap()
+            .unwrap();
+        let report = sweep(&f).await;
+        assert_eq!(report.requeues_resumed, 0, "a pass that just started");
+        assert!(
+            f.store
+                .get_job(&job)
+                .await
+                .unwrap()
+                .unwrap()
+                .round
+                .requeuing
+        );
+
+        // Started two minutes ago and silent since.
+        let f = fixture(CSV);
+        let job = old_job(&f, 2).await;
+        while let Claim::Batch(c) = f
+            .store
+            .claim_batch(&job, "w", now_ms(), MINUTE)
+            .await
+            .unwrap()
+        {
+            f.store
+                .commit_batch(&c, &failing(&c), now_ms())
+                .await
+                .unwrap();
+        }
+        sweep(&f).await;
+        let ended = f.store.get_job(&job).await.unwrap().unwrap();
+        for kind in ended.owed_events {
+            f.store.ack_event(&job, kind, 0).await.unwrap();
+        }
+        f.store
+            .reopen(&job, &reopening(now_ms() - 2 * MINUTE))
+            .await
+            .unwrap()
+            .unwrap();
+        f.queue.sent.lock().unwrap().clear();
+        let report = sweep(&f).await;
+        assert_eq!(report.requeues_resumed, 1);
+        let j = f.store.get_job(&job).await.unwrap().unwrap();
+        assert!(!j.round.requeuing);
+        assert_eq!((j.batches_done, j.failed, j.retryable), (0, 0, 0));
+        assert!(
+            !f.queue.sent.lock().unwrap().is_empty(),
+            "workers are woken for the batches back"
+        );
     }
 
     #[tokio::test]

@@ -560,6 +560,7 @@ fn steering<'a>(
         prepare_queue: None,
         events: &f.events,
         max_workers: 4,
+        inline_requeue: true,
     }
 }
 
@@ -590,7 +591,11 @@ async fn a_retry_reruns_processing_failures_only_and_counts_move() {
     processor.done.lock().unwrap().clear();
     let queue = crate::queue::MemoryQueue::default();
     let started = steering(&f, &queue).retry(&id).await.unwrap();
-    assert_eq!((started.batches, started.records), (2, 2));
+    assert_eq!(
+        (started.requeuing, started.records),
+        (false, 2),
+        "the pass ran inline and put both failures back"
+    );
     assert_eq!(started.job.retries, 1);
     assert!(!queue.sent.lock().unwrap().is_empty(), "workers are woken");
     let report = f.worker(&processor).run(&id, "w", None).await.unwrap();
@@ -745,4 +750,91 @@ async fn the_deployment_cap_applies_unless_the_definition_lifts_it() {
         assert_eq!(used, expected, "options {options:?}");
         assert_eq!(processor.records.lock().unwrap().len(), 2);
     }
+}
+
+/// A deadline `after` from now on tokio's (paused) clock.
+fn deadline_in(after: Duration) -> Instant {
+    (tokio::time::Instant::now() + after).into_std()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_capped_worker_gives_its_batch_back_before_the_deadline_without_an_attempt() {
+    // 1 write unit a second: the batch's 30 records take 30 s, more than
+    // an invocation with 25 s left (20 s of margin) can give them.
+    let mut f = Fixture::new(r#""maxWriteUnitsPerSecond": 1"#);
+    f.settings.clock = paused_clock();
+    let records: Vec<StagedRecord> = (0..30)
+        .map(|i| record(2 + i, &format!("u{i}@x.org")))
+        .collect();
+    let id = job(&f.store, &[records]).await;
+    let processor = Scripted::default();
+    let worker = f.worker(&processor);
+    // More invocations than maxAttempts (3) run out of time on the batch.
+    for run in 1..=5u64 {
+        let before = processor.done.lock().unwrap().len();
+        let deadline = deadline_in(Duration::from_secs(25));
+        let report = worker.run(&id, "w", Some(deadline)).await.unwrap();
+        assert_eq!(
+            (report.stop, report.batches, report.processed, report.failed),
+            (StopReason::Deadline, 0, 0, 0),
+            "run {run}"
+        );
+        let stopped = tokio::time::Instant::now();
+        assert!(
+            stopped < tokio::time::Instant::from_std(deadline),
+            "run {run} stopped before its deadline"
+        );
+        let written = processor.done.lock().unwrap().len() - before;
+        assert!(
+            (1..30).contains(&written),
+            "run {run} wrote part of the batch: {written}"
+        );
+        let info = f.store.batch_info(&id, 0).await.unwrap().unwrap();
+        assert_eq!(
+            (info.state, info.version, info.lease_until_ms, info.failed),
+            (BatchState::Processing, run, 0, 0),
+            "run {run} gave the batch back, uncommitted"
+        );
+    }
+    // None of those claims counted as an attempt.
+    let Claim::Batch(claim) = f
+        .store
+        .claim_batch(&id, "probe", now_ms(), 60_000)
+        .await
+        .unwrap()
+    else {
+        panic!("the batch is claimable at once")
+    };
+    assert_eq!((claim.version, claim.attempt), (6, 1));
+    f.store.yield_batch(&claim).await.unwrap();
+
+    // An invocation with time enough finishes the job: no record failed as
+    // poison, and every one was written (some more than once).
+    let report = worker
+        .run(&id, "w", Some(deadline_in(Duration::from_secs(300))))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.batches,
+            report.processed,
+            report.failed,
+            report.finalized
+        ),
+        (1, 30, 0, true)
+    );
+    let info = f.store.batch_info(&id, 0).await.unwrap().unwrap();
+    assert_eq!(
+        (info.state, info.processed, info.failed),
+        (BatchState::Done, 30, 0)
+    );
+    let j = f.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (j.status, j.processed, j.failed),
+        (JobStatus::Completed, 30, 0)
+    );
+    let mut written = processor.done.lock().unwrap().clone();
+    written.sort_unstable();
+    written.dedup();
+    assert_eq!(written, (2..32).collect::<Vec<u64>>());
 }

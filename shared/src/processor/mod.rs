@@ -112,8 +112,9 @@ pub struct ProcessContext<'a> {
     pub definition: &'a Definition,
 }
 
-/// Processes validated records. Must be idempotent: after a worker crash a
-/// batch is processed again by another worker.
+/// Processes validated records. Must be idempotent: after a worker crash,
+/// or when a worker ran out of time under a throughput cap and gave its
+/// batch back, the batch is processed again from its first record.
 #[async_trait]
 pub trait RecordProcessor: Send + Sync {
     async fn process(

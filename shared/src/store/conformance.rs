@@ -299,6 +299,45 @@ pub async fn released_batch_is_reclaimable_at_once_and_keeps_its_error(store: &d
     );
 }
 
+/// A batch given back because its worker ran out of time is claimable at
+/// once, and that claim does not count as an attempt; a release does.
+pub async fn yielded_batch_is_reclaimable_at_once_without_an_attempt(store: &dyn JobStore) {
+    let job = job_with(store, "yield", 1, false).await;
+    let first = claim(store, &job, "w1", T0).await;
+    assert_eq!(first.attempt, 1);
+    store
+        .release_batch(&first, "target table unavailable")
+        .await
+        .unwrap();
+    let second = claim(store, &job, "w2", T0 + 1).await;
+    assert_eq!(second.attempt, 2, "a released claim counts");
+    store.yield_batch(&second).await.unwrap();
+    let third = claim(store, &job, "w3", T0 + 2).await;
+    assert_eq!(
+        (third.index, third.version, third.attempt),
+        (second.index, second.version + 1, 2),
+        "a yielded claim does not count"
+    );
+    assert_eq!(
+        third.last_error.as_deref(),
+        Some("target table unavailable"),
+        "the last error is kept"
+    );
+    store.yield_batch(&third).await.unwrap();
+    let fourth = claim(store, &job, "w4", T0 + 3).await;
+    assert_eq!((fourth.version, fourth.attempt), (third.version + 1, 2));
+    // Fenced by the claim: a stale one gives nothing back.
+    assert!(matches!(
+        store.yield_batch(&third).await,
+        Err(StoreError::ClaimLost { .. })
+    ));
+    let info = store.batch_info(&job, 0).await.unwrap().unwrap();
+    assert_eq!(info.worker.as_deref(), Some("w4"));
+    store.commit_batch(&fourth, &done(3), T0 + 4).await.unwrap();
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!((j.batches_done, j.processed, j.failed), (1, 3, 0));
+}
+
 pub async fn finalize_waits_for_prepare_and_every_batch(store: &dyn JobStore) {
     let job = job_with(store, "final", 2, true).await;
     let a = claim(store, &job, "w1", T0).await;
@@ -872,9 +911,43 @@ async fn settle(store: &dyn JobStore, job: &JobId, outcome: impl Fn(u64) -> Batc
     }
 }
 
-/// Two retries racing for one batch (an operator's double click, the API
-/// and the command line at once): one requeues it, the other is told it is
-/// requeued already, and the counters move once.
+/// Reopens a final job for round `seen + 1`.
+fn reopening(seen: u32, requeue: bool, now_ms: i64) -> Reopening {
+    Reopening {
+        seen_retries: seen,
+        requeue,
+        base: 0,
+        now_ms,
+    }
+}
+
+/// Every batch `retryable_batches` lists, a page of at most `limit` at a
+/// time.
+async fn retryable(store: &dyn JobStore, job: &JobId, limit: usize) -> Vec<u64> {
+    let mut found = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .retryable_batches(job, cursor.as_deref(), limit)
+            .await
+            .unwrap();
+        for index in page.batches {
+            if found.last() != Some(&index) {
+                found.push(index);
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// Two requeue passes racing for one batch (a pass taken over by the
+/// sweeper while the first still runs): one requeues it, the other is told
+/// it is requeued already, and the counters move once.
 pub async fn racing_requeues_of_a_batch_move_it_once(store: &dyn JobStore) {
     let job = job_with(store, "racing-requeue", 1, false).await;
     settle(store, &job, |_| BatchOutcome {
@@ -884,7 +957,20 @@ pub async fn racing_requeues_of_a_batch_move_it_once(store: &dyn JobStore) {
         error: None,
     })
     .await;
-    let (a, b) = futures::join!(store.requeue_batch(&job, 0), store.requeue_batch(&job, 0));
+    assert!(store
+        .finalize(&job, &fin(JobStatus::Failed), FinalizeWhen::AllBatchesDone)
+        .await
+        .unwrap());
+    ack_all(store, &job).await;
+    store
+        .reopen(&job, &reopening(0, true, T0 + 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let (a, b) = futures::join!(
+        store.requeue_batch(&job, 0, 1),
+        store.requeue_batch(&job, 0, 1)
+    );
     let mut outcomes = vec![a.expect("first requeue"), b.expect("second requeue")];
     outcomes.sort();
     assert_eq!(outcomes, vec![None, Some(2)]);
@@ -920,33 +1006,79 @@ pub async fn a_retry_requeues_processing_failures_and_counts_move(store: &dyn Jo
         )
         .await
         .unwrap());
-    assert_eq!(store.retryable_batches(&job).await.unwrap(), vec![0, 2]);
+    for limit in [1, 2, 100] {
+        assert_eq!(
+            retryable(store, &job, limit).await,
+            vec![0, 2],
+            "pages of {limit}"
+        );
+    }
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!(j.retryable, 4, "the invalid record is not retryable");
     ack_all(store, &job).await;
-
-    assert_eq!(store.requeue_batch(&job, 0).await.unwrap(), Some(1));
     assert_eq!(
-        store.requeue_batch(&job, 0).await.unwrap(),
+        store.requeue_batch(&job, 0, 1).await.unwrap(),
+        None,
+        "only inside a round's requeue pass"
+    );
+
+    let reopened = store
+        .reopen(&job, &reopening(0, true, T0 + 10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (reopened.status, reopened.retries, reopened.round.requeuing),
+        (JobStatus::Processing, 1, true)
+    );
+    // Every batch is done until the pass puts some back: the job must not
+    // complete, and workers wait rather than leave.
+    assert!(!store
+        .finalize(
+            &job,
+            &fin(JobStatus::Completed),
+            FinalizeWhen::AllBatchesDone
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        store.claim_batch(&job, "w", T0 + 11, LEASE).await.unwrap(),
+        Claim::Wait
+    );
+    assert_eq!(
+        store.requeue_batch(&job, 0, 0).await.unwrap(),
+        None,
+        "a pass of another round"
+    );
+    assert_eq!(store.requeue_batch(&job, 0, 1).await.unwrap(), Some(1));
+    assert_eq!(
+        store.requeue_batch(&job, 0, 1).await.unwrap(),
         None,
         "requeued once"
     );
     assert_eq!(
-        store.requeue_batch(&job, 1).await.unwrap(),
+        store.requeue_batch(&job, 1, 1).await.unwrap(),
         None,
         "nothing to rerun"
     );
-    assert_eq!(store.requeue_batch(&job, 2).await.unwrap(), Some(3));
+    assert_eq!(store.requeue_batch(&job, 2, 1).await.unwrap(), Some(3));
     let j = store.get_job(&job).await.unwrap().unwrap();
-    assert_eq!((j.batches_done, j.processed, j.failed), (1, 4, 1));
-    // A final job hands nothing out, requeued or not.
-    assert!(matches!(
-        store.claim_batch(&job, "w", T0, LEASE).await.unwrap(),
-        Claim::JobFinished(JobStatus::CompletedWithErrors)
-    ));
-
-    let reopened = store.reopen(&job, 0, T0 + 10).await.unwrap().unwrap();
     assert_eq!(
-        (reopened.status, reopened.retries),
-        (JobStatus::Processing, 1)
+        (j.batches_done, j.processed, j.failed, j.retryable),
+        (1, 4, 1, 0)
+    );
+    assert!(store
+        .note_requeue(&job, 1, "somewhere", T0 + 12)
+        .await
+        .unwrap());
+    assert!(!store
+        .note_requeue(&job, 0, "somewhere", T0 + 12)
+        .await
+        .unwrap());
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!(
+        (j.round.requeue_cursor.as_deref(), j.round.requeued_at_ms),
+        (Some("somewhere"), T0 + 12)
     );
     let mut seen = Vec::new();
     for _ in 0..2 {
@@ -978,12 +1110,35 @@ pub async fn a_retry_requeues_processing_failures_and_counts_move(store: &dyn Jo
     }
     seen.sort();
     assert_eq!(seen, vec![0, 2]);
-    assert!(matches!(
+    assert_eq!(
+        store.requeue_batch(&job, 2, 1).await.unwrap(),
+        None,
+        "a batch its own round ran, found by a pass that runs twice"
+    );
+    assert_eq!(
         store.claim_batch(&job, "w2", T0 + 40, LEASE).await.unwrap(),
+        Claim::Wait,
+        "the pass has not ended"
+    );
+    assert!(store.finish_requeue(&job, 1, 5, T0 + 41).await.unwrap());
+    assert!(
+        !store.finish_requeue(&job, 1, 5, T0 + 42).await.unwrap(),
+        "ended once"
+    );
+    assert!(!store.note_requeue(&job, 1, "late", T0 + 42).await.unwrap());
+    assert!(matches!(
+        store.claim_batch(&job, "w2", T0 + 43, LEASE).await.unwrap(),
         Claim::NoneAvailable
     ));
     let j = store.get_job(&job).await.unwrap().unwrap();
-    assert_eq!((j.batches_done, j.processed, j.failed), (3, 7, 2));
+    assert_eq!(
+        (j.batches_done, j.processed, j.failed, j.retryable),
+        (3, 7, 2, 1)
+    );
+    assert_eq!(
+        (j.round.requeuing, j.round.started_at_ms, j.round.base),
+        (false, T0 + 41, 5)
+    );
     assert_eq!(
         store.failed_records(&job, 0).await.unwrap(),
         vec![not_an_email(3)]
@@ -1000,8 +1155,32 @@ pub async fn a_retry_requeues_processing_failures_and_counts_move(store: &dyn Jo
         )
         .await
         .unwrap());
+    // A pass that runs late, after the round ended, changes nothing.
+    assert_eq!(store.requeue_batch(&job, 2, 1).await.unwrap(), None);
+    // A round ended during its pass (an abort) ends the pass; the next
+    // round without failures to put back has none.
+    ack_all(store, &job).await;
+    store
+        .reopen(&job, &reopening(1, true, T0 + 50))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store
+        .finalize(&job, &fin(JobStatus::Aborted), FinalizeWhen::Now)
+        .await
+        .unwrap());
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert!(!j.round.requeuing, "the pass ended with its round");
+    assert!(!store.note_requeue(&job, 2, "late", T0 + 51).await.unwrap());
+    ack_all(store, &job).await;
+    let j = store
+        .reopen(&job, &reopening(2, false, T0 + 52))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!j.round.requeuing);
     // The next round sees only what is still retryable.
-    assert_eq!(store.retryable_batches(&job).await.unwrap(), vec![2]);
+    assert_eq!(retryable(store, &job, 1).await, vec![2]);
 }
 
 pub async fn a_rerun_replaces_the_earlier_failure_items(store: &dyn JobStore) {
@@ -1025,12 +1204,16 @@ pub async fn a_rerun_replaces_the_earlier_failure_items(store: &dyn JobStore) {
         .await
         .unwrap());
     ack_all(store, &job).await;
-    assert_eq!(store.requeue_batch(&job, 0).await.unwrap(), Some(3));
-    store.reopen(&job, 0, T0 + 10).await.unwrap().unwrap();
+    store
+        .reopen(&job, &reopening(0, true, T0 + 10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.requeue_batch(&job, 0, 1).await.unwrap(), Some(3));
     let c = claim(store, &job, "w", T0 + 20).await;
     store.commit_batch(&c, &done(3), T0 + 30).await.unwrap();
     assert!(store.failed_records(&job, 0).await.unwrap().is_empty());
-    assert!(store.retryable_batches(&job).await.unwrap().is_empty());
+    assert!(retryable(store, &job, 10).await.is_empty());
     let j = store.get_job(&job).await.unwrap().unwrap();
     assert_eq!((j.batches_done, j.processed, j.failed), (1, 3, 0));
 }
@@ -1038,7 +1221,11 @@ pub async fn a_rerun_replaces_the_earlier_failure_items(store: &dyn JobStore) {
 pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobStore) {
     let job = job_with(store, "reopen", 1, true).await;
     assert!(
-        store.reopen(&job, 0, T0).await.unwrap().is_none(),
+        store
+            .reopen(&job, &reopening(0, false, T0))
+            .await
+            .unwrap()
+            .is_none(),
         "a running job is not reopened"
     );
     assert_eq!(store.note_prepare_failure(&job, "boom").await.unwrap(), 1);
@@ -1050,15 +1237,27 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
     };
     assert!(store.finalize(&job, &f, FinalizeWhen::Now).await.unwrap());
     assert!(
-        store.reopen(&job, 0, T0 + 2).await.unwrap().is_none(),
+        store
+            .reopen(&job, &reopening(0, false, T0 + 2))
+            .await
+            .unwrap()
+            .is_none(),
         "not while the aborted event is owed"
     );
     ack_all(store, &job).await;
     assert!(
-        store.reopen(&job, 1, T0 + 2).await.unwrap().is_none(),
+        store
+            .reopen(&job, &reopening(1, false, T0 + 2))
+            .await
+            .unwrap()
+            .is_none(),
         "a round not seen"
     );
-    let j = store.reopen(&job, 0, T0 + 2).await.unwrap().unwrap();
+    let j = store
+        .reopen(&job, &reopening(0, false, T0 + 2))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((j.status, j.retries), (JobStatus::Processing, 1));
     assert_eq!(
         (j.finished_at_ms, j.failure_reason, j.report),
@@ -1066,8 +1265,17 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
     );
     assert!(!j.prepared);
     assert_eq!(j.prepare_failures, 0);
+    assert_eq!(
+        (j.round.requeuing, j.round.started_at_ms),
+        (false, T0 + 2),
+        "the round counts from its reopening"
+    );
     assert!(
-        store.reopen(&job, 0, T0 + 3).await.unwrap().is_none(),
+        store
+            .reopen(&job, &reopening(0, false, T0 + 3))
+            .await
+            .unwrap()
+            .is_none(),
         "a retry of round 0 while round 1 runs"
     );
     assert_eq!(store.active_jobs().await.unwrap(), vec![job.clone()]);
@@ -1089,10 +1297,18 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
     assert!(store.finalize(&job, &f, FinalizeWhen::Now).await.unwrap());
     ack_all(store, &job).await;
     assert!(
-        store.reopen(&job, 0, T0 + 5).await.unwrap().is_none(),
+        store
+            .reopen(&job, &reopening(0, false, T0 + 5))
+            .await
+            .unwrap()
+            .is_none(),
         "a second retry of round 0"
     );
-    let j = store.reopen(&job, 1, T0 + 5).await.unwrap().unwrap();
+    let j = store
+        .reopen(&job, &reopening(1, false, T0 + 5))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(j.retries, 2);
 }
 
@@ -1107,7 +1323,11 @@ pub async fn a_late_acknowledgement_leaves_the_next_rounds_event_owed(store: &dy
         .await
         .unwrap());
     ack_all(store, &job).await;
-    store.reopen(&job, 0, T0 + 1).await.unwrap().unwrap();
+    store
+        .reopen(&job, &reopening(0, false, T0 + 1))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(store
         .finalize(&job, &f, FinalizeWhen::AllBatchesDone)
         .await
@@ -1193,6 +1413,7 @@ macro_rules! conformance_tests {
             committing_twice_counts_once,
             counters_and_failures_move_with_the_batch,
             released_batch_is_reclaimable_at_once_and_keeps_its_error,
+            yielded_batch_is_reclaimable_at_once_without_an_attempt,
             finalize_waits_for_prepare_and_every_batch,
             exactly_one_of_racing_finalizers_wins,
             abort_finalizes_before_all_batches_are_done,

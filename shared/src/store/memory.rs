@@ -16,6 +16,8 @@ struct StoredBatch {
     /// The claim version when the batch was last queued.
     base_version: u64,
     rerun: Option<Rerun>,
+    /// The round that last ran or requeued it.
+    round: u32,
 }
 
 #[derive(Debug)]
@@ -24,6 +26,9 @@ struct JobState {
     prepare: Option<(String, i64)>,
     /// Written batches, published or not (`job.batches_ready` says).
     batches: BTreeMap<u64, StoredBatch>,
+    /// Handed-out batches not yet terminal (what the DynamoDB store's
+    /// lease index holds): a claim past the cursor looks only at these.
+    open: std::collections::BTreeSet<u64>,
     /// Prepare lease renewals without publication.
     renewals: u64,
 }
@@ -119,6 +124,7 @@ fn take(
         last_error: info.last_error.clone(),
         attempt: info.version - batch.base_version,
         rerun: batch.rerun,
+        round: state.job.retries,
     })
 }
 
@@ -158,7 +164,9 @@ impl PrepareStore for MemoryStore {
             report_owed: false,
             cost: Cost::default(),
             retries: 0,
+            retryable: 0,
             owed_events: vec![EventKind::Started],
+            round: Default::default(),
         };
         jobs.insert(
             id,
@@ -166,6 +174,7 @@ impl PrepareStore for MemoryStore {
                 job: job.clone(),
                 prepare: Some((lease.owner.clone(), now_ms + lease.lease_ms)),
                 batches: BTreeMap::new(),
+                open: Default::default(),
                 renewals: 0,
             },
         );
@@ -238,6 +247,7 @@ impl PrepareStore for MemoryStore {
                     failures: Vec::new(),
                     base_version: 0,
                     rerun: None,
+                    round: 0,
                 });
             }
             Ok(())
@@ -344,16 +354,24 @@ impl ClaimStore for MemoryStore {
             while s.job.batches_handed_out < s.job.batches_ready {
                 let index = s.job.batches_handed_out;
                 s.job.batches_handed_out += 1;
+                s.open.insert(index);
                 if let Some(c) = take(s, index, worker, now_ms, lease_ms) {
                     return Ok(Claim::Batch(c));
                 }
             }
-            for index in 0..s.job.batches_handed_out {
-                if let Some(c) = take(s, index, worker, now_ms, lease_ms) {
-                    return Ok(Claim::Batch(c));
-                }
+            let reclaimable = s.open.iter().copied().find(|index| {
+                s.batches.get(index).is_some_and(|b| match b.info.state {
+                    BatchState::Pending => true,
+                    BatchState::Processing => b.info.lease_until_ms < now_ms,
+                    BatchState::Done | BatchState::Failed => false,
+                })
+            });
+            if let Some(c) = reclaimable.and_then(|index| take(s, index, worker, now_ms, lease_ms))
+            {
+                return Ok(Claim::Batch(c));
             }
-            Ok(if s.job.prepared {
+            // A requeue pass puts batches back as it goes: wait for it.
+            Ok(if s.job.prepared && !s.job.round.requeuing {
                 Claim::NoneAvailable
             } else {
                 Claim::Wait
@@ -389,6 +407,17 @@ impl ClaimStore for MemoryStore {
         })
     }
 
+    async fn yield_batch(&self, claim: &ClaimedBatch) -> Result<(), StoreError> {
+        self.with_job(&claim.job_id, |s| {
+            let b = held(s, claim)?;
+            b.info.lease_until_ms = 0;
+            // Attempts count from `base_version`: moving it with the
+            // version the next claim takes leaves the count as it is.
+            b.base_version += 1;
+            Ok(())
+        })
+    }
+
     async fn commit_batch(
         &self,
         claim: &ClaimedBatch,
@@ -408,7 +437,16 @@ impl ClaimStore for MemoryStore {
             b.info.failed = outcome.failed.len() as u64;
             b.info.last_error = outcome.error.clone().or(b.info.last_error.take());
             b.failures = outcome.failed.clone();
+            b.round = claim.round;
+            s.open.remove(&claim.index);
             s.job.batches_done += 1;
+            // A rerun's earlier processing failures left the count when it
+            // was requeued: whatever fails in processing now is new.
+            s.job.retryable += outcome
+                .failed
+                .iter()
+                .filter(|f| !f.stage.is_validation())
+                .count() as u64;
             s.job.processed += outcome.processed - prior.processed;
             s.job.failed += outcome.failed.len() as u64 - prior.failed;
             s.job.updated_at_ms = s.job.updated_at_ms.max(now_ms);
@@ -440,6 +478,9 @@ impl JobControl for MemoryStore {
                 return Ok(false);
             }
             s.job.status = fin.status;
+            // A requeue pass under way ends with the round.
+            s.job.round.requeuing = false;
+            s.job.round.requeue_cursor = None;
             s.job.failure_reason = fin.reason.clone();
             s.job.report = None;
             s.job.report_owed = fin.report_owed;
@@ -571,19 +612,54 @@ impl JobControl for MemoryStore {
         })
     }
 
-    async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError> {
+    async fn retryable_batches(
+        &self,
+        job: &JobId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RetryablePage, StoreError> {
+        let start = match after {
+            None => 0,
+            Some(cursor) => cursor.parse::<u64>().map_err(|_| StoreError::Corrupt {
+                job: job.clone(),
+                message: format!("requeue cursor {cursor:?} is not a batch index"),
+            })?,
+        };
         self.with_job(job, |s| {
-            Ok(s.batches
-                .iter()
-                .filter(|(_, b)| b.failures.iter().any(|f| !f.stage.is_validation()))
-                .map(|(index, _)| *index)
-                .collect())
+            // Like the DynamoDB store, a page reads at most `limit` batches
+            // with failures, retryable or not.
+            let mut page = RetryablePage::default();
+            let mut read = 0;
+            for (index, b) in s.batches.range(start..) {
+                if b.failures.is_empty() {
+                    continue;
+                }
+                if read == limit.max(1) {
+                    page.next = Some(index.to_string());
+                    break;
+                }
+                read += 1;
+                if b.failures.iter().any(|f| !f.stage.is_validation()) {
+                    page.batches.push(*index);
+                }
+            }
+            Ok(page)
         })
     }
 
-    async fn requeue_batch(&self, job: &JobId, index: u64) -> Result<Option<u64>, StoreError> {
+    async fn requeue_batch(
+        &self,
+        job: &JobId,
+        index: u64,
+        round: u32,
+    ) -> Result<Option<u64>, StoreError> {
         self.with_job(job, |s| {
-            let Some(b) = s.batches.get_mut(&index) else {
+            let in_pass = in_requeue_pass(&s.job, round);
+            let Some(b) = s
+                .batches
+                .get_mut(&index)
+                .filter(|b| in_pass && b.round < round)
+            else {
                 return Ok(None);
             };
             let rerun = b
@@ -600,30 +676,36 @@ impl JobControl for MemoryStore {
             b.info.worker = None;
             b.info.failed -= rerun;
             b.base_version = b.info.version;
+            b.round = round;
             b.rerun = Some(Rerun {
                 processed: b.info.processed,
                 failed: b.info.failed,
             });
+            s.open.insert(index);
             s.job.batches_done -= 1;
             s.job.failed -= rerun;
+            s.job.retryable -= rerun;
             Ok(Some(rerun))
         })
     }
 
-    async fn reopen(
-        &self,
-        job: &JobId,
-        seen_retries: u32,
-        now_ms: i64,
-    ) -> Result<Option<Job>, StoreError> {
+    async fn reopen(&self, job: &JobId, reopening: &Reopening) -> Result<Option<Job>, StoreError> {
+        let now_ms = reopening.now_ms;
         self.with_job(job, |s| {
             // The previous round's event goes out first (see the trait).
             if !s.job.status.is_final()
-                || s.job.retries != seen_retries
+                || s.job.retries != reopening.seen_retries
                 || !s.job.owed_events.is_empty()
             {
                 return Ok(None);
             }
+            s.job.round = crate::job::Round {
+                requeuing: reopening.requeue,
+                requeue_cursor: None,
+                requeued_at_ms: now_ms,
+                started_at_ms: now_ms,
+                base: reopening.base,
+            };
             s.job.status = JobStatus::Processing;
             s.job.retries += 1;
             s.job.updated_at_ms = s.job.updated_at_ms.max(now_ms);
@@ -637,6 +719,51 @@ impl JobControl for MemoryStore {
             Ok(Some(s.job.clone()))
         })
     }
+
+    async fn note_requeue(
+        &self,
+        job: &JobId,
+        round: u32,
+        cursor: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.with_job(job, |s| {
+            if !in_requeue_pass(&s.job, round) {
+                return Ok(false);
+            }
+            s.job.round.requeue_cursor = Some(cursor.to_owned());
+            s.job.round.requeued_at_ms = now_ms;
+            Ok(true)
+        })
+    }
+
+    async fn finish_requeue(
+        &self,
+        job: &JobId,
+        round: u32,
+        base: u64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.with_job(job, |s| {
+            if !in_requeue_pass(&s.job, round) {
+                return Ok(false);
+            }
+            s.job.round = crate::job::Round {
+                requeuing: false,
+                requeue_cursor: None,
+                requeued_at_ms: now_ms,
+                started_at_ms: now_ms,
+                base,
+            };
+            s.job.updated_at_ms = s.job.updated_at_ms.max(now_ms);
+            Ok(true)
+        })
+    }
+}
+
+/// Whether `job` is PROCESSING in round `round`'s requeue pass.
+fn in_requeue_pass(job: &Job, round: u32) -> bool {
+    !job.status.is_final() && job.retries == round && job.round.requeuing
 }
 
 #[cfg(test)]

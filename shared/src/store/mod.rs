@@ -54,6 +54,33 @@ pub struct ClaimedBatch {
     /// What the batch's earlier run left, when a retry requeued it: the
     /// rerun handles only its processing failures.
     pub rerun: Option<Rerun>,
+    /// The job's round (`Job::retries`) when it was claimed: the commit
+    /// stamps it on the batch, so a retry's requeue pass never puts back
+    /// a batch its own round already ran.
+    pub round: u32,
+}
+
+/// One page of the batches a retry reruns (`JobControl::retryable_batches`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryablePage {
+    /// In index order within the page.
+    pub batches: Vec<u64>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<String>,
+}
+
+/// What reopening a final job for a retry round records (`reopen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reopening {
+    /// The round the caller saw: of two retries of one round, one reopens.
+    pub seen_retries: u32,
+    /// The round has failed batches to put back: it starts with a requeue
+    /// pass, during which the job cannot complete.
+    pub requeue: bool,
+    /// Records settled when the round starts (`processed + failed`), which
+    /// its rate does not count.
+    pub base: u64,
+    pub now_ms: i64,
 }
 
 /// A requeued batch's standing from its earlier run: records processed,
@@ -300,6 +327,13 @@ pub trait ClaimStore: Send + Sync {
     /// can retry it without waiting for the lease to expire.
     async fn release_batch(&self, claim: &ClaimedBatch, error: &str) -> Result<(), StoreError>;
 
+    /// Gives a claimed batch back at once without the claim counting as an
+    /// attempt toward `maxAttempts` (`ClaimedBatch::attempt` of the next
+    /// claim is this one's): the worker ran out of time, which says
+    /// nothing about the batch. Keeps its last error; fenced by the claim
+    /// like `release_batch` (`ClaimLost`).
+    async fn yield_batch(&self, claim: &ClaimedBatch) -> Result<(), StoreError>;
+
     /// Commits the batch's terminal state together with the job's counters and
     /// its failed records, only if the claim is still ours (`ClaimLost`).
     /// A commit after the job was finalized early still counts: its records
@@ -380,31 +414,64 @@ pub trait JobControl: Send + Sync {
     /// kind. Acknowledging an event not owed changes nothing.
     async fn ack_event(&self, job: &JobId, kind: EventKind, round: u32) -> Result<(), StoreError>;
 
-    /// Batches holding processing failures (the processor's errors, poison
-    /// batches): what a retry reruns. In index order; a batch listed may
-    /// have been requeued since (`requeue_batch` checks).
-    async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError>;
+    /// One page of the batches holding processing failures (the
+    /// processor's errors, poison batches): what a retry reruns. `after` is
+    /// the `next` of the page before (`None`: the first page); a page reads
+    /// at most about `limit` items, whatever the job's size. A batch listed
+    /// may have been requeued since (`requeue_batch` checks).
+    async fn retryable_batches(
+        &self,
+        job: &JobId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RetryablePage, StoreError>;
 
-    /// Makes a terminal batch claimable again for a retry: its processing
-    /// failures leave the job's failed count, and the batch its done count,
-    /// until the rerun commits (`ClaimedBatch::rerun`). Returns how many
-    /// records will rerun; `None` if the batch is not terminal (requeued
-    /// already) or has nothing to rerun.
-    async fn requeue_batch(&self, job: &JobId, index: u64) -> Result<Option<u64>, StoreError>;
+    /// Makes a terminal batch claimable again for round `round`'s retry:
+    /// its processing failures leave the job's failed count, and the batch
+    /// its done count, until the rerun commits (`ClaimedBatch::rerun`).
+    /// Fenced by the round: only while the job is PROCESSING in round
+    /// `round`'s requeue pass, and only a batch that round has not run or
+    /// requeued already, so a pass that runs twice, or late, requeues
+    /// nothing twice. Returns how many records will rerun; `None` when the
+    /// batch is not terminal, has nothing to rerun or the fence refuses.
+    async fn requeue_batch(
+        &self,
+        job: &JobId,
+        index: u64,
+        round: u32,
+    ) -> Result<Option<u64>, StoreError>;
 
     /// Opens a final job for another round: PROCESSING again, `retries`
     /// one more, the previous end (finish time, reason, report) cleared and
     /// the prepare lease freed with its failure count (an unfinished
-    /// prepare resumes at its checkpoint). Fenced by the round the caller saw (`seen_retries`), so
-    /// of two retries of one round one reopens; `None` for the other, if
-    /// the job is not final, or while its final event is still owed
-    /// (deliver it first). Returns the job after.
-    async fn reopen(
+    /// prepare resumes at its checkpoint), the round's start and base
+    /// recorded and, with `requeue`, its requeue pass begun. Fenced by the
+    /// round the caller saw, so of two retries of one round one reopens;
+    /// `None` for the other, if the job is not final, or while its final
+    /// event is still owed (deliver it first). Returns the job after.
+    async fn reopen(&self, job: &JobId, reopening: &Reopening) -> Result<Option<Job>, StoreError>;
+
+    /// Records how far round `round`'s requeue pass got (`cursor`, the
+    /// next page) and that it is alive. False when that pass is over: it
+    /// finished, or the job ended or moved to another round.
+    async fn note_requeue(
         &self,
         job: &JobId,
-        seen_retries: u32,
+        round: u32,
+        cursor: &str,
         now_ms: i64,
-    ) -> Result<Option<Job>, StoreError>;
+    ) -> Result<bool, StoreError>;
+
+    /// Ends round `round`'s requeue pass: the job may complete again, and
+    /// the round counts its rate from `now_ms` over the records settled
+    /// since `base`. False when the pass was over already.
+    async fn finish_requeue(
+        &self,
+        job: &JobId,
+        round: u32,
+        base: u64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
 }
 
 /// The whole batch protocol: every backend implements the three phase traits.

@@ -18,6 +18,14 @@ fn job() -> JobId {
     JobId::new("0123456789abcdef0123456789abcdef")
 }
 
+/// The reservation, which a limiter without a deadline always makes.
+fn granted(grant: Result<Grant, StoreError>) -> Acquired {
+    grant
+        .unwrap()
+        .granted()
+        .expect("no deadline, so never out of time")
+}
+
 /// Fails instead of hanging if the limiter never lets a task through.
 async fn within_an_hour<T>(work: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(3600), work)
@@ -56,12 +64,13 @@ async fn reservations_fill_a_window_then_wait_for_the_next() {
         clock: &clock,
         job: &job,
         cap: 100,
+        stop_at: None,
     };
     let first = ORIGIN_MS / 1000;
     let mut full = 0;
     within_an_hour(async {
         for _ in 0..10 {
-            full += limiter.acquire(30).await.unwrap().full;
+            full += granted(limiter.acquire(30).await).full;
         }
     })
     .await;
@@ -95,10 +104,11 @@ async fn workers_together_never_exceed_the_cap_and_use_all_of_it() {
                     clock: &clock,
                     job: &job,
                     cap,
+                    stop_at: None,
                 };
                 let mut requests = 0;
                 for _ in 0..per_worker / limiter.slice() {
-                    requests += limiter.acquire(limiter.slice()).await.unwrap().requests;
+                    requests += granted(limiter.acquire(limiter.slice()).await).requests;
                 }
                 requests
             })
@@ -140,13 +150,14 @@ async fn a_reservation_larger_than_the_cap_takes_a_whole_window() {
         clock: &clock,
         job: &job,
         cap: 100,
+        stop_at: None,
     };
     let first = ORIGIN_MS / 1000;
     within_an_hour(async {
-        limiter.acquire(10).await.unwrap();
+        granted(limiter.acquire(10).await);
         // Waits for an empty window rather than forever.
-        limiter.acquire(250).await.unwrap();
-        limiter.acquire(10).await.unwrap();
+        granted(limiter.acquire(250).await);
+        granted(limiter.acquire(10).await);
     })
     .await;
     assert_eq!(
@@ -165,7 +176,124 @@ async fn nothing_to_write_reserves_nothing() {
         clock: &clock,
         job: &job,
         cap: 100,
+        stop_at: None,
     };
-    assert_eq!(limiter.acquire(0).await.unwrap(), Acquired::default());
+    assert_eq!(granted(limiter.acquire(0).await), Acquired::default());
     assert!(throttle.windows(&job).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_wait_starts_for_a_window_that_opens_after_the_stop_point() {
+    let throttle = MemoryThrottle::default();
+    let clock = paused_clock();
+    let job = job();
+    let start = tokio::time::Instant::now();
+    // Windows open at 0.5 s, 1.5 s, 2.5 s...: the second fits, the third not.
+    let stop_at = start + Duration::from_millis(2_200);
+    let limiter = Limiter {
+        throttle: &throttle,
+        clock: &clock,
+        job: &job,
+        cap: 100,
+        stop_at: Some(stop_at),
+    };
+    let first = ORIGIN_MS / 1000;
+    let grants = within_an_hour(async {
+        let mut grants = Vec::new();
+        for _ in 0..4 {
+            grants.push(limiter.acquire(100).await.unwrap());
+        }
+        grants
+    })
+    .await;
+    let made: Vec<bool> = grants.iter().map(|g| g.granted().is_some()).collect();
+    assert_eq!(made, vec![true, true, true, false]);
+    assert_eq!(
+        grants[3].acquired(),
+        Acquired {
+            requests: 1,
+            full: 1
+        },
+        "turned away once, then no wait"
+    );
+    assert_eq!(
+        throttle.windows(&job),
+        vec![(first, 100), (first + 1, 100), (first + 2, 100)]
+    );
+    let now = tokio::time::Instant::now();
+    assert!(now < stop_at, "stopped {:?} after the start", now - start);
+    assert_eq!(clock.now_ms().div_euclid(1000), first + 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_reserved_once_the_stop_point_has_passed() {
+    let throttle = MemoryThrottle::default();
+    let clock = paused_clock();
+    let job = job();
+    let limiter = Limiter {
+        throttle: &throttle,
+        clock: &clock,
+        job: &job,
+        cap: 100,
+        stop_at: Some(tokio::time::Instant::now()),
+    };
+    let grant = limiter.acquire(10).await.unwrap();
+    assert_eq!(grant, Grant::OutOfTime(Acquired::default()));
+    assert!(
+        throttle.windows(&job).is_empty(),
+        "units reserved now would go unspent"
+    );
+}
+
+fn definition(options: &str) -> Definition {
+    let text = format!(r#"{{"fields": [{{"name": "a", "type": "string"}}]{options}}}"#);
+    Definition::from_json(&text, "def.json").unwrap()
+}
+
+#[test]
+fn a_cap_too_low_to_write_a_batch_in_time_is_refused() {
+    let own = definition(r#", "batchSize": 500, "maxWriteUnitsPerSecond": 2"#);
+    let e = check_cap(&own, 1000, "def.json").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "import definition def.json: batchSize 500 at maxWriteUnitsPerSecond 2 needs at least \
+         250 s per batch at the full cap (a record costs at least 1 write unit), more than the \
+         60 s a batch may take: lower batchSize to at most 120 or raise maxWriteUnitsPerSecond \
+         to at least 9"
+    );
+    // The deployment's default, for a definition that sets no cap.
+    let default = definition(r#", "batchSize": 500"#);
+    let e = check_cap(&default, 2, "def.json").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "import definition def.json sets no maxWriteUnitsPerSecond, so its jobs run under the \
+         deployment's MAX_WRITE_UNITS_PER_SECOND 2: batchSize 500 at 2 write units a second \
+         needs at least 250 s per batch at the full cap (a record costs at least 1 write unit), \
+         more than the 60 s a batch may take: lower batchSize to at most 120, raise \
+         MAX_WRITE_UNITS_PER_SECOND to at least 9, or set maxWriteUnitsPerSecond in the \
+         definition"
+    );
+}
+
+#[test]
+fn a_cap_that_writes_a_batch_in_time_is_accepted() {
+    let fits = |options: &str, default| check_cap(&definition(options), default, "def.json");
+    // 60 s a batch at the full cap, exactly.
+    assert_eq!(
+        fits(r#", "batchSize": 120, "maxWriteUnitsPerSecond": 2"#, 0),
+        Ok(())
+    );
+    assert_eq!(fits(r#", "batchSize": 500"#, 9), Ok(()));
+    // No cap anywhere, or the definition lifts the default.
+    assert_eq!(fits(r#", "batchSize": 500"#, 0), Ok(()));
+    assert_eq!(
+        fits(r#", "batchSize": 500, "maxWriteUnitsPerSecond": 0"#, 1),
+        Ok(())
+    );
+    // The definition's own cap wins over a default too low.
+    assert_eq!(
+        fits(r#", "batchSize": 500, "maxWriteUnitsPerSecond": 100"#, 1),
+        Ok(())
+    );
+    assert!(fits(r#", "batchSize": 121, "maxWriteUnitsPerSecond": 2"#, 0).is_err());
 }

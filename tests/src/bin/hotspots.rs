@@ -7,11 +7,6 @@
 //!
 //!     make bench-hotspots            (HOTSPOT_ROWS, HOTSPOT_BATCH_SIZE, HOTSPOT_WORKERS)
 
-use aws_smithy_http_client::{
-    tls::{self, rustls_provider::CryptoMode},
-    Builder,
-};
-use bulk_import::aws::Clients;
 use bulk_import::handlers::orchestrator::source_of;
 use integration_tests::ledger::Ledger;
 use integration_tests::{Stack, StackOptions};
@@ -57,14 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let batch_size = env_number("HOTSPOT_BATCH_SIZE", 20);
     let workers = env_number("HOTSPOT_WORKERS", 8) as usize;
     let ledger = Ledger::default();
-    let http = Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(ledger.wrap(http))
-        .load()
-        .await;
-    let clients = Clients::from_config(&config);
+    let clients = integration_tests::ledger_clients(&ledger).await;
     let definition = format!(
         r#"{{"fields": [
             {{"name": "email", "type": "email", "required": true}},
@@ -81,7 +69,9 @@ async fn main() -> anyhow::Result<()> {
         csv.push_str(&format!("user{i}@example.com,User {i}\n"));
     }
     let event = stack.upload("uploads/hotspots.csv", csv).await;
-    let job_id = source_of(&event.records[0], 0)?.job_id();
+    let job_id = source_of(stack.deps.versions.as_ref(), &event.records[0], 0)
+        .await?
+        .job_id();
     let started = Instant::now();
     // Workers poll while the file is read, as the fan-out wakes them.
     let (prepared, _) = tokio::join!(

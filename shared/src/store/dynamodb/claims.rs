@@ -69,6 +69,7 @@ impl DynamoStore {
         worker: &str,
         now_ms: i64,
         lease_ms: i64,
+        round: u32,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
         let until = now_ms + lease_ms;
         let update = self
@@ -107,6 +108,7 @@ impl DynamoStore {
                     attempt: item.version - item.queued_version,
                     rerun: item.rerun(),
                     last_error: item.last_error,
+                    round,
                 }))
             }
             Err(e) if is_condition_failed(&e) => Ok(None),
@@ -167,7 +169,10 @@ impl DynamoStore {
                     .advance_cursor(job, shard, shard_len(ready, shard))
                     .await?
                 {
-                    if let Some(c) = self.try_claim(job, index, worker, now_ms, lease_ms).await? {
+                    if let Some(c) = self
+                        .try_claim(job, index, worker, now_ms, lease_ms, item.retries)
+                        .await?
+                    {
                         return Ok(Claim::Batch(c));
                     }
                 }
@@ -183,7 +188,10 @@ impl DynamoStore {
             for i in 0..SHARDS {
                 let shard = (home + i) % SHARDS;
                 for index in self.expired(job, shard, now_ms, ready).await? {
-                    if let Some(c) = self.try_claim(job, index, worker, now_ms, lease_ms).await? {
+                    if let Some(c) = self
+                        .try_claim(job, index, worker, now_ms, lease_ms, item.retries)
+                        .await?
+                    {
                         return Ok(Claim::Batch(c));
                     }
                 }
@@ -192,7 +200,8 @@ impl DynamoStore {
                 .lock()
                 .expect("search times poisoned")
                 .insert(job.clone(), now_ms);
-            return Ok(if item.prepared {
+            // A requeue pass puts batches back as it goes: wait for it.
+            return Ok(if item.prepared && !item.requeuing {
                 Claim::NoneAvailable
             } else {
                 Claim::Wait
@@ -237,6 +246,18 @@ impl DynamoStore {
             .update_expression("SET leaseUntil = :zero, gsk = :zero, lastError = :e")
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":e", s(truncate_value(error)));
+        self.fenced_update(claim, update).await
+    }
+
+    pub(super) async fn yield_batch(&self, claim: &ClaimedBatch) -> Result<(), StoreError> {
+        // A claim's attempt is `version - queuedVersion`: the next claim
+        // bumps the version, and this bumps queuedVersion with it, in the
+        // same fenced write as the release.
+        let update = self
+            .update(batch_pk(&claim.job_id, claim.index), BATCH_SK)
+            .update_expression("SET leaseUntil = :zero, gsk = :zero ADD queuedVersion :one")
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1));
         self.fenced_update(claim, update).await
     }
 
@@ -292,9 +313,11 @@ impl DynamoStore {
             (":p".into(), n(outcome.processed)),
             (":f".into(), n(outcome.failed.len())),
             (":at".into(), n(now_ms)),
+            (":round".into(), n(claim.round)),
         ]);
         let mut set =
-            "SET #state = :st, #processed = :p, failed = :f, finishedAt = :at".to_string();
+            "SET #state = :st, #processed = :p, failed = :f, finishedAt = :at, #round = :round"
+                .to_string();
         if let Some(e) = &outcome.error {
             batch_values.insert(":e".into(), s(truncate_value(e)));
             set.push_str(", lastError = :e");
@@ -309,6 +332,7 @@ impl DynamoStore {
             .set_expression_attribute_names(Some(names(&[
                 ("#state", "state"),
                 ("#processed", "processed"),
+                ("#round", "round"),
             ])))
             .set_expression_attribute_values(Some(batch_values))
             .build()
@@ -330,13 +354,23 @@ impl DynamoStore {
                 ":f".into(),
                 n(outcome.failed.len() as i64 - prior.failed as i64),
             ),
+            // A rerun's earlier processing failures left the count when it
+            // was requeued: whatever fails in processing now is new.
+            (
+                ":r".into(),
+                n(outcome
+                    .failed
+                    .iter()
+                    .filter(|f| !f.stage.is_validation())
+                    .count()),
+            ),
         ]);
         with_cost(&mut counter_values, cost);
         let expiry = self.expiry_clause(&mut counter_values);
         let counter_update = self.counter_shard_update(
             job,
             format!(
-                "{ADD_COST}, batchesDone :one, #processed :p, failed :f SET updatedAt = :at{expiry}"
+                "{ADD_COST}, batchesDone :one, #processed :p, failed :f, retryable :r SET updatedAt = :at{expiry}"
             ),
             counter_values,
             Some(names(&[("#processed", "processed")])),
@@ -435,31 +469,58 @@ impl DynamoStore {
         Ok(parts.into_iter().map(|(sk, _)| sk).collect())
     }
 
-    pub(super) async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError> {
-        let mut found = std::collections::BTreeSet::new();
-        for shard in 0..FAILURE_SHARDS {
-            let parts = self
-                .query_parts::<FailedRecord>(job, failure_pk(job, shard), "")
-                .await?;
-            for (sk, failures) in parts {
-                if failures.iter().any(|f| !f.stage.is_validation()) {
-                    found.extend(failure_batch(&sk));
+    /// A page is one query of one failure partition: the cursor is
+    /// `<partition>/<last sort key read>` (empty: from its start).
+    pub(super) async fn retryable_batches(
+        &self,
+        job: &JobId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RetryablePage, StoreError> {
+        let (shard, after) = match after {
+            None => (0, None),
+            Some(cursor) => {
+                let (shard, sk) = cursor
+                    .split_once('/')
+                    .and_then(|(shard, sk)| Some((shard.parse::<u64>().ok()?, sk)))
+                    .filter(|(shard, _)| *shard < FAILURE_SHARDS)
+                    .ok_or_else(|| corrupt(job, format!("requeue cursor {cursor:?}")))?;
+                (shard, Some(sk).filter(|sk| !sk.is_empty()))
+            }
+        };
+        let (parts, more) = self
+            .query_parts_after::<FailedRecord>(job, failure_pk(job, shard), after, limit)
+            .await?;
+        let mut page = RetryablePage::default();
+        for (sk, failures) in &parts {
+            if failures.iter().any(|f| !f.stage.is_validation()) {
+                // A batch's failures may span items: list it once.
+                let index = failure_batch(sk);
+                if index.is_some() && page.batches.last().copied() != index {
+                    page.batches.extend(index);
                 }
             }
         }
-        Ok(found.into_iter().collect())
+        page.next = match (more, parts.last()) {
+            (true, Some((sk, _))) => Some(format!("{shard}/{sk}")),
+            _ if shard + 1 < FAILURE_SHARDS => Some(format!("{}/", shard + 1)),
+            _ => None,
+        };
+        Ok(page)
     }
 
     pub(super) async fn requeue_batch(
         &self,
         job: &JobId,
         index: u64,
+        round: u32,
     ) -> Result<Option<u64>, StoreError> {
         let Some(item) = self.get(job, batch_pk(job, index), BATCH_SK).await? else {
             return Ok(None);
         };
         let batch: BatchItem = from_item(item).map_err(|e| corrupt(job, e))?;
-        if !matches!(batch.state, BatchState::Done | BatchState::Failed) {
+        let ran_this_round = batch.round.is_some_and(|r| r >= round);
+        if !matches!(batch.state, BatchState::Done | BatchState::Failed) || ran_this_round {
             return Ok(None);
         }
         let rerun = self
@@ -480,13 +541,18 @@ impl DynamoStore {
             .set_key(Some(key(batch_pk(job, index), BATCH_SK)))
             .update_expression(
                 "SET #state = :processing, leaseUntil = :zero, gpk = :gpk, gsk = :zero, \
-                 queuedVersion = version, failed = :kept, priorProcessed = #processed, priorFailed = :kept \
+                 queuedVersion = version, failed = :kept, priorProcessed = #processed, priorFailed = :kept, \
+                 #round = :round \
                  REMOVE worker",
             )
-            .condition_expression("version = :v AND #state IN (:done, :failed)")
+            .condition_expression(
+                "version = :v AND #state IN (:done, :failed) \
+                 AND (attribute_not_exists(#round) OR #round < :round)",
+            )
             .set_expression_attribute_names(Some(names(&[
                 ("#state", "state"),
                 ("#processed", "processed"),
+                ("#round", "round"),
             ])))
             .set_expression_attribute_values(Some(HashMap::from([
                 (":processing".into(), s(BatchState::Processing.as_str())),
@@ -496,13 +562,29 @@ impl DynamoStore {
                 (":gpk".into(), s(lease_gpk(job, index))),
                 (":kept".into(), n(kept)),
                 (":v".into(), n(batch.version)),
+                (":round".into(), n(round)),
             ])))
             .build()
             .expect("update is complete");
-        // Two items doubled, and the index entry put back.
+        // Only inside the round's requeue pass: a pass that runs late, after
+        // the job ended or moved on, changes nothing.
+        let in_pass = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(job), JOB_SK)))
+            .condition_expression(format!(
+                "#status = :processing AND requeuing = :true AND {}",
+                super::jobs::round_is(round)
+            ))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":round", n(round))
+            .build()
+            .expect("condition check is complete");
+        // Three items doubled, and the index entry put back.
         let own = Cost {
             requests: 1,
-            write_units: 5.0,
+            write_units: 7.0,
             ..Cost::default()
         };
         let cost = self.meter.take(job, own);
@@ -516,7 +598,7 @@ impl DynamoStore {
         let counter_update = self.counter_shard_update(
             job,
             format!(
-                "{ADD_COST}, batchesDone :minus_one, failed :minus_rerun SET updatedAt = :now{expiry}"
+                "{ADD_COST}, batchesDone :minus_one, failed :minus_rerun, retryable :minus_rerun SET updatedAt = :now{expiry}"
             ),
             counter_values,
             None,
@@ -524,6 +606,9 @@ impl DynamoStore {
         let items = vec![
             TransactWriteItem::builder().update(batch_update).build(),
             TransactWriteItem::builder().update(counter_update).build(),
+            TransactWriteItem::builder()
+                .condition_check(in_pass)
+                .build(),
         ];
         // No idempotency token: racing retries build different requests
         // for one batch (a random counter shard, their own costs), and
@@ -532,7 +617,7 @@ impl DynamoStore {
         // lost answer finds the batch requeued and says so.
         match self.transact(job, items, own, None).await {
             Ok(Ok(())) => Ok(Some(rerun)),
-            // Requeued by a racing retry.
+            // Requeued by a racing pass, or the pass is over.
             Ok(Err(_)) => {
                 self.meter.restore(job, cost);
                 Ok(None)

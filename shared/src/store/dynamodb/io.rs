@@ -398,20 +398,62 @@ impl DynamoStore {
         let mut pages = query.into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| StoreError::backend("Query", e))?;
-            let size: usize = page.items().iter().map(item_size).sum();
-            let computed = Cost {
-                requests: 1,
-                read_units: read_units(size, true),
-                ..Cost::default()
-            };
-            self.meter
-                .record(job, computed, page.consumed_capacity.as_slice());
-            for item in page.items.unwrap_or_default() {
-                let packed: PackedItem = from_item(item).map_err(|e| corrupt(job, e))?;
-                let entries = codec::unpack::<T>(&packed.d).map_err(|e| corrupt(job, e))?;
-                parts.push((packed.sk, entries));
-            }
+            parts.extend(self.unpack_page(job, page)?);
         }
         Ok(parts)
+    }
+
+    /// The packed items of one consistent query page, its reads metered.
+    fn unpack_page<T: codec::Entry>(
+        &self,
+        job: &JobId,
+        page: aws_sdk_dynamodb::operation::query::QueryOutput,
+    ) -> Result<Vec<(String, Vec<T>)>, StoreError> {
+        let size: usize = page.items().iter().map(item_size).sum();
+        let computed = Cost {
+            requests: 1,
+            read_units: read_units(size, true),
+            ..Cost::default()
+        };
+        self.meter
+            .record(job, computed, page.consumed_capacity.as_slice());
+        let mut parts = Vec::new();
+        for item in page.items.unwrap_or_default() {
+            let packed: PackedItem = from_item(item).map_err(|e| corrupt(job, e))?;
+            let entries = codec::unpack::<T>(&packed.d).map_err(|e| corrupt(job, e))?;
+            parts.push((packed.sk, entries));
+        }
+        Ok(parts)
+    }
+
+    /// Up to `limit` packed items of partition `pk` after sort key `after`,
+    /// in one query, and whether more follow.
+    pub(super) async fn query_parts_after<T: codec::Entry>(
+        &self,
+        job: &JobId,
+        pk: String,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, Vec<T>)>, bool), StoreError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .expression_attribute_values(":pk", s(pk))
+            .consistent_read(true)
+            .limit(limit.clamp(1, 1000) as i32)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        let query = match after {
+            None => query.key_condition_expression("pk = :pk"),
+            Some(after) => query
+                .key_condition_expression("pk = :pk AND sk > :after")
+                .expression_attribute_values(":after", s(after)),
+        };
+        let page = query
+            .send()
+            .await
+            .map_err(|e| StoreError::backend("Query", e))?;
+        let more = page.last_evaluated_key.is_some();
+        Ok((self.unpack_page(job, page)?, more))
     }
 }

@@ -136,6 +136,18 @@ pub struct JobItem {
     /// Times the job was retried.
     #[serde(default)]
     pub retries: u32,
+    /// The current round's requeue pass is running (removed when it ends).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requeuing: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeue_cursor: Option<String>,
+    #[serde(default)]
+    pub requeued_at: i64,
+    /// When the current round's work started, and what it found settled.
+    #[serde(default)]
+    pub round_started_at: i64,
+    #[serde(default)]
+    pub round_base: u64,
     /// Lifecycle events recorded and not yet delivered: a string set, moved
     /// by `ADD` (who records one) and `DELETE` (who acknowledges it).
     #[serde(
@@ -176,6 +188,9 @@ pub struct CounterItem {
     pub processed: i64,
     #[serde(default)]
     pub failed: i64,
+    /// Of `failed`, the processing failures (what a retry reruns).
+    #[serde(default)]
+    pub retryable: i64,
     #[serde(default)]
     pub requests: u64,
     #[serde(default)]
@@ -233,6 +248,11 @@ impl JobItem {
             read_units: 0.0,
             conflicts: 0,
             retries: 0,
+            requeuing: false,
+            requeue_cursor: None,
+            requeued_at: 0,
+            round_started_at: 0,
+            round_base: 0,
             owed_events: vec![EventKind::Started],
             expires_at,
             gpk: Some(ACTIVE_JOBS.into()),
@@ -250,7 +270,7 @@ impl JobItem {
             read_units: self.read_units,
             conflicts: self.conflicts,
         };
-        let (mut done, mut processed, mut failed) = (0i64, 0i64, 0i64);
+        let (mut done, mut processed, mut failed, mut retryable) = (0i64, 0i64, 0i64, 0i64);
         let mut updated = self
             .updated_at
             .unwrap_or(self.created_at)
@@ -259,6 +279,7 @@ impl JobItem {
             done += c.batches_done;
             processed += c.processed;
             failed += c.failed;
+            retryable += c.retryable;
             updated = updated.max(c.updated_at);
             cost.add(Cost {
                 requests: c.requests,
@@ -283,6 +304,7 @@ impl JobItem {
             batches_done: done.max(0) as u64,
             processed: processed.max(0) as u64,
             failed: failed.max(0) as u64,
+            retryable: retryable.max(0) as u64,
             prepare_lease_until_ms: if self.prepared {
                 0
             } else {
@@ -298,6 +320,13 @@ impl JobItem {
             report_owed: self.report_owed,
             cost,
             retries: self.retries,
+            round: crate::job::Round {
+                requeuing: self.requeuing,
+                requeue_cursor: self.requeue_cursor,
+                requeued_at_ms: self.requeued_at,
+                started_at_ms: self.round_started_at,
+                base: self.round_base,
+            },
             // A set has no order: lifecycle order is delivery order.
             owed_events: {
                 let mut owed = self.owed_events;
@@ -344,6 +373,9 @@ pub struct BatchItem {
     pub prior_processed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prior_failed: Option<u64>,
+    /// The retry round that last ran or requeued the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
 }
 
 impl BatchItem {

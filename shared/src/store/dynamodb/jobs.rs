@@ -71,14 +71,16 @@ impl DynamoStore {
         }
         let mut condition = "#status = :processing".to_string();
         if when == FinalizeWhen::AllBatchesDone {
+            // Not while a retry's requeue pass puts batches back.
             values.insert(":true".into(), AttributeValue::Bool(true));
-            condition.push_str(" AND prepared = :true");
+            condition.push_str(" AND prepared = :true AND attribute_not_exists(requeuing)");
         }
         // An unfinished prepare keeps its checkpoint: a retry resumes there.
+        // A requeue pass under way ends with the round.
         let update = self
             .update(job_pk(job), JOB_SK)
             .update_expression(format!(
-                "{set} REMOVE prepareOwner, report {ADD_COST}{add_owed}"
+                "{set} REMOVE prepareOwner, report, requeuing, requeueCursor {ADD_COST}{add_owed}"
             ))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names(&[("#status", "status")])))
@@ -245,9 +247,9 @@ impl DynamoStore {
     pub(super) async fn reopen(
         &self,
         job: &JobId,
-        seen_retries: u32,
-        now_ms: i64,
+        reopening: &Reopening,
     ) -> Result<Option<Job>, StoreError> {
+        let (seen_retries, now_ms) = (reopening.seen_retries, reopening.now_ms);
         let finals: Vec<JobStatus> = JobStatus::ALL
             .into_iter()
             .filter(|s| s.is_final())
@@ -259,7 +261,15 @@ impl DynamoStore {
             (":now".into(), n(now_ms)),
             (":zero".into(), n(0)),
             (":one".into(), n(1)),
+            (":base".into(), n(reopening.base)),
         ]);
+        // The round's requeue pass, if it has one, starts with it.
+        let (requeuing, no_pass) = if reopening.requeue {
+            values.insert(":true".into(), AttributeValue::Bool(true));
+            ("requeuing = :true, ", "")
+        } else {
+            ("", ", requeuing")
+        };
         let mut any_final = Vec::new();
         for (i, status) in finals.iter().enumerate() {
             values.insert(format!(":final{i}"), s(status.as_str()));
@@ -272,12 +282,12 @@ impl DynamoStore {
         // job is sent by whoever finds it in the `EVENTS` list).
         let update = self
             .update(job_pk(job), JOB_SK)
-            .update_expression(
+            .update_expression(format!(
                 "SET #status = :processing, retries = if_not_exists(retries, :zero) + :one, \
                  gpk = :jobs, gsk = :now, lpk = :lpk, prepareLeaseUntil = :zero, prepareFailures = :zero, \
-                 updatedAt = :now \
-                 REMOVE finishedAt, failureReason, report, reportOwed, prepareOwner",
-            )
+                 updatedAt = :now, {requeuing}requeuedAt = :now, roundStartedAt = :now, roundBase = :base \
+                 REMOVE finishedAt, failureReason, report, reportOwed, prepareOwner, requeueCursor{no_pass}"
+            ))
             .condition_expression(format!(
                 "#status IN ({}) AND {seen} AND attribute_not_exists(owedEvents)",
                 any_final.join(", ")
@@ -287,6 +297,62 @@ impl DynamoStore {
         match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
             Ok(_) => self.get_job(job).await,
             Err(e) if is_condition_failed(&e) => Ok(None),
+            Err(e) => Err(StoreError::backend("UpdateItem", e)),
+        }
+    }
+
+    pub(super) async fn note_requeue(
+        &self,
+        job: &JobId,
+        round: u32,
+        cursor: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let update = self
+            .update(job_pk(job), JOB_SK)
+            .update_expression("SET requeueCursor = :cursor, requeuedAt = :now")
+            .expression_attribute_values(":cursor", s(cursor))
+            .expression_attribute_values(":now", n(now_ms));
+        self.in_requeue_pass(job, round, update).await
+    }
+
+    pub(super) async fn finish_requeue(
+        &self,
+        job: &JobId,
+        round: u32,
+        base: u64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let update = self
+            .update(job_pk(job), JOB_SK)
+            .update_expression(
+                "SET requeuedAt = :now, roundStartedAt = :now, roundBase = :base, updatedAt = :now \
+                 REMOVE requeuing, requeueCursor",
+            )
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":base", n(base));
+        self.in_requeue_pass(job, round, update).await
+    }
+
+    /// `update` of the job item, if it is in round `round`'s requeue pass.
+    async fn in_requeue_pass(
+        &self,
+        job: &JobId,
+        round: u32,
+        update: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    ) -> Result<bool, StoreError> {
+        let update = update
+            .condition_expression(format!(
+                "#status = :processing AND requeuing = :true AND {}",
+                round_is(round)
+            ))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":processing", s(JobStatus::Processing.as_str()))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":round", n(round));
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
             Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
     }
@@ -371,7 +437,7 @@ impl DynamoStore {
 
 /// A condition that the job is in round `round` (`:round`): a job never
 /// retried has no `retries` attribute.
-fn round_is(round: u32) -> &'static str {
+pub(super) fn round_is(round: u32) -> &'static str {
     if round == 0 {
         "(attribute_not_exists(retries) OR retries = :round)"
     } else {

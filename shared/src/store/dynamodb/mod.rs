@@ -22,8 +22,8 @@ use crate::retry::Backoff;
 use crate::store::codec;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, KeysAndAttributes, Put, PutRequest, ReturnConsumedCapacity,
-    ReturnValue, TransactWriteItem, Update, WriteRequest,
+    AttributeValue, ConditionCheck, Delete, KeysAndAttributes, Put, PutRequest,
+    ReturnConsumedCapacity, ReturnValue, TransactWriteItem, Update, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
@@ -345,6 +345,10 @@ impl ClaimStore for DynamoStore {
         Self::release_batch(self, claim, error).await
     }
 
+    async fn yield_batch(&self, claim: &ClaimedBatch) -> Result<(), StoreError> {
+        Self::yield_batch(self, claim).await
+    }
+
     async fn commit_batch(
         &self,
         claim: &ClaimedBatch,
@@ -423,21 +427,46 @@ impl JobControl for DynamoStore {
         Self::ack_event(self, job, kind, round).await
     }
 
-    async fn retryable_batches(&self, job: &JobId) -> Result<Vec<u64>, StoreError> {
-        Self::retryable_batches(self, job).await
-    }
-
-    async fn requeue_batch(&self, job: &JobId, index: u64) -> Result<Option<u64>, StoreError> {
-        Self::requeue_batch(self, job, index).await
-    }
-
-    async fn reopen(
+    async fn retryable_batches(
         &self,
         job: &JobId,
-        seen_retries: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RetryablePage, StoreError> {
+        Self::retryable_batches(self, job, after, limit).await
+    }
+
+    async fn requeue_batch(
+        &self,
+        job: &JobId,
+        index: u64,
+        round: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        Self::requeue_batch(self, job, index, round).await
+    }
+
+    async fn reopen(&self, job: &JobId, reopening: &Reopening) -> Result<Option<Job>, StoreError> {
+        Self::reopen(self, job, reopening).await
+    }
+
+    async fn note_requeue(
+        &self,
+        job: &JobId,
+        round: u32,
+        cursor: &str,
         now_ms: i64,
-    ) -> Result<Option<Job>, StoreError> {
-        Self::reopen(self, job, seen_retries, now_ms).await
+    ) -> Result<bool, StoreError> {
+        Self::note_requeue(self, job, round, cursor, now_ms).await
+    }
+
+    async fn finish_requeue(
+        &self,
+        job: &JobId,
+        round: u32,
+        base: u64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        Self::finish_requeue(self, job, round, base, now_ms).await
     }
 }
 

@@ -185,6 +185,7 @@ impl DynamoStore {
             queued_version: 0,
             prior_processed: None,
             prior_failed: None,
+            round: None,
         };
         let attrs: Item = to_item(&batch_item).map_err(|e| corrupt(job, e))?;
         // The item and its index entry.
