@@ -608,6 +608,27 @@ mod sweeping {
         assert_eq!(f.events.endings().len(), 1);
     }
 
+    /// Claims every batch and fails one record of each in processing.
+    async fn fail_every_batch(f: &Fixture, job: &crate::JobId) {
+        while let Claim::Batch(c) = f
+            .store
+            .claim_batch(job, "w", now_ms(), MINUTE)
+            .await
+            .unwrap()
+        {
+            let outcome = BatchOutcome {
+                state: BatchState::Done,
+                processed: 1,
+                failed: vec![crate::job::FailedRecord::unprocessed(
+                    c.index * 2 + 2,
+                    vec![crate::job::FieldIssue::new(None, None, "refused")],
+                )],
+                error: None,
+            };
+            f.store.commit_batch(&c, &outcome, now_ms()).await.unwrap();
+        }
+    }
+
     /// A retry's requeue pass whose orchestrator died (or whose message was
     /// lost) is taken over once it has been silent for a minute, and not
     /// before.
@@ -615,26 +636,7 @@ mod sweeping {
     async fn a_stalled_requeue_pass_is_taken_over_and_a_live_one_left_alone() {
         let f = fixture(CSV);
         let job = old_job(&f, 2).await;
-        let failing = |c: &crate::store::ClaimedBatch| BatchOutcome {
-            state: BatchState::Done,
-            processed: 0,
-            failed: vec![crate::job::FailedRecord::unprocessed(
-                c.index * 2 + 2,
-                vec![crate::job::FieldIssue::new(None, None, "refused")],
-            )],
-            error: None,
-        };
-        while let Claim::Batch(c) = f
-            .store
-            .claim_batch(&job, "w", now_ms(), MINUTE)
-            .await
-            .unwrap()
-        {
-            f.store
-                .commit_batch(&c, &failing(&c), now_ms())
-                .await
-                .unwrap();
-        }
+        fail_every_batch(&f, &job).await;
         assert_eq!(sweep(&f).await.finalized, 1);
         let ended = f.store.get_job(&job).await.unwrap().unwrap();
         for kind in ended.owed_events {
@@ -666,17 +668,7 @@ mod sweeping {
         // Started two minutes ago and silent since.
         let f = fixture(CSV);
         let job = old_job(&f, 2).await;
-        while let Claim::Batch(c) = f
-            .store
-            .claim_batch(&job, "w", now_ms(), MINUTE)
-            .await
-            .unwrap()
-        {
-            f.store
-                .commit_batch(&c, &failing(&c), now_ms())
-                .await
-                .unwrap();
-        }
+        fail_every_batch(&f, &job).await;
         sweep(&f).await;
         let ended = f.store.get_job(&job).await.unwrap().unwrap();
         for kind in ended.owed_events {

@@ -7,10 +7,6 @@
 //!
 //!     make bench-throttle     (THROTTLE_ROWS, THROTTLE_CAP, THROTTLE_WORKERS, THROTTLE_BATCH_SIZE)
 
-use aws_smithy_http_client::{
-    tls::{self, rustls_provider::CryptoMode},
-    Builder,
-};
 use bulk_import::aws::Clients;
 use bulk_import::job::JobId;
 use integration_tests::ledger::Ledger;
@@ -113,14 +109,7 @@ async fn main() -> anyhow::Result<()> {
     let workers = env_number("THROTTLE_WORKERS", 8) as usize;
     let batch_size = env_number("THROTTLE_BATCH_SIZE", 100);
     let ledger = Ledger::default();
-    let http = Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(ledger.wrap(http))
-        .load()
-        .await;
-    let clients = Clients::from_config(&config);
+    let clients = integration_tests::ledger_clients(&ledger).await;
 
     let free = run(&clients, &ledger, rows, batch_size, workers, None).await;
     let free_units: f64 = free.windows.values().sum();
