@@ -155,13 +155,14 @@ pub async fn abort(
         Some(names.bucket.clone()),
         "reports/",
     );
-    let finalizer = bulk_import::finalize::Finalizer {
-        store: &store,
-        events: &events,
-        reports: &reports,
-        definition: &definition,
-        deadline: None,
-    };
+    // The command line keeps stdout for its own output: no metrics.
+    let finalizer = bulk_import::finalize::Finalizer::new(
+        &store,
+        &events,
+        &reports,
+        &bulk_import::metrics::NoMetrics,
+        &definition,
+    );
     // No time limit here: the report and the event follow at once.
     let aborted = finalizer.abort_and_settle(&id, reason.to_owned()).await?;
     let job = job_of(&store, &id).await?;

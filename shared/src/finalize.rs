@@ -14,6 +14,7 @@
 
 use crate::events::{announce, JobEvents};
 use crate::job::{now_ms, Job, JobId, JobStatus};
+use crate::metrics::{Metric, MetricsSink};
 use crate::report::{ReportError, ReportSink};
 use crate::schema::Definition;
 use crate::store::{Finalization, FinalizeWhen, JobStore, StoreError};
@@ -32,15 +33,19 @@ pub enum FinalizeError {
     Report(#[from] ReportError),
 }
 
+/// Built by `new` only (`Deps::finalizer`, the phases, the API and the
+/// command line all go through it), so a service added here is given by
+/// every caller.
 #[derive(Clone, Copy)]
 pub struct Finalizer<'a> {
-    pub store: &'a dyn JobStore,
-    pub events: &'a dyn JobEvents,
-    pub reports: &'a dyn ReportSink,
-    pub definition: &'a Definition,
+    store: &'a dyn JobStore,
+    events: &'a dyn JobEvents,
+    reports: &'a dyn ReportSink,
+    metrics: &'a dyn MetricsSink,
+    definition: &'a Definition,
     /// The invocation's deadline: a report that cannot be written before
     /// it stays owed for the next one to find.
-    pub deadline: Option<Instant>,
+    deadline: Option<Instant>,
 }
 
 /// What settling an ended job did.
@@ -52,10 +57,40 @@ pub struct Settled {
     pub events: u64,
 }
 
-impl Finalizer<'_> {
+impl<'a> Finalizer<'a> {
+    /// A finalizer for jobs running on `definition`, with no deadline.
+    pub fn new(
+        store: &'a dyn JobStore,
+        events: &'a dyn JobEvents,
+        reports: &'a dyn ReportSink,
+        metrics: &'a dyn MetricsSink,
+        definition: &'a Definition,
+    ) -> Self {
+        Finalizer {
+            store,
+            events,
+            reports,
+            metrics,
+            definition,
+            deadline: None,
+        }
+    }
+
+    /// The same finalizer, for a job running on `definition` (its pinned
+    /// one).
+    pub fn on<'b>(self, definition: &'b Definition) -> Finalizer<'b>
+    where
+        'a: 'b,
+    {
+        let mut finalizer: Finalizer<'b> = self;
+        finalizer.definition = definition;
+        finalizer
+    }
+
     /// The same finalizer, bound by `deadline`.
-    pub fn until(self, deadline: Option<Instant>) -> Self {
-        Finalizer { deadline, ..self }
+    pub fn until(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// Completes `job` if prepare has finished and every batch is terminal.
@@ -178,7 +213,10 @@ impl Finalizer<'_> {
         }
         if ended.status.is_final() {
             tracing::info!(job_id = %job, status = %ended.status, processed = ended.processed, failed = ended.failed, "job finalized");
-            crate::metrics::job_ended(&ended);
+            self.metrics.record(Metric::JobEnded {
+                job: ended.id.clone(),
+                status: ended.status,
+            });
         }
         settled.events = announce(self.store, self.events, &ended).await;
         Ok(settled)
@@ -293,13 +331,13 @@ mod tests {
             MemoryReports::default(),
         );
         let definition = Definition::from_json(DEFINITION, "test").unwrap();
-        let finalizer = Finalizer {
-            store: &store,
-            events: &events,
-            reports: &reports,
-            definition: &definition,
-            deadline: None,
-        };
+        let finalizer = Finalizer::new(
+            &store,
+            &events,
+            &reports,
+            &crate::metrics::NoMetrics,
+            &definition,
+        );
         let job = done_with_a_failure(&store).await;
         let hurried = finalizer.until(Some(Instant::now() + REPORT_MARGIN));
         assert!(

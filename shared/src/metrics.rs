@@ -1,19 +1,19 @@
-//! CloudWatch metrics in the embedded metric format (EMF): one JSON line on
-//! stdout per unit of work (a worker's batch and run, a prepare run, a job's
-//! end, a sweep), which CloudWatch Logs turns into metrics, no API call.
-//! Off until `enable` (the Lambda entry points), so local runs and tests
-//! keep stdout for their own output; the lines themselves are built by
-//! `MetricLine`, which tests read.
+//! Metrics as a port: the domain reports each unit of work (a worker's
+//! batch and run, a prepare run, a job's end, a sweep) as a `Metric` to the
+//! `MetricsSink` it is given. The Lambda functions' sink, `EmfMetrics`,
+//! logs one JSON line on stdout per unit in CloudWatch's embedded metric
+//! format (EMF), which CloudWatch Logs turns into metrics, no API call;
+//! local runs and the command line report to `NoMetrics`, tests to
+//! `RecordingMetrics`. The lines themselves are built by `MetricLine`.
 //!
 //! Dimensions stay few: the function name only. Job ids go in as plain
 //! properties, searchable in the logs but not a metric dimension each.
 
-use crate::job::{Job, JobId, JobStatus};
-use crate::sweep::SweepReport;
+use crate::job::{JobId, JobStatus};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The namespace when `METRICS_NAMESPACE` is not set.
@@ -110,185 +110,225 @@ impl MetricLine {
         Value::Object(doc)
     }
 
-    /// Writes the line to stdout when metrics are enabled.
-    pub fn emit(self) {
-        let Some(sink) = SINK.get() else {
+    /// The value of metric `name` in this line, if it has one.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, value)| *value)
+    }
+}
+
+/// What the domain reports: one unit of work done, or an event a later
+/// line counts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Metric {
+    /// A worker committed a batch: the records this run settled in it.
+    BatchCommitted {
+        job: JobId,
+        batch: u64,
+        processed: u64,
+        failed: u64,
+        took: Duration,
+    },
+    /// Records a processor call is being retried for.
+    ProcessorRetries { records: u64 },
+    /// A write DynamoDB turned away because a transaction held the item.
+    Conflict,
+    /// A worker run ended: how many batches it claimed, and lost to reclaims.
+    WorkerRun { job: JobId, claims: u64, lost: u64 },
+    /// A prepare run ended (finished, handed over, or stopped).
+    Prepared {
+        job: JobId,
+        records_read: u64,
+        batches_written: u64,
+    },
+    /// A job ended (reported once, by the finalizer that ended it).
+    JobEnded { job: JobId, status: JobStatus },
+    /// A sweep pass ended: the jobs it found active (zero too, so alarms on
+    /// stalled jobs see the metric every pass) and those it had to recover.
+    Swept { active_jobs: u64, recovered: u64 },
+}
+
+/// Where the domain reports its metrics: given to each phase (through
+/// `Deps`) like the store, so nothing reaches for a process-wide static.
+pub trait MetricsSink: Send + Sync {
+    fn record(&self, metric: Metric);
+}
+
+impl std::fmt::Debug for dyn MetricsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsSink")
+    }
+}
+
+/// Turns metrics into EMF lines. Conflicts and processor retries happen
+/// deep in the store and the processor loop, with no line of their own:
+/// they are counted here and taken by the next batch line. (Lambda runs one
+/// invocation at a time per process, so the counts belong to that batch; in
+/// a process running several workers they still add up.)
+#[derive(Debug, Default)]
+pub struct Lines {
+    conflicts: AtomicU64,
+    processor_retries: AtomicU64,
+}
+
+impl Lines {
+    /// The line `metric` makes now, if it makes one.
+    pub fn line(&self, metric: &Metric) -> Option<MetricLine> {
+        match metric {
+            Metric::Conflict => {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Metric::ProcessorRetries { records } => {
+                self.processor_retries
+                    .fetch_add(*records, Ordering::Relaxed);
+                None
+            }
+            Metric::BatchCommitted {
+                job,
+                batch,
+                processed,
+                failed,
+                took,
+            } => Some(
+                MetricLine::new()
+                    .count(names::RECORDS_PROCESSED, *processed)
+                    .count(names::RECORDS_FAILED, *failed)
+                    .millis(names::BATCH_DURATION, *took)
+                    .count(
+                        names::PROCESSOR_RETRIES,
+                        self.processor_retries.swap(0, Ordering::Relaxed),
+                    )
+                    .count(names::CONFLICTS, self.conflicts.swap(0, Ordering::Relaxed))
+                    .property("jobId", job.as_str())
+                    .property("batch", *batch),
+            ),
+            Metric::WorkerRun { job, claims, lost } => Some(
+                MetricLine::new()
+                    .count(names::CLAIMS, *claims)
+                    .count(names::CLAIMS_LOST, *lost)
+                    .property("jobId", job.as_str()),
+            ),
+            Metric::Prepared {
+                job,
+                records_read,
+                batches_written,
+            } => Some(
+                MetricLine::new()
+                    .count(names::RECORDS_READ, *records_read)
+                    .count(names::BATCHES_WRITTEN, *batches_written)
+                    .property("jobId", job.as_str()),
+            ),
+            Metric::JobEnded { job, status } => job_ended_line(job, *status),
+            Metric::Swept {
+                active_jobs,
+                recovered,
+            } => Some(
+                MetricLine::new()
+                    .count(names::ACTIVE_JOBS, *active_jobs)
+                    .count(names::JOBS_RECOVERED, *recovered),
+            ),
+        }
+    }
+}
+
+fn job_ended_line(job: &JobId, status: JobStatus) -> Option<MetricLine> {
+    let name = match status {
+        JobStatus::Completed | JobStatus::CompletedWithErrors => names::JOBS_COMPLETED,
+        JobStatus::Failed => names::JOBS_FAILED,
+        JobStatus::Aborted => names::JOBS_ABORTED,
+        JobStatus::Processing => return None,
+    };
+    Some(
+        MetricLine::new()
+            .count(name, 1)
+            .property("jobId", job.as_str())
+            .property("status", status.as_str()),
+    )
+}
+
+/// The Lambda functions' sink: each line on stdout (the function's log),
+/// which CloudWatch Logs turns into metrics.
+#[derive(Debug)]
+pub struct EmfMetrics {
+    namespace: String,
+    function: String,
+    lines: Lines,
+}
+
+impl EmfMetrics {
+    pub fn new(namespace: &str, function: &str) -> Self {
+        EmfMetrics {
+            namespace: namespace.to_owned(),
+            function: function.to_owned(),
+            lines: Lines::default(),
+        }
+    }
+
+    /// Named after the Lambda function running this process.
+    pub fn for_lambda(namespace: &str) -> Self {
+        let function =
+            std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "local".to_owned());
+        Self::new(namespace, &function)
+    }
+}
+
+impl MetricsSink for EmfMetrics {
+    fn record(&self, metric: Metric) {
+        let Some(line) = self.lines.line(&metric) else {
             return;
         };
-        let line = self.to_json(&sink.namespace, &sink.function, crate::job::now_ms());
+        let line = line.to_json(&self.namespace, &self.function, crate::job::now_ms());
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
     }
 }
 
-struct Sink {
-    namespace: String,
-    function: String,
+/// Reports nowhere: local runs and the command line keep stdout for their
+/// own output.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoMetrics;
+
+impl MetricsSink for NoMetrics {
+    fn record(&self, _: Metric) {}
 }
 
-static SINK: OnceLock<Sink> = OnceLock::new();
-
-/// Turns metric lines on for this process (once; later calls change
-/// nothing), named after the Lambda function running it.
-pub fn enable(namespace: &str) {
-    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "local".to_owned());
-    let _ = SINK.set(Sink {
-        namespace: namespace.to_owned(),
-        function,
-    });
+/// Keeps what was reported, and the lines `EmfMetrics` would have logged
+/// for it, for tests to read.
+#[derive(Debug, Default)]
+pub struct RecordingMetrics {
+    recorded: Mutex<Vec<Metric>>,
+    lines: Mutex<Vec<MetricLine>>,
+    making: Lines,
 }
 
-/// Conflicts and processor retries happen deep in the store and the
-/// processor loop; they are counted here and taken by the next batch line.
-/// (Lambda runs one invocation at a time per process, so the counts belong
-/// to that batch; in a process running several workers they still add up.)
-static CONFLICTS: AtomicU64 = AtomicU64::new(0);
-static PROCESSOR_RETRIES: AtomicU64 = AtomicU64::new(0);
+impl RecordingMetrics {
+    /// Every metric reported, in order.
+    pub fn metrics(&self) -> Vec<Metric> {
+        self.recorded.lock().expect("metrics poisoned").clone()
+    }
 
-/// A write DynamoDB turned away because a transaction held the item.
-pub fn conflict() {
-    CONFLICTS.fetch_add(1, Ordering::Relaxed);
+    /// The lines the metrics made, in order.
+    pub fn lines(&self) -> Vec<MetricLine> {
+        self.lines.lock().expect("metrics poisoned").clone()
+    }
+
+    /// The values of metric `name`, one per line that has it.
+    pub fn values(&self, name: &str) -> Vec<f64> {
+        self.lines().iter().filter_map(|l| l.value(name)).collect()
+    }
 }
 
-/// Records a processor call is being retried for.
-pub fn processor_retries(records: u64) {
-    PROCESSOR_RETRIES.fetch_add(records, Ordering::Relaxed);
-}
-
-/// A worker committed a batch.
-pub fn batch_committed(job: &JobId, index: u64, processed: u64, failed: u64, took: Duration) {
-    MetricLine::new()
-        .count(names::RECORDS_PROCESSED, processed)
-        .count(names::RECORDS_FAILED, failed)
-        .millis(names::BATCH_DURATION, took)
-        .count(
-            names::PROCESSOR_RETRIES,
-            PROCESSOR_RETRIES.swap(0, Ordering::Relaxed),
-        )
-        .count(names::CONFLICTS, CONFLICTS.swap(0, Ordering::Relaxed))
-        .property("jobId", job.as_str())
-        .property("batch", index)
-        .emit();
-}
-
-/// A worker run ended: how many batches it claimed, and lost to reclaims.
-pub fn worker_run(job: &JobId, claims: u64, lost: u64) {
-    MetricLine::new()
-        .count(names::CLAIMS, claims)
-        .count(names::CLAIMS_LOST, lost)
-        .property("jobId", job.as_str())
-        .emit();
-}
-
-/// A prepare run ended (finished, handed over, or stopped).
-pub fn prepared(job: &JobId, records_read: u64, batches_written: u64) {
-    MetricLine::new()
-        .count(names::RECORDS_READ, records_read)
-        .count(names::BATCHES_WRITTEN, batches_written)
-        .property("jobId", job.as_str())
-        .emit();
-}
-
-/// A job ended (emitted once, by the finalizer that ended it).
-pub fn job_ended(job: &Job) {
-    job_ended_line(job).emit();
-}
-
-fn job_ended_line(job: &Job) -> MetricLine {
-    let name = match job.status {
-        JobStatus::Completed | JobStatus::CompletedWithErrors => names::JOBS_COMPLETED,
-        JobStatus::Failed => names::JOBS_FAILED,
-        JobStatus::Aborted => names::JOBS_ABORTED,
-        JobStatus::Processing => return MetricLine::new(),
-    };
-    MetricLine::new()
-        .count(name, 1)
-        .property("jobId", job.id.as_str())
-        .property("status", job.status.as_str())
-}
-
-/// A sweep pass ended: the jobs it found active (zero too, so alarms on
-/// stalled jobs see the metric every pass) and those it had to recover.
-pub fn swept(report: &SweepReport) {
-    sweep_line(report).emit();
-}
-
-fn sweep_line(report: &SweepReport) -> MetricLine {
-    MetricLine::new()
-        .count(names::ACTIVE_JOBS, report.active_jobs)
-        .count(
-            names::JOBS_RECOVERED,
-            report.refanned + report.prepares_resumed + report.finalized,
-        )
+impl MetricsSink for RecordingMetrics {
+    fn record(&self, metric: Metric) {
+        if let Some(line) = self.making.line(&metric) {
+            self.lines.lock().expect("metrics poisoned").push(line);
+        }
+        self.recorded.lock().expect("metrics poisoned").push(metric);
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_line_declares_its_metrics_under_the_namespace_with_one_dimension() {
-        let line = MetricLine::new()
-            .count(names::RECORDS_PROCESSED, 498)
-            .millis(names::BATCH_DURATION, Duration::from_millis(1250))
-            .property("jobId", "6afe");
-        let doc = line.to_json("BulkImport", "stack-worker", 1_700_000_000_000);
-        let cw = &doc["_aws"]["CloudWatchMetrics"][0];
-        assert_eq!(doc["_aws"]["Timestamp"], 1_700_000_000_000i64);
-        assert_eq!(cw["Namespace"], "BulkImport");
-        assert_eq!(cw["Dimensions"], json!([["FunctionName"]]));
-        assert_eq!(
-            cw["Metrics"],
-            json!([
-                {"Name": "RecordsProcessed", "Unit": "Count"},
-                {"Name": "BatchDuration", "Unit": "Milliseconds"},
-            ])
-        );
-        assert_eq!(doc["FunctionName"], "stack-worker");
-        assert_eq!(doc["RecordsProcessed"], 498.0);
-        assert_eq!(doc["BatchDuration"], 1250.0);
-        // A property, not a dimension: no metric per job.
-        assert_eq!(doc["jobId"], "6afe");
-        let text = doc.to_string();
-        assert!(!text.contains('\n'), "one line: {text}");
-    }
-
-    #[test]
-    fn every_declared_metric_has_a_value_and_every_dimension_a_member() {
-        let doc = sweep_line(&SweepReport {
-            active_jobs: 2,
-            refanned: 1,
-            finalized: 1,
-            ..SweepReport::default()
-        })
-        .to_json("N", "f", 0);
-        let cw = &doc["_aws"]["CloudWatchMetrics"][0];
-        for metric in cw["Metrics"].as_array().unwrap() {
-            let name = metric["Name"].as_str().unwrap();
-            assert!(doc[name].is_number(), "{name} has no value");
-        }
-        for dimension in cw["Dimensions"][0].as_array().unwrap() {
-            assert!(doc[dimension.as_str().unwrap()].is_string());
-        }
-        assert_eq!(doc["ActiveJobs"], 2.0);
-        assert_eq!(doc["JobsRecovered"], 2.0);
-    }
-
-    #[test]
-    fn an_ending_counts_under_its_status() {
-        let job: Job = serde_json::from_value(json!({
-            "id": "j1", "status": "FAILED",
-            "source": {"bucket": "b", "key": "k", "version": "v"},
-            "prepared": true, "totalRecords": 1, "totalBatches": 1, "batchesReady": 1,
-            "batchesHandedOut": 1, "batchesDone": 1, "processed": 0, "failed": 1,
-            "prepareLeaseUntilMs": 0, "createdAtMs": 0, "finishedAtMs": 1,
-            "failureReason": "all 1 records failed", "report": null,
-            "cost": {"requests": 0, "writeUnits": 0.0, "readUnits": 0.0}
-        }))
-        .unwrap();
-        let doc = job_ended_line(&job).to_json("N", "f", 0);
-        assert_eq!(doc["JobsFailed"], 1.0);
-        assert_eq!(doc["status"], "FAILED");
-        assert!(doc.get("JobsCompleted").is_none());
-    }
-}
+mod tests;

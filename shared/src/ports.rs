@@ -1,12 +1,13 @@
 //! The bundle of services every phase of a job talks to (store, objects,
-//! queue, events, reports) with the deployment's definition and settings,
-//! built once per process; and the one place that assembles the phases
-//! (`Preparer`, `Worker`, `Finalizer`) from it. The Lambda handlers wire it
-//! to AWS (`handlers`), tests to in-memory backends.
+//! queue, events, reports, metrics) with the deployment's definition and
+//! settings, built once per process; and the one place that assembles the
+//! phases (`Preparer`, `Worker`, `Finalizer`, `Sweeper`) from it. The
+//! Lambda handlers wire it to AWS (`handlers`), tests to in-memory backends.
 
 use crate::events::JobEvents;
 use crate::finalize::Finalizer;
 use crate::job::JobId;
+use crate::metrics::MetricsSink;
 use crate::objects::{ObjectSource, ObjectVersions};
 use crate::pinned::PinnedDefinitions;
 use crate::prepare::{PrepareSettings, Preparer};
@@ -16,6 +17,7 @@ use crate::queue::{PrepareQueue, QueueError, WorkQueue};
 use crate::report::ReportSink;
 use crate::schema::Definition;
 use crate::store::JobStore;
+use crate::sweep::Sweeper;
 use crate::throttle::Throttle;
 use std::sync::Arc;
 
@@ -32,6 +34,8 @@ pub struct Deps {
     pub prepare_queue: Option<Arc<dyn PrepareQueue>>,
     pub events: Arc<dyn JobEvents>,
     pub reports: Arc<dyn ReportSink>,
+    /// Where the phases report what they did (EMF lines in Lambda).
+    pub metrics: Arc<dyn MetricsSink>,
     /// What workers run on valid records; `None` in the orchestrator.
     pub processor: Option<Arc<dyn RecordProcessor>>,
     /// The windows of jobs' throughput caps (`maxWriteUnitsPerSecond`).
@@ -53,6 +57,7 @@ impl Deps {
             queue: self.queue.as_ref(),
             events: self.events.as_ref(),
             reports: self.reports.as_ref(),
+            metrics: self.metrics.as_ref(),
             definition,
             settings: &self.prepare,
         }
@@ -70,6 +75,7 @@ impl Deps {
             throttle: self.throttle.as_ref(),
             events: self.events.as_ref(),
             reports: self.reports.as_ref(),
+            metrics: self.metrics.as_ref(),
             definition,
             settings: &self.worker,
         }
@@ -78,16 +84,7 @@ impl Deps {
     /// Asks for a handed-over prepare to be continued at once (through the
     /// prepare queue); without one, the next sweep resumes it.
     pub async fn continue_prepare(&self, job: &JobId) -> Result<(), QueueError> {
-        match &self.prepare_queue {
-            Some(queue) => {
-                tracing::info!(job_id = %job, "prepare handed over; continuing at once");
-                queue.continue_prepare(job).await
-            }
-            None => {
-                tracing::warn!(job_id = %job, "prepare handed over; no prepare queue, the next sweep resumes it");
-                Ok(())
-            }
-        }
+        crate::queue::continue_prepare(self.prepare_queue.as_deref(), job).await
     }
 
     /// Retries of ended jobs, waking this deployment's workers.
@@ -103,12 +100,29 @@ impl Deps {
     }
 
     pub fn finalizer<'a>(&'a self, definition: &'a Definition) -> Finalizer<'a> {
-        Finalizer {
+        Finalizer::new(
+            self.store.as_ref(),
+            self.events.as_ref(),
+            self.reports.as_ref(),
+            self.metrics.as_ref(),
+            definition,
+        )
+    }
+
+    /// The sweeper: the phases above on the deployment's definition, which
+    /// it rebinds to each job's pinned one.
+    pub fn sweeper(&self) -> Sweeper<'_> {
+        Sweeper {
             store: self.store.as_ref(),
             events: self.events.as_ref(),
-            reports: self.reports.as_ref(),
-            definition,
-            deadline: None,
+            queue: self.queue.as_ref(),
+            prepare_queue: self.prepare_queue.as_deref(),
+            metrics: self.metrics.as_ref(),
+            pinned: &self.pinned,
+            definition: &self.definition,
+            preparer: self.preparer(&self.definition),
+            finalizer: self.finalizer(&self.definition),
+            steering: self.steering(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod resume_tests;
 use crate::events::JobEvents;
 use crate::finalize::{FinalizeError, Finalizer};
 use crate::job::{now_ms, FieldIssue, Job, SourceRef, StagedRecord};
+use crate::metrics::{Metric, MetricsSink};
 use crate::objects::{ObjectError, ObjectSource};
 use crate::queue::{QueueError, WorkMessage, WorkQueue};
 use crate::report::ReportSink;
@@ -65,12 +66,14 @@ impl Default for PrepareSettings {
     }
 }
 
+#[derive(Clone, Copy)]
 pub struct Preparer<'a> {
     pub store: &'a dyn JobStore,
     pub objects: &'a dyn ObjectSource,
     pub queue: &'a dyn WorkQueue,
     pub events: &'a dyn JobEvents,
     pub reports: &'a dyn ReportSink,
+    pub metrics: &'a dyn MetricsSink,
     pub definition: &'a Definition,
     pub settings: &'a PrepareSettings,
 }
@@ -107,7 +110,18 @@ pub enum PrepareError {
     Read(#[source] SourceError),
 }
 
-impl Preparer<'_> {
+impl<'a> Preparer<'a> {
+    /// The same preparer, for a job running on `definition` (its pinned
+    /// one).
+    pub fn on<'b>(self, definition: &'b Definition) -> Preparer<'b>
+    where
+        'a: 'b,
+    {
+        let mut preparer: Preparer<'b> = self;
+        preparer.definition = definition;
+        preparer
+    }
+
     /// Creates (or resumes) the job for `source` and prepares it. `owner`
     /// identifies this invocation (the Lambda request id).
     pub async fn run(
@@ -161,11 +175,11 @@ impl Preparer<'_> {
             records_read: 0,
         };
         let result = self.prepare(&job, &lease, deadline, &mut progress).await;
-        crate::metrics::prepared(
-            &job.id,
-            progress.records_read,
-            progress.written.saturating_sub(progress.started),
-        );
+        self.metrics.record(Metric::Prepared {
+            job: job.id.clone(),
+            records_read: progress.records_read,
+            batches_written: progress.written.saturating_sub(progress.started),
+        });
         if let Err(PrepareError::Store(StoreError::PrepareLeaseLost(_))) = &result {
             // Fenced out: by a newer owner, or because the job ended.
             if let Some(current) = self.store.get_job(&job.id).await? {
@@ -229,13 +243,14 @@ impl Preparer<'_> {
     }
 
     fn finalizer(&self, deadline: Option<Instant>) -> Finalizer<'_> {
-        Finalizer {
-            store: self.store,
-            events: self.events,
-            reports: self.reports,
-            definition: self.definition,
-            deadline,
-        }
+        Finalizer::new(
+            self.store,
+            self.events,
+            self.reports,
+            self.metrics,
+            self.definition,
+        )
+        .until(deadline)
     }
 
     async fn reject(&self, job: Job, reason: String) -> Result<PrepareOutcome, PrepareError> {
@@ -665,6 +680,7 @@ mod tests {
             queue: &queue,
             events: &events,
             reports: &reports,
+            metrics: &crate::metrics::NoMetrics,
             definition: &def,
             settings: &settings,
         };
@@ -763,6 +779,7 @@ mod tests {
             queue: &queue,
             events: &events,
             reports: &reports,
+            metrics: &crate::metrics::NoMetrics,
             definition: &def,
             settings: &settings,
         };
@@ -877,6 +894,7 @@ mod tests {
             queue: &queue,
             events: &events,
             reports: &reports,
+            metrics: &crate::metrics::NoMetrics,
             definition: &def,
             settings: &settings,
         };

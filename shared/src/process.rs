@@ -5,12 +5,13 @@
 use crate::events::JobEvents;
 use crate::finalize::{FinalizeError, Finalizer};
 use crate::job::{now_ms, FailedRecord, FieldIssue, JobId, StagedRecord};
+use crate::metrics::{Metric, MetricsSink};
 use crate::processor::{ProcessContext, ProcessError, RecordProcessor};
 use crate::report::ReportSink;
 use crate::retry::Backoff;
 use crate::schema::{Definition, ValidRecord};
 use crate::store::{BatchOutcome, BatchState, Claim, ClaimedBatch, JobStore, StoreError};
-use crate::throttle::{self, Clock, Grant, Limiter, Throttle};
+use crate::throttle::{self, Clock, Grant, Limiter, Throttle, ThrottleError};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -48,6 +49,7 @@ pub struct Worker<'a> {
     pub throttle: &'a dyn Throttle,
     pub events: &'a dyn JobEvents,
     pub reports: &'a dyn ReportSink,
+    pub metrics: &'a dyn MetricsSink,
     pub definition: &'a Definition,
     pub settings: &'a WorkerSettings,
 }
@@ -81,6 +83,8 @@ pub enum WorkError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Finalize(#[from] FinalizeError),
+    #[error(transparent)]
+    Throttle(#[from] ThrottleError),
 }
 
 /// Why work on a claimed batch ended without an outcome to commit.
@@ -88,6 +92,9 @@ pub enum WorkError {
 enum Unfinished {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The throughput cap's windows could not be reached.
+    #[error(transparent)]
+    Throttle(#[from] ThrottleError),
     /// The throughput cap has no room left before the worker must stop.
     #[error("the throughput cap has no room before the invocation's deadline")]
     OutOfTime,
@@ -183,13 +190,13 @@ impl Worker<'_> {
             match self.work_on(&claim, stop_at).await {
                 Ok(outcome) => {
                     let (processed, failed) = settled_now(&claim, &outcome);
-                    crate::metrics::batch_committed(
-                        job,
-                        claim.index,
+                    self.metrics.record(Metric::BatchCommitted {
+                        job: job.clone(),
+                        batch: claim.index,
                         processed,
                         failed,
-                        started.elapsed(),
-                    );
+                        took: started.elapsed(),
+                    });
                     report.batches += 1;
                     report.processed += processed;
                     report.failed += failed;
@@ -206,6 +213,15 @@ impl Worker<'_> {
                     return Err(e.into());
                 }
                 Err(Unfinished::Store(e)) => return Err(e.into()),
+                Err(Unfinished::Throttle(e)) => {
+                    // Like a transient store error: the batch did not fail,
+                    // so hand it back for another attempt.
+                    if e.is_transient() {
+                        let reason = crate::telemetry::error_chain(&e);
+                        let _ = self.store.release_batch(&claim, &reason).await;
+                    }
+                    return Err(e.into());
+                }
                 Err(Unfinished::OutOfTime) => {
                     // The batch did not fail, the invocation ran out: give it
                     // back without it counting toward maxAttempts, so a
@@ -394,7 +410,9 @@ impl Worker<'_> {
             if again.is_empty() {
                 break;
             }
-            crate::metrics::processor_retries(again.len() as u64);
+            self.metrics.record(Metric::ProcessorRetries {
+                records: again.len() as u64,
+            });
             pending = again;
         }
         Ok(processed)
@@ -448,13 +466,14 @@ impl Worker<'_> {
     }
 
     fn finalizer(&self, deadline: Option<Instant>) -> Finalizer<'_> {
-        Finalizer {
-            store: self.store,
-            events: self.events,
-            reports: self.reports,
-            definition: self.definition,
-            deadline,
-        }
+        Finalizer::new(
+            self.store,
+            self.events,
+            self.reports,
+            self.metrics,
+            self.definition,
+        )
+        .until(deadline)
     }
 
     /// After a commit: fail the job on a failed record when `continueOnError`

@@ -52,6 +52,24 @@ pub trait PrepareQueue: Send + Sync {
     async fn continue_prepare(&self, job: &JobId) -> Result<(), QueueError>;
 }
 
+/// Asks for a handed-over prepare to be continued at once (through the
+/// prepare queue); without one, the next sweep resumes it.
+pub async fn continue_prepare(
+    queue: Option<&dyn PrepareQueue>,
+    job: &JobId,
+) -> Result<(), QueueError> {
+    match queue {
+        Some(queue) => {
+            tracing::info!(job_id = %job, "prepare handed over; continuing at once");
+            queue.continue_prepare(job).await
+        }
+        None => {
+            tracing::warn!(job_id = %job, "prepare handed over; no prepare queue, the next sweep resumes it");
+            Ok(())
+        }
+    }
+}
+
 /// SQS limit on entries per SendMessageBatch.
 const SEND_BATCH_MAX: usize = 10;
 

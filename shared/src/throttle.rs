@@ -6,7 +6,6 @@
 
 use crate::job::JobId;
 use crate::schema::Definition;
-use crate::store::StoreError;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -118,6 +117,28 @@ pub fn check_cap(
     })
 }
 
+/// Why a reservation could not be asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum ThrottleError {
+    /// Where the windows live did not answer (the store's or SDK's error is
+    /// the source): worth retrying, the cap itself was not refused.
+    #[error("reserving write units in a throughput window of job {job} failed")]
+    Unavailable {
+        job: JobId,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ThrottleError {
+    /// Whether asking again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ThrottleError::Unavailable { .. } => true,
+        }
+    }
+}
+
 /// Whether a window had room for a reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {
@@ -139,7 +160,7 @@ pub trait Throttle: Send + Sync {
         second: i64,
         units: u64,
         cap: u64,
-    ) -> Result<Reservation, StoreError>;
+    ) -> Result<Reservation, ThrottleError>;
 }
 
 /// Windows in memory, for tests and single-process runs.
@@ -172,7 +193,7 @@ impl Throttle for MemoryThrottle {
         second: i64,
         units: u64,
         cap: u64,
-    ) -> Result<Reservation, StoreError> {
+    ) -> Result<Reservation, ThrottleError> {
         let mut windows = self.windows.lock().expect("throttle poisoned");
         let used = windows.entry((job.clone(), second)).or_default();
         if *used + units > cap {
@@ -271,7 +292,7 @@ impl Limiter<'_> {
     /// `OutOfTime` instead when `stop_at` has passed, or when the next
     /// window opens after it: a worker must not sleep through the time it
     /// needs to commit or give its batch back.
-    pub async fn acquire(&self, units: u64) -> Result<Grant, StoreError> {
+    pub async fn acquire(&self, units: u64) -> Result<Grant, ThrottleError> {
         let mut acquired = Acquired::default();
         if units == 0 {
             return Ok(Grant::Granted(acquired));

@@ -108,6 +108,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
         queue: &queue,
         events: &events,
         reports: &reports,
+        metrics: &bulk_import::metrics::NoMetrics,
         definition: &definition,
         settings: &PrepareSettings::default(),
     };
@@ -125,6 +126,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
         throttle: &bulk_import::throttle::MemoryThrottle::default(),
         events: &events,
         reports: &reports,
+        metrics: &bulk_import::metrics::NoMetrics,
         definition: &definition,
         settings: &settings,
     };

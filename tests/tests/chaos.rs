@@ -186,7 +186,10 @@ async fn job_survives_killed_workers_duplicates_and_throttling() {
             duplicates += 3;
         }
         if last_sweep.elapsed() > Duration::from_secs(5) {
-            bulk_import::sweep::sweep(&stack.deps, "chaos-sweeper", None)
+            stack
+                .deps
+                .sweeper()
+                .sweep("chaos-sweeper", None)
                 .await
                 .expect("sweep");
             sweeps += 1;
@@ -213,7 +216,10 @@ async fn job_survives_killed_workers_duplicates_and_throttling() {
     }
     // The scheduled sweeper's next pass: sends a completion event that a
     // killed finalizer could not.
-    bulk_import::sweep::sweep(&stack.deps, "chaos-sweeper", None)
+    stack
+        .deps
+        .sweeper()
+        .sweep("chaos-sweeper", None)
         .await
         .expect("sweep");
     let completed: Vec<serde_json::Value> = tap

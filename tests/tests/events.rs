@@ -144,11 +144,17 @@ async fn events_that_could_not_be_sent_are_sent_by_the_next_sweep_once() {
 
     // The outage ends; the sweeper delivers what is owed, and only once.
     stack.deps.events = bus_events(&stack, &tap.bus);
-    let first = bulk_import::sweep::sweep(&stack.deps, "sweeper", None)
+    let first = stack
+        .deps
+        .sweeper()
+        .sweep("sweeper", None)
         .await
         .expect("sweep");
     assert_eq!(first.events_sent, 3);
-    let second = bulk_import::sweep::sweep(&stack.deps, "sweeper", None)
+    let second = stack
+        .deps
+        .sweeper()
+        .sweep("sweeper", None)
         .await
         .expect("sweep");
     assert_eq!(second.events_sent, 0);

@@ -240,6 +240,7 @@ async fn prepare(
         queue: &queue,
         events: &events,
         reports: &reports,
+        metrics: &bulk_import::metrics::NoMetrics,
         definition: &definition,
         settings,
     };

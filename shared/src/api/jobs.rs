@@ -106,13 +106,14 @@ impl Api {
             .ok_or_else(|| ApiError::internal(format!("job {id} has no pinned definition")))?;
         let definition = Definition::from_json(&pinned, &format!("pinned to job {id}"))
             .map_err(ApiError::internal)?;
-        let finalizer = Finalizer {
-            store: self.store.as_ref(),
-            events: self.events.as_ref(),
-            reports: self.reports.as_ref(),
-            definition: &definition,
-            deadline: None,
-        };
+        // An abort writes only the ending: whoever settles it reports it.
+        let finalizer = Finalizer::new(
+            self.store.as_ref(),
+            self.events.as_ref(),
+            self.reports.as_ref(),
+            &crate::metrics::NoMetrics,
+            &definition,
+        );
         let reason = body
             .reason
             .filter(|r| !r.trim().is_empty())

@@ -333,13 +333,13 @@ async fn abort_of_a_big_job_ends_it_at_once_and_a_woken_worker_writes_the_report
 
     // The woken worker finds the job ended and settles it.
     let definition = crate::Definition::from_json(DEFINITION, "test").unwrap();
-    let finalizer = crate::finalize::Finalizer {
-        store: f.store.as_ref(),
-        events: f.events.as_ref(),
-        reports: f.reports.as_ref(),
-        definition: &definition,
-        deadline: None,
-    };
+    let finalizer = crate::finalize::Finalizer::new(
+        f.store.as_ref(),
+        f.events.as_ref(),
+        f.reports.as_ref(),
+        &crate::metrics::NoMetrics,
+        &definition,
+    );
     let settled = finalizer.settle(&id).await.unwrap();
     assert!(settled.report);
     let reports = f.reports.reports.lock().unwrap().clone();

@@ -13,6 +13,7 @@ mod tests;
 use crate::aws::Clients;
 use crate::config::{load_definition, ConfigError, Settings};
 use crate::events::EventBridgeEvents;
+use crate::metrics::{EmfMetrics, MetricsSink, NoMetrics};
 use crate::objects::S3Objects;
 use crate::prepare::PrepareSettings;
 use crate::process::WorkerSettings;
@@ -28,21 +29,34 @@ pub use crate::ports::Deps;
 impl Deps {
     /// The standard wiring: DynamoDB store, S3 objects, SQS fan-out,
     /// EventBridge events, and the processor given, else the built-in
-    /// upsert when `TARGET_TABLE` is set. For a Lambda function: it also
-    /// turns metric lines on (stdout is the function's log).
+    /// upsert when `TARGET_TABLE` is set. For a Lambda function: metrics
+    /// go out as EMF lines (stdout is the function's log).
     pub async fn from_env(
         processor: Option<Arc<dyn RecordProcessor>>,
     ) -> Result<Deps, ConfigError> {
         let settings = Settings::from_env()?;
-        crate::metrics::enable(&settings.metrics_namespace);
         let clients = Clients::load().await;
-        Self::new(&settings, &clients, processor).await
+        let metrics = Arc::new(EmfMetrics::for_lambda(&settings.metrics_namespace));
+        Self::reporting_to(&settings, &clients, processor, metrics).await
     }
 
+    /// The standard wiring reporting no metrics: the command line and the
+    /// tests keep stdout for their own output.
     pub async fn new(
         settings: &Settings,
         clients: &Clients,
         processor: Option<Arc<dyn RecordProcessor>>,
+    ) -> Result<Deps, ConfigError> {
+        Self::reporting_to(settings, clients, processor, Arc::new(NoMetrics)).await
+    }
+
+    /// The standard wiring, reporting metrics to `metrics` (the store's
+    /// conflicts too).
+    pub async fn reporting_to(
+        settings: &Settings,
+        clients: &Clients,
+        processor: Option<Arc<dyn RecordProcessor>>,
+        metrics: Arc<dyn MetricsSink>,
     ) -> Result<Deps, ConfigError> {
         let definition = load_definition(&settings.definition, &clients.s3).await?;
         // Where the definition meets the deployment's default cap: refuse,
@@ -74,7 +88,8 @@ impl Deps {
                 &settings.state_table,
                 !clients.emulated,
             )
-            .with_retention_days(settings.retention_days),
+            .with_retention_days(settings.retention_days)
+            .with_metrics(metrics.clone()),
         );
         Ok(Deps {
             store: store.clone(),
@@ -94,6 +109,7 @@ impl Deps {
                 settings.report_bucket.clone(),
                 &settings.report_prefix,
             )),
+            metrics,
             processor,
             definition: Arc::new(definition),
             pinned: Arc::default(),

@@ -2,7 +2,7 @@
 //! (see `sweep`).
 
 use super::Deps;
-use crate::sweep::{sweep, SweepError, SweepReport};
+use crate::sweep::{SweepError, SweepReport};
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use lambda_runtime::LambdaEvent;
 
@@ -11,12 +11,10 @@ pub async fn handle(
     event: LambdaEvent<EventBridgeEvent>,
 ) -> Result<SweepReport, SweepError> {
     let deadline = super::deadline_of(event.context.deadline);
-    let report = sweep(
-        deps,
-        &format!("sweeper:{}", event.context.request_id),
-        deadline,
-    )
-    .await?;
+    let report = deps
+        .sweeper()
+        .sweep(&format!("sweeper:{}", event.context.request_id), deadline)
+        .await?;
     tracing::info!(
         active = report.active_jobs,
         refanned = report.refanned,

@@ -3,6 +3,7 @@
 
 use super::Deps;
 use crate::job::JobId;
+use crate::metrics::Metric;
 use crate::process::StopReason;
 use crate::queue::WorkMessage;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
@@ -46,7 +47,11 @@ pub async fn handle(
             let worker = deps.worker(processor.as_ref(), &definition);
             let report = worker.run(&job, &worker_id, deadline).await?;
             tracing::info!(batches = report.batches, processed = report.processed, failed = report.failed, stop = ?report.stop, "worker run ended");
-            crate::metrics::worker_run(&job, report.batches + report.lost_claims, report.lost_claims);
+            deps.metrics.record(Metric::WorkerRun {
+                job: job.clone(),
+                claims: report.batches + report.lost_claims,
+                lost: report.lost_claims,
+            });
             if report.stop == StopReason::Deadline {
                 // Hand the rest to a fresh invocation rather than time out.
                 deps.queue.send(&[WorkMessage { job_id: job.clone(), continuation: true }]).await?;

@@ -133,6 +133,7 @@ impl Fixture {
             queue: &self.queue,
             events: &self.events,
             reports: &self.reports,
+            metrics: &crate::metrics::NoMetrics,
             definition: def,
             settings,
         };

@@ -19,7 +19,7 @@ fn job() -> JobId {
 }
 
 /// The reservation, which a limiter without a deadline always makes.
-fn granted(grant: Result<Grant, StoreError>) -> Acquired {
+fn granted(grant: Result<Grant, ThrottleError>) -> Acquired {
     grant
         .unwrap()
         .granted()

@@ -5,9 +5,10 @@
 //! emulators, placeholder) ConsumedCapacity.
 
 use crate::job::{Cost, JobId};
+use crate::metrics::{Metric, MetricsSink, NoMetrics};
 use aws_sdk_dynamodb::types::{AttributeValue, ConsumedCapacity};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
     item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
@@ -60,11 +61,14 @@ pub fn read_units(bytes: usize, consistent: bool) -> f64 {
 /// Cost accumulated per job by this process and not yet added to the job
 /// item. Flushed by the writes that touch the job item anyway, so counting
 /// costs no extra request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Meter {
     pending: Mutex<HashMap<JobId, Cost>>,
     /// Trust ConsumedCapacity from the service (false against emulators).
     pub trust_consumed: bool,
+    /// Where conflicts are reported as they happen (the job item only
+    /// learns of them at the next flush).
+    pub metrics: Arc<dyn MetricsSink>,
 }
 
 impl Meter {
@@ -72,6 +76,7 @@ impl Meter {
         Meter {
             pending: Mutex::default(),
             trust_consumed,
+            metrics: Arc::new(NoMetrics),
         }
     }
 
@@ -119,7 +124,7 @@ impl Meter {
 
     /// Counts a write turned away by a conflict (or throttling) and retried.
     pub fn conflict(&self, job: &JobId) {
-        crate::metrics::conflict();
+        self.metrics.record(Metric::Conflict);
         self.pending
             .lock()
             .expect("meter poisoned")

@@ -180,6 +180,16 @@ impl DynamoStore {
         }
     }
 
+    /// Reports the writes turned away by a conflict to `metrics` (none
+    /// are reported without it).
+    pub fn with_metrics(
+        mut self,
+        metrics: std::sync::Arc<dyn crate::metrics::MetricsSink>,
+    ) -> Self {
+        self.meter.metrics = metrics;
+        self
+    }
+
     /// Items expire (DynamoDB TTL) this long after the job was created.
     pub fn with_retention_days(mut self, days: u32) -> Self {
         self.retention_ms = Some(i64::from(days) * 86_400_000);

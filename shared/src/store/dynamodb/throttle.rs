@@ -4,7 +4,7 @@
 //! expire, so no item or partition carries a job's reservations for long.
 
 use super::*;
-use crate::throttle::{Reservation, Throttle};
+use crate::throttle::{Reservation, Throttle, ThrottleError};
 
 const WINDOW_SK: &str = "WINDOW";
 /// A window is worthless once its second is over; TTL removes it an hour on.
@@ -22,7 +22,7 @@ impl Throttle for DynamoStore {
         second: i64,
         units: u64,
         cap: u64,
-    ) -> Result<Reservation, StoreError> {
+    ) -> Result<Reservation, ThrottleError> {
         let update = self
             .update(window_pk(job, second), WINDOW_SK)
             .update_expression("ADD used :units SET expiresAt = :expires")
@@ -34,7 +34,10 @@ impl Throttle for DynamoStore {
         match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
             Ok(_) => Ok(Reservation::Granted),
             Err(e) if is_condition_failed(&e) => Ok(Reservation::Full),
-            Err(e) => Err(StoreError::backend("UpdateItem", e)),
+            Err(e) => Err(ThrottleError::Unavailable {
+                job: job.clone(),
+                source: StoreError::backend("UpdateItem", e).into(),
+            }),
         }
     }
 }

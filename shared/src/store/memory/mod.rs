@@ -1,0 +1,102 @@
+//! In-memory `JobStore` with the same protocol as the DynamoDB one: batches
+//! are written, then published; a cursor hands out published batch indexes,
+//! expired or orphaned batches are reclaimed after the cursor runs out,
+//! every write after a claim is fenced by its version.
+
+mod claims;
+mod jobs;
+mod prepare;
+
+use super::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone)]
+struct StoredBatch {
+    info: BatchInfo,
+    records: Vec<StagedRecord>,
+    failures: Vec<FailedRecord>,
+    /// The claim version when the batch was last queued.
+    base_version: u64,
+    rerun: Option<Rerun>,
+    /// The round that last ran or requeued it.
+    round: u32,
+}
+
+#[derive(Debug)]
+struct JobState {
+    job: Job,
+    prepare: Option<(String, i64)>,
+    /// Written batches, published or not (`job.batches_ready` says).
+    batches: BTreeMap<u64, StoredBatch>,
+    /// Handed-out batches not yet terminal (what the DynamoDB store's
+    /// lease index holds): a claim past the cursor looks only at these.
+    open: std::collections::BTreeSet<u64>,
+    /// Prepare lease renewals without publication.
+    renewals: u64,
+}
+
+impl JobState {
+    /// Whether `lease` may still write this job's batches.
+    fn preparing(&self, lease: &PrepareLease) -> bool {
+        matches!(&self.prepare, Some((owner, _)) if owner == &lease.owner)
+            && !self.job.prepared
+            && !self.job.status.is_final()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    jobs: Mutex<HashMap<JobId, JobState>>,
+    definitions: Mutex<HashMap<JobId, String>>,
+    columns: Mutex<HashMap<JobId, Vec<String>>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many times the prepare lease of `job` was renewed without a
+    /// publication (a timing-free view for tests).
+    pub fn prepare_renewals(&self, job: &JobId) -> u64 {
+        let jobs = self.jobs.lock().expect("memory store poisoned");
+        jobs.get(job).map_or(0, |s| s.renewals)
+    }
+
+    fn with_job<T>(
+        &self,
+        job: &JobId,
+        f: impl FnOnce(&mut JobState) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut jobs = self.jobs.lock().expect("memory store poisoned");
+        let state = jobs
+            .get_mut(job)
+            .ok_or_else(|| StoreError::JobNotFound(job.clone()))?;
+        f(state)
+    }
+}
+
+/// Records that `job` owes its `kind` event (once, in lifecycle order).
+fn owe(job: &mut Job, kind: EventKind) {
+    if let Err(at) = job.owed_events.binary_search(&kind) {
+        job.owed_events.insert(at, kind);
+    }
+}
+
+#[cfg(test)]
+impl MemoryStore {
+    /// Forgets the stored records of a batch, as a lost chunk item would;
+    /// the batch still says how many it had.
+    pub(crate) fn lose_records(&self, job: &JobId, index: u64) {
+        let mut jobs = self.jobs.lock().expect("memory store poisoned");
+        let state = jobs.get_mut(job).expect("job exists");
+        let batch = state.batches.get_mut(&index).expect("batch exists");
+        batch.records.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    crate::conformance_tests!(async { super::MemoryStore::new() });
+}
