@@ -236,6 +236,15 @@ pub async fn retry(
         }
         Err(e) => return Err(e.into()),
     };
+    // The failed batches go back from here, page by page, however many.
+    let mut started = started;
+    if started.requeuing {
+        eprintln!("putting the failed batches back…");
+        steering.requeue(&id, None).await?;
+        started.job = JobControl::get_job(&store, &id)
+            .await?
+            .context("the job vanished during its retry")?;
+    }
     eprintln!(
         "retry {} of job {id}: {} failed records run again, {} batches never processed{}",
         started.job.retries,

@@ -24,20 +24,6 @@ use crate::events::{deliver_owed as deliver, DeliveryError};
 use crate::job::{now_ms, Job, JobId, JobStatus};
 use crate::queue::{PrepareQueue, QueueError, WorkMessage, WorkQueue};
 use crate::store::{JobStore, Reopening, StoreError};
-use futures::{StreamExt, TryStreamExt};
-use std::time::{Duration, Instant};
-
-/// Batches requeued at once.
-const PARALLEL_REQUEUES: usize = 16;
-
-/// Failure items a requeue pass reads a page (each names one batch, or a
-/// part of one): a page takes a few seconds at most, and records the pass's
-/// progress when done.
-pub const REQUEUE_PAGE: usize = 100;
-
-/// A requeue pass hands over when less than this is left before its
-/// deadline (a page takes far less).
-const REQUEUE_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SteerError {
@@ -72,38 +58,25 @@ pub struct Steering<'a> {
     pub events: &'a dyn JobEvents,
     /// Workers woken at most.
     pub max_workers: u32,
-    /// Run the requeue pass within `retry` (a command-line tool, with no
-    /// deadline) rather than hand it over.
+    /// The caller runs the requeue pass itself (`requeue`: a command-line
+    /// tool, with no deadline) rather than hand it to the orchestrator.
     pub inline_requeue: bool,
 }
 
 /// What a retry started.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryStarted {
-    /// The job as reopened (or, after an inline requeue pass, as it stood
-    /// when the pass ended).
+    /// The job as reopened.
     pub job: Job,
     /// Records whose processing failed, which run again.
     pub records: u64,
     /// Batches not processed yet besides those (an abort left them).
     pub unprocessed: u64,
-    /// The requeue pass putting the failed batches back has not ended yet
-    /// (it runs in the orchestrator or the sweeper).
+    /// The round starts with a requeue pass putting the failed batches
+    /// back (`requeue`: in the orchestrator, the sweeper or the caller).
     pub requeuing: bool,
     /// The file was not read to the end: prepare continues.
     pub resumes_prepare: bool,
-}
-
-/// How a requeue pass stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequeueOutcome {
-    /// Every failed batch is back; the job may complete again.
-    Finished { batches: u64, records: u64 },
-    /// Near the deadline: the next pass goes on from the recorded cursor.
-    HandedOff { batches: u64, records: u64 },
-    /// The job has no requeue pass running (it ended, finished its pass
-    /// elsewhere, or moved to another round): nothing to do.
-    Over,
 }
 
 impl Steering<'_> {
@@ -160,81 +133,13 @@ impl Steering<'_> {
             queue.continue_prepare(id).await?;
         }
         self.wake(id, unprocessed).await?;
-        let mut started = RetryStarted {
+        Ok(RetryStarted {
             records: job.retryable,
             unprocessed,
             requeuing: requeue,
             resumes_prepare,
             job: reopened,
-        };
-        if requeue && self.inline_requeue {
-            self.requeue(id, None).await?;
-            started.job = self.job(id).await?;
-            started.requeuing = started.job.round.requeuing;
-        }
-        Ok(started)
-    }
-
-    /// Runs the requeue pass of `id`'s current round from its recorded
-    /// cursor until it ends or `deadline` is near, waking workers for the
-    /// batches it puts back. Safe to run twice at once, or late.
-    pub async fn requeue(
-        &self,
-        id: &JobId,
-        deadline: Option<Instant>,
-    ) -> Result<RequeueOutcome, SteerError> {
-        let job = self.job(id).await?;
-        if job.status.is_final() || !job.round.requeuing {
-            return Ok(RequeueOutcome::Over);
-        }
-        let round = job.retries;
-        let mut cursor = job.round.requeue_cursor.clone();
-        let (mut batches, mut records) = (0, 0);
-        let mut woken = 0;
-        loop {
-            let page = self
-                .store
-                .retryable_batches(id, cursor.as_deref(), REQUEUE_PAGE)
-                .await?;
-            let requeued: Vec<u64> = futures::stream::iter(page.batches)
-                .map(|index| self.store.requeue_batch(id, index, round))
-                .buffer_unordered(PARALLEL_REQUEUES)
-                .try_filter_map(|n| async move { Ok(n) })
-                .try_collect()
-                .await?;
-            // Workers start on the first batches back while the pass goes
-            // on (they wait for more rather than leave), so a pass wakes at
-            // most `max_workers` of them however many pages it reads.
-            let wanted = (requeued.len() as u64).min(self.workers() - woken);
-            self.wake(id, wanted).await?;
-            woken += wanted;
-            batches += requeued.len() as u64;
-            records += requeued.iter().sum::<u64>();
-            let Some(next) = page.next else {
-                break;
-            };
-            if !self.store.note_requeue(id, round, &next, now_ms()).await? {
-                return Ok(RequeueOutcome::Over);
-            }
-            cursor = Some(next);
-            if deadline
-                .is_some_and(|d| d.saturating_duration_since(Instant::now()) < REQUEUE_MARGIN)
-            {
-                tracing::info!(job_id = %id, round, batches, records, "requeue pass handed over near the deadline");
-                return Ok(RequeueOutcome::HandedOff { batches, records });
-            }
-        }
-        // The round counts from here, over what it settles from now on
-        // (commits of reruns already under way count as settled before).
-        let now = self.job(id).await?;
-        let base = now.processed + now.failed;
-        if !self.store.finish_requeue(id, round, base, now_ms()).await? {
-            return Ok(RequeueOutcome::Over);
-        }
-        tracing::info!(job_id = %id, round, batches, records, "requeue pass finished");
-        // Someone must find the round finished, even if nothing came back.
-        self.wake(id, 1).await?;
-        Ok(RequeueOutcome::Finished { batches, records })
+        })
     }
 
     fn workers(&self) -> u64 {
@@ -262,6 +167,9 @@ impl Steering<'_> {
             .ok_or_else(|| SteerError::NotFound(id.clone()))
     }
 }
+
+mod requeue;
+pub use requeue::{RequeueOutcome, REQUEUE_PAGE};
 
 #[cfg(test)]
 mod tests;

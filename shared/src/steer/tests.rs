@@ -13,6 +13,7 @@ use crate::store::{
     BatchOutcome, BatchState, Claim, ClaimStore, CreateOutcome, Finalization, FinalizeWhen,
     JobControl, NewBatch, PrepareLease, PrepareStore,
 };
+use std::time::Instant;
 
 const BATCHES: u64 = 20_000;
 const LEASE_MS: i64 = 60_000;

@@ -45,9 +45,17 @@ async fn a_retry_reruns_processing_failures_only_and_counts_move() {
     processor.done.lock().unwrap().clear();
     let queue = crate::queue::MemoryQueue::default();
     let started = steering(&f, &queue).retry(&id).await.unwrap();
+    let pass = steering(&f, &queue).requeue(&id, None).await.unwrap();
+    assert_eq!(
+        pass,
+        crate::steer::RequeueOutcome::Finished {
+            batches: 2,
+            records: 2
+        }
+    );
     assert_eq!(
         (started.requeuing, started.records),
-        (false, 2),
+        (true, 2),
         "the pass ran inline and put both failures back"
     );
     assert_eq!(started.job.retries, 1);
@@ -118,6 +126,7 @@ async fn a_retried_poison_batch_gets_its_attempts_back() {
 
     let queue = crate::queue::MemoryQueue::default();
     steering(&f, &queue).retry(&id).await.unwrap();
+    steering(&f, &queue).requeue(&id, None).await.unwrap();
     f.worker(&processor).run(&id, "w", None).await.unwrap();
     assert_eq!(*processor.done.lock().unwrap(), vec![2, 3]);
     let j = f.store.get_job(&id).await.unwrap().unwrap();
