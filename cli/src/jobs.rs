@@ -4,6 +4,7 @@
 use crate::Names;
 use anyhow::{bail, Context as _};
 use bulk_import::aws::Clients;
+use bulk_import::clock::Clock;
 use bulk_import::job::{now_ms, JobId, JobStatus};
 use bulk_import::status::JobStatusView;
 use bulk_import::store::dynamodb::DynamoStore;
@@ -11,6 +12,9 @@ use bulk_import::store::JobControl;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+
+/// The command line's clock: the system's (it runs no simulation).
+static SYSTEM: Clock = Clock::system();
 
 /// The deployment's state table; what a retry writes expires after
 /// `RETENTION_DAYS` (30 by default), as the functions' writes do.
@@ -162,6 +166,7 @@ pub async fn abort(
         &reports,
         &bulk_import::metrics::NoMetrics,
         &definition,
+        &SYSTEM,
     );
     // No time limit here: the report and the event follow at once.
     let aborted = finalizer.abort_and_settle(&id, reason.to_owned()).await?;
@@ -223,6 +228,7 @@ pub async fn retry(
         events: &events,
         max_workers,
         inline_requeue: true,
+        clock: &SYSTEM,
     };
     let started = match steering.retry(&id).await {
         Ok(started) => started,
@@ -269,7 +275,7 @@ pub async fn retry(
 pub async fn export(
     names: &Names,
     job: &str,
-    format: bulk_import::export::ExportFormat,
+    format: bulk_import::dump::DumpFormat,
     out: Option<String>,
 ) -> anyhow::Result<()> {
     let clients = Clients::load().await;
@@ -300,8 +306,7 @@ pub async fn export(
             let (writer, reader) = tokio::io::duplex(1 << 16);
             let export = async {
                 let mut w = tokio::io::BufWriter::new(writer);
-                let n =
-                    bulk_import::export::export(&store, &definition, &job, format, &mut w).await?;
+                let n = bulk_import::dump::dump(&store, &definition, &job, format, &mut w).await?;
                 w.shutdown().await?;
                 anyhow::Ok(n)
             };
@@ -318,11 +323,11 @@ pub async fn export(
                 .await
                 .with_context(|| format!("creating {path}"))?;
             let mut w = tokio::io::BufWriter::new(file);
-            bulk_import::export::export(&store, &definition, &job, format, &mut w).await?
+            bulk_import::dump::dump(&store, &definition, &job, format, &mut w).await?
         }
         None => {
             let mut w = tokio::io::BufWriter::new(tokio::io::stdout());
-            bulk_import::export::export(&store, &definition, &job, format, &mut w).await?
+            bulk_import::dump::dump(&store, &definition, &job, format, &mut w).await?
         }
     };
     eprintln!("{written}");

@@ -110,7 +110,7 @@ enum Command {
         job: String,
         /// ndjson, csv or json.
         #[arg(long, default_value = "ndjson")]
-        format: bulk_import::export::ExportFormat,
+        format: bulk_import::dump::DumpFormat,
         /// A file, or s3://bucket/key (streamed up as a multipart upload).
         #[arg(long)]
         out: Option<String>,

@@ -8,7 +8,7 @@ use crate::Names;
 use anyhow::{bail, Context as _};
 use bulk_import::aws::Clients;
 use bulk_import::config::{load_definition, Settings};
-use bulk_import::export::export_ndjson;
+use bulk_import::dump::dump_ndjson;
 use bulk_import::handlers::{orchestrator, Deps};
 use bulk_import::job::now_ms;
 use bulk_import::local::{context, ensure_resources, s3_put_event, Consumer, Poller, Resources};
@@ -221,8 +221,8 @@ pub async fn run(names: &Names, args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.export {
         let mut out = tokio::io::BufWriter::new(tokio::fs::File::create(path).await?);
-        let exported = export_ndjson(&watcher, &definition, &job, &mut out).await?;
-        eprintln!("{exported} to {}", path.display());
+        let dumped = dump_ndjson(&watcher, &definition, &job, &mut out).await?;
+        eprintln!("{dumped} to {}", path.display());
     }
     let mut summary = serde_json::to_value(job.summary(now_ms()))?;
     let prepared_ms = prepared_ms.load(Ordering::SeqCst);

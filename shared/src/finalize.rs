@@ -12,13 +12,14 @@
 //! finds a report owed writes it: the winner when it has the time, a worker
 //! woken for the ended job, the sweeper.
 
+use crate::clock::{Clock, Instant};
 use crate::events::{announce, JobEvents};
-use crate::job::{now_ms, Job, JobId, JobStatus};
+use crate::job::{Job, JobId, JobStatus};
 use crate::metrics::{Metric, MetricsSink};
 use crate::report::{ReportError, ReportSink};
 use crate::schema::Definition;
 use crate::store::{Finalization, FinalizeWhen, JobStore, StoreError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A report is not started with less than this left before the deadline
 /// (whoever finds it owed later writes it), and one still being written
@@ -43,6 +44,8 @@ pub struct Finalizer<'a> {
     reports: &'a dyn ReportSink,
     metrics: &'a dyn MetricsSink,
     definition: &'a Definition,
+    /// Timestamps the ending and tells how far the deadline is.
+    clock: &'a Clock,
     /// The invocation's deadline: a report that cannot be written before
     /// it stays owed for the next one to find.
     deadline: Option<Instant>,
@@ -65,6 +68,7 @@ impl<'a> Finalizer<'a> {
         reports: &'a dyn ReportSink,
         metrics: &'a dyn MetricsSink,
         definition: &'a Definition,
+        clock: &'a Clock,
     ) -> Self {
         Finalizer {
             store,
@@ -72,6 +76,7 @@ impl<'a> Finalizer<'a> {
             reports,
             metrics,
             definition,
+            clock,
             deadline: None,
         }
     }
@@ -105,7 +110,7 @@ impl<'a> Finalizer<'a> {
             reason,
             // With every batch terminal the failures are final.
             report_owed: job.failed > 0,
-            now_ms: now_ms(),
+            now_ms: self.clock.now_ms(),
         };
         if !self
             .store
@@ -171,7 +176,7 @@ impl<'a> Finalizer<'a> {
             // the report is owed whatever the count now; written with none
             // it records no report.
             report_owed: true,
-            now_ms: now_ms(),
+            now_ms: self.clock.now_ms(),
         };
         Ok(self.store.finalize(job, &fin, FinalizeWhen::Now).await?)
     }
@@ -224,7 +229,7 @@ impl<'a> Finalizer<'a> {
 
     fn report_fits(&self) -> bool {
         self.deadline
-            .is_none_or(|d| d.saturating_duration_since(Instant::now()) > REPORT_MARGIN * 2)
+            .is_none_or(|d| self.clock.until(d) > REPORT_MARGIN * 2)
     }
 
     /// The report, given up (and left owed) if the deadline comes first.
@@ -234,7 +239,7 @@ impl<'a> Finalizer<'a> {
             return Ok(write.await?);
         };
         let until = deadline.checked_sub(REPORT_MARGIN).unwrap_or(deadline);
-        match tokio::time::timeout_at(tokio::time::Instant::from_std(until), write).await {
+        match self.clock.timeout_at(until, write).await {
             Ok(written) => Ok(written?),
             Err(_) => Err(ReportError::Unfinished.into()),
         }
@@ -331,15 +336,17 @@ mod tests {
             MemoryReports::default(),
         );
         let definition = Definition::from_json(DEFINITION, "test").unwrap();
+        let clock = Clock::system();
         let finalizer = Finalizer::new(
             &store,
             &events,
             &reports,
             &crate::metrics::NoMetrics,
             &definition,
+            &clock,
         );
         let job = done_with_a_failure(&store).await;
-        let hurried = finalizer.until(Some(Instant::now() + REPORT_MARGIN));
+        let hurried = finalizer.until(Some(clock.instant() + REPORT_MARGIN));
         assert!(
             hurried.complete(&job).await.unwrap(),
             "the ending is written"

@@ -507,7 +507,9 @@ impl FailureStage {
     }
 }
 
-/// Milliseconds since the Unix epoch (the unit of every timestamp we store).
+/// Milliseconds since the Unix epoch (the unit of every timestamp we store)
+/// on the system's clock: for the edges (the command line, tests). The
+/// library reads time from the clock `Deps` carries (`clock::Clock`).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

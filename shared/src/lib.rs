@@ -8,9 +8,10 @@
 pub mod api;
 pub mod aws;
 pub mod check;
+pub mod clock;
 pub mod config;
+pub mod dump;
 pub mod events;
-pub mod export;
 #[cfg(any(test, feature = "testing"))]
 pub mod faults;
 pub mod finalize;
@@ -29,6 +30,7 @@ pub mod processor;
 pub mod queue;
 pub mod report;
 pub mod retry;
+pub mod rng;
 pub mod schema;
 pub mod source;
 pub mod status;
@@ -40,5 +42,5 @@ pub mod throttle;
 pub mod upload;
 
 pub use job::{JobId, JobStatus, JobSummary};
-pub use processor::{ProcessContext, ProcessError, RecordProcessor};
+pub use processor::{BatchContext, ProcessContext, ProcessError, RecordProcessor, WriteCost};
 pub use schema::{Definition, FieldValue, ValidRecord};

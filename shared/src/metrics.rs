@@ -256,6 +256,9 @@ pub struct EmfMetrics {
     namespace: String,
     function: String,
     lines: Lines,
+    /// Timestamps the lines: the system's clock (the one `Deps` carries in
+    /// production) unless `with_clock` says otherwise.
+    clock: crate::clock::Clock,
 }
 
 impl EmfMetrics {
@@ -264,7 +267,14 @@ impl EmfMetrics {
             namespace: namespace.to_owned(),
             function: function.to_owned(),
             lines: Lines::default(),
+            clock: crate::clock::Clock::system(),
         }
+    }
+
+    /// Timestamps lines on `clock` (`Deps::clock`).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Named after the Lambda function running this process.
@@ -280,7 +290,7 @@ impl MetricsSink for EmfMetrics {
         let Some(line) = self.lines.line(&metric) else {
             return;
         };
-        let line = line.to_json(&self.namespace, &self.function, crate::job::now_ms());
+        let line = line.to_json(&self.namespace, &self.function, self.clock.now_ms());
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
     }

@@ -1,9 +1,10 @@
 //! The bundle of services every phase of a job talks to (store, objects,
-//! queue, events, reports, metrics) with the deployment's definition and
-//! settings, built once per process; and the one place that assembles the
+//! queue, events, reports, metrics), the clock and the randomness source,
+//! with the deployment's definition and settings, built once per process; and the one place that assembles the
 //! phases (`Preparer`, `Worker`, `Finalizer`, `Sweeper`) from it. The
 //! Lambda handlers wire it to AWS (`handlers`), tests to in-memory backends.
 
+use crate::clock::Clock;
 use crate::events::JobEvents;
 use crate::finalize::Finalizer;
 use crate::job::JobId;
@@ -15,6 +16,7 @@ use crate::process::{Worker, WorkerSettings};
 use crate::processor::RecordProcessor;
 use crate::queue::{PrepareQueue, QueueError, WorkQueue};
 use crate::report::ReportSink;
+use crate::rng::Rng;
 use crate::schema::Definition;
 use crate::store::JobStore;
 use crate::sweep::Sweeper;
@@ -46,6 +48,12 @@ pub struct Deps {
     pub pinned: Arc<PinnedDefinitions>,
     pub prepare: PrepareSettings,
     pub worker: WorkerSettings,
+    /// Every reading of time and every wait of the phases: the system's in
+    /// production, a simulated one on a paused runtime in tests.
+    pub clock: Clock,
+    /// Every random draw of the phases (jitter, counter shards): seeded
+    /// from entropy in production, from a fixed seed in tests.
+    pub rng: Rng,
 }
 
 impl Deps {
@@ -60,6 +68,7 @@ impl Deps {
             metrics: self.metrics.as_ref(),
             definition,
             settings: &self.prepare,
+            clock: &self.clock,
         }
     }
 
@@ -78,6 +87,8 @@ impl Deps {
             metrics: self.metrics.as_ref(),
             definition,
             settings: &self.worker,
+            clock: &self.clock,
+            rng: &self.rng,
         }
     }
 
@@ -96,6 +107,7 @@ impl Deps {
             events: self.events.as_ref(),
             max_workers: self.prepare.max_workers,
             inline_requeue: false,
+            clock: &self.clock,
         }
     }
 
@@ -106,6 +118,7 @@ impl Deps {
             self.reports.as_ref(),
             self.metrics.as_ref(),
             definition,
+            &self.clock,
         )
     }
 
@@ -123,6 +136,7 @@ impl Deps {
             preparer: self.preparer(&self.definition),
             finalizer: self.finalizer(&self.definition),
             steering: self.steering(),
+            clock: &self.clock,
         }
     }
 }

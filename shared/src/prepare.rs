@@ -7,9 +7,10 @@ mod resume;
 #[cfg(test)]
 mod resume_tests;
 
+use crate::clock::{Clock, Instant};
 use crate::events::JobEvents;
 use crate::finalize::{FinalizeError, Finalizer};
-use crate::job::{now_ms, FieldIssue, Job, SourceRef, StagedRecord};
+use crate::job::{FieldIssue, Job, SourceRef, StagedRecord};
 use crate::metrics::{Metric, MetricsSink};
 use crate::objects::{ObjectError, ObjectSource};
 use crate::queue::{QueueError, WorkMessage, WorkQueue};
@@ -19,7 +20,7 @@ use crate::source::{Checkpoint, SourceError};
 use crate::store::{codec, CreateOutcome, JobStore, NewBatch, PrepareLease, StoreError};
 use futures::StreamExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A batch is also cut when its records reach this many bytes, so memory
@@ -76,6 +77,8 @@ pub struct Preparer<'a> {
     pub metrics: &'a dyn MetricsSink,
     pub definition: &'a Definition,
     pub settings: &'a PrepareSettings,
+    /// Leases, timestamps, publication timers and the deadline.
+    pub clock: &'a Clock,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +148,11 @@ impl<'a> Preparer<'a> {
             owner: owner.to_owned(),
             lease_ms: self.settings.lease_ms,
         };
-        let job = match self.store.create_job(source, &lease, now_ms()).await? {
+        let job = match self
+            .store
+            .create_job(source, &lease, self.clock.now_ms())
+            .await?
+        {
             CreateOutcome::Created(job) => {
                 crate::events::announce(self.store, self.events, &job).await;
                 job
@@ -155,7 +162,7 @@ impl<'a> Preparer<'a> {
             }
             CreateOutcome::Exists(job) => match self
                 .store
-                .acquire_prepare(&job.id, &lease, now_ms())
+                .acquire_prepare(&job.id, &lease, self.clock.now_ms())
                 .await?
             {
                 Some(job) => {
@@ -169,8 +176,8 @@ impl<'a> Preparer<'a> {
             started: job.batches_ready,
             written: job.batches_ready,
             published: job.batches_ready,
-            last_publish: Instant::now(),
-            last_renewal: Instant::now(),
+            last_publish: self.clock.instant(),
+            last_renewal: self.clock.instant(),
             woken: 0,
             records_read: 0,
         };
@@ -249,6 +256,7 @@ impl<'a> Preparer<'a> {
             self.reports,
             self.metrics,
             self.definition,
+            self.clock,
         )
         .until(deadline)
     }
@@ -402,7 +410,7 @@ impl<'a> Preparer<'a> {
                     })
                     .collect();
                 self.store
-                    .write_batches(&job.id, &batches, now_ms())
+                    .write_batches(&job.id, &batches, self.clock.now_ms())
                     .await
                     .map(|()| {
                         group
@@ -419,6 +427,21 @@ impl<'a> Preparer<'a> {
         let mut writing = true;
         while writing || publishing.is_some() {
             tokio::select! {
+                // A fixed order, so a run on a paused clock repeats (tokio
+                // otherwise picks among ready branches at random). The
+                // publication first: it is one at a time, so it cannot
+                // starve the writes, while a stream of ready writes could
+                // hold back the workers it wakes.
+                biased;
+                published = async { publishing.as_mut().expect("guarded").await }, if publishing.is_some() => {
+                    publishing = None;
+                    progress.published = published.map_err(|e| Stop::Error(e.into()))?;
+                    progress.last_publish = self.clock.instant();
+                    progress.last_renewal = progress.last_publish;
+                    self.wake_for(job, progress.published, progress)
+                        .await
+                        .map_err(|e| Stop::Error(e.into()))?;
+                }
                 // `Buffered::next` is cancel-safe: a write completing while
                 // a publication does stays in the stream.
                 done = written.next(), if writing => match done {
@@ -433,23 +456,14 @@ impl<'a> Preparer<'a> {
                         }
                     }
                 },
-                published = async { publishing.as_mut().expect("guarded").await }, if publishing.is_some() => {
-                    publishing = None;
-                    progress.published = published.map_err(|e| Stop::Error(e.into()))?;
-                    progress.last_publish = Instant::now();
-                    progress.last_renewal = progress.last_publish;
-                    self.wake_for(job, progress.published, progress)
-                        .await
-                        .map_err(|e| Stop::Error(e.into()))?;
-                }
             }
-            if publishing.is_none() && progress.publication_due() {
+            if publishing.is_none() && progress.publication_due(self.clock.instant()) {
                 if let Some((ready, next_start)) = publishable.take() {
                     let checkpoint = next_start.encode();
                     let id = job.id.clone();
                     publishing = Some(Box::pin(async move {
                         self.store
-                            .publish(&id, lease, ready, Some(&checkpoint), now_ms())
+                            .publish(&id, lease, ready, Some(&checkpoint), self.clock.now_ms())
                             .await
                             .map(|()| ready)
                     }));
@@ -459,9 +473,14 @@ impl<'a> Preparer<'a> {
         Ok(())
     }
 
+    /// Less than `HANDOFF_MARGIN` left before the deadline.
+    fn near(&self, deadline: Option<Instant>) -> bool {
+        deadline.is_some_and(|d| self.clock.until(d) < HANDOFF_MARGIN)
+    }
+
     /// Near the deadline, or done with this run's share of batches.
     fn must_hand_off(&self, deadline: Option<Instant>, cut_this_run: u64) -> bool {
-        near(deadline)
+        self.near(deadline)
             || self
                 .settings
                 .handoff_after_batches
@@ -487,11 +506,11 @@ impl<'a> Preparer<'a> {
                     lease,
                     progress.written,
                     checkpoint.as_deref(),
-                    now_ms(),
+                    self.clock.now_ms(),
                 )
                 .await?;
             progress.published = progress.written;
-            progress.last_publish = Instant::now();
+            progress.last_publish = self.clock.instant();
             progress.last_renewal = progress.last_publish;
         }
         self.wake_for(job, progress.published, progress).await?;
@@ -584,13 +603,13 @@ struct Progress {
 
 impl Progress {
     /// Written batches wait to be published: the first at once, then in
-    /// groups, or after a while on a slow file.
-    fn publication_due(&self) -> bool {
+    /// groups, or after a while on a slow file (`now` on the phase's clock).
+    fn publication_due(&self, now: Instant) -> bool {
         let waiting = self.written - self.published;
         waiting > 0
             && (self.published == 0
                 || waiting >= PUBLISH_EVERY
-                || self.last_publish.elapsed() >= PUBLISH_INTERVAL)
+                || now.saturating_duration_since(self.last_publish) >= PUBLISH_INTERVAL)
     }
 }
 
@@ -601,10 +620,6 @@ enum Stop {
     /// written, with where the next batch starts (when known), and let go.
     Handoff(Option<Checkpoint>),
     Error(PrepareError),
-}
-
-fn near(deadline: Option<Instant>) -> bool {
-    deadline.is_some_and(|d| d.saturating_duration_since(Instant::now()) < HANDOFF_MARGIN)
 }
 
 fn object_stop(e: ObjectError) -> Stop {
@@ -651,12 +666,15 @@ fn storable(record: StagedRecord) -> (StagedRecord, usize) {
 mod tests {
     use super::*;
     use crate::events::MemoryEvents;
-    use crate::job::{FailedRecord, JobStatus};
+    use crate::job::{now_ms, FailedRecord, JobStatus};
     use crate::objects::MemoryObjects;
     use crate::queue::MemoryQueue;
     use crate::report::MemoryReports;
     use crate::store::memory::MemoryStore;
     use crate::store::{BatchOutcome, BatchState, Claim, ClaimStore, PrepareStore};
+
+    /// The preparers' clock: these cases run in real time.
+    static SYSTEM: Clock = Clock::system();
 
     #[tokio::test]
     async fn an_orchestrator_near_its_deadline_hands_over_and_the_next_one_resumes_at_once() {
@@ -683,6 +701,7 @@ mod tests {
             metrics: &crate::metrics::NoMetrics,
             definition: &def,
             settings: &settings,
+            clock: &SYSTEM,
         };
         let source = SourceRef {
             bucket: "b".into(),
@@ -782,6 +801,7 @@ mod tests {
             metrics: &crate::metrics::NoMetrics,
             definition: &def,
             settings: &settings,
+            clock: &SYSTEM,
         };
         let PrepareOutcome::Rejected(job) = preparer.run(&source, "orchestrator").await.unwrap()
         else {
@@ -897,6 +917,7 @@ mod tests {
             metrics: &crate::metrics::NoMetrics,
             definition: &def,
             settings: &settings,
+            clock: &SYSTEM,
         };
         let PrepareOutcome::Stopped(job) = preparer.run(&source, "o").await.unwrap() else {
             panic!("prepare should stop at the abort")

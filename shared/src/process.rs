@@ -2,17 +2,19 @@
 //! commit the outcome fenced by the claim, repeat; whoever commits the last
 //! batch finalizes the job, exactly once.
 
+use crate::clock::{Clock, Instant};
 use crate::events::JobEvents;
 use crate::finalize::{FinalizeError, Finalizer};
-use crate::job::{now_ms, FailedRecord, FieldIssue, JobId, StagedRecord};
+use crate::job::{FailedRecord, FieldIssue, JobId, StagedRecord};
 use crate::metrics::{Metric, MetricsSink};
-use crate::processor::{ProcessContext, ProcessError, RecordProcessor};
+use crate::processor::{BatchContext, ProcessContext, ProcessError, RecordProcessor};
 use crate::report::ReportSink;
 use crate::retry::Backoff;
+use crate::rng::Rng;
 use crate::schema::{Definition, ValidRecord};
 use crate::store::{BatchOutcome, BatchState, Claim, ClaimedBatch, JobStore, StoreError};
-use crate::throttle::{self, Clock, Grant, Limiter, Throttle, ThrottleError};
-use std::time::{Duration, Instant};
+use crate::throttle::{self, Grant, Limiter, Throttle, ThrottleError};
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -26,8 +28,6 @@ pub struct WorkerSettings {
     pub backoff: Backoff,
     /// The throughput cap of jobs whose definition sets none (0: none).
     pub max_write_units_per_second: u32,
-    /// The wall clock the cap's windows follow.
-    pub clock: Clock,
 }
 
 impl Default for WorkerSettings {
@@ -37,7 +37,6 @@ impl Default for WorkerSettings {
             deadline_margin: Duration::from_secs(20),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             max_write_units_per_second: 0,
-            clock: Clock::default(),
         }
     }
 }
@@ -52,6 +51,10 @@ pub struct Worker<'a> {
     pub metrics: &'a dyn MetricsSink,
     pub definition: &'a Definition,
     pub settings: &'a WorkerSettings,
+    /// Leases, deadlines, the cap's windows and every wait.
+    pub clock: &'a Clock,
+    /// Jitter of backoffs and of waits for the cap.
+    pub rng: &'a Rng,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +88,14 @@ pub enum WorkError {
     Finalize(#[from] FinalizeError),
     #[error(transparent)]
     Throttle(#[from] ThrottleError),
+    /// The processor's `finish_batch` failed: the batch was handed back.
+    #[error("job {job}: finishing batch {batch} failed")]
+    FinishBatch {
+        job: JobId,
+        batch: u64,
+        #[source]
+        source: ProcessError,
+    },
 }
 
 /// Why work on a claimed batch ended without an outcome to commit.
@@ -98,6 +109,9 @@ enum Unfinished {
     /// The throughput cap has no room left before the worker must stop.
     #[error("the throughput cap has no room before the invocation's deadline")]
     OutOfTime,
+    /// The processor's `finish_batch` failed.
+    #[error("finishing the batch failed")]
+    Finish(#[source] ProcessError),
 }
 
 impl Worker<'_> {
@@ -116,20 +130,19 @@ impl Worker<'_> {
             lost_claims: 0,
             finalized: false,
         };
-        // Time is told by tokio's clock: the system's monotonic clock,
-        // except in tests that pause it (it then moves as the worker waits).
-        let now = tokio::time::Instant::now;
-        let ends = deadline.map(tokio::time::Instant::from_std);
+        // Time is told by the clock: tokio's monotonic clock, which tests
+        // pause (it then moves as the worker waits).
+        let now = || self.clock.instant();
         // Work on a batch stops here, leaving half the margin to commit it
         // or give it back.
-        let stop_at = ends.map(|d| {
+        let stop_at = deadline.map(|d| {
             d.checked_sub(self.settings.deadline_margin / 2)
                 .unwrap_or_else(now)
         });
         let mut slowest = Duration::ZERO;
         let mut waits = 0;
         loop {
-            if let Some(ends) = ends {
+            if let Some(ends) = deadline {
                 let needed = self.settings.deadline_margin.max(slowest * 2);
                 if ends.saturating_duration_since(now()) < needed {
                     if report.batches > 0 {
@@ -142,7 +155,7 @@ impl Worker<'_> {
             let lease_ms = self.settings.lease.as_millis() as i64;
             let claim = match self
                 .store
-                .claim_batch(job, worker_id, now_ms(), lease_ms)
+                .claim_batch(job, worker_id, self.clock.now_ms(), lease_ms)
                 .await?
             {
                 Claim::Batch(c) => {
@@ -154,13 +167,16 @@ impl Worker<'_> {
                     // with reads (cheaper than a failing cursor write) until
                     // there is something new to claim.
                     loop {
-                        self.settings.backoff.wait(waits.min(4)).await;
+                        self.settings
+                            .backoff
+                            .sleep(waits.min(4), self.clock, self.rng)
+                            .await;
                         waits += 1;
                         let Some(j) = self.store.get_job(job).await? else {
                             break;
                         };
                         let nothing_new = !j.prepared && j.batches_handed_out >= j.batches_ready;
-                        let out_of_time = ends.is_some_and(|d| {
+                        let out_of_time = deadline.is_some_and(|d| {
                             d.saturating_duration_since(now()) < self.settings.deadline_margin
                         });
                         if j.status.is_final() || !nothing_new || out_of_time {
@@ -195,7 +211,7 @@ impl Worker<'_> {
                         batch: claim.index,
                         processed,
                         failed,
-                        took: started.elapsed(),
+                        took: self.clock.since(started),
                     });
                     report.batches += 1;
                     report.processed += processed;
@@ -222,6 +238,19 @@ impl Worker<'_> {
                     }
                     return Err(e.into());
                 }
+                Err(Unfinished::Finish(source)) => {
+                    // As for a transient store error: this attempt fails and
+                    // the batch goes back, so another worker need not wait
+                    // for the lease (if this fails too, the lease expires).
+                    let e = WorkError::FinishBatch {
+                        job: job.clone(),
+                        batch: claim.index,
+                        source,
+                    };
+                    let reason = crate::telemetry::error_chain(&e);
+                    let _ = self.store.release_batch(&claim, &reason).await;
+                    return Err(e);
+                }
                 Err(Unfinished::OutOfTime) => {
                     // The batch did not fail, the invocation ran out: give it
                     // back without it counting toward maxAttempts, so a
@@ -242,7 +271,7 @@ impl Worker<'_> {
                     return Ok(report);
                 }
             }
-            slowest = slowest.max(started.elapsed());
+            slowest = slowest.max(self.clock.since(started));
         }
     }
 
@@ -251,16 +280,21 @@ impl Worker<'_> {
     async fn work_on(
         &self,
         claim: &ClaimedBatch,
-        stop_at: Option<tokio::time::Instant>,
+        stop_at: Option<Instant>,
     ) -> Result<BatchOutcome, Unfinished> {
         let work = self.process(claim, stop_at);
         tokio::pin!(work);
         let every = self.settings.lease / 3;
         let outcome = loop {
             tokio::select! {
+                // The work first: a batch done when the renewal falls due
+                // commits rather than renewing a lease it no longer needs,
+                // and the order of a tie does not vary from run to run (a
+                // paused clock wakes both at the same instant).
+                biased;
                 outcome = &mut work => break outcome?,
-                _ = tokio::time::sleep(every) => {
-                    let until = now_ms() + self.settings.lease.as_millis() as i64;
+                _ = self.clock.sleep(every) => {
+                    let until = self.clock.now_ms() + self.settings.lease.as_millis() as i64;
                     match self.store.extend_lease(claim, until).await {
                         Ok(()) => {}
                         // Someone reclaimed the batch: stop working on it.
@@ -270,7 +304,9 @@ impl Worker<'_> {
                 }
             }
         };
-        self.store.commit_batch(claim, &outcome, now_ms()).await?;
+        self.store
+            .commit_batch(claim, &outcome, self.clock.now_ms())
+            .await?;
         Ok(outcome)
     }
 
@@ -278,7 +314,7 @@ impl Worker<'_> {
     async fn process(
         &self,
         claim: &ClaimedBatch,
-        stop_at: Option<tokio::time::Instant>,
+        stop_at: Option<Instant>,
     ) -> Result<BatchOutcome, Unfinished> {
         let max_attempts = u64::from(self.definition.max_attempts);
         // A retry's rerun keeps what the earlier run settled: records that
@@ -337,6 +373,15 @@ impl Worker<'_> {
         let processed = self
             .run_processor(claim, &valid, &mut failed, stop_at)
             .await?;
+        let batch = BatchContext {
+            job_id: &claim.job_id,
+            batch_index: claim.index,
+            definition: self.definition,
+        };
+        self.processor
+            .finish_batch(&batch)
+            .await
+            .map_err(Unfinished::Finish)?;
         failed.sort_by_key(|f| f.line);
         Ok(BatchOutcome {
             state: BatchState::Done,
@@ -373,14 +418,17 @@ impl Worker<'_> {
         claim: &ClaimedBatch,
         valid: &[ValidRecord],
         failed: &mut Vec<FailedRecord>,
-        stop_at: Option<tokio::time::Instant>,
+        stop_at: Option<Instant>,
     ) -> Result<u64, Unfinished> {
         let mut pending: Vec<&ValidRecord> = valid.iter().collect();
         let mut processed = 0;
         let max_retries = self.definition.max_retries;
         for retry in 0..=max_retries {
             if retry > 0 {
-                self.settings.backoff.wait(retry - 1).await;
+                self.settings
+                    .backoff
+                    .sleep(retry - 1, self.clock, self.rng)
+                    .await;
             }
             let ctx = ProcessContext {
                 job_id: &claim.job_id,
@@ -428,27 +476,27 @@ impl Worker<'_> {
         claim: &ClaimedBatch,
         records: &[&ValidRecord],
         ctx: &ProcessContext<'_>,
-        stop_at: Option<tokio::time::Instant>,
+        stop_at: Option<Instant>,
     ) -> Result<Vec<Result<(), ProcessError>>, Unfinished> {
         let cap = throttle::cap_of(
             self.definition.max_write_units_per_second,
             self.settings.max_write_units_per_second,
         );
-        let Some(cap) = cap else {
+        // A processor that does not write DynamoDB costs nothing against
+        // the cap: it runs as if there were none.
+        let (Some(cap), Some(cost)) = (cap, self.processor.write_cost()) else {
             let results = self.processor.process_batch(records, ctx).await;
             return Ok(one_result_per_record(claim, records.len(), results));
         };
         let limiter = Limiter {
             throttle: self.throttle,
-            clock: &self.settings.clock,
+            clock: self.clock,
+            rng: self.rng,
             job: &claim.job_id,
             cap,
             stop_at,
         };
-        let units: Vec<u64> = records
-            .iter()
-            .map(|r| self.processor.write_units(r, ctx))
-            .collect();
+        let units: Vec<u64> = records.iter().map(|r| cost.write_units(r, ctx)).collect();
         let mut results = Vec::with_capacity(records.len());
         for run in throttle::slices(&units, limiter.slice()) {
             let acquired = match limiter.acquire(units[run.clone()].iter().sum()).await? {
@@ -472,6 +520,7 @@ impl Worker<'_> {
             self.reports,
             self.metrics,
             self.definition,
+            self.clock,
         )
         .until(deadline)
     }

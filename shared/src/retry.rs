@@ -2,7 +2,8 @@
 //! processor errors, BatchWriteItem's UnprocessedItems and transaction
 //! conflicts.
 
-use rand::Rng;
+use crate::clock::Clock;
+use crate::rng::Rng;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +28,7 @@ impl Backoff {
 
     /// "Full jitter": uniform in [0, min(max, base * 2^attempt)], so many
     /// workers retrying together spread out instead of colliding again.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    pub fn delay(&self, attempt: u32, rng: &Rng) -> Duration {
         let cap = self
             .base
             .saturating_mul(1u32 << attempt.min(20))
@@ -36,11 +37,21 @@ impl Backoff {
         if millis == 0 {
             return Duration::ZERO;
         }
-        Duration::from_millis(rand::rng().random_range(0..=millis))
+        Duration::from_millis(rng.up_to(millis))
     }
 
+    /// Sleeps the jittered delay of `attempt` on `clock`, drawing from
+    /// `rng` (the handles `Deps` carries).
+    pub async fn sleep(&self, attempt: u32, clock: &Clock, rng: &Rng) {
+        clock.sleep(self.delay(attempt, rng)).await;
+    }
+
+    /// `sleep` on the system clock and a fresh entropy source, for a
+    /// caller not yet given the deployment's handles (the built-in
+    /// DynamoDB processor, which `ProcessContext` does not hand them).
     pub async fn wait(&self, attempt: u32) {
-        tokio::time::sleep(self.delay(attempt)).await;
+        self.sleep(attempt, &Clock::system(), &Rng::from_entropy())
+            .await;
     }
 }
 
@@ -51,9 +62,10 @@ mod tests {
     #[test]
     fn delay_never_exceeds_the_cap() {
         let b = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
+        let rng = Rng::seeded(1);
         for attempt in 0..40 {
-            assert!(b.delay(attempt) <= Duration::from_millis(300));
+            assert!(b.delay(attempt, &rng) <= Duration::from_millis(300));
         }
-        assert!(b.delay(0) <= Duration::from_millis(10));
+        assert!(b.delay(0, &rng) <= Duration::from_millis(10));
     }
 }

@@ -19,9 +19,10 @@
 //! checkpoint. The job then finalizes again, once, with a new report and a
 //! new event id.
 
+use crate::clock::Clock;
 use crate::events::JobEvents;
 use crate::events::{deliver_owed as deliver, DeliveryError};
-use crate::job::{now_ms, Job, JobId, JobStatus};
+use crate::job::{Job, JobId, JobStatus};
 use crate::queue::{PrepareQueue, QueueError, WorkMessage, WorkQueue};
 use crate::store::{JobStore, Reopening, StoreError};
 
@@ -61,6 +62,8 @@ pub struct Steering<'a> {
     /// The caller runs the requeue pass itself (`requeue`: a command-line
     /// tool, with no deadline) rather than hand it to the orchestrator.
     pub inline_requeue: bool,
+    /// Timestamps the reopening and the requeue pass's progress.
+    pub clock: &'a Clock,
 }
 
 /// What a retry started.
@@ -117,7 +120,7 @@ impl Steering<'_> {
             seen_retries: job.retries,
             requeue,
             base: job.processed + job.failed,
-            now_ms: now_ms(),
+            now_ms: self.clock.now_ms(),
         };
         let reopened = self
             .store

@@ -6,9 +6,10 @@
 //! live lease, and sends the events it owes; then it sends what final jobs
 //! still owe.
 
+use crate::clock::{Clock, Instant};
 use crate::events::{deliver_owed, JobEvents};
 use crate::finalize::{FinalizeError, Finalizer};
-use crate::job::{now_ms, JobId, REQUEUE_STALL_MS};
+use crate::job::{JobId, REQUEUE_STALL_MS};
 use crate::metrics::{Metric, MetricsSink};
 use crate::pinned::PinnedDefinitions;
 use crate::prepare::{PrepareError, Preparer};
@@ -17,7 +18,6 @@ use crate::schema::Definition;
 use crate::steer::Steering;
 use crate::store::{JobStore, StoreError};
 use serde::Serialize;
-use std::time::Instant;
 
 /// A prepare that failed this many times in a row without publishing a
 /// batch ends its job FAILED with the last error, instead of being retried
@@ -89,6 +89,8 @@ pub struct Sweeper<'a> {
     pub preparer: Preparer<'a>,
     pub finalizer: Finalizer<'a>,
     pub steering: Steering<'a>,
+    /// Tells a stalled requeue pass by its last progress.
+    pub clock: &'a Clock,
 }
 
 impl Sweeper<'_> {
@@ -173,7 +175,7 @@ impl Sweeper<'_> {
                 }
             }
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if job.round.requeuing {
             // The pass records its progress every page; one silent for this
             // long died with its function (or its continuation was lost).

@@ -4,14 +4,15 @@
 //! window when the current one is full. A reservation is one conditional
 //! write per processor call, never one per record.
 
+use crate::clock::{Clock, Instant};
 use crate::job::JobId;
+use crate::rng::Rng;
 use crate::schema::Definition;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// A reservation takes at most this share of the cap (a tenth), so the
 /// reservations that no longer fit leave little of a window unused (at
@@ -204,42 +205,19 @@ impl Throttle for MemoryThrottle {
     }
 }
 
-/// Wall-clock milliseconds since the epoch: windows are shared by workers
-/// on different machines. Tests inject one driven by tokio's paused time.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
-
-impl Clock {
-    pub fn new(now_ms: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
-        Clock(Arc::new(now_ms))
-    }
-
-    pub fn now_ms(&self) -> i64 {
-        (self.0)()
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Clock {
-        Clock::new(crate::job::now_ms)
-    }
-}
-
-impl std::fmt::Debug for Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Clock({})", self.now_ms())
-    }
-}
-
 /// One worker's view of a job's cap.
 pub struct Limiter<'a> {
     pub throttle: &'a dyn Throttle,
+    /// Windows are wall-clock seconds (shared by workers on different
+    /// machines); waits and `stop_at` are on its monotonic time.
     pub clock: &'a Clock,
+    /// Jitters the retries of workers turned away by a full window.
+    pub rng: &'a Rng,
     pub job: &'a JobId,
     /// Write units a second, more than 0.
     pub cap: u64,
     /// When the worker must stop working to leave time to commit or give
-    /// its batch back (on tokio's clock, which tests pause); `None` for no
+    /// its batch back (on the clock's monotonic time); `None` for no
     /// deadline. No reservation is made after it and no wait ends past it.
     pub stop_at: Option<Instant>,
 }
@@ -301,7 +279,10 @@ impl Limiter<'_> {
         loop {
             // Units reserved now and not spent would be lost to the whole
             // job for this second.
-            if self.stop_at.is_some_and(|stop| Instant::now() >= stop) {
+            if self
+                .stop_at
+                .is_some_and(|stop| self.clock.instant() >= stop)
+            {
                 return Ok(Grant::OutOfTime(acquired));
             }
             let second = self.clock.now_ms().div_euclid(1000);
@@ -316,15 +297,15 @@ impl Limiter<'_> {
             acquired.full += 1;
             let wait = (second + 1) * 1000 - self.clock.now_ms();
             if wait > 0 {
-                let jitter = rand::random::<u64>() % JITTER_MS;
+                let jitter = self.rng.below(JITTER_MS);
                 let wait = Duration::from_millis(wait as u64 + jitter);
                 if self
                     .stop_at
-                    .is_some_and(|stop| Instant::now() + wait > stop)
+                    .is_some_and(|stop| self.clock.instant() + wait > stop)
                 {
                     return Ok(Grant::OutOfTime(acquired));
                 }
-                tokio::time::sleep(wait).await;
+                self.clock.sleep(wait).await;
             }
         }
     }

@@ -1,6 +1,6 @@
-//! Streaming a large output (an export, an error report) into S3 without
-//! holding it: the bytes are read in parts and sent as a multipart upload,
-//! or as one PUT when they fit in a single part.
+//! Streaming a large output (a dump of a job's records, an error report)
+//! into S3 without holding it: the bytes are read in parts and sent as a
+//! multipart upload, or as one PUT when they fit in a single part.
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 

@@ -102,6 +102,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
         key: name.into(),
         version: "v1".into(),
     };
+    let clock = bulk_import::clock::Clock::system();
     let preparer = Preparer {
         store: &store,
         objects,
@@ -111,6 +112,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
         metrics: &bulk_import::metrics::NoMetrics,
         definition: &definition,
         settings: &PrepareSettings::default(),
+        clock: &clock,
     };
     let job = match preparer.run(&source, "orchestrator").await.unwrap() {
         PrepareOutcome::Prepared(job) | PrepareOutcome::Rejected(job) => job,
@@ -129,6 +131,8 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
         metrics: &bulk_import::metrics::NoMetrics,
         definition: &definition,
         settings: &settings,
+        clock: &clock,
+        rng: &bulk_import::rng::Rng::seeded(5),
     };
     for _ in 0..100 {
         if current(&store, &job.id).await.status.is_final() {

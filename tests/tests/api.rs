@@ -153,6 +153,7 @@ fn api(stack: &Stack) -> Api {
         prepare_queue: stack.deps.prepare_queue.clone(),
         max_workers: 2,
         version: "test".into(),
+        clock: stack.deps.clock,
     }
 }
 
@@ -437,7 +438,7 @@ async fn abort_ends_a_job_once_and_retry_runs_what_it_left() {
 /// the requeue pass, which grows with the failures, to the orchestrator.
 #[tokio::test]
 async fn retry_of_a_job_with_many_failed_batches_starts_in_a_bounded_number_of_requests() {
-    const ROWS: u64 = 150;
+    const ROWS: u64 = 60;
     let definition = DEFINITION.replace(
         r#""batchSize": 4"#,
         r#""batchSize": 1, "maxRetries": 0, "continueOnError": true"#,
@@ -585,6 +586,7 @@ async fn health_is_unavailable_when_the_state_table_does_not_answer() {
         prepare_queue: None,
         max_workers: 2,
         version: "test".into(),
+        clock: bulk_import::clock::Clock::system(),
     };
     let (status, body) = call(&stack_free, ApiRequest::get("/health")).await;
     assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")));

@@ -165,7 +165,7 @@ async fn ten_thousand_rows_with_four_workers_import_every_valid_record_exactly_o
     // The export holds the imported records, in input order.
     let mut out = Vec::new();
     let definition = bulk_import::Definition::from_json(DEFINITION, "test").unwrap();
-    let written = bulk_import::export::export_ndjson(&stack.watcher, &definition, &job, &mut out)
+    let written = bulk_import::dump::dump_ndjson(&stack.watcher, &definition, &job, &mut out)
         .await
         .unwrap();
     assert_eq!(written.written, valid.len() as u64);

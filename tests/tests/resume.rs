@@ -243,6 +243,7 @@ async fn prepare(
         metrics: &bulk_import::metrics::NoMetrics,
         definition: &definition,
         settings,
+        clock: &bulk_import::clock::Clock::system(),
     };
     let mut handoffs = 0;
     let job = loop {

@@ -3,7 +3,7 @@
 
 use super::{Api, ApiError, Query};
 use crate::finalize::Finalizer;
-use crate::job::{now_ms, Job, JobId, JobStatus};
+use crate::job::{Job, JobId, JobStatus};
 use crate::locate::{JobRef, LocateError};
 use crate::queue::WorkMessage;
 use crate::schema::Definition;
@@ -37,7 +37,7 @@ impl Api {
             Some(source) => self.job_of_object(source).await?.into_iter().collect(),
             None => self.store.list_jobs(status, limit).await?,
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
             match self.store.get_job(&id).await? {
@@ -77,7 +77,7 @@ impl Api {
     }
 
     pub(super) async fn job_view(&self, id: &JobId) -> Result<JobStatusView, ApiError> {
-        Ok(JobStatusView::of(&self.job(id).await?, now_ms()))
+        Ok(JobStatusView::of(&self.job(id).await?, self.clock.now_ms()))
     }
 
     /// Ends the job ABORTED now, as `bulkimport abort` does: prepare stops
@@ -113,6 +113,7 @@ impl Api {
             self.reports.as_ref(),
             &crate::metrics::NoMetrics,
             &definition,
+            &self.clock,
         );
         let reason = body
             .reason
@@ -138,7 +139,7 @@ impl Api {
             let error = crate::telemetry::error_chain(&e);
             tracing::warn!(job_id = %id, %error, "no worker woken for the abort's report; the sweeper writes it");
         }
-        Ok(JobStatusView::of(&job, now_ms()))
+        Ok(JobStatusView::of(&job, self.clock.now_ms()))
     }
 
     /// Starts a retry round of an ended job, as `bulkimport retry` does
@@ -152,6 +153,7 @@ impl Api {
             events: self.events.as_ref(),
             max_workers: self.max_workers,
             inline_requeue: false,
+            clock: &self.clock,
         };
         let started = steering.retry(id).await.map_err(|e| match e {
             SteerError::NotFound(_) => ApiError::NotFound(e.to_string()),
@@ -162,7 +164,7 @@ impl Api {
             other => ApiError::internal(other),
         })?;
         tracing::info!(job_id = %id, retries = started.job.retries, records = started.records, unprocessed = started.unprocessed, "retry started through the API");
-        Ok(JobStatusView::of(&started.job, now_ms()))
+        Ok(JobStatusView::of(&started.job, self.clock.now_ms()))
     }
 }
 

@@ -11,6 +11,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
+use crate::clock::Clock;
 use crate::events::JobEvents;
 use crate::objects::ObjectVersions;
 use crate::queue::{PrepareQueue, WorkQueue};
@@ -18,7 +19,6 @@ use crate::report::ReportSink;
 use crate::store::JobStore;
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Instant;
 
 pub use failures::{Cursor, FailureRow, FailuresPage};
 pub use stats::Stats;
@@ -206,6 +206,8 @@ pub struct Api {
     pub max_workers: u32,
     /// Reported by `GET /health`.
     pub version: String,
+    /// Ages in job views, endings, retries, and request timings.
+    pub clock: Clock,
 }
 
 /// The routes, by path shape; `{id}` is a job id.
@@ -331,7 +333,7 @@ impl<'a> Query<'a> {
 impl Api {
     /// Answers one request. Never fails: errors become their JSON answer.
     pub async fn handle(&self, request: &ApiRequest) -> ApiResponse {
-        let started = Instant::now();
+        let started = self.clock.instant();
         let (route, result) = match route(&request.path) {
             Err(e) => (None, Err(e)),
             Ok(None) => (
@@ -355,7 +357,7 @@ impl Api {
             method = ?request.method,
             route = template,
             status = response.status,
-            ms = started.elapsed().as_millis() as u64,
+            ms = self.clock.since(started).as_millis() as u64,
             "request"
         );
         response

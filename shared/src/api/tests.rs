@@ -37,6 +37,7 @@ fn fixture() -> Fixture {
         prepare_queue: None,
         max_workers: 2,
         version: "1.2.3".into(),
+        clock: crate::clock::Clock::system(),
     };
     Fixture {
         api,
@@ -339,6 +340,7 @@ async fn abort_of_a_big_job_ends_it_at_once_and_a_woken_worker_writes_the_report
         f.reports.as_ref(),
         &crate::metrics::NoMetrics,
         &definition,
+        &f.api.clock,
     );
     let settled = finalizer.settle(&id).await.unwrap();
     assert!(settled.report);

@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub async fn from_env() -> Result<Api, ConfigError> {
     let settings = Settings::from_env()?;
     let clients = Clients::load().await;
+    let clock = crate::clock::Clock::system();
     Ok(Api {
         // A retry's requeue may create a counter shard: it expires too.
         store: Arc::new(
@@ -24,7 +25,8 @@ pub async fn from_env() -> Result<Api, ConfigError> {
                 &settings.state_table,
                 !clients.emulated,
             )
-            .with_retention_days(settings.retention_days),
+            .with_retention_days(settings.retention_days)
+            .with_clock(clock),
         ),
         objects: Arc::new(S3Objects::new(clients.s3.clone())),
         events: Arc::new(EventBridgeEvents {
@@ -43,6 +45,7 @@ pub async fn from_env() -> Result<Api, ConfigError> {
             .map(|url| Arc::new(SqsQueue::new(clients.sqs.clone(), url)) as Arc<dyn PrepareQueue>),
         max_workers: settings.max_workers,
         version: env!("CARGO_PKG_VERSION").into(),
+        clock,
     })
 }
 
@@ -100,6 +103,7 @@ mod tests {
             prepare_queue: None,
             max_workers: 2,
             version: "test".into(),
+            clock: crate::clock::Clock::system(),
         }
     }
 

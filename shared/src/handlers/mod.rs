@@ -11,25 +11,28 @@ pub mod worker;
 mod tests;
 
 use crate::aws::Clients;
+use crate::clock::{Clock, Instant};
 use crate::config::{load_definition, ConfigError, Settings};
 use crate::events::EventBridgeEvents;
 use crate::metrics::{EmfMetrics, MetricsSink, NoMetrics};
 use crate::objects::S3Objects;
 use crate::prepare::PrepareSettings;
 use crate::process::WorkerSettings;
-use crate::processor::{DynamoUpsert, RecordProcessor};
+use crate::processor::registry::{self, Deployment};
+use crate::processor::RecordProcessor;
 use crate::queue::{PrepareQueue, SqsQueue};
 use crate::report::S3Reports;
+use crate::rng::Rng;
 use crate::store::dynamodb::DynamoStore;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use crate::ports::Deps;
 
 impl Deps {
     /// The standard wiring: DynamoDB store, S3 objects, SQS fan-out,
-    /// EventBridge events, and the processor given, else the built-in
-    /// upsert when `TARGET_TABLE` is set. For a Lambda function: metrics
+    /// EventBridge events, and the processor given, else the one the
+    /// definition names, built by the processor registry (the built-in
+    /// upsert needs `TARGET_TABLE`). For a Lambda function: metrics
     /// go out as EMF lines (stdout is the function's log).
     pub async fn from_env(
         processor: Option<Arc<dyn RecordProcessor>>,
@@ -51,7 +54,8 @@ impl Deps {
     }
 
     /// The standard wiring, reporting metrics to `metrics` (the store's
-    /// conflicts too).
+    /// conflicts too), on the system's clock and a source of randomness
+    /// seeded from entropy.
     pub async fn reporting_to(
         settings: &Settings,
         clients: &Clients,
@@ -67,21 +71,17 @@ impl Deps {
             settings.max_write_units_per_second,
             &settings.definition,
         )?;
-        let processor = match (processor, &settings.target_table) {
-            (Some(p), _) => Some(p),
-            (None, Some(table)) => {
-                if definition.key_field.is_none() {
-                    return Err(ConfigError::Invalid {
-                        var: "IMPORT_DEFINITION",
-                        value: settings.definition.clone(),
-                        message: "the built-in DynamoDB processor needs a keyField".into(),
-                    });
-                }
-                Some(Arc::new(DynamoUpsert::new(clients.dynamodb.clone(), table))
-                    as Arc<dyn RecordProcessor>)
-            }
-            (None, None) => None,
+        // A processor given in code (a worker of your own) wins over the
+        // one the definition names.
+        let processor = match processor {
+            Some(p) => Some(p),
+            None => registry::build(&Deployment {
+                definition: &definition,
+                settings,
+                clients,
+            })?,
         };
+        let (clock, rng) = (Clock::system(), Rng::from_entropy());
         let store = Arc::new(
             DynamoStore::new(
                 clients.dynamodb.clone(),
@@ -89,7 +89,9 @@ impl Deps {
                 !clients.emulated,
             )
             .with_retention_days(settings.retention_days)
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_clock(clock)
+            .with_rng(rng.clone()),
         );
         Ok(Deps {
             store: store.clone(),
@@ -124,6 +126,8 @@ impl Deps {
                 max_write_units_per_second: settings.max_write_units_per_second,
                 ..WorkerSettings::default()
             },
+            clock,
+            rng,
         })
     }
 }
@@ -149,22 +153,17 @@ pub(crate) fn diagnostic(
     }
 }
 
-/// The Lambda deadline as an `Instant` (the context gives epoch millis).
-/// A deadline already past when the invocation starts is not a real one
-/// (local emulators send a fixed placeholder): run without a deadline.
-pub(crate) fn deadline_of(deadline_ms: u64) -> Option<Instant> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_millis() as u64;
-    if deadline_ms <= now_ms {
-        if deadline_ms != 0 {
-            tracing::warn!(
-                deadline_ms,
-                "invocation deadline is in the past; ignoring it"
-            );
-        }
-        return None;
+/// The Lambda deadline as an `Instant` on `clock` (the context gives epoch
+/// millis). A deadline already past when the invocation starts is not a
+/// real one (local emulators send a fixed placeholder): run without a
+/// deadline.
+pub(crate) fn deadline_of(clock: &Clock, deadline_ms: u64) -> Option<Instant> {
+    let at = clock.instant_at(i64::try_from(deadline_ms).unwrap_or(i64::MAX));
+    if at.is_none() && deadline_ms != 0 {
+        tracing::warn!(
+            deadline_ms,
+            "invocation deadline is in the past; ignoring it"
+        );
     }
-    Some(Instant::now() + Duration::from_millis(deadline_ms - now_ms))
+    at
 }

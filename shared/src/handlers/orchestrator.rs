@@ -155,7 +155,7 @@ pub async fn handle(
     event: LambdaEvent<S3Event>,
 ) -> Result<Vec<Prepared>, OrchestratorError> {
     let owner = event.context.request_id.clone();
-    let deadline = super::deadline_of(event.context.deadline);
+    let deadline = super::deadline_of(&deps.clock, event.context.deadline);
     let mut results = Vec::new();
     for (i, record) in event.payload.records.iter().enumerate() {
         let source = source_of(deps.versions.as_ref(), record, i).await?;
@@ -222,7 +222,7 @@ pub async fn continue_prepares(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, OrchestratorError> {
     let owner = event.context.request_id.clone();
-    let deadline = super::deadline_of(event.context.deadline);
+    let deadline = super::deadline_of(&deps.clock, event.context.deadline);
     let mut response = SqsBatchResponse::default();
     for message in &event.payload.records {
         let id = message.message_id.clone().unwrap_or_default();

@@ -10,7 +10,7 @@ pub async fn handle(
     deps: &Deps,
     event: LambdaEvent<EventBridgeEvent>,
 ) -> Result<SweepReport, SweepError> {
-    let deadline = super::deadline_of(event.context.deadline);
+    let deadline = super::deadline_of(&deps.clock, event.context.deadline);
     let report = deps
         .sweeper()
         .sweep(&format!("sweeper:{}", event.context.request_id), deadline)

@@ -18,7 +18,7 @@ pub async fn handle(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     let processor = deps.require_processor()?;
-    let deadline = super::deadline_of(event.context.deadline);
+    let deadline = super::deadline_of(&deps.clock, event.context.deadline);
     let mut failures = Vec::new();
     let mut jobs: BTreeMap<JobId, Vec<String>> = BTreeMap::new();
     for message in &event.payload.records {

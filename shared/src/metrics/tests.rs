@@ -163,6 +163,8 @@ mod pipeline {
                 backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
                 ..WorkerSettings::default()
             },
+            clock: crate::clock::Clock::system(),
+            rng: crate::rng::Rng::seeded(11),
         };
         (deps, source)
     }

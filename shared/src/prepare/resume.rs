@@ -3,12 +3,13 @@
 //! and skipped unparsed), else at the start of the object. Work that
 //! publishes nothing keeps the lease alive and watches the deadline.
 
-use super::{near, object_stop, source_stop, Preparer, Progress, Stop};
-use crate::job::{now_ms, Job};
+use super::{object_stop, source_stop, Preparer, Progress, Stop};
+use crate::clock::Instant;
+use crate::job::Job;
 use crate::objects::ByteRange;
 use crate::source::{Advance, Checkpoint, OpenOptions, RecordReader, ResumeInput};
 use crate::store::PrepareLease;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncRead;
 
 /// Decompressed bytes skipped between looks at the lease and the deadline:
@@ -114,16 +115,21 @@ impl Preparer<'_> {
         deadline: Option<Instant>,
         last_renewal: &mut Instant,
     ) -> Result<(), Stop> {
-        if near(deadline) {
+        if self.near(deadline) {
             return Err(Stop::Handoff(None));
         }
         let every = Duration::from_millis(u64::try_from(lease.lease_ms / 3).unwrap_or(0));
-        if last_renewal.elapsed() >= every {
+        if self
+            .clock
+            .instant()
+            .saturating_duration_since(*last_renewal)
+            >= every
+        {
             self.store
-                .renew_prepare(&job.id, lease, now_ms())
+                .renew_prepare(&job.id, lease, self.clock.now_ms())
                 .await
                 .map_err(|e| Stop::Error(e.into()))?;
-            *last_renewal = Instant::now();
+            *last_renewal = self.clock.instant();
         }
         Ok(())
     }

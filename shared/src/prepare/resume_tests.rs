@@ -5,6 +5,7 @@
 use super::resume::FAST_FORWARD_STEP;
 use super::*;
 use crate::events::MemoryEvents;
+use crate::job::now_ms;
 use crate::objects::{ByteRange, MemoryObjects, ObjectBody};
 use crate::queue::MemoryQueue;
 use crate::report::MemoryReports;
@@ -136,6 +137,7 @@ impl Fixture {
             metrics: &crate::metrics::NoMetrics,
             definition: def,
             settings,
+            clock: &Clock::system(),
         };
         preparer
             .run_until(&self.source, owner, deadline)

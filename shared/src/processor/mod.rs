@@ -1,9 +1,14 @@
 //! What happens to each valid record: the `RecordProcessor` trait users
-//! implement, and the built-in idempotent DynamoDB upsert.
+//! implement, and the processor types a definition can name (`registry`),
+//! one file each: `dynamodb`, the built-in idempotent upsert.
 
-mod dynamodb_upsert;
+mod cost;
+mod dynamodb;
+pub mod registry;
 
-pub use dynamodb_upsert::DynamoUpsert;
+pub use cost::{JsonSize, WriteCost};
+pub use dynamodb::DynamoUpsert;
+pub use registry::ProcessorSettings;
 
 use crate::job::JobId;
 use crate::schema::{Definition, ValidRecord};
@@ -112,6 +117,14 @@ pub struct ProcessContext<'a> {
     pub definition: &'a Definition,
 }
 
+/// The batch whose records were processed, for `finish_batch`.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchContext<'a> {
+    pub job_id: &'a JobId,
+    pub batch_index: u64,
+    pub definition: &'a Definition,
+}
+
 /// Processes validated records. Must be idempotent: after a worker crash,
 /// or when a worker ran out of time under a throughput cap and gave its
 /// batch back, the batch is processed again from its first record.
@@ -137,34 +150,35 @@ pub trait RecordProcessor: Send + Sync {
         results
     }
 
-    /// The write units processing `record` will spend, for the throughput
-    /// cap (`maxWriteUnitsPerSecond`), which reserves them before each call.
-    /// The default bills the record's values as JSON the way DynamoDB bills
-    /// an item: one unit per started KB. Override it when the processor
-    /// writes something else (0 for a record it will not write).
-    fn write_units(&self, record: &ValidRecord, _ctx: &ProcessContext<'_>) -> u64 {
-        let mut bytes = ByteCount(0);
-        // Writing into a counter cannot fail.
-        let _ = serde_json::to_writer(&mut bytes, &record.values());
-        bytes.0.max(1).div_ceil(1024) as u64
-    }
-}
-
-/// Counts what is written to it.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
+    /// Called once a batch's records have all been through `process_batch`
+    /// (retries included), before the batch's outcome is committed: for a
+    /// processor that writes one object per batch from what it was given.
+    /// Not called for a batch that is failed without processing (poison)
+    /// or given back unfinished under the throughput cap. An error, of
+    /// either kind, fails this attempt at the batch as a transient store
+    /// error would: nothing is committed, the batch is handed back and the
+    /// worker's run ends with the error; the next claim processes every
+    /// record of the batch again (so this must be idempotent too), and
+    /// after `maxAttempts` the batch is failed as poison. When an operator
+    /// retries a job, only the records of the batch that failed are
+    /// processed again before it.
+    async fn finish_batch(&self, _batch: &BatchContext<'_>) -> Result<(), ProcessError> {
         Ok(())
     }
+
+    /// What this processor's writes cost against the throughput cap
+    /// (`maxWriteUnitsPerSecond`). `None`, the default, for a processor
+    /// that does not write DynamoDB: its records cost 0 units, so the cap
+    /// never holds it back. One that writes each record to DynamoDB in its
+    /// own shape can return `Some(&JsonSize)`.
+    fn write_cost(&self) -> Option<&dyn WriteCost> {
+        None
+    }
 }
 
-/// Keeps every record it is given, in memory (tests and dry runs).
+/// Keeps every record it is given, in memory (tests and dry runs). Its
+/// records are billed by their JSON size as DynamoDB bills an item
+/// (`JsonSize`), so tests of the throughput cap need no table.
 #[derive(Debug, Default)]
 pub struct MemoryProcessor {
     pub records: std::sync::Mutex<Vec<ValidRecord>>,
@@ -182,5 +196,9 @@ impl RecordProcessor for MemoryProcessor {
             .expect("processor poisoned")
             .push(record.clone());
         Ok(())
+    }
+
+    fn write_cost(&self) -> Option<&dyn WriteCost> {
+        Some(&JsonSize)
     }
 }

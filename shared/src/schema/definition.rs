@@ -7,6 +7,7 @@ use super::validate::{self, Rule};
 use super::{
     ColumnMap, Definition, DefinitionError, ExtraColumns, FieldDef, FieldType, InputFormat, Limits,
 };
+use crate::processor::{registry, ProcessorSettings};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -57,6 +58,8 @@ struct RawDefinition {
     extra_columns: ExtraColumns,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_write_units_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "ProcessorSettings::is_default")]
+    processor: ProcessorSettings,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -112,6 +115,7 @@ impl Serialize for Definition {
             limits: self.limits.clone(),
             extra_columns: self.extra_columns,
             max_write_units_per_second: self.max_write_units_per_second,
+            processor: self.processor.clone(),
         }
         .serialize(serializer)
     }
@@ -181,6 +185,8 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
         return Err(invalid(origin, "maxAttempts", "must be at least 1"));
     }
     check_limits(&raw.limits, raw.fields.len(), origin)?;
+    // An unknown processor type is refused here, before any job runs on it.
+    registry::check(&raw.processor).map_err(|(path, message)| invalid(origin, path, message))?;
 
     let headerless = match &raw.columns {
         None => ColumnMap {
@@ -215,6 +221,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
         limits: raw.limits,
         extra_columns: raw.extra_columns,
         max_write_units_per_second: raw.max_write_units_per_second,
+        processor: raw.processor,
         compiled: Compiled {
             rules,
             shape,

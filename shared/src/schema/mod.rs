@@ -120,6 +120,9 @@ pub struct Definition {
     /// Write units a second all workers of a job may spend in the target
     /// together (`throttle`); `Some(0)` lifts the deployment's default.
     pub max_write_units_per_second: Option<u32>,
+    /// What workers do with valid records: a type from the processor
+    /// registry and its settings (the DynamoDB upsert when absent).
+    pub processor: crate::processor::ProcessorSettings,
     compiled: definition::Compiled,
 }
 

@@ -5,9 +5,10 @@
 //! takes over one that stalled, the command-line tool runs its own.
 
 use super::{SteerError, Steering};
-use crate::job::{now_ms, JobId};
+use crate::clock::Instant;
+use crate::job::JobId;
 use futures::{StreamExt, TryStreamExt};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Batches requeued at once.
 const PARALLEL_REQUEUES: usize = 16;
@@ -72,13 +73,15 @@ impl Steering<'_> {
             let Some(next) = page.next else {
                 break;
             };
-            if !self.store.note_requeue(id, round, &next, now_ms()).await? {
+            if !self
+                .store
+                .note_requeue(id, round, &next, self.clock.now_ms())
+                .await?
+            {
                 return Ok(RequeueOutcome::Over);
             }
             cursor = Some(next);
-            if deadline
-                .is_some_and(|d| d.saturating_duration_since(Instant::now()) < REQUEUE_MARGIN)
-            {
+            if deadline.is_some_and(|d| self.clock.until(d) < REQUEUE_MARGIN) {
                 tracing::info!(job_id = %id, round, batches, records, "requeue pass handed over near the deadline");
                 return Ok(RequeueOutcome::HandedOff { batches, records });
             }
@@ -87,7 +90,11 @@ impl Steering<'_> {
         // (commits of reruns already under way count as settled before).
         let now = self.job(id).await?;
         let base = now.processed + now.failed;
-        if !self.store.finish_requeue(id, round, base, now_ms()).await? {
+        if !self
+            .store
+            .finish_requeue(id, round, base, self.clock.now_ms())
+            .await?
+        {
             return Ok(RequeueOutcome::Over);
         }
         tracing::info!(job_id = %id, round, batches, records, "requeue pass finished");

@@ -5,15 +5,18 @@
 //! consistent at every step.
 
 use super::*;
+use crate::clock::{Clock, Instant};
 use crate::events::MemoryEvents;
-use crate::job::{EventKind, FailedRecord, FieldIssue, SourceRef, StagedRecord};
+use crate::job::{now_ms, EventKind, FailedRecord, FieldIssue, SourceRef, StagedRecord};
 use crate::queue::{MemoryPrepareQueue, MemoryQueue};
 use crate::store::memory::MemoryStore;
 use crate::store::{
     BatchOutcome, BatchState, Claim, ClaimStore, CreateOutcome, Finalization, FinalizeWhen,
     JobControl, NewBatch, PrepareLease, PrepareStore,
 };
-use std::time::Instant;
+
+/// The steering's clock: these cases wait for nothing.
+static SYSTEM: Clock = Clock::system();
 
 const BATCHES: u64 = 20_000;
 const LEASE_MS: i64 = 60_000;
@@ -140,6 +143,7 @@ impl Channels {
             events: &self.events,
             max_workers: 8,
             inline_requeue: false,
+            clock: &SYSTEM,
         }
     }
 

@@ -3,6 +3,7 @@
 //! waits and the tests never sleep.
 
 use super::*;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Half past some second: windows do not start when the test does.
@@ -10,8 +11,12 @@ const ORIGIN_MS: i64 = 1_800_000_000_500;
 
 /// Wall-clock time that follows tokio's (paused) clock.
 fn paused_clock() -> Clock {
-    let origin = tokio::time::Instant::now();
-    Clock::new(move || ORIGIN_MS + origin.elapsed().as_millis() as i64)
+    Clock::simulated(ORIGIN_MS)
+}
+
+/// Jitter that repeats from run to run.
+fn rng() -> Rng {
+    Rng::seeded(0x7e57)
 }
 
 fn job() -> JobId {
@@ -62,6 +67,7 @@ async fn reservations_fill_a_window_then_wait_for_the_next() {
     let limiter = Limiter {
         throttle: &throttle,
         clock: &clock,
+        rng: &rng(),
         job: &job,
         cap: 100,
         stop_at: None,
@@ -95,13 +101,15 @@ async fn workers_together_never_exceed_the_cap_and_use_all_of_it() {
     let job = job();
     let cap = 100;
     let (workers, per_worker) = (8, 500);
+    let rng = rng();
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
-            let (throttle, clock, job) = (throttle.clone(), clock.clone(), job.clone());
+            let (throttle, rng, job) = (throttle.clone(), rng.clone(), job.clone());
             tokio::spawn(async move {
                 let limiter = Limiter {
                     throttle: throttle.as_ref(),
                     clock: &clock,
+                    rng: &rng,
                     job: &job,
                     cap,
                     stop_at: None,
@@ -148,6 +156,7 @@ async fn a_reservation_larger_than_the_cap_takes_a_whole_window() {
     let limiter = Limiter {
         throttle: &throttle,
         clock: &clock,
+        rng: &rng(),
         job: &job,
         cap: 100,
         stop_at: None,
@@ -174,6 +183,7 @@ async fn nothing_to_write_reserves_nothing() {
     let limiter = Limiter {
         throttle: &throttle,
         clock: &clock,
+        rng: &rng(),
         job: &job,
         cap: 100,
         stop_at: None,
@@ -187,12 +197,13 @@ async fn no_wait_starts_for_a_window_that_opens_after_the_stop_point() {
     let throttle = MemoryThrottle::default();
     let clock = paused_clock();
     let job = job();
-    let start = tokio::time::Instant::now();
+    let start = clock.instant();
     // Windows open at 0.5 s, 1.5 s, 2.5 s...: the second fits, the third not.
     let stop_at = start + Duration::from_millis(2_200);
     let limiter = Limiter {
         throttle: &throttle,
         clock: &clock,
+        rng: &rng(),
         job: &job,
         cap: 100,
         stop_at: Some(stop_at),
@@ -220,7 +231,7 @@ async fn no_wait_starts_for_a_window_that_opens_after_the_stop_point() {
         throttle.windows(&job),
         vec![(first, 100), (first + 1, 100), (first + 2, 100)]
     );
-    let now = tokio::time::Instant::now();
+    let now = clock.instant();
     assert!(now < stop_at, "stopped {:?} after the start", now - start);
     assert_eq!(clock.now_ms().div_euclid(1000), first + 2);
 }
@@ -233,9 +244,10 @@ async fn nothing_is_reserved_once_the_stop_point_has_passed() {
     let limiter = Limiter {
         throttle: &throttle,
         clock: &clock,
+        rng: &rng(),
         job: &job,
         cap: 100,
-        stop_at: Some(tokio::time::Instant::now()),
+        stop_at: Some(clock.instant()),
     };
     let grant = limiter.acquire(10).await.unwrap();
     assert_eq!(grant, Grant::OutOfTime(Acquired::default()));

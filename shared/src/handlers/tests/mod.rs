@@ -5,9 +5,11 @@
 mod pipeline;
 mod prepare_queue;
 mod sweeping;
+mod virtual_time;
 
 use super::*;
 use crate::events::MemoryEvents;
+use crate::job::JobId;
 use crate::job::{now_ms, EventKind, JobStatus};
 use crate::objects::{MemoryObjects, ObjectHead};
 use crate::processor::MemoryProcessor;
@@ -15,7 +17,7 @@ use crate::queue::{MemoryPrepareQueue, MemoryQueue, WorkMessage};
 use crate::report::MemoryReports;
 use crate::schema::{Definition, FieldValue};
 use crate::store::memory::MemoryStore;
-use crate::store::{ClaimStore, JobControl, PrepareStore};
+use crate::store::{BatchState, ClaimStore, JobControl, PrepareStore};
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::SqsEvent;
@@ -79,6 +81,8 @@ fn fixture(csv: &str) -> Fixture {
             ..PrepareSettings::default()
         },
         worker: WorkerSettings::default(),
+        clock: Clock::system(),
+        rng: Rng::seeded(3),
     };
     Fixture {
         deps,

@@ -8,15 +8,13 @@ use crate::job::JobStatus;
 /// Wall-clock time that follows tokio's paused clock, from half past a
 /// second: the cap's windows advance only as the workers wait for them.
 fn paused_clock() -> Clock {
-    const ORIGIN_MS: i64 = 1_800_000_000_500;
-    let origin = tokio::time::Instant::now();
-    Clock::new(move || ORIGIN_MS + origin.elapsed().as_millis() as i64)
+    Clock::simulated(1_800_000_000_500)
 }
 
 #[tokio::test(start_paused = true)]
 async fn capped_workers_share_the_cap_and_a_batch_larger_than_it_spans_windows() {
     let mut f = Fixture::new(r#""maxWriteUnitsPerSecond": 5"#);
-    f.settings.clock = paused_clock();
+    f.clock = paused_clock();
     let batches: Vec<Vec<StagedRecord>> = (0..3)
         .map(|b| {
             (0..8)
@@ -55,7 +53,7 @@ async fn the_deployment_cap_applies_unless_the_definition_lifts_it() {
     let batch = || vec![vec![record(2, "a@x.org"), record(3, "b@x.org")]];
     for (options, capped) in [("", true), (r#""maxWriteUnitsPerSecond": 0"#, false)] {
         let mut f = Fixture::new(options);
-        f.settings.clock = paused_clock();
+        f.clock = paused_clock();
         f.settings.max_write_units_per_second = 1;
         let id = job(&f.store, &batch()).await;
         let processor = crate::processor::MemoryProcessor::default();
@@ -67,9 +65,9 @@ async fn the_deployment_cap_applies_unless_the_definition_lifts_it() {
     }
 }
 
-/// A deadline `after` from now on tokio's (paused) clock.
-fn deadline_in(after: Duration) -> Instant {
-    (tokio::time::Instant::now() + after).into_std()
+/// A deadline `after` from now on the fixture's (paused) clock.
+fn deadline_in(f: &Fixture, after: Duration) -> Instant {
+    f.clock.instant() + after
 }
 
 #[tokio::test(start_paused = true)]
@@ -77,7 +75,7 @@ async fn a_capped_worker_gives_its_batch_back_before_the_deadline_without_an_att
     // 1 write unit a second: the batch's 30 records take 30 s, more than
     // an invocation with 25 s left (20 s of margin) can give them.
     let mut f = Fixture::new(r#""maxWriteUnitsPerSecond": 1"#);
-    f.settings.clock = paused_clock();
+    f.clock = paused_clock();
     let records: Vec<StagedRecord> = (0..30)
         .map(|i| record(2 + i, &format!("u{i}@x.org")))
         .collect();
@@ -87,18 +85,15 @@ async fn a_capped_worker_gives_its_batch_back_before_the_deadline_without_an_att
     // More invocations than maxAttempts (3) run out of time on the batch.
     for run in 1..=5u64 {
         let before = processor.done.lock().unwrap().len();
-        let deadline = deadline_in(Duration::from_secs(25));
+        let deadline = deadline_in(&f, Duration::from_secs(25));
         let report = worker.run(&id, "w", Some(deadline)).await.unwrap();
         assert_eq!(
             (report.stop, report.batches, report.processed, report.failed),
             (StopReason::Deadline, 0, 0, 0),
             "run {run}"
         );
-        let stopped = tokio::time::Instant::now();
-        assert!(
-            stopped < tokio::time::Instant::from_std(deadline),
-            "run {run} stopped before its deadline"
-        );
+        let stopped = f.clock.instant();
+        assert!(stopped < deadline, "run {run} stopped before its deadline");
         let written = processor.done.lock().unwrap().len() - before;
         assert!(
             (1..30).contains(&written),
@@ -114,7 +109,7 @@ async fn a_capped_worker_gives_its_batch_back_before_the_deadline_without_an_att
     // None of those claims counted as an attempt.
     let Claim::Batch(claim) = f
         .store
-        .claim_batch(&id, "probe", now_ms(), 60_000)
+        .claim_batch(&id, "probe", f.clock.now_ms(), 60_000)
         .await
         .unwrap()
     else {
@@ -126,7 +121,7 @@ async fn a_capped_worker_gives_its_batch_back_before_the_deadline_without_an_att
     // An invocation with time enough finishes the job: no record failed as
     // poison, and every one was written (some more than once).
     let report = worker
-        .run(&id, "w", Some(deadline_in(Duration::from_secs(300))))
+        .run(&id, "w", Some(deadline_in(&f, Duration::from_secs(300))))
         .await
         .unwrap();
     assert_eq!(
@@ -152,4 +147,37 @@ async fn a_capped_worker_gives_its_batch_back_before_the_deadline_without_an_att
     written.sort_unstable();
     written.dedup();
     assert_eq!(written, (2..32).collect::<Vec<u64>>());
+}
+
+/// Takes every record, and writes nothing DynamoDB bills.
+struct Unmetered;
+
+#[async_trait]
+impl RecordProcessor for Unmetered {
+    async fn process(
+        &self,
+        _record: &ValidRecord,
+        _ctx: &ProcessContext<'_>,
+    ) -> Result<(), ProcessError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_processor_without_a_write_cost_is_not_held_back_by_the_cap() {
+    // 30 records under a cap of 1 would take 30 s if each cost a unit.
+    let f = Fixture::new(r#""maxWriteUnitsPerSecond": 1"#);
+    let records: Vec<StagedRecord> = (0..30)
+        .map(|i| record(2 + i, &format!("u{i}@x.org")))
+        .collect();
+    let id = job(&f.store, &[records]).await;
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        f.worker(&Unmetered).run(&id, "w", None),
+    )
+    .await
+    .expect("nothing waits for the cap")
+    .unwrap();
+    assert_eq!((report.processed, report.failed), (30, 0));
+    assert!(f.throttle.windows(&id).is_empty(), "nothing was reserved");
 }

@@ -1,16 +1,18 @@
 //! The worker loop on the in-memory store, one file per topic: record
-//! failures, poison batches, leases, an operator's retry and the write cap.
+//! failures, poison batches, leases, an operator's retry, the write cap and
+//! the processor's end-of-batch hook.
 //! This module holds the fixtures they share.
 
 mod cap;
 mod failures;
+mod finish;
 mod leases;
 mod poison;
 mod retry;
 
 use super::*;
 use crate::events::MemoryEvents;
-use crate::job::SourceRef;
+use crate::job::{now_ms, SourceRef};
 use crate::processor::ProcessError;
 use crate::report::MemoryReports;
 use crate::store::memory::MemoryStore;
@@ -87,6 +89,8 @@ struct Fixture {
     reports: MemoryReports,
     definition: Definition,
     settings: WorkerSettings,
+    clock: Clock,
+    rng: Rng,
 }
 
 impl Fixture {
@@ -98,6 +102,8 @@ impl Fixture {
             reports: MemoryReports::default(),
             definition: definition(extra_options),
             settings: settings(),
+            clock: Clock::system(),
+            rng: Rng::seeded(7),
         }
     }
 
@@ -111,12 +117,15 @@ impl Fixture {
             metrics: &crate::metrics::NoMetrics,
             definition: &self.definition,
             settings: &self.settings,
+            clock: &self.clock,
+            rng: &self.rng,
         }
     }
 }
 
 /// Fails every record whose email starts with "flaky" the first `flaky`
-/// times (retryable), and "bad" ones always (permanent).
+/// times (retryable), and "bad" ones always (permanent). Billed like a
+/// DynamoDB writer, so a throughput cap holds it back.
 #[derive(Default)]
 struct Scripted {
     flaky: u32,
@@ -147,6 +156,10 @@ impl RecordProcessor for Scripted {
         }
         self.done.lock().unwrap().push(record.line);
         Ok(())
+    }
+
+    fn write_cost(&self) -> Option<&dyn crate::processor::WriteCost> {
+        Some(&crate::processor::JsonSize)
     }
 }
 

@@ -15,6 +15,7 @@ fn steering<'a>(
         events: &f.events,
         max_workers: 4,
         inline_requeue: true,
+        clock: &f.clock,
     }
 }
 

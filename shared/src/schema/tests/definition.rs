@@ -75,6 +75,35 @@ fn a_write_cap_is_read_kept_through_pinning_and_checked_for_its_type() {
 }
 
 #[test]
+fn the_processor_is_the_dynamodb_upsert_unless_named_and_kept_through_pinning() {
+    let plain = load(r#"{"fields": [{"name": "a", "type": "string"}]}"#);
+    assert_eq!(plain.processor.kind, "dynamodb");
+    // The default is not written out: a pinned copy reads as it was written.
+    assert!(!plain.to_json().contains("processor"));
+    let named =
+        load(r#"{"fields": [{"name": "a", "type": "string"}], "processor": {"type": "dynamodb"}}"#);
+    assert_eq!(named.processor, plain.processor);
+    assert_eq!(load(&named.to_json()).processor, plain.processor);
+}
+
+#[test]
+fn an_unknown_processor_type_is_refused_at_load_naming_it_and_the_known_ones() {
+    let e = error(r#"{"fields": [{"name": "a", "type": "string"}], "processor": {"type": "fax"}}"#);
+    assert_eq!(e.path(), "processor.type");
+    assert_eq!(
+        e.to_string(),
+        "import definition defs/users.json: processor.type: \
+         unknown processor type \"fax\" (known types: dynamodb)"
+    );
+    let e = error(
+        r#"{"fields": [{"name": "a", "type": "string"}], "processor": {"type": "dynamodb", "table": "t"}}"#,
+    );
+    assert_eq!(e.path(), "processor.table");
+    let e = error(r#"{"fields": [{"name": "a", "type": "string"}], "processor": {}}"#);
+    assert_eq!(e.path(), "processor");
+}
+
+#[test]
 fn limits_given_in_part_keep_the_other_defaults() {
     let def = load(r#"{"fields": [{"name": "a", "type": "string"}], "limits": {"maxFields": 50}}"#);
     assert_eq!(

@@ -451,7 +451,7 @@ impl DynamoStore {
         Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(
-                counter_pk(job, rand::random_range(0..SHARDS)),
+                counter_pk(job, self.rng.below(SHARDS)),
                 COUNTERS_SK,
             )))
             .update_expression(expression)
@@ -593,7 +593,7 @@ impl DynamoStore {
             (":minus_rerun".into(), n(-(rerun as i64))),
         ]);
         with_cost(&mut counter_values, cost);
-        counter_values.insert(":now".into(), n(crate::job::now_ms()));
+        counter_values.insert(":now".into(), n(self.clock.now_ms()));
         let expiry = self.expiry_clause(&mut counter_values);
         let counter_update = self.counter_shard_update(
             job,

@@ -83,7 +83,7 @@ impl DynamoStore {
                                 format!("{} keys still unprocessed", rest.keys().len()),
                             ));
                         }
-                        self.backoff.wait(attempt).await;
+                        self.backoff.sleep(attempt, &self.clock, &self.rng).await;
                         pending = rest;
                     }
                     _ => break,
@@ -120,7 +120,7 @@ impl DynamoStore {
                 Err(e) if is_busy(&e) && attempt < MAX_CONFLICT_RETRIES => {
                     self.meter.conflict(job);
                     attempt += 1;
-                    self.backoff.wait(attempt).await;
+                    self.backoff.sleep(attempt, &self.clock, &self.rng).await;
                 }
                 result => return result,
             }
@@ -204,7 +204,7 @@ impl DynamoStore {
                     Err(e) if is_busy(&e) && attempt < MAX_CONFLICT_RETRIES => {
                         self.meter.conflict(job);
                         attempt += 1;
-                        self.backoff.wait(attempt).await;
+                        self.backoff.sleep(attempt, &self.clock, &self.rng).await;
                         continue;
                     }
                     Err(e) => return Err(StoreError::backend("BatchWriteItem", e)),
@@ -233,7 +233,7 @@ impl DynamoStore {
                             ),
                         ));
                     }
-                    self.backoff.wait(attempt).await;
+                    self.backoff.sleep(attempt, &self.clock, &self.rng).await;
                 }
             }
         }
@@ -280,7 +280,7 @@ impl DynamoStore {
                         self.meter.record(job, computed, &[]);
                         self.meter.conflict(job);
                         attempt += 1;
-                        self.backoff.wait(attempt).await;
+                        self.backoff.sleep(attempt, &self.clock, &self.rng).await;
                     }
                     _ => return Err(StoreError::backend("TransactWriteItems", e)),
                 },

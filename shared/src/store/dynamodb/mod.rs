@@ -17,8 +17,10 @@ mod throttle;
 use self::cost::{item_size, read_units, write, write_units, Meter};
 use self::items::*;
 use super::*;
+use crate::clock::Clock;
 use crate::job::{truncate_value, Cost};
 use crate::retry::Backoff;
+use crate::rng::Rng;
 use crate::store::codec;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
@@ -52,6 +54,10 @@ pub struct DynamoStore {
     meter: Meter,
     retention_ms: Option<i64>,
     backoff: Backoff,
+    /// Expiry times, and the waits of `backoff`.
+    clock: Clock,
+    /// Backoff jitter and counter-shard picks.
+    rng: Rng,
     /// When each job's lease index was last searched in vain while its
     /// prepare was still running (see `claim_batch`).
     searched: std::sync::Mutex<HashMap<JobId, i64>>,
@@ -176,8 +182,24 @@ impl DynamoStore {
             meter: Meter::new(trust_consumed_capacity),
             retention_ms: None,
             backoff: Backoff::default(),
+            clock: Clock::system(),
+            rng: Rng::from_entropy(),
             searched: Default::default(),
         }
+    }
+
+    /// Reads time from `clock` (the deployment's, `Deps::clock`) rather
+    /// than the system's.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Draws jitter and counter shards from `rng` (`Deps::rng`) rather
+    /// than a source of its own.
+    pub fn with_rng(mut self, rng: Rng) -> Self {
+        self.rng = rng;
+        self
     }
 
     /// Reports the writes turned away by a conflict to `metrics` (none
@@ -209,7 +231,7 @@ impl DynamoStore {
     /// may create its item (a cursor or counter shard), with `:exp` in
     /// `values`; nothing without a retention. Every item of a job expires.
     fn expiry_clause(&self, values: &mut Item) -> &'static str {
-        match self.expires_at(crate::job::now_ms()) {
+        match self.expires_at(self.clock.now_ms()) {
             Some(at) => {
                 values.insert(":exp".into(), n(at));
                 ", expiresAt = if_not_exists(expiresAt, :exp)"

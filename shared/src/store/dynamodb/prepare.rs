@@ -49,7 +49,7 @@ impl DynamoStore {
     ) -> Result<String, StoreError> {
         let mut item = key(job_pk(job), DEFINITION_SK);
         item.insert("d".into(), s(definition));
-        if let Some(at) = self.expires_at(crate::job::now_ms()) {
+        if let Some(at) = self.expires_at(self.clock.now_ms()) {
             item.insert("expiresAt".into(), n(at));
         }
         let put = self

@@ -1,8 +1,9 @@
-//! Writing a job's imported records back out, in input order, as NDJSON,
+//! Dumping a job's imported records back out, in input order, as NDJSON,
 //! CSV or a JSON array (`bulkimport export`, `run --export`): batch by
 //! batch, so memory stays bounded whatever the job's size. Only batches
 //! that were processed count: what an abort left unprocessed, or never
-//! read, is left out and said so in the returned `Exported`.
+//! read, is left out and said so in the returned `Dumped`. (The code says
+//! "dump" so that "export" can name jobs that export a table.)
 
 use crate::job::Job;
 use crate::schema::Definition;
@@ -11,16 +12,16 @@ use std::collections::HashSet;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExportError {
+pub enum DumpError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("writing the export failed")]
     Write(#[from] std::io::Error),
 }
 
-/// Output formats of an export.
+/// Output formats of a dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportFormat {
+pub enum DumpFormat {
     /// One JSON object per line.
     Ndjson,
     /// A header of the definition's field names, then one row per record.
@@ -29,34 +30,34 @@ pub enum ExportFormat {
     Json,
 }
 
-impl ExportFormat {
+impl DumpFormat {
     /// The media type of the output.
     pub fn content_type(self) -> &'static str {
         match self {
-            ExportFormat::Ndjson => "application/x-ndjson",
-            ExportFormat::Csv => "text/csv; charset=utf-8",
-            ExportFormat::Json => "application/json",
+            DumpFormat::Ndjson => "application/x-ndjson",
+            DumpFormat::Csv => "text/csv; charset=utf-8",
+            DumpFormat::Json => "application/json",
         }
     }
 }
 
-impl std::str::FromStr for ExportFormat {
+impl std::str::FromStr for DumpFormat {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
-            "ndjson" | "jsonl" => Ok(ExportFormat::Ndjson),
-            "csv" => Ok(ExportFormat::Csv),
-            "json" => Ok(ExportFormat::Json),
+            "ndjson" | "jsonl" => Ok(DumpFormat::Ndjson),
+            "csv" => Ok(DumpFormat::Csv),
+            "json" => Ok(DumpFormat::Json),
             other => Err(format!("unknown format {other:?}: ndjson, csv or json")),
         }
     }
 }
 
-/// What an export wrote, and what it left out because it was never
+/// What a dump wrote, and what it left out because it was never
 /// imported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Exported {
+pub struct Dumped {
     /// Records written: every record imported (valid and processed).
     pub written: u64,
     /// Batches written to the store but never processed (an abort stopped
@@ -68,7 +69,7 @@ pub struct Exported {
     pub file_read: bool,
 }
 
-impl std::fmt::Display for Exported {
+impl std::fmt::Display for Dumped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "exported {} records", self.written)?;
         if self.unprocessed_batches > 0 {
@@ -90,35 +91,35 @@ impl std::fmt::Display for Exported {
 
 /// Writes every record that was imported (valid and processed), one JSON
 /// object per line, in input order.
-pub async fn export_ndjson<W: AsyncWrite + Unpin>(
+pub async fn dump_ndjson<W: AsyncWrite + Unpin>(
     store: &dyn JobStore,
     definition: &Definition,
     job: &Job,
     out: &mut W,
-) -> Result<Exported, ExportError> {
-    export(store, definition, job, ExportFormat::Ndjson, out).await
+) -> Result<Dumped, DumpError> {
+    dump(store, definition, job, DumpFormat::Ndjson, out).await
 }
 
 /// Writes every record that was imported (valid and processed), in input
 /// order, in `format`. Batches nobody processed are skipped and counted.
-pub async fn export<W: AsyncWrite + Unpin>(
+pub async fn dump<W: AsyncWrite + Unpin>(
     store: &dyn JobStore,
     definition: &Definition,
     job: &Job,
-    format: ExportFormat,
+    format: DumpFormat,
     out: &mut W,
-) -> Result<Exported, ExportError> {
+) -> Result<Dumped, DumpError> {
     let names: Vec<&str> = definition.fields.iter().map(|f| f.name.as_str()).collect();
     let mut written = 0;
     let mut buf = Vec::new();
     match format {
-        ExportFormat::Csv => write_csv_row(&mut buf, names.iter().copied()),
-        ExportFormat::Json => buf.push(b'['),
-        ExportFormat::Ndjson => {}
+        DumpFormat::Csv => write_csv_row(&mut buf, names.iter().copied()),
+        DumpFormat::Json => buf.push(b'['),
+        DumpFormat::Ndjson => {}
     }
-    let mut exported = Exported {
+    let mut dumped = Dumped {
         file_read: job.prepared,
-        ..Exported::default()
+        ..Dumped::default()
     };
     // `total_batches` is 0 until prepare finishes: a job aborted while its
     // file was read has the batches published so far.
@@ -126,8 +127,8 @@ pub async fn export<W: AsyncWrite + Unpin>(
         let info = match store.batch_info(&job.id, index).await? {
             Some(b) if matches!(b.state, BatchState::Done | BatchState::Failed) => b,
             other => {
-                exported.unprocessed_batches += 1;
-                exported.unprocessed_records += other.map_or(0, |b| b.record_count);
+                dumped.unprocessed_batches += 1;
+                dumped.unprocessed_records += other.map_or(0, |b| b.record_count);
                 continue;
             }
         };
@@ -150,12 +151,12 @@ pub async fn export<W: AsyncWrite + Unpin>(
                 continue;
             };
             match format {
-                ExportFormat::Ndjson => {
+                DumpFormat::Ndjson => {
                     serde_json::to_writer(&mut buf, &valid.values())
                         .expect("JSON values serialize");
                     buf.push(b'\n');
                 }
-                ExportFormat::Json => {
+                DumpFormat::Json => {
                     if written > 0 {
                         buf.push(b',');
                     }
@@ -163,7 +164,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
                     serde_json::to_writer(&mut buf, &valid.values())
                         .expect("JSON values serialize");
                 }
-                ExportFormat::Csv => {
+                DumpFormat::Csv => {
                     let cells: Vec<String> = names
                         .iter()
                         .map(|n| valid.get(n).map(|v| v.to_string()).unwrap_or_default())
@@ -178,13 +179,13 @@ pub async fn export<W: AsyncWrite + Unpin>(
             }
         }
     }
-    if format == ExportFormat::Json {
+    if format == DumpFormat::Json {
         buf.extend_from_slice(b"\n]\n");
     }
     out.write_all(&buf).await?;
     out.flush().await?;
-    exported.written = written;
-    Ok(exported)
+    dumped.written = written;
+    Ok(dumped)
 }
 
 /// One RFC 4180 row: cells quoted when they hold a delimiter, a quote or a
@@ -283,18 +284,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_aborted_job_exports_what_was_processed_and_says_what_was_not() {
+    async fn an_aborted_job_dumps_what_was_processed_and_says_what_was_not() {
         let definition = Definition::from_json(DEFINITION, "test").unwrap();
         for prepared in [true, false] {
             let store = MemoryStore::new();
             let job = aborted(&store, 5, 2, prepared).await;
             let mut out = Vec::new();
-            let exported = export_ndjson(&store, &definition, &job, &mut out)
+            let dumped = dump_ndjson(&store, &definition, &job, &mut out)
                 .await
                 .unwrap();
             assert_eq!(
-                exported,
-                Exported {
+                dumped,
+                Dumped {
                     written: 20,
                     unprocessed_batches: 3,
                     unprocessed_records: 30,
@@ -307,7 +308,7 @@ mod tests {
             assert!(lines
                 .lines()
                 .all(|l| l.contains("u0-") || l.contains("u1-")));
-            let said = exported.to_string();
+            let said = dumped.to_string();
             assert!(
                 said.contains("3 batches (30 records) were never processed"),
                 "{said}"

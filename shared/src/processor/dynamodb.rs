@@ -1,8 +1,11 @@
-//! Built-in processor: upserts each valid record into a DynamoDB table keyed
-//! by the definition's `keyField`. Idempotent (a re-processed batch writes
-//! the same items), batched 25 a request.
+//! Built-in processor, type `dynamodb` (the default): upserts each valid
+//! record into the deployment's target table (`TARGET_TABLE`) keyed by the
+//! definition's `keyField`. Idempotent (a re-processed batch writes the
+//! same items), batched 25 a request.
 
-use super::{ProcessContext, ProcessError, RecordProcessor};
+use super::registry::{self, Built, Deployment, ProcessorSettings};
+use super::{ProcessContext, ProcessError, RecordProcessor, WriteCost};
+use crate::config::ConfigError;
 use crate::retry::Backoff;
 use crate::schema::{FieldValue, ValidRecord};
 use crate::store::dynamodb::cost::{item_size, write_units};
@@ -10,6 +13,31 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(super) const TYPE: registry::ProcessorType = registry::ProcessorType {
+    name: "dynamodb",
+    check: registry::no_settings,
+    build,
+};
+
+/// The upsert into `TARGET_TABLE`; none without it (the orchestrator).
+fn build(_settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
+    let Some(table) = &deployment.settings.target_table else {
+        return Ok(None);
+    };
+    if deployment.definition.key_field.is_none() {
+        return Err(ConfigError::Invalid {
+            var: "IMPORT_DEFINITION",
+            value: deployment.settings.definition.clone(),
+            message: "the built-in DynamoDB processor needs a keyField".into(),
+        });
+    }
+    Ok(Some(Arc::new(DynamoUpsert::new(
+        deployment.clients.dynamodb.clone(),
+        table,
+    ))))
+}
 
 const BATCH_WRITE_MAX: usize = 25;
 const UNPROCESSED_RETRIES: u32 = 8;
@@ -178,6 +206,12 @@ impl RecordProcessor for DynamoUpsert {
         results
     }
 
+    fn write_cost(&self) -> Option<&dyn WriteCost> {
+        Some(self)
+    }
+}
+
+impl WriteCost for DynamoUpsert {
     /// Exactly what DynamoDB bills for putting the record's item as a new
     /// item (replacing a larger one costs that one's size instead).
     fn write_units(&self, record: &ValidRecord, ctx: &ProcessContext<'_>) -> u64 {

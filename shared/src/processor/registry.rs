@@ -1,0 +1,162 @@
+//! The processor types a definition can name (`"processor": {"type": …}`),
+//! each a file of this folder that exports a `TYPE`, registered by one line
+//! in `TYPES`. The definition's loader asks the registry whether the type
+//! and its settings are known; the functions' wiring asks it to build one.
+
+use super::RecordProcessor;
+use crate::aws::Clients;
+use crate::config::{ConfigError, Settings};
+use crate::schema::Definition;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Every processor type, by the name a definition gives it. The first is
+/// the default, used when a definition names none.
+const TYPES: &[ProcessorType] = &[super::dynamodb::TYPE];
+
+/// The definition's `processor` object: its `type` and the type's own
+/// settings (the other keys, checked by the type when the definition loads).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessorSettings {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for ProcessorSettings {
+    fn default() -> Self {
+        ProcessorSettings {
+            kind: TYPES[0].name.to_owned(),
+            settings: serde_json::Map::new(),
+        }
+    }
+}
+
+impl ProcessorSettings {
+    /// What a definition without `processor` means: left out when the
+    /// definition is written back, so a pinned copy reads as it was written.
+    pub fn is_default(&self) -> bool {
+        *self == ProcessorSettings::default()
+    }
+}
+
+/// What the deployment gives a processor to be built with, at cold start.
+#[derive(Clone, Copy)]
+pub struct Deployment<'a> {
+    /// The deployment's definition (a job's own pinned copy reaches the
+    /// processor through `ProcessContext`).
+    pub definition: &'a Definition,
+    pub settings: &'a Settings,
+    pub clients: &'a Clients,
+}
+
+/// A built processor; `None` when this function is not given what the type
+/// needs (the orchestrator has no target): a worker then refuses to start
+/// (`Deps::require_processor`).
+pub type Built = Result<Option<Arc<dyn RecordProcessor>>, ConfigError>;
+
+/// One processor type: its name, and how its settings are checked and the
+/// processor built.
+pub struct ProcessorType {
+    /// The `type` a definition names it by.
+    pub name: &'static str,
+    /// Checks the type's settings when a definition loads, before any
+    /// client exists: `Err((key, message))` for a setting it refuses.
+    pub check: fn(&ProcessorSettings) -> Result<(), (String, String)>,
+    /// Builds the processor at cold start.
+    pub build: fn(&ProcessorSettings, &Deployment<'_>) -> Built,
+}
+
+fn find(kind: &str) -> Option<&'static ProcessorType> {
+    TYPES.iter().find(|t| t.name == kind)
+}
+
+/// The names of every type, for messages.
+fn known() -> String {
+    TYPES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+}
+
+/// Checks a definition's processor: a known type with settings it takes.
+/// `Err((path, message))`, the path relative to the definition.
+pub fn check(processor: &ProcessorSettings) -> Result<(), (String, String)> {
+    let Some(kind) = find(&processor.kind) else {
+        return Err((
+            "processor.type".into(),
+            format!(
+                "unknown processor type {:?} (known types: {})",
+                processor.kind,
+                known()
+            ),
+        ));
+    };
+    (kind.check)(processor).map_err(|(key, message)| (format!("processor.{key}"), message))
+}
+
+/// Builds the processor the deployment's definition names.
+pub fn build(deployment: &Deployment<'_>) -> Built {
+    let processor = &deployment.definition.processor;
+    // A loaded definition names a known type (`check`); one assembled in
+    // code is refused the same way.
+    let Some(kind) = find(&processor.kind) else {
+        let (path, message) = check(processor).err().unwrap_or_default();
+        return Err(crate::schema::DefinitionError::Invalid {
+            origin: "of this deployment".into(),
+            path,
+            message,
+        }
+        .into());
+    };
+    (kind.build)(processor, deployment)
+}
+
+/// For a type that takes no settings beyond its `type`.
+pub(super) fn no_settings(processor: &ProcessorSettings) -> Result<(), (String, String)> {
+    match processor.settings.keys().next() {
+        None => Ok(()),
+        Some(key) => Err((
+            key.clone(),
+            format!(
+                "the {} processor takes no settings besides \"type\"",
+                processor.kind
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(json: &str) -> ProcessorSettings {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_default_type_is_the_dynamodb_upsert() {
+        assert_eq!(ProcessorSettings::default().kind, "dynamodb");
+        assert!(settings(r#"{"type": "dynamodb"}"#).is_default());
+        assert_eq!(check(&ProcessorSettings::default()), Ok(()));
+    }
+
+    #[test]
+    fn an_unknown_type_is_refused_naming_it_and_the_known_ones() {
+        let (path, message) = check(&settings(r#"{"type": "carrier-pigeon"}"#)).unwrap_err();
+        assert_eq!(path, "processor.type");
+        assert_eq!(
+            message,
+            "unknown processor type \"carrier-pigeon\" (known types: dynamodb)"
+        );
+    }
+
+    #[test]
+    fn a_setting_the_type_does_not_take_is_refused_naming_it() {
+        let (path, message) =
+            check(&settings(r#"{"type": "dynamodb", "tabel": "x"}"#)).unwrap_err();
+        assert_eq!(path, "processor.tabel");
+        assert_eq!(
+            message,
+            "the dynamodb processor takes no settings besides \"type\""
+        );
+    }
+}
