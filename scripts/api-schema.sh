@@ -18,6 +18,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 # shellcheck source=scripts/venv.sh
 . "$root/scripts/venv.sh"
+# shellcheck source=scripts/lambda-watch.sh
+. "$root/scripts/lambda-watch.sh"
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   echo "AWS_ENDPOINT_URL is not set: run this through scripts/with-moto.sh" >&2
   exit 2
@@ -77,7 +79,6 @@ if [ "$(py get status <"$out/open.json")" != PROCESSING ]; then
 fi
 
 step "cargo lambda watch"
-port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # The functions' environment, as template.yaml sets it; the endpoint and
 # the dummy credentials come from with-moto.sh through the environment.
 env_vars=(
@@ -90,27 +91,7 @@ env_vars=(
   "REPORT_BUCKET=$bucket"
   "REPORT_PREFIX=reports/"
 )
-watch_args=(--ignore-changes --invoke-address 127.0.0.1 --invoke-port "$port")
-for v in "${env_vars[@]}"; do watch_args+=(--env-var "$v"); done
-# Own process group (set -m), so that stopping it stops the functions too.
-set -m
-cargo lambda watch "${watch_args[@]}" >"$out/watch.log" 2>&1 &
-watch_pid=$!
-set +m
-stop_watch() {
-  kill -TERM -- "-$watch_pid" 2>/dev/null || true
-  wait "$watch_pid" 2>/dev/null || true
-}
-trap stop_watch EXIT
-for _ in $(seq 1 300); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  if ! kill -0 "$watch_pid" 2>/dev/null; then
-    cat "$out/watch.log" >&2
-    echo "cargo lambda watch exited" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
+start_watch "$out/watch.log" "${env_vars[@]}"
 
 # The jobs and objects the tester draws from (libFuzzer dictionary files).
 printf '"%s"\n' "$completed" "$with_errors" "$processing" >"$out/job-ids.dict"
