@@ -141,12 +141,14 @@ pub struct JobItem {
     pub requeuing: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requeue_cursor: Option<String>,
-    #[serde(default)]
+    /// Set by a retry (absent on a job never retried: the job item stays
+    /// as small as it was).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub requeued_at: i64,
     /// When the current round's work started, and what it found settled.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub round_started_at: i64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub round_base: u64,
     /// Lifecycle events recorded and not yet delivered: a string set, moved
     /// by `ADD` (who records one) and `DELETE` (who acknowledges it).
@@ -168,6 +170,10 @@ pub struct JobItem {
     pub lpk: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lsk: Option<i64>,
+}
+
+fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Index partition listing the jobs still PROCESSING.
