@@ -1,19 +1,32 @@
-//! Phase two (the workers): claim a batch, validate and process its records,
-//! commit the outcome fenced by the claim, repeat; whoever commits the last
-//! batch finalizes the job, exactly once.
+//! Phase two (the workers): claim a batch, work on it, commit the outcome
+//! fenced by the claim, repeat; whoever commits the last batch finalizes the
+//! job, exactly once.
+//!
+//! This module is the protocol, the same whatever a batch holds: claiming a
+//! batch under a lease, renewing the lease while the batch is worked on,
+//! committing the outcome fenced by the claim, handing the batch back when
+//! its work fails or runs out of time, failing the job after a commit when
+//! `continueOnError` is off, and completing or finalizing the job when
+//! nothing is left or the deadline is near. The protocol ends where a claimed
+//! batch is turned into an outcome: that is the batch's kind (`BatchKind`),
+//! chosen in `Worker::kind_of`. Every batch today is a batch of imported
+//! records (`records`).
+
+mod records;
 
 use crate::clock::{Clock, Instant};
 use crate::events::JobEvents;
 use crate::finalize::{FinalizeError, Finalizer};
-use crate::job::{FailedRecord, FieldIssue, JobId, StagedRecord};
+use crate::job::JobId;
 use crate::metrics::{Metric, MetricsSink};
-use crate::processor::{BatchContext, ProcessContext, ProcessError, RecordProcessor};
+use crate::processor::{ProcessError, RecordProcessor};
 use crate::report::ReportSink;
 use crate::retry::Backoff;
 use crate::rng::Rng;
-use crate::schema::{Definition, ValidRecord};
-use crate::store::{BatchOutcome, BatchState, Claim, ClaimedBatch, JobStore, StoreError};
-use crate::throttle::{self, Grant, Limiter, Throttle, ThrottleError};
+use crate::schema::Definition;
+use crate::store::{BatchOutcome, Claim, ClaimedBatch, JobStore, StoreError};
+use crate::throttle::{Throttle, ThrottleError};
+use async_trait::async_trait;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -98,20 +111,46 @@ pub enum WorkError {
     },
 }
 
+/// A kind of batch: what a claimed batch holds and how it is worked on.
+///
+/// The protocol claims the batch, keeps its lease alive while `work` runs,
+/// commits the outcome `work` returns (fenced by the claim), and decides
+/// from an `Unfinished` what becomes of the batch. A new kind of batch is a
+/// file of its own in this module (declared with `mod` beside `records`)
+/// with a type that implements `work`, and one line in `Worker::kind_of`,
+/// which chooses the kind of each claimed batch.
+#[async_trait]
+trait BatchKind: Send + Sync {
+    /// Turns the claimed batch into the outcome to commit. Work that waits
+    /// (such as for a throughput cap) stops at `stop_at`, if any, with
+    /// `Unfinished::OutOfTime`, leaving the rest of the margin to give the
+    /// batch back. A batch may be worked on again (reclaimed after a lost
+    /// lease, handed back, requeued by a retry), so the work must be safe to
+    /// repeat; the claim tells which attempt this is.
+    async fn work(
+        &self,
+        claim: &ClaimedBatch,
+        stop_at: Option<Instant>,
+    ) -> Result<BatchOutcome, Unfinished>;
+}
+
 /// Why work on a claimed batch ended without an outcome to commit.
 #[derive(Debug, thiserror::Error)]
 enum Unfinished {
+    /// A lost claim drops the work; a transient error hands the batch back.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The throughput cap's windows could not be reached.
     #[error(transparent)]
     Throttle(#[from] ThrottleError),
-    /// The throughput cap has no room left before the worker must stop.
-    #[error("the throughput cap has no room before the invocation's deadline")]
+    /// No time is left before the worker must stop: the batch goes back
+    /// without the attempt counting against it.
+    #[error("no time is left for the batch before the invocation's deadline")]
     OutOfTime,
-    /// The processor's `finish_batch` failed.
-    #[error("finishing the batch failed")]
-    Finish(#[source] ProcessError),
+    /// The kind's own work failed, though the batch did not: the batch goes
+    /// back and the run fails with this error, whose source is the cause.
+    #[error(transparent)]
+    Failed(WorkError),
 }
 
 impl Worker<'_> {
@@ -238,15 +277,10 @@ impl Worker<'_> {
                     }
                     return Err(e.into());
                 }
-                Err(Unfinished::Finish(source)) => {
+                Err(Unfinished::Failed(e)) => {
                     // As for a transient store error: this attempt fails and
                     // the batch goes back, so another worker need not wait
                     // for the lease (if this fails too, the lease expires).
-                    let e = WorkError::FinishBatch {
-                        job: job.clone(),
-                        batch: claim.index,
-                        source,
-                    };
                     let reason = crate::telemetry::error_chain(&e);
                     let _ = self.store.release_batch(&claim, &reason).await;
                     return Err(e);
@@ -255,9 +289,9 @@ impl Worker<'_> {
                     // The batch did not fail, the invocation ran out: give it
                     // back without it counting toward maxAttempts, so a
                     // batch slowed by the cap is never declared poison.
-                    // The next claim writes its records again from the
-                    // first (processors are idempotent). No completion
-                    // check: this batch is not done, so the job is not.
+                    // The next claim works on it again from the start (a
+                    // kind's work is safe to repeat). No completion check:
+                    // this batch is not done, so the job is not.
                     match self.store.yield_batch(&claim).await {
                         Ok(()) => {
                             tracing::info!(job_id = %job, batch = claim.index, version = claim.version, "out of time under the throughput cap; batch given back")
@@ -275,14 +309,15 @@ impl Worker<'_> {
         }
     }
 
-    /// Processes and commits one claimed batch while keeping its lease
-    /// alive; `OutOfTime` when the cap leaves no room before `stop_at`.
+    /// Works on and commits one claimed batch while keeping its lease
+    /// alive; `OutOfTime` when its work has no room before `stop_at`.
     async fn work_on(
         &self,
         claim: &ClaimedBatch,
         stop_at: Option<Instant>,
     ) -> Result<BatchOutcome, Unfinished> {
-        let work = self.process(claim, stop_at);
+        let kind = self.kind_of(claim);
+        let work = kind.work(claim, stop_at);
         tokio::pin!(work);
         let every = self.settings.lease / 3;
         let outcome = loop {
@@ -310,207 +345,11 @@ impl Worker<'_> {
         Ok(outcome)
     }
 
-    /// Validates and processes the batch's records into an outcome.
-    async fn process(
-        &self,
-        claim: &ClaimedBatch,
-        stop_at: Option<Instant>,
-    ) -> Result<BatchOutcome, Unfinished> {
-        let max_attempts = u64::from(self.definition.max_attempts);
-        // A retry's rerun keeps what the earlier run settled: records that
-        // succeeded, and validation failures (the file is what it is).
-        let earlier = match claim.rerun {
-            Some(_) => Some(Earlier::of(
-                self.store
-                    .failed_records(&claim.job_id, claim.index)
-                    .await?,
-            )),
-            None => None,
-        };
-        let records = match self.load(claim).await {
-            Ok(records) => records,
-            // Every claim of a corrupt batch fails the same way: after
-            // maxAttempts it is a poison batch, failed without its records.
-            Err(e @ StoreError::Corrupt { .. }) if claim.attempt > max_attempts => {
-                let mut outcome = unloadable(claim, &e, max_attempts);
-                if let (Some(earlier), Some(prior)) = (earlier, claim.rerun) {
-                    let rerun = claim.record_count - prior.processed - prior.failed;
-                    outcome.failed.truncate(rerun as usize);
-                    outcome.failed.extend(earlier.kept);
-                    outcome.processed = prior.processed;
-                }
-                return Ok(outcome);
-            }
-            Err(e @ StoreError::Corrupt { .. }) => {
-                // `run` gives back only transiently failed batches; give this
-                // one back too, so the next attempt need not wait for the
-                // lease and the last one can say what went wrong.
-                if let Err(release) = self.store.release_batch(claim, &e.to_string()).await {
-                    tracing::warn!(job_id = %claim.job_id, batch = claim.index, error = %release, "releasing an unloadable batch failed; its lease will expire");
-                }
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let (records, mut failed, settled) = match earlier {
-            Some(earlier) => earlier.split(records, claim.rerun.map_or(0, |r| r.processed)),
-            None => (records, Vec::new(), 0),
-        };
-        if claim.attempt > max_attempts {
-            let mut outcome = poisoned(claim, &records, max_attempts);
-            outcome.processed = settled;
-            outcome.failed.append(&mut failed);
-            outcome.failed.sort_by_key(|f| f.line);
-            return Ok(outcome);
-        }
-        let mut valid = Vec::with_capacity(records.len());
-        for record in &records {
-            match self.definition.validate(record) {
-                Ok(v) => valid.push(v),
-                Err(issues) => failed.push(FailedRecord::invalid(record.line, issues)),
-            }
-        }
-        let processed = self
-            .run_processor(claim, &valid, &mut failed, stop_at)
-            .await?;
-        let batch = BatchContext {
-            job_id: &claim.job_id,
-            batch_index: claim.index,
-            definition: self.definition,
-        };
-        self.processor
-            .finish_batch(&batch)
-            .await
-            .map_err(Unfinished::Finish)?;
-        failed.sort_by_key(|f| f.line);
-        Ok(BatchOutcome {
-            state: BatchState::Done,
-            processed: settled + processed,
-            failed,
-            error: None,
-        })
-    }
-
-    /// The batch's records, checked against the count the claim carries (a
-    /// lost chunk item shows only as missing records).
-    async fn load(&self, claim: &ClaimedBatch) -> Result<Vec<StagedRecord>, StoreError> {
-        let records = self.store.load_records(&claim.job_id, claim.index).await?;
-        if records.len() as u64 != claim.record_count {
-            return Err(StoreError::Corrupt {
-                job: claim.job_id.clone(),
-                message: format!(
-                    "batch {} holds {} records, expected {}",
-                    claim.index,
-                    records.len(),
-                    claim.record_count
-                ),
-            });
-        }
-        Ok(records)
-    }
-
-    /// Runs the processor with retries for retryable errors; returns how many
-    /// records succeeded and adds the rest to `failed`. Fails only when the
-    /// throughput cap's windows cannot be reached or have no room before
-    /// `stop_at`.
-    async fn run_processor(
-        &self,
-        claim: &ClaimedBatch,
-        valid: &[ValidRecord],
-        failed: &mut Vec<FailedRecord>,
-        stop_at: Option<Instant>,
-    ) -> Result<u64, Unfinished> {
-        let mut pending: Vec<&ValidRecord> = valid.iter().collect();
-        let mut processed = 0;
-        let max_retries = self.definition.max_retries;
-        for retry in 0..=max_retries {
-            if retry > 0 {
-                self.settings
-                    .backoff
-                    .sleep(retry - 1, self.clock, self.rng)
-                    .await;
-            }
-            let ctx = ProcessContext {
-                job_id: &claim.job_id,
-                batch_index: claim.index,
-                retry,
-                definition: self.definition,
-            };
-            let results = self.call_processor(claim, &pending, &ctx, stop_at).await?;
-            let mut again = Vec::new();
-            for (record, result) in pending.into_iter().zip(results) {
-                match result {
-                    Ok(()) => processed += 1,
-                    Err(e) if e.is_retryable() && retry < max_retries => again.push(record),
-                    Err(e) => {
-                        let message = if e.is_retryable() {
-                            format!("processing failed after {} retries: {e}", max_retries)
-                        } else {
-                            format!("processing failed: {e}")
-                        };
-                        failed.push(FailedRecord::unprocessed(
-                            record.line,
-                            vec![FieldIssue::new(None, None, message)],
-                        ));
-                    }
-                }
-            }
-            if again.is_empty() {
-                break;
-            }
-            self.metrics.record(Metric::ProcessorRetries {
-                records: again.len() as u64,
-            });
-            pending = again;
-        }
-        Ok(processed)
-    }
-
-    /// One result per record from the processor. Under a throughput cap the
-    /// records go in slices of at most a tenth of the cap, each reserved in
-    /// the job's current window first (waiting for a window with room), so
-    /// a batch larger than the cap spreads over several seconds, and stops
-    /// (`OutOfTime`) rather than wait for a window past `stop_at`.
-    async fn call_processor(
-        &self,
-        claim: &ClaimedBatch,
-        records: &[&ValidRecord],
-        ctx: &ProcessContext<'_>,
-        stop_at: Option<Instant>,
-    ) -> Result<Vec<Result<(), ProcessError>>, Unfinished> {
-        let cap = throttle::cap_of(
-            self.definition.max_write_units_per_second,
-            self.settings.max_write_units_per_second,
-        );
-        // A processor that does not write DynamoDB costs nothing against
-        // the cap: it runs as if there were none.
-        let (Some(cap), Some(cost)) = (cap, self.processor.write_cost()) else {
-            let results = self.processor.process_batch(records, ctx).await;
-            return Ok(one_result_per_record(claim, records.len(), results));
-        };
-        let limiter = Limiter {
-            throttle: self.throttle,
-            clock: self.clock,
-            rng: self.rng,
-            job: &claim.job_id,
-            cap,
-            stop_at,
-        };
-        let units: Vec<u64> = records.iter().map(|r| cost.write_units(r, ctx)).collect();
-        let mut results = Vec::with_capacity(records.len());
-        for run in throttle::slices(&units, limiter.slice()) {
-            let acquired = match limiter.acquire(units[run.clone()].iter().sum()).await? {
-                Grant::Granted(acquired) => acquired,
-                Grant::OutOfTime(_) => return Err(Unfinished::OutOfTime),
-            };
-            if acquired.full > 0 {
-                tracing::debug!(job_id = %claim.job_id, batch = claim.index, windows_full = acquired.full, "waited for the throughput cap");
-            }
-            let slice = &records[run];
-            let answers = self.processor.process_batch(slice, ctx).await;
-            results.extend(one_result_per_record(claim, slice.len(), answers));
-        }
-        Ok(results)
+    /// The kind of a claimed batch, which works on it. Every batch is a
+    /// batch of imported records today; another kind is chosen here, by a
+    /// line matching what the claim says the batch holds.
+    fn kind_of(&self, _claim: &ClaimedBatch) -> Box<dyn BatchKind + '_> {
+        Box::new(records::Records::of(self))
     }
 
     fn finalizer(&self, deadline: Option<Instant>) -> Finalizer<'_> {
@@ -575,114 +414,6 @@ fn settled_now(claim: &ClaimedBatch, outcome: &BatchOutcome) -> (u64, u64) {
         outcome.processed.saturating_sub(prior.processed),
         (outcome.failed.len() as u64).saturating_sub(prior.failed),
     )
-}
-
-/// What a requeued batch's earlier run settled: its validation failures
-/// (kept as they are) and the lines whose processing failed (run again).
-struct Earlier {
-    kept: Vec<FailedRecord>,
-    rerun: std::collections::HashSet<u64>,
-    /// The earlier run could not load the records (failures on line 0): run
-    /// every record not kept.
-    all: bool,
-}
-
-impl Earlier {
-    fn of(failures: Vec<FailedRecord>) -> Self {
-        let (kept, rerun): (Vec<_>, Vec<_>) =
-            failures.into_iter().partition(|f| f.stage.is_validation());
-        Earlier {
-            all: rerun.iter().any(|f| f.line == 0),
-            rerun: rerun.iter().map(|f| f.line).collect(),
-            kept,
-        }
-    }
-
-    /// The records to run again, the failures kept, and how many records
-    /// the earlier run processed (`processed`, which stays counted).
-    fn split(
-        self,
-        records: Vec<StagedRecord>,
-        processed: u64,
-    ) -> (Vec<StagedRecord>, Vec<FailedRecord>, u64) {
-        let kept_lines: std::collections::HashSet<u64> = self.kept.iter().map(|f| f.line).collect();
-        let rerun = records
-            .into_iter()
-            .filter(|r| {
-                if self.all {
-                    !kept_lines.contains(&r.line)
-                } else {
-                    self.rerun.contains(&r.line)
-                }
-            })
-            .collect();
-        (rerun, self.kept, if self.all { 0 } else { processed })
-    }
-}
-
-/// A processor must answer once per record, in order. A miscounting one
-/// must not make records vanish from both counts: records left without a
-/// result fail (permanently: retrying a bug does not fix it), and surplus
-/// results, which belong to no record, are dropped.
-fn one_result_per_record(
-    claim: &ClaimedBatch,
-    records: usize,
-    mut results: Vec<Result<(), ProcessError>>,
-) -> Vec<Result<(), ProcessError>> {
-    let returned = results.len();
-    if returned != records {
-        tracing::error!(job_id = %claim.job_id, batch = claim.index, returned, records, "the processor returned a result count different from the record count");
-        let message = format!("the processor returned {returned} results for {records} records");
-        results.truncate(records);
-        results.resize_with(records, || Err(ProcessError::permanent(message.clone())));
-    }
-    results
-}
-
-/// A batch claimed more than `max_attempts` times crashed every worker that
-/// took it: fail its records (with their lines) so the job can finish.
-fn poisoned(claim: &ClaimedBatch, records: &[StagedRecord], max_attempts: u64) -> BatchOutcome {
-    let cause = claim
-        .last_error
-        .as_deref()
-        .unwrap_or("the worker stopped without committing");
-    let message = format!("batch abandoned after {max_attempts} attempts; last error: {cause}");
-    tracing::error!(job_id = %claim.job_id, batch = claim.index, attempts = claim.attempt - 1, "poison batch failed");
-    BatchOutcome {
-        state: BatchState::Failed,
-        processed: 0,
-        failed: records
-            .iter()
-            .map(|r| {
-                FailedRecord::unprocessed(
-                    r.line,
-                    vec![FieldIssue::new(None, None, message.clone())],
-                )
-            })
-            .collect(),
-        error: Some(message),
-    }
-}
-
-/// A poison batch whose records cannot be loaded: its lines are unknown,
-/// but its record count is not, and the job's counters must add up to it.
-/// So each record fails on line 0 with a message that names the batch.
-fn unloadable(claim: &ClaimedBatch, error: &StoreError, max_attempts: u64) -> BatchOutcome {
-    let message = format!(
-        "batch {}: records could not be loaded after {max_attempts} attempts: {error}",
-        claim.index
-    );
-    tracing::error!(job_id = %claim.job_id, batch = claim.index, attempts = claim.attempt - 1, error = %error, "unloadable batch failed");
-    BatchOutcome {
-        state: BatchState::Failed,
-        processed: 0,
-        failed: (0..claim.record_count)
-            .map(|_| {
-                FailedRecord::unprocessed(0, vec![FieldIssue::new(None, None, message.clone())])
-            })
-            .collect(),
-        error: Some(message),
-    }
 }
 
 #[cfg(test)]

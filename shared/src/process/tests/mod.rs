@@ -12,11 +12,12 @@ mod retry;
 
 use super::*;
 use crate::events::MemoryEvents;
-use crate::job::{now_ms, SourceRef};
-use crate::processor::ProcessError;
+use crate::job::{now_ms, SourceRef, StagedRecord};
+use crate::processor::{ProcessContext, ProcessError};
 use crate::report::MemoryReports;
+use crate::schema::ValidRecord;
 use crate::store::memory::MemoryStore;
-use crate::store::{ClaimStore, JobControl, PrepareStore};
+use crate::store::{BatchState, ClaimStore, JobControl, PrepareStore};
 use crate::store::{CreateOutcome, NewBatch, PrepareLease};
 use crate::throttle::MemoryThrottle;
 use async_trait::async_trait;
