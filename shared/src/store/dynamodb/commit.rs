@@ -1,0 +1,242 @@
+//! Committing a claimed batch: one fenced transaction writes its outcome,
+//! its failure items and a counter shard's share of the job's totals;
+//! failure detail is trimmed to what one transaction can carry.
+
+use super::*;
+
+impl DynamoStore {
+    pub(super) async fn commit_batch(
+        &self,
+        claim: &ClaimedBatch,
+        outcome: &BatchOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let job = &claim.job_id;
+        let failed = fit_failures(&outcome.failed);
+        let packed = codec::pack(&failed);
+        // A rerun replaces the earlier run's failure items: those past the
+        // new count go.
+        let stale = match claim.rerun {
+            Some(_) => self.failure_parts(job, claim.index).await?,
+            None => Vec::new(),
+        };
+        let stale: Vec<String> = stale
+            .into_iter()
+            .filter(|sk| (0..packed.len()).all(|i| failure_sk(claim.index, i) != *sk))
+            .collect();
+        let failure_items = packed
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                to_item(PackedItem {
+                    pk: failure_pk(job, claim.index),
+                    sk: failure_sk(claim.index, i),
+                    d,
+                    expires_at: self.expires_at(now_ms),
+                })
+            })
+            .collect::<Result<Vec<Item>, _>>()
+            .map_err(|e| corrupt(job, e))?;
+        let failure_units: f64 = failure_items
+            .iter()
+            .map(|i| write_units(item_size(i)))
+            .sum();
+        let own = Cost {
+            requests: 1,
+            // Batch and counter items, doubled in a transaction, the index
+            // entry removal, the failure items and the stale ones deleted.
+            write_units: 2.0 * (2.0 + failure_units + stale.len() as f64) + 1.0,
+            ..Cost::default()
+        };
+        let cost = self.meter.take(job, own);
+
+        let mut batch_values: Item = HashMap::from([
+            (":processing".into(), s(BatchState::Processing.as_str())),
+            (":v".into(), n(claim.version)),
+            (":st".into(), s(outcome.state.as_str())),
+            (":p".into(), n(outcome.processed)),
+            (":f".into(), n(outcome.failed.len())),
+            (":at".into(), n(now_ms)),
+            (":round".into(), n(claim.round)),
+        ]);
+        let mut set =
+            "SET #state = :st, #processed = :p, failed = :f, finishedAt = :at, #round = :round"
+                .to_string();
+        if let Some(e) = &outcome.error {
+            batch_values.insert(":e".into(), s(truncate_value(e)));
+            set.push_str(", lastError = :e");
+        }
+        let batch_update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(batch_pk(job, claim.index), BATCH_SK)))
+            .update_expression(format!(
+                "{set} REMOVE gpk, gsk, priorProcessed, priorFailed"
+            ))
+            .condition_expression("#state = :processing AND version = :v")
+            .set_expression_attribute_names(Some(names(&[
+                ("#state", "state"),
+                ("#processed", "processed"),
+                ("#round", "round"),
+            ])))
+            .set_expression_attribute_values(Some(batch_values))
+            .build()
+            .expect("update is complete");
+        // A rerun's outcome covers the whole batch; the counters still hold
+        // what its earlier run left (see `requeue_batch`).
+        let prior = claim.rerun.unwrap_or(Rerun {
+            processed: 0,
+            failed: 0,
+        });
+        let mut counter_values: Item = HashMap::from([
+            (":one".into(), n(1)),
+            (":at".into(), n(now_ms)),
+            (
+                ":p".into(),
+                n(outcome.processed as i64 - prior.processed as i64),
+            ),
+            (
+                ":f".into(),
+                n(outcome.failed.len() as i64 - prior.failed as i64),
+            ),
+            // A rerun's earlier processing failures left the count when it
+            // was requeued: whatever fails in processing now is new.
+            (
+                ":r".into(),
+                n(outcome
+                    .failed
+                    .iter()
+                    .filter(|f| !f.stage.is_validation())
+                    .count()),
+            ),
+        ]);
+        with_cost(&mut counter_values, cost);
+        let expiry = self.expiry_clause(&mut counter_values);
+        let counter_update = self.counter_shard_update(
+            job,
+            format!(
+                "{ADD_COST}, batchesDone :one, #processed :p, failed :f, retryable :r SET updatedAt = :at{expiry}"
+            ),
+            counter_values,
+            Some(names(&[("#processed", "processed")])),
+        );
+        let mut items = vec![
+            TransactWriteItem::builder().update(batch_update).build(),
+            TransactWriteItem::builder().update(counter_update).build(),
+        ];
+        for item in failure_items {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .build()
+                .expect("put is complete");
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        for sk in stale {
+            let delete = Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(failure_pk(job, claim.index), &sk)))
+                .build()
+                .expect("delete is complete");
+            items.push(TransactWriteItem::builder().delete(delete).build());
+        }
+        let tok = token(&[
+            job.as_str(),
+            "commit",
+            &claim.index.to_string(),
+            &claim.version.to_string(),
+        ]);
+        match self.transact(job, items, own, Some(tok)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Cancelled::TokenReused)) => {
+                // A commit of this very claim went out before (its answer
+                // lost, or a second call): if it landed, the batch is
+                // committed at this version and counted once.
+                self.meter.restore(job, cost);
+                match self.batch_info(job, claim.index).await? {
+                    Some(b)
+                        if b.version == claim.version
+                            && matches!(b.state, BatchState::Done | BatchState::Failed) =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(StoreError::claim_lost(claim)),
+                }
+            }
+            Ok(Err(refused)) => {
+                let at = match refused {
+                    Cancelled::Condition(at) => Some(at),
+                    _ => None,
+                };
+                tracing::debug!(job_id = %job, batch = claim.index, item = ?at, "commit refused by its condition");
+                self.meter.restore(job, cost);
+                Err(StoreError::claim_lost(claim))
+            }
+            Err(e) => {
+                self.meter.restore(job, cost);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl DynamoStore {
+    /// An update of one of the job's counter shards, picked at random, not
+    /// the job item: transactions running at the same time rarely meet on
+    /// one item (a transaction holds its items), and each shard takes about
+    /// 1/SHARDS of them. The pick is made once, so a retry of the
+    /// transaction sends the same one.
+    pub(super) fn counter_shard_update(
+        &self,
+        job: &JobId,
+        expression: String,
+        values: Item,
+        names: Option<HashMap<String, String>>,
+    ) -> Update {
+        Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                counter_pk(job, self.rng.below(SHARDS)),
+                COUNTERS_SK,
+            )))
+            .update_expression(expression)
+            .set_expression_attribute_names(names)
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .expect("update is complete")
+    }
+
+    /// Sort keys of a batch's failure items.
+    async fn failure_parts(&self, job: &JobId, index: u64) -> Result<Vec<String>, StoreError> {
+        let parts = self
+            .query_parts::<FailedRecord>(job, failure_pk(job, index), &failure_sk_prefix(index))
+            .await?;
+        Ok(parts.into_iter().map(|(sk, _)| sk).collect())
+    }
+}
+
+/// Keeps failure detail within what one commit can carry: when a batch fails
+/// wholesale with many issues each, keep every line but only its first issue.
+fn fit_failures(failed: &[FailedRecord]) -> std::borrow::Cow<'_, [FailedRecord]> {
+    let total: usize = failed.iter().map(codec::encoded_len).sum();
+    if total <= MAX_FAILURE_BYTES {
+        return failed.into();
+    }
+    failed
+        .iter()
+        .map(|f| FailedRecord {
+            line: f.line,
+            issues: f
+                .issues
+                .iter()
+                .take(1)
+                .map(|i| crate::job::FieldIssue {
+                    field: i.field.clone(),
+                    value: None,
+                    message: truncate_value(&i.message),
+                })
+                .collect(),
+            stage: f.stage,
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
