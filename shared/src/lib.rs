@@ -31,6 +31,7 @@ pub mod queue;
 pub mod report;
 pub mod retry;
 pub mod rng;
+pub mod routes;
 pub mod schema;
 pub mod source;
 pub mod status;

@@ -1,11 +1,13 @@
 //! Each job runs on the import definition it was created with: the
-//! orchestrator pins the deployment's definition to a new job, and every
+//! orchestrator pins the definition its object is routed to (`routes`) to
+//! a new job, and every
 //! later phase of that job (a resumed prepare, workers, the sweeper) uses
 //! the pinned copy, whatever the deployment says by then. Otherwise a
 //! change of `batchSize` or of the field order between a crash and the
 //! resume would cut different batches or misread stored values.
 
 use crate::job::JobId;
+use crate::routes::Routes;
 use crate::schema::{Definition, DefinitionError};
 use crate::store::{JobStore, StoreError};
 use std::collections::HashMap;
@@ -21,6 +23,8 @@ pub enum PinError {
         #[source]
         source: DefinitionError,
     },
+    #[error("job {job} has no pinned definition and no route takes its object")]
+    Unrouted { job: JobId },
 }
 
 /// Pinned definitions, parsed once per process and job.
@@ -45,24 +49,29 @@ impl PinnedDefinitions {
         self.load(job, &pinned)
     }
 
-    /// The definition pinned to `job`; `current` for a job that has none
-    /// (created before definitions were pinned).
+    /// The definition pinned to `job`; for a job that has none (created
+    /// before definitions were pinned), the one its object is routed to now.
     pub async fn of(
         &self,
         store: &dyn JobStore,
         job: &JobId,
-        current: &Definition,
+        routes: &Routes,
     ) -> Result<Arc<Definition>, PinError> {
         if let Some(d) = self.cached(job) {
             return Ok(d);
         }
-        match store.pinned_definition(job).await? {
-            Some(pinned) => self.load(job, &pinned),
-            None => {
-                tracing::warn!(job_id = %job, "job has no pinned definition; using the deployment's");
-                Ok(Arc::new(current.clone()))
-            }
+        if let Some(pinned) = store.pinned_definition(job).await? {
+            return self.load(job, &pinned);
         }
+        tracing::warn!(job_id = %job, "job has no pinned definition; using the one its object is routed to");
+        let routed = match store.get_job(job).await? {
+            Some(found) => routes.route(&found.source),
+            // Gone already: whatever reads it next finds nothing either.
+            None => Some(routes.primary()),
+        };
+        routed
+            .cloned()
+            .ok_or_else(|| PinError::Unrouted { job: job.clone() })
     }
 
     fn cached(&self, job: &JobId) -> Option<Arc<Definition>> {
@@ -87,5 +96,66 @@ impl PinnedDefinitions {
             .expect("definition cache poisoned")
             .insert(job.clone(), definition.clone());
         Ok(definition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::SourceRef;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{CreateOutcome, PrepareLease, PrepareStore};
+
+    fn definition(batch_size: usize) -> Definition {
+        let json = format!(
+            r#"{{"fields": [{{"name": "id", "type": "string"}}], "batchSize": {batch_size}}}"#
+        );
+        Definition::from_json(&json, "test").unwrap()
+    }
+
+    /// A job created without a pinned definition, as before pinning.
+    async fn unpinned_job(store: &MemoryStore, key: &str) -> JobId {
+        let source = SourceRef {
+            bucket: "uploads".into(),
+            key: key.into(),
+            version: "v1".into(),
+        };
+        let lease = PrepareLease {
+            owner: "orchestrator".into(),
+            lease_ms: 60_000,
+        };
+        let CreateOutcome::Created(job) = store.create_job(&source, &lease, 0).await.unwrap()
+        else {
+            panic!("the job is new");
+        };
+        job.id
+    }
+
+    #[tokio::test]
+    async fn a_pinned_copy_wins_over_the_routes() {
+        let store = MemoryStore::new();
+        let job = unpinned_job(&store, "users.csv").await;
+        let pinned = PinnedDefinitions::default();
+        let first = pinned.pin(&store, &job, &definition(7)).await.unwrap();
+        assert_eq!(first.batch_size, 7);
+        let routes = Routes::single(definition(9));
+        let again = PinnedDefinitions::default();
+        assert_eq!(again.of(&store, &job, &routes).await.unwrap().batch_size, 7);
+    }
+
+    #[tokio::test]
+    async fn a_job_with_no_pinned_copy_runs_on_the_definition_its_object_is_routed_to() {
+        let store = MemoryStore::new();
+        let routed = unpinned_job(&store, "orders/1.csv").await;
+        let unrouted = unpinned_job(&store, "users/1.csv").await;
+        let routes = Routes::prefixed("orders/", definition(5));
+        let pinned = PinnedDefinitions::default();
+        let found = pinned.of(&store, &routed, &routes).await.unwrap();
+        assert_eq!(found.batch_size, 5);
+        let err = pinned.of(&store, &unrouted, &routes).await.unwrap_err();
+        assert!(
+            matches!(&err, PinError::Unrouted { job } if *job == unrouted),
+            "{err}"
+        );
     }
 }

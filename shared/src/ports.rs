@@ -17,6 +17,7 @@ use crate::processor::RecordProcessor;
 use crate::queue::{PrepareQueue, QueueError, WorkQueue};
 use crate::report::ReportSink;
 use crate::rng::Rng;
+use crate::routes::Routes;
 use crate::schema::Definition;
 use crate::store::JobStore;
 use crate::sweep::Sweeper;
@@ -42,9 +43,9 @@ pub struct Deps {
     pub processor: Option<Arc<dyn RecordProcessor>>,
     /// The windows of jobs' throughput caps (`maxWriteUnitsPerSecond`).
     pub throttle: Arc<dyn Throttle>,
-    /// The deployment's definition: pinned to each new job, which then
-    /// runs on its pinned copy (`pinned`).
-    pub definition: Arc<Definition>,
+    /// Which definition an uploaded object is imported with: pinned to
+    /// each new job, which then runs on its pinned copy (`pinned`).
+    pub routes: Arc<Routes>,
     pub pinned: Arc<PinnedDefinitions>,
     pub prepare: PrepareSettings,
     pub worker: WorkerSettings,
@@ -132,9 +133,9 @@ impl Deps {
             prepare_queue: self.prepare_queue.as_deref(),
             metrics: self.metrics.as_ref(),
             pinned: &self.pinned,
-            definition: &self.definition,
-            preparer: self.preparer(&self.definition),
-            finalizer: self.finalizer(&self.definition),
+            routes: &self.routes,
+            preparer: self.preparer(self.routes.primary()),
+            finalizer: self.finalizer(self.routes.primary()),
             steering: self.steering(),
             clock: &self.clock,
         }

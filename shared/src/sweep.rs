@@ -14,7 +14,7 @@ use crate::metrics::{Metric, MetricsSink};
 use crate::pinned::PinnedDefinitions;
 use crate::prepare::{PrepareError, Preparer};
 use crate::queue::{PrepareQueue, QueueError, WorkMessage, WorkQueue};
-use crate::schema::Definition;
+use crate::routes::Routes;
 use crate::steer::Steering;
 use crate::store::{JobStore, StoreError};
 use serde::Serialize;
@@ -84,8 +84,9 @@ pub struct Sweeper<'a> {
     pub prepare_queue: Option<&'a dyn PrepareQueue>,
     pub metrics: &'a dyn MetricsSink,
     pub pinned: &'a PinnedDefinitions,
-    /// The deployment's definition, pinned to jobs that have none yet.
-    pub definition: &'a Definition,
+    /// For jobs created before definitions were pinned: the definition
+    /// their object is routed to.
+    pub routes: &'a Routes,
     pub preparer: Preparer<'a>,
     pub finalizer: Finalizer<'a>,
     pub steering: Steering<'a>,
@@ -135,7 +136,7 @@ impl Sweeper<'_> {
         id: &JobId,
         deadline: Option<Instant>,
     ) -> Result<crate::finalize::Settled, SweepError> {
-        let definition = self.pinned.of(self.store, id, self.definition).await?;
+        let definition = self.pinned.of(self.store, id, self.routes).await?;
         Ok(self
             .finalizer
             .on(&definition)
@@ -156,7 +157,7 @@ impl Sweeper<'_> {
         report: &mut SweepReport,
     ) -> Result<(), SweepError> {
         let store = self.store;
-        let definition = self.pinned.of(store, id, self.definition).await?;
+        let definition = self.pinned.of(store, id, self.routes).await?;
         let finalizer = self.finalizer.on(&definition).until(deadline);
         let Some(job) = store.get_job(id).await? else {
             return Ok(());

@@ -65,7 +65,7 @@ async fn a_prepare_aborted_midway_resumes_at_its_checkpoint_on_retry() {
     let stack = Stack::new(DEFINITION).await;
     let job = handed_off(&stack, "uploads/stopped.csv").await;
 
-    let definition = stack.deps.definition.clone();
+    let definition = stack.deps.routes.primary().clone();
     assert!(stack
         .deps
         .finalizer(&definition)

@@ -23,6 +23,7 @@ use crate::processor::RecordProcessor;
 use crate::queue::{PrepareQueue, SqsQueue};
 use crate::report::S3Reports;
 use crate::rng::Rng;
+use crate::routes::Routes;
 use crate::store::dynamodb::DynamoStore;
 use std::sync::Arc;
 
@@ -62,6 +63,8 @@ impl Deps {
         processor: Option<Arc<dyn RecordProcessor>>,
         metrics: Arc<dyn MetricsSink>,
     ) -> Result<Deps, ConfigError> {
+        // One definition for every object, for now: the deployment's routes
+        // are that one route.
         let definition = load_definition(&settings.definition, &clients.s3).await?;
         // Where the definition meets the deployment's default cap: refuse,
         // at cold start, a cap under which a batch would never finish
@@ -113,7 +116,7 @@ impl Deps {
             )),
             metrics,
             processor,
-            definition: Arc::new(definition),
+            routes: Arc::new(Routes::single(definition)),
             pinned: Arc::default(),
             prepare: PrepareSettings {
                 max_workers: settings.max_workers,

@@ -159,9 +159,15 @@ pub async fn handle(
     let mut results = Vec::new();
     for (i, record) in event.payload.records.iter().enumerate() {
         let source = source_of(deps.versions.as_ref(), record, i).await?;
+        let Some(routed) = deps.routes.route(&source) else {
+            // Only objects the deployment's notifications send arrive here:
+            // one no route takes is a misconfiguration, not an import.
+            tracing::warn!(object = %source, "no route takes the object; left alone");
+            continue;
+        };
         let definition = deps
             .pinned
-            .pin(deps.store.as_ref(), &source.job_id(), &deps.definition)
+            .pin(deps.store.as_ref(), &source.job_id(), routed)
             .await?;
         let preparer = deps.preparer(&definition);
         let span = tracing::info_span!("prepare", job_id = %source.job_id(), object = %source);
@@ -263,7 +269,7 @@ pub async fn continue_prepares(
             if job.prepared || job.status.is_final() {
                 return Ok(true);
             }
-            let definition = deps.pinned.of(store, &job.id, &deps.definition).await?;
+            let definition = deps.pinned.of(store, &job.id, &deps.routes).await?;
             let span = tracing::info_span!("continue", job_id = %job.id);
             let outcome = deps
                 .preparer(&definition)

@@ -42,7 +42,7 @@ pub async fn handle(
         let result = async {
             let definition = deps
                 .pinned
-                .of(deps.store.as_ref(), &job, &deps.definition)
+                .of(deps.store.as_ref(), &job, &deps.routes)
                 .await?;
             let worker = deps.worker(processor.as_ref(), &definition);
             let report = worker.run(&job, &worker_id, deadline).await?;

@@ -156,7 +156,9 @@ mod pipeline {
             metrics,
             processor: Some(Arc::new(BusyOnce)),
             throttle: Arc::new(MemoryThrottle::default()),
-            definition: Arc::new(Definition::from_json(DEFINITION, "test").unwrap()),
+            routes: Arc::new(crate::routes::Routes::single(
+                Definition::from_json(DEFINITION, "test").unwrap(),
+            )),
             pinned: Arc::default(),
             prepare: PrepareSettings::default(),
             worker: WorkerSettings {
@@ -173,7 +175,7 @@ mod pipeline {
     async fn a_job_reports_its_prepare_each_batch_and_its_end_once() {
         let metrics = Arc::new(RecordingMetrics::default());
         let (deps, source) = deps(metrics.clone());
-        let definition = deps.definition.clone();
+        let definition = deps.routes.primary().clone();
         let PrepareOutcome::Prepared(job) = deps
             .preparer(&definition)
             .run(&source, "orchestrator")

@@ -73,7 +73,7 @@ fn fixture(csv: &str) -> Fixture {
         metrics: Arc::new(crate::metrics::NoMetrics),
         processor: Some(recorder.clone()),
         throttle: Arc::new(crate::throttle::MemoryThrottle::default()),
-        definition: Arc::new(definition),
+        routes: Arc::new(crate::routes::Routes::single(definition)),
         pinned: Arc::default(),
         prepare: PrepareSettings {
             max_workers: 3,

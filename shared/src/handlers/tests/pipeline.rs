@@ -135,7 +135,9 @@ async fn a_job_keeps_the_definition_it_was_created_with_when_the_deployment_chan
         .as_array_mut()
         .unwrap()
         .push(serde_json::json!({"name": "tenant", "type": "string", "required": true}));
-    f.deps.definition = Arc::new(Definition::from_json(&changed.to_string(), "v2").unwrap());
+    f.deps.routes = Arc::new(crate::routes::Routes::single(
+        Definition::from_json(&changed.to_string(), "v2").unwrap(),
+    ));
     f.deps.pinned = Arc::default();
 
     let again = orchestrator::handle(&f.deps, LambdaEvent::new(event, Context::default()))
@@ -237,4 +239,29 @@ async fn sweeper_fixture_deserializes_and_runs() {
         job_id: crate::JobId::new("x"),
         continuation: false,
     };
+}
+
+#[tokio::test]
+async fn an_object_no_route_takes_is_left_alone() {
+    let mut f = fixture(CSV);
+    let definition = f.deps.routes.primary().clone();
+    f.deps.routes = Arc::new(crate::routes::Routes::prefixed("imports/", definition));
+    let event: S3Event = serde_json::from_str(S3_PUT).unwrap();
+    let prepared = orchestrator::handle(&f.deps, LambdaEvent::new(event, Context::default()))
+        .await
+        .unwrap();
+    assert!(prepared.is_empty(), "{prepared:?}");
+    assert!(f.store.active_jobs().await.unwrap().is_empty());
+    assert!(f.queue.sent.lock().unwrap().is_empty());
+
+    // The same upload under a route's prefix is imported.
+    f.deps.routes = Arc::new(crate::routes::Routes::prefixed(
+        "uploads/",
+        f.deps.routes.primary().clone(),
+    ));
+    let event: S3Event = serde_json::from_str(S3_PUT).unwrap();
+    let prepared = orchestrator::handle(&f.deps, LambdaEvent::new(event, Context::default()))
+        .await
+        .unwrap();
+    assert_eq!(prepared.len(), 1);
 }

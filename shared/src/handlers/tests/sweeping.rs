@@ -35,7 +35,7 @@ async fn old_job(f: &Fixture, batches: u64) -> crate::JobId {
     let mut reader = crate::source::RecordReader::open(
         std::io::Cursor::new(CSV.as_bytes().to_vec()),
         crate::source::OpenOptions::new("users.csv"),
-        &f.deps.definition,
+        f.deps.routes.primary(),
     )
     .await
     .unwrap();

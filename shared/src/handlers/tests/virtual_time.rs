@@ -54,7 +54,7 @@ async fn a_dead_workers_batch_is_reclaimed_once_its_lease_runs_out_in_simulated_
     let dying = tokio::spawn({
         let (deps, hangs, id) = (f.deps.clone(), hangs.clone(), id.clone());
         async move {
-            let definition = deps.definition.clone();
+            let definition = deps.routes.primary().clone();
             let _ = deps
                 .worker(hangs.as_ref(), &definition)
                 .run(&id, "dying", None)
