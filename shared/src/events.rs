@@ -6,7 +6,7 @@
 //! the same for every delivery (`Job::event_id`), for subscribers to
 //! deduplicate on.
 
-use crate::job::{EventKind, Job, JobId, JobStatus};
+use crate::job::{EventKind, Job, JobId, JobSource, JobStatus};
 use crate::store::{JobStore, StoreError};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -44,12 +44,13 @@ pub struct JobEvent {
 
 impl JobEvent {
     pub fn of(job: &Job, kind: EventKind) -> JobEvent {
+        let JobSource::Object(object) = &job.source;
         JobEvent {
             event_id: job.event_id(kind),
             kind,
             job_id: job.id.clone(),
-            bucket: job.source.bucket.clone(),
-            key: job.source.key.clone(),
+            bucket: object.bucket.clone(),
+            key: object.key.clone(),
             status: job.status,
             total_records: job.prepared.then_some(job.total_records),
             processed: job.processed,

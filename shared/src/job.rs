@@ -1,203 +1,21 @@
 //! The nouns of the system: jobs, batches, staged and validated records,
 //! per-record failures and the job summary users read.
 
+mod id;
+mod records;
+mod source;
+mod status;
 mod values;
 
+pub use self::id::JobId;
+pub use self::records::{
+    truncate_value, FailedRecord, FailureStage, FieldIssue, StagedRecord, MAX_REPORTED_VALUE_CHARS,
+};
+pub use self::source::{JobSource, SourceRef};
+pub use self::status::{EventKind, JobStatus};
 pub use self::values::Values;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::fmt;
-
-/// Deterministic job identifier: the same object version always maps to the
-/// same job, so a re-delivered S3 event finds the job it already created.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobId(String);
-
-impl JobId {
-    /// Derives the id from the object's identity: bucket, key and version
-    /// (`SourceRef::version`).
-    pub fn for_object(bucket: &str, key: &str, version: &str) -> Self {
-        let mut h = Sha256::new();
-        for part in [bucket, key, version] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
-        }
-        JobId(hex::encode(&h.finalize()[..16]))
-    }
-
-    pub fn new(id: impl Into<String>) -> Self {
-        JobId(id.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Where a job's input lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SourceRef {
-    pub bucket: String,
-    pub key: String,
-    /// Version id; when the bucket is not versioned, ETag and Last-Modified
-    /// time, which name one upload (`objects::etag_version`).
-    pub version: String,
-}
-
-impl SourceRef {
-    pub fn job_id(&self) -> JobId {
-        JobId::for_object(&self.bucket, &self.key, &self.version)
-    }
-}
-
-impl fmt::Display for SourceRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s3://{}/{}", self.bucket, self.key)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum JobStatus {
-    /// Batches are being written and/or processed.
-    Processing,
-    Completed,
-    CompletedWithErrors,
-    Failed,
-    /// Stopped by an operator: nothing more is published or claimed.
-    Aborted,
-}
-
-impl JobStatus {
-    pub const ALL: [JobStatus; 5] = [
-        JobStatus::Processing,
-        JobStatus::Completed,
-        JobStatus::CompletedWithErrors,
-        JobStatus::Failed,
-        JobStatus::Aborted,
-    ];
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, JobStatus::Processing)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Processing => "PROCESSING",
-            JobStatus::Completed => "COMPLETED",
-            JobStatus::CompletedWithErrors => "COMPLETED_WITH_ERRORS",
-            JobStatus::Failed => "FAILED",
-            JobStatus::Aborted => "ABORTED",
-        }
-    }
-}
-
-impl std::str::FromStr for JobStatus {
-    type Err = String;
-
-    /// `COMPLETED_WITH_ERRORS`, `completed-with-errors`, ... (any case).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let wanted = s.trim().to_ascii_uppercase().replace('-', "_");
-        JobStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == wanted)
-            .ok_or_else(|| {
-                let names: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown status {s:?}; one of {}", names.join(", "))
-            })
-    }
-}
-
-impl fmt::Display for JobStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `pad`, so that widths in format strings apply.
-        f.pad(self.as_str())
-    }
-}
-
-/// A job's lifecycle events, in the order they happen. Each is recorded on
-/// the job when it happens (it is then owed) and delivered at least once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// The job was created for an uploaded object.
-    Started,
-    /// The whole file was read: the totals are known.
-    Prepared,
-    /// The job ended COMPLETED or COMPLETED_WITH_ERRORS.
-    Completed,
-    Failed,
-    Aborted,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 5] = [
-        EventKind::Started,
-        EventKind::Prepared,
-        EventKind::Completed,
-        EventKind::Failed,
-        EventKind::Aborted,
-    ];
-
-    /// The name in event ids and in the store (`completed`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Started => "started",
-            EventKind::Prepared => "prepared",
-            EventKind::Completed => "completed",
-            EventKind::Failed => "failed",
-            EventKind::Aborted => "aborted",
-        }
-    }
-
-    /// The event's type as subscribers see it (`job.completed`).
-    pub fn event_type(self) -> &'static str {
-        match self {
-            EventKind::Started => "job.started",
-            EventKind::Prepared => "job.prepared",
-            EventKind::Completed => "job.completed",
-            EventKind::Failed => "job.failed",
-            EventKind::Aborted => "job.aborted",
-        }
-    }
-
-    /// The event that announces a job ending in `status` (`None` for
-    /// PROCESSING).
-    pub fn ending(status: JobStatus) -> Option<EventKind> {
-        match status {
-            JobStatus::Processing => None,
-            JobStatus::Completed | JobStatus::CompletedWithErrors => Some(EventKind::Completed),
-            JobStatus::Failed => Some(EventKind::Failed),
-            JobStatus::Aborted => Some(EventKind::Aborted),
-        }
-    }
-}
-
-impl std::str::FromStr for EventKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        EventKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown event kind {s:?}"))
-    }
-}
-
-impl fmt::Display for EventKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// DynamoDB spend of a job, as DynamoDB bills it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -227,7 +45,8 @@ impl Cost {
 pub struct Job {
     pub id: JobId,
     pub status: JobStatus,
-    pub source: SourceRef,
+    /// What the job reads.
+    pub source: JobSource,
     /// True once prepare has written every batch and the totals are final.
     pub prepared: bool,
     pub total_records: u64,
@@ -403,110 +222,6 @@ pub struct JobSummary {
     pub report: Option<String>,
 }
 
-/// One input row as prepare stores it: raw text values in the definition's
-/// field order (`None` when the column is absent or the NDJSON key missing),
-/// plus a row-level problem found while parsing (ragged row, bad UTF-8...).
-/// Type validation happens in the worker. Few records have an issue, so it
-/// is boxed: records move through the reader and into batches by value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StagedRecord {
-    /// 1-based line number in the (decompressed) file where the row starts.
-    #[serde(rename = "l")]
-    pub line: u64,
-    #[serde(rename = "v")]
-    pub values: Values,
-    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
-    pub issue: Option<Box<FieldIssue>>,
-}
-
-/// What is wrong with one value (or with the whole row when `field` is None).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldIssue {
-    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// The offending value, truncated for the report.
-    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    #[serde(rename = "m")]
-    pub message: String,
-}
-
-/// Longest value kept in a failure report.
-pub const MAX_REPORTED_VALUE_CHARS: usize = 200;
-
-impl FieldIssue {
-    pub fn new(field: Option<&str>, value: Option<&str>, message: impl Into<String>) -> Self {
-        FieldIssue {
-            field: field.map(str::to_owned),
-            value: value.map(truncate_value),
-            message: message.into(),
-        }
-    }
-}
-
-/// Truncates on a char boundary and marks the cut.
-pub fn truncate_value(value: &str) -> String {
-    match value.char_indices().nth(MAX_REPORTED_VALUE_CHARS) {
-        None => value.to_owned(),
-        Some((cut, _)) => format!("{}…", &value[..cut]),
-    }
-}
-
-/// A record that did not make it: its line and every problem found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailedRecord {
-    #[serde(rename = "l")]
-    pub line: u64,
-    #[serde(rename = "i")]
-    pub issues: Vec<FieldIssue>,
-    /// Where it failed: a retry reruns processing failures only.
-    #[serde(
-        rename = "s",
-        default,
-        skip_serializing_if = "FailureStage::is_validation"
-    )]
-    pub stage: FailureStage,
-}
-
-impl FailedRecord {
-    /// A record the definition rejected: fixing it means fixing the file.
-    pub fn invalid(line: u64, issues: Vec<FieldIssue>) -> Self {
-        FailedRecord {
-            line,
-            issues,
-            stage: FailureStage::Validation,
-        }
-    }
-
-    /// A valid record that the processor (or a crashing batch) failed: a
-    /// retry runs it again.
-    pub fn unprocessed(line: u64, issues: Vec<FieldIssue>) -> Self {
-        FailedRecord {
-            line,
-            issues,
-            stage: FailureStage::Processing,
-        }
-    }
-}
-
-/// Whether a failure is the input's fault or the processing's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FailureStage {
-    /// Parsing or validation: stays failed until the file is fixed.
-    #[default]
-    #[serde(rename = "v")]
-    Validation,
-    /// The processor, or a batch that crashed every worker: retryable.
-    #[serde(rename = "p")]
-    Processing,
-}
-
-impl FailureStage {
-    pub fn is_validation(&self) -> bool {
-        *self == FailureStage::Validation
-    }
-}
-
 /// Milliseconds since the Unix epoch (the unit of every timestamp we store)
 /// on the system's clock: for the edges (the command line, tests). The
 /// library reads time from the clock `Deps` carries (`clock::Clock`).
@@ -517,18 +232,6 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn job_id_is_deterministic_and_separates_parts() {
-        let a = JobId::for_object("b", "k", "v1");
-        assert_eq!(a, JobId::for_object("b", "k", "v1"));
-        assert_ne!(a, JobId::for_object("b", "k", "v2"));
-        assert_ne!(
-            JobId::for_object("ab", "c", "v"),
-            JobId::for_object("a", "bc", "v")
-        );
-        assert_eq!(a.as_str().len(), 32);
-    }
 
     #[test]
     fn event_ids_are_stable_per_round_and_change_with_each_retry() {
@@ -557,24 +260,5 @@ mod tests {
             job.event_id(EventKind::Failed),
             format!("{}:failed:retry-2", job.id)
         );
-    }
-
-    #[test]
-    fn every_ending_status_has_its_event_and_kinds_round_trip() {
-        for status in JobStatus::ALL {
-            assert_eq!(EventKind::ending(status).is_some(), status.is_final());
-        }
-        for kind in EventKind::ALL {
-            assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
-            assert_eq!(kind.event_type(), format!("job.{kind}"));
-        }
-    }
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        let long = "é".repeat(300);
-        let t = truncate_value(&long);
-        assert_eq!(t.chars().count(), MAX_REPORTED_VALUE_CHARS + 1);
-        assert_eq!(truncate_value("short"), "short");
     }
 }

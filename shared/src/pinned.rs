@@ -65,7 +65,7 @@ impl PinnedDefinitions {
         }
         tracing::warn!(job_id = %job, "job has no pinned definition; using the one its object is routed to");
         let routed = match store.get_job(job).await? {
-            Some(found) => routes.route(&found.source),
+            Some(found) => found.source.object().and_then(|o| routes.route(o)),
             // Gone already: whatever reads it next finds nothing either.
             None => Some(routes.primary()),
         };

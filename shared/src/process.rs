@@ -24,7 +24,7 @@ use crate::report::ReportSink;
 use crate::retry::Backoff;
 use crate::rng::Rng;
 use crate::schema::Definition;
-use crate::store::{BatchOutcome, Claim, ClaimedBatch, JobStore, StoreError};
+use crate::store::{BatchContent, BatchOutcome, Claim, ClaimedBatch, JobStore, StoreError};
 use crate::throttle::{Throttle, ThrottleError};
 use async_trait::async_trait;
 use std::time::Duration;
@@ -345,11 +345,13 @@ impl Worker<'_> {
         Ok(outcome)
     }
 
-    /// The kind of a claimed batch, which works on it. Every batch is a
-    /// batch of imported records today; another kind is chosen here, by a
-    /// line matching what the claim says the batch holds.
-    fn kind_of(&self, _claim: &ClaimedBatch) -> Box<dyn BatchKind + '_> {
-        Box::new(records::Records::of(self))
+    /// The kind of work a claimed batch needs, by what it holds (stored on
+    /// the batch): a batch of imported records is the only content today;
+    /// another is one line here.
+    fn kind_of(&self, claim: &ClaimedBatch) -> Box<dyn BatchKind + '_> {
+        match claim.content {
+            BatchContent::Records => Box::new(records::Records::of(self)),
+        }
     }
 
     fn finalizer(&self, deadline: Option<Instant>) -> Finalizer<'_> {

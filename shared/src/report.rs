@@ -5,7 +5,7 @@
 //! definition, which ignores the three added columns. Written when the job
 //! finalizes with failures, batch by batch, so memory stays bounded.
 
-use crate::job::{FailedRecord, Job, StagedRecord};
+use crate::job::{FailedRecord, Job, JobSource, StagedRecord};
 use crate::schema::Definition;
 use crate::store::{JobStore, StoreError};
 use async_trait::async_trait;
@@ -348,10 +348,8 @@ impl ReportSink for S3Reports {
         definition: &Definition,
         store: &dyn JobStore,
     ) -> Result<String, ReportError> {
-        let bucket = self
-            .bucket
-            .clone()
-            .unwrap_or_else(|| job.source.bucket.clone());
+        let JobSource::Object(object) = &job.source;
+        let bucket = self.bucket.clone().unwrap_or_else(|| object.bucket.clone());
         let key = format!("{}{}", self.prefix, report_name(job));
         self.upload(&bucket, &key, job, definition, store).await?;
         let location = format!("s3://{bucket}/{key}");

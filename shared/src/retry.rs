@@ -45,14 +45,6 @@ impl Backoff {
     pub async fn sleep(&self, attempt: u32, clock: &Clock, rng: &Rng) {
         clock.sleep(self.delay(attempt, rng)).await;
     }
-
-    /// `sleep` on the system clock and a fresh entropy source, for a
-    /// caller not yet given the deployment's handles (the built-in
-    /// DynamoDB processor, which `ProcessContext` does not hand them).
-    pub async fn wait(&self, attempt: u32) {
-        self.sleep(attempt, &Clock::system(), &Rng::from_entropy())
-            .await;
-    }
 }
 
 #[cfg(test)]

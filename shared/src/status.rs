@@ -135,17 +135,17 @@ impl JobStatusView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::SourceRef;
+    use crate::job::{JobSource, SourceRef};
 
     fn job() -> Job {
         Job {
             id: JobId::new("j"),
             status: JobStatus::Processing,
-            source: SourceRef {
+            source: JobSource::Object(SourceRef {
                 bucket: "b".into(),
                 key: "k.csv".into(),
                 version: "v".into(),
-            },
+            }),
             prepared: false,
             total_records: 0,
             total_batches: 0,
@@ -180,21 +180,8 @@ mod tests {
             (Phase::ReadingFile, 0, None)
         );
         j.batches_ready = 3;
-        j.prepare_checkpoint = Some(
-            Checkpoint {
-                offset: 2_700,
-                line: 31,
-                records: 30,
-                dialect: crate::source::Dialect {
-                    format: crate::schema::InputFormat::Csv,
-                    gzip: false,
-                    delimiter: b',',
-                    quote: b'"',
-                    header_end: Some(12),
-                },
-            }
-            .encode(),
-        );
+        let checkpoint = r#"{"o":2700,"l":31,"r":30,"f":"csv","d":44,"q":34,"h":12}"#;
+        j.prepare_checkpoint = Some(checkpoint.to_owned());
         let v = JobStatusView::of(&j, 1_000);
         assert_eq!((v.progress, v.records_read, v.total_records), (5, 30, None));
         j.prepared = true;

@@ -9,7 +9,7 @@
 use crate::clock::{Clock, Instant};
 use crate::events::{deliver_owed, JobEvents};
 use crate::finalize::{FinalizeError, Finalizer};
-use crate::job::{JobId, REQUEUE_STALL_MS};
+use crate::job::{JobId, JobSource, REQUEUE_STALL_MS};
 use crate::metrics::{Metric, MetricsSink};
 use crate::pinned::PinnedDefinitions;
 use crate::prepare::{PrepareError, Preparer};
@@ -201,7 +201,8 @@ impl Sweeper<'_> {
             if job.prepare_lease_until_ms < now {
                 tracing::warn!(job_id = %id, from_batch = job.batches_ready, "resuming an abandoned prepare");
                 let preparer = self.preparer.on(&definition);
-                let outcome = preparer.run_until(&job.source, owner, deadline).await;
+                let JobSource::Object(object) = &job.source;
+                let outcome = preparer.run_until(object, owner, deadline).await;
                 if let Ok(crate::prepare::PrepareOutcome::HandedOff(job)) = &outcome {
                     self.continue_prepare(&job.id).await?;
                 }

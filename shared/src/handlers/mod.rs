@@ -74,6 +74,7 @@ impl Deps {
             settings.max_write_units_per_second,
             &settings.definition,
         )?;
+        let (clock, rng) = (Clock::system(), Rng::from_entropy());
         // A processor given in code (a worker of your own) wins over the
         // one the definition names.
         let processor = match processor {
@@ -82,9 +83,10 @@ impl Deps {
                 definition: &definition,
                 settings,
                 clients,
+                clock: &clock,
+                rng: &rng,
             })?,
         };
-        let (clock, rng) = (Clock::system(), Rng::from_entropy());
         let store = Arc::new(
             DynamoStore::new(
                 clients.dynamodb.clone(),

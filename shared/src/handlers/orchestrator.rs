@@ -1,7 +1,7 @@
 //! S3 `ObjectCreated` events -> one job per object version (see `prepare`).
 
 use super::Deps;
-use crate::job::SourceRef;
+use crate::job::{JobSource, SourceRef};
 use crate::objects::{etag_version, ObjectError, ObjectHead, ObjectVersions};
 use crate::prepare::{PrepareError, PrepareOutcome};
 use crate::queue::PrepareMessage;
@@ -271,9 +271,10 @@ pub async fn continue_prepares(
             }
             let definition = deps.pinned.of(store, &job.id, &deps.routes).await?;
             let span = tracing::info_span!("continue", job_id = %job.id);
+            let JobSource::Object(object) = &job.source;
             let outcome = deps
                 .preparer(&definition)
-                .run_until(&job.source, &owner, deadline)
+                .run_until(object, &owner, deadline)
                 .instrument(span)
                 .await?;
             if let PrepareOutcome::HandedOff(job) = outcome {

@@ -5,7 +5,7 @@
 
 use super::{object_stop, source_stop, Preparer, Progress, Stop};
 use crate::clock::Instant;
-use crate::job::Job;
+use crate::job::{Job, JobSource};
 use crate::objects::ByteRange;
 use crate::source::{Advance, Checkpoint, OpenOptions, RecordReader, ResumeInput};
 use crate::store::PrepareLease;
@@ -32,9 +32,10 @@ impl Preparer<'_> {
         deadline: Option<Instant>,
         progress: &mut Progress,
     ) -> Result<Start, Stop> {
-        let name = job.source.to_string();
+        let JobSource::Object(object) = &job.source;
+        let name = object.to_string();
         let Some(checkpoint) = checkpoint(job) else {
-            let body = self.objects.open(&job.source).await.map_err(object_stop)?;
+            let body = self.objects.open(object).await.map_err(object_stop)?;
             let opts = OpenOptions {
                 name: &name,
                 content_encoding: body.content_encoding.as_deref(),
@@ -60,23 +61,23 @@ impl Preparer<'_> {
             batch = job.batches_ready,
             offset = checkpoint.offset,
             line = checkpoint.line,
-            gzip = checkpoint.dialect.gzip,
+            gzip = checkpoint.gzip,
             "resuming prepare at its checkpoint"
         );
-        let input = if checkpoint.dialect.gzip {
-            let body = self.objects.open(&job.source).await.map_err(object_stop)?;
+        let input = if checkpoint.gzip {
+            let body = self.objects.open(object).await.map_err(object_stop)?;
             ResumeInput::Whole(body.reader)
         } else {
             let head: Box<dyn AsyncRead + Send + Unpin> = match checkpoint.head_len() {
                 0 => Box::new(tokio::io::empty()),
                 len => {
                     let range = ByteRange::first(len);
-                    let head = self.objects.open_range(&job.source, range).await;
+                    let head = self.objects.open_range(object, range).await;
                     head.map_err(object_stop)?.reader
                 }
             };
             let range = ByteRange::from(checkpoint.offset);
-            let rest = self.objects.open_range(&job.source, range).await;
+            let rest = self.objects.open_range(object, range).await;
             let rest = rest.map_err(object_stop)?.reader;
             ResumeInput::Ranged { head, rest }
         };

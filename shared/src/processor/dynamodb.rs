@@ -5,8 +5,10 @@
 
 use super::registry::{self, Built, Deployment, ProcessorSettings};
 use super::{ProcessContext, ProcessError, RecordProcessor, WriteCost};
+use crate::clock::Clock;
 use crate::config::ConfigError;
 use crate::retry::Backoff;
+use crate::rng::Rng;
 use crate::schema::{FieldValue, ValidRecord};
 use crate::store::dynamodb::cost::{item_size, write_units};
 use async_trait::async_trait;
@@ -36,6 +38,8 @@ fn build(_settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
     Ok(Some(Arc::new(DynamoUpsert::new(
         deployment.clients.dynamodb.clone(),
         table,
+        *deployment.clock,
+        deployment.rng.clone(),
     ))))
 }
 
@@ -48,14 +52,20 @@ pub struct DynamoUpsert {
     client: Client,
     table: String,
     backoff: Backoff,
+    /// What the backoff between unprocessed items' retries waits on and
+    /// draws its jitter from: the deployment's.
+    clock: Clock,
+    rng: Rng,
 }
 
 impl DynamoUpsert {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    pub fn new(client: Client, table: impl Into<String>, clock: Clock, rng: Rng) -> Self {
         DynamoUpsert {
             client,
             table: table.into(),
             backoff: Backoff::default(),
+            clock,
+            rng,
         }
     }
 
@@ -123,7 +133,9 @@ impl DynamoUpsert {
             if requests.is_empty() {
                 return Ok(());
             }
-            self.backoff.wait(attempt + 1).await;
+            self.backoff
+                .sleep(attempt + 1, &self.clock, &self.rng)
+                .await;
         }
         Err(ProcessError::retryable(format!(
             "{} items stayed unprocessed (throttled)",

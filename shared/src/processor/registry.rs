@@ -5,7 +5,9 @@
 
 use super::RecordProcessor;
 use crate::aws::Clients;
+use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
+use crate::rng::Rng;
 use crate::schema::Definition;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -49,6 +51,10 @@ pub struct Deployment<'a> {
     pub definition: &'a Definition,
     pub settings: &'a Settings,
     pub clients: &'a Clients,
+    /// The deployment's clock and source of randomness, for a processor's
+    /// own waits (its retries' backoff).
+    pub clock: &'a Clock,
+    pub rng: &'a Rng,
 }
 
 /// A built processor; `None` when this function is not given what the type

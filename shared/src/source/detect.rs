@@ -1,18 +1,10 @@
-//! Sniffing of an object's first bytes: compression, whether it is text at
-//! all, which format it is in and which delimiter a CSV uses.
-
-use crate::schema::InputFormat;
+//! Sniffing of an object's first bytes: compression, and whether it is text
+//! at all. Which format it is in is for the formats to say (`format`).
 
 /// How much of the stream is buffered up front for sniffing.
 pub(super) const SNIFF_BYTES: usize = 8 * 1024;
 
 pub(super) const BOM: &[u8] = b"\xEF\xBB\xBF";
-
-/// Delimiters recognised by auto-detection, in order of preference on a tie.
-const CANDIDATES: [u8; 4] = [b',', b';', b'\t', b'|'];
-
-/// Records looked at when detecting the delimiter.
-const SAMPLE_RECORDS: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Compression {
@@ -97,72 +89,6 @@ fn invalid_utf8_bytes(mut bytes: &[u8]) -> usize {
     invalid
 }
 
-/// The declared format, else the name's extension (also under `.gz`), else
-/// NDJSON when the content starts with `{`.
-pub(super) fn format(declared: Option<InputFormat>, name: &str, text: &[u8]) -> InputFormat {
-    if let Some(format) = declared {
-        return format;
-    }
-    let name = name.to_ascii_lowercase();
-    let base = name.strip_suffix(".gz").unwrap_or(&name);
-    if base.ends_with(".ndjson") || base.ends_with(".jsonl") {
-        return InputFormat::Ndjson;
-    }
-    if [".csv", ".tsv", ".txt"]
-        .iter()
-        .any(|ext| base.ends_with(ext))
-    {
-        return InputFormat::Csv;
-    }
-    match text.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => InputFormat::Ndjson,
-        _ => InputFormat::Csv,
-    }
-}
-
-/// Picks the candidate whose count (outside quotes) agrees across the most
-/// sampled records, then the most frequent in the first record. `complete`
-/// says the sample is the whole file, so its last record is not cut short.
-pub(super) fn delimiter(text: &[u8], complete: bool) -> u8 {
-    let mut records: Vec<[usize; 4]> = Vec::new();
-    let mut counts = [0; 4];
-    let mut seen_content = false;
-    let mut in_quotes = false;
-    for &b in text {
-        if b == b'"' {
-            in_quotes = !in_quotes;
-            seen_content = true;
-        } else if in_quotes {
-        } else if b == b'\n' || b == b'\r' {
-            if seen_content {
-                records.push(std::mem::take(&mut counts));
-                seen_content = false;
-                if records.len() == SAMPLE_RECORDS {
-                    break;
-                }
-            }
-        } else {
-            seen_content = true;
-            if let Some(i) = CANDIDATES.iter().position(|&c| c == b) {
-                counts[i] += 1;
-            }
-        }
-    }
-    if seen_content && (complete || records.is_empty()) {
-        records.push(counts);
-    }
-    let Some(first) = records.first() else {
-        return CANDIDATES[0];
-    };
-    (0..CANDIDATES.len())
-        .filter(|&i| first[i] > 0)
-        .max_by_key(|&i| {
-            let agreeing = records.iter().filter(|r| r[i] == first[i]).count();
-            (agreeing, first[i], std::cmp::Reverse(i))
-        })
-        .map_or(CANDIDATES[0], |i| CANDIDATES[i])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,29 +131,5 @@ mod tests {
         assert!(not_text_reason(b"\xff\xfe\xfd\xfcabcdef").is_some());
         // A multi-byte character cut by the end of the sample is fine.
         assert_eq!(not_text_reason(&"ab日".as_bytes()[..3]), None);
-    }
-
-    #[test]
-    fn format_from_declaration_name_then_content() {
-        use InputFormat::*;
-        assert_eq!(format(Some(Csv), "a.ndjson", b"{}"), Csv);
-        assert_eq!(format(None, "a.JSONL.gz", b"x"), Ndjson);
-        assert_eq!(format(None, "a.csv", b"{"), Csv);
-        assert_eq!(format(None, "upload", b"  {\"a\":1}"), Ndjson);
-        assert_eq!(format(None, "upload", b"a,b"), Csv);
-    }
-
-    #[test]
-    fn delimiter_counts_outside_quotes_and_prefers_consistency() {
-        assert_eq!(delimiter(b"a;b;c\n1;2;3\n", true), b';');
-        assert_eq!(delimiter(b"a\tb\n\"x,y,z\"\t2\n", true), b'\t');
-        assert_eq!(delimiter(b"a|b\n1|2", true), b'|');
-        assert_eq!(delimiter(b"name;price\nfoo;1,5\nbar;2,50\n", true), b';');
-        // Commas are more frequent in the header but only semicolons agree.
-        assert_eq!(delimiter(b"a,b,c;d\n1;2\n3;4\n", true), b';');
-        assert_eq!(delimiter(b"single\n1\n", true), b',');
-        assert_eq!(delimiter(b"", true), b',');
-        // A cut-off last record does not count against a candidate.
-        assert_eq!(delimiter(b"a;b;c\n1;2;3\n4;5", false), b';');
     }
 }

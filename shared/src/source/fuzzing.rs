@@ -72,11 +72,11 @@ impl Case {
         let mut definition = Definition::from_json(DEFINITION, "fuzz").expect("valid definition");
         let name = match options & 0b11 {
             0 => {
-                definition.format = Some(InputFormat::Csv);
+                definition.format = Some(InputFormat::CSV);
                 "upload"
             }
             1 => {
-                definition.format = Some(InputFormat::Ndjson);
+                definition.format = Some(InputFormat::NDJSON);
                 "upload"
             }
             2 => "upload.ndjson",

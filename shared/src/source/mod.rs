@@ -1,11 +1,13 @@
 //! Reading an import's input file: the object's bytes, in whatever pieces they
-//! arrive, are decompressed, sniffed (format, text, delimiter), parsed as CSV
-//! or NDJSON and mapped onto the definition's fields as [`StagedRecord`]s.
-//! A reader can also start part-way, at a [`Checkpoint`] (`resume`).
+//! arrive, are decompressed and sniffed (compression, text), then parsed by
+//! their format (`format`: one file per format, such as `csv`) and mapped
+//! onto the definition's fields as [`StagedRecord`]s. A reader can also
+//! start part-way, at a [`Checkpoint`] (`resume`).
 
 mod chunks;
 mod csv;
 mod detect;
+mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod meter;
@@ -14,13 +16,13 @@ mod resume;
 #[cfg(test)]
 mod tests;
 
-pub use self::resume::{Advance, Checkpoint, Dialect, ResumeInput, Resuming};
+pub use self::format::{format_named, format_names};
+pub use self::resume::{Advance, Checkpoint, ResumeInput, Resuming};
 
 use self::chunks::FixedChunks;
-use self::csv::CsvSource;
 use self::detect::{Compression, BOM, SNIFF_BYTES};
+use self::format::{AnyRecords, Content, FormatState, Sample};
 use self::meter::RowOverflow;
-use self::ndjson::NdjsonSource;
 use crate::job::StagedRecord;
 use crate::schema::{Definition, HeaderError, InputFormat, Limits};
 use async_compression::tokio::bufread::GzipDecoder;
@@ -34,9 +36,6 @@ type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
 
 /// Compressed bytes handed to the gzip decoder at once.
 const GZIP_INPUT_BYTES: usize = 64 * 1024;
-
-/// CSV quoting is RFC 4180's; it is not detected.
-const QUOTE: u8 = b'"';
 
 /// Where a row starts: its offset in the content (the decompressed bytes,
 /// a BOM included) and its line.
@@ -148,23 +147,20 @@ impl SourceError {
 pub struct RecordReader {
     ctx: Ctx,
     format: InputFormat,
-    inner: Inner,
+    /// The format's part of every checkpoint.
+    state: FormatState,
+    source: AnyRecords,
     records: u64,
     done: bool,
-    dialect: Dialect,
     /// Where the last record returned starts.
     last: Option<Position>,
 }
 
-enum Inner {
-    Csv(Box<CsvSource>),
-    Ndjson(Box<NdjsonSource>),
-}
-
 impl RecordReader {
-    /// Sniffs the input and, for CSV with a header, reads and resolves the
-    /// header, so file-level problems with them surface here. A file with a
-    /// header and no rows opens fine and yields no records.
+    /// Sniffs the input and opens it in its format, which reads what it
+    /// must up front (a CSV header, read and resolved), so file-level
+    /// problems surface here. A file with a header and no rows opens fine
+    /// and yields no records.
     pub async fn open(
         reader: impl AsyncRead + Unpin + Send + 'static,
         opts: OpenOptions<'_>,
@@ -211,39 +207,25 @@ impl RecordReader {
                 reason,
             });
         }
-        let format = detect::format(def.format, opts.name, &text);
-        let mut dialect = Dialect {
-            format,
-            gzip: ctx.gzip,
-            delimiter: b',',
-            quote: QUOTE,
-            header_end: None,
+        let name = opts.name.to_ascii_lowercase();
+        let sample = Sample {
+            name: name.strip_suffix(".gz").unwrap_or(&name),
+            text: &text,
+            complete,
         };
-        let inner = match format {
-            InputFormat::Csv => {
-                dialect.delimiter = def
-                    .delimiter
-                    .unwrap_or_else(|| detect::delimiter(&text, complete));
-                let stream: BoxRead = Box::new(Cursor::new(text).chain(stream));
-                let mut source = CsvSource::new(stream, at, dialect.delimiter, QUOTE, def);
-                if def.has_header {
-                    source.read_header(def, &ctx).await?;
-                }
-                dialect.header_end = source.header_end();
-                Inner::Csv(Box::new(source))
-            }
-            InputFormat::Ndjson => {
-                let stream: BoxRead = Box::new(Cursor::new(text).chain(stream));
-                Inner::Ndjson(Box::new(NdjsonSource::new(stream, def, at)))
-            }
+        let format = format::choose(def.format, &sample);
+        let content = Content {
+            read: Box::new(Cursor::new(text.clone()).chain(stream)),
+            at,
         };
+        let (source, state) = format.open(content, &sample, def, &ctx).await?;
         Ok(RecordReader {
             ctx,
-            format,
-            inner,
+            format: InputFormat::registered(format.name()),
+            state,
+            source,
             records: 0,
             done: false,
-            dialect,
             last: None,
         })
     }
@@ -254,15 +236,15 @@ impl RecordReader {
         if self.done {
             return Ok(None);
         }
-        let next = match &mut self.inner {
-            Inner::Csv(source) => source.next(&self.ctx).await,
-            Inner::Ndjson(source) => source.next(&self.ctx).await,
-        };
-        let record = match next {
-            Ok(Some(record)) => record,
-            other => {
+        let (record, at) = match self.source.next().await {
+            Ok(Some(next)) => next,
+            Ok(None) => {
                 self.done = true;
-                return other;
+                return Ok(None);
+            }
+            Err(e) => {
+                self.done = true;
+                return Err(e);
             }
         };
         if self.records >= self.ctx.limits.max_records {
@@ -274,10 +256,7 @@ impl RecordReader {
             });
         }
         self.records += 1;
-        self.last = match &self.inner {
-            Inner::Csv(source) => source.last(),
-            Inner::Ndjson(source) => source.last(),
-        };
+        self.last = Some(at);
         Ok(Some(record))
     }
 
@@ -290,17 +269,15 @@ impl RecordReader {
         self.format
     }
 
-    /// The CSV header as read (a trailing empty column from a trailing
-    /// delimiter dropped); `None` without a header or for NDJSON.
+    /// The header as read, for a format that has one (CSV's, a trailing
+    /// empty column from a trailing delimiter dropped); `None` without one.
     pub fn header(&self) -> Option<&[String]> {
-        match &self.inner {
-            Inner::Csv(source) => source.header(),
-            Inner::Ndjson(_) => None,
-        }
+        self.source.header()
     }
 }
 
 /// What the format readers need to report errors.
+#[derive(Clone)]
 struct Ctx {
     name: String,
     gzip: bool,

@@ -1,4 +1,4 @@
-//! NDJSON lines to staged records.
+//! The NDJSON format: lines to staged records.
 //!
 //! Keys are matched per object with [`Definition::field_index`] (the header's
 //! name and alias rules) rather than through `resolve_header`: a key missing
@@ -6,13 +6,89 @@
 //! ignored; when two keys feed one field, the one spelled exactly like the
 //! field wins.
 
+use super::format::{Content, Detection, Format, Records, Sample};
 use super::{BoxRead, Ctx, Position, SourceError};
 use crate::job::{FieldIssue, StagedRecord, Values};
-use crate::schema::Definition;
+use crate::schema::{Definition, InputFormat};
+use serde::de::IgnoredAny;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BUFFER_BYTES: usize = 64 * 1024;
+
+impl InputFormat {
+    /// `"ndjson"`: one JSON object a line.
+    pub const NDJSON: InputFormat = InputFormat::registered(Ndjson::NAME);
+}
+
+pub(super) struct Ndjson;
+
+/// NDJSON needs nothing to resume at the start of a line. Checkpoints once
+/// carried a CSV dialect whatever the format, and readers of that version
+/// require its delimiter and quote: they are written (as `,` and `"`) so
+/// that such a reader can still resume from a checkpoint of this one, and
+/// ignored when read.
+pub(super) struct State;
+
+impl Serialize for State {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("d", &b',')?;
+        map.serialize_entry("q", &b'"')?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(deserializer)?;
+        Ok(State)
+    }
+}
+
+impl Format for Ndjson {
+    const NAME: &'static str = "ndjson";
+    type State = State;
+    type Records = NdjsonSource;
+
+    /// By extension, else by a first character that opens an object.
+    fn detect(&self, sample: &Sample<'_>) -> Detection {
+        if sample.has_extension(&[".ndjson", ".jsonl"]) {
+            return Detection::ByName;
+        }
+        match sample.text.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => Detection::ByContent,
+            _ => Detection::No,
+        }
+    }
+
+    async fn open(
+        &self,
+        text: Content,
+        _: &Sample<'_>,
+        def: &Definition,
+        _: &Ctx,
+    ) -> Result<(NdjsonSource, State), SourceError> {
+        Ok((NdjsonSource::new(text.read, def, text.at), State))
+    }
+
+    fn head_len(&self, _: &State) -> u64 {
+        0
+    }
+
+    async fn resume(
+        &self,
+        _: Content,
+        rest: Content,
+        _: State,
+        def: &Definition,
+        _: &Ctx,
+    ) -> Result<NdjsonSource, SourceError> {
+        Ok(NdjsonSource::new(rest.read, def, rest.at))
+    }
+}
 
 pub(super) struct NdjsonSource {
     rdr: BufReader<BoxRead>,
@@ -21,30 +97,12 @@ pub(super) struct NdjsonSource {
     line: u64,
     /// Content offset of the next byte to read.
     offset: u64,
-    /// Where the last record returned starts.
-    last: Option<Position>,
     /// Owned so that the reader is `'static`; only its name lookup is used.
     def: Definition,
 }
 
-impl NdjsonSource {
-    /// Lines from `at` on, which must be the start of a line.
-    pub fn new(stream: BoxRead, def: &Definition, at: Position) -> Self {
-        NdjsonSource {
-            rdr: BufReader::with_capacity(BUFFER_BYTES, stream),
-            line_buf: Vec::new(),
-            line: at.line.saturating_sub(1),
-            offset: at.offset,
-            last: None,
-            def: def.clone(),
-        }
-    }
-
-    pub fn last(&self) -> Option<Position> {
-        self.last
-    }
-
-    pub async fn next(&mut self, ctx: &Ctx) -> Result<Option<StagedRecord>, SourceError> {
+impl Records for NdjsonSource {
+    async fn next(&mut self, ctx: &Ctx) -> Result<Option<(StagedRecord, Position)>, SourceError> {
         loop {
             let offset = self.offset;
             if !self.read_line(ctx).await? {
@@ -78,8 +136,20 @@ impl NdjsonSource {
                     ))),
                 },
             };
-            self.last = Some(Position { offset, line });
-            return Ok(Some(record));
+            return Ok(Some((record, Position { offset, line })));
+        }
+    }
+}
+
+impl NdjsonSource {
+    /// Lines from `at` on, which must be the start of a line.
+    fn new(stream: BoxRead, def: &Definition, at: Position) -> Self {
+        NdjsonSource {
+            rdr: BufReader::with_capacity(BUFFER_BYTES, stream),
+            line_buf: Vec::new(),
+            line: at.line.saturating_sub(1),
+            offset: at.offset,
+            def: def.clone(),
         }
     }
 

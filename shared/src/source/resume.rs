@@ -8,19 +8,25 @@
 //! and the bytes before the offset are discarded unparsed, in steps the
 //! caller controls ([`Resuming::advance`]).
 
-use super::csv::CsvSource;
 use super::detect::BOM;
-use super::ndjson::NdjsonSource;
-use super::{gunzip, BoxRead, Ctx, Inner, Position, RecordReader, SourceError, Upstream};
+use super::format::{self, Content, FormatState};
+use super::{gunzip, BoxRead, Ctx, Position, RecordReader, SourceError, Upstream};
 use crate::schema::{Definition, InputFormat};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Where a record starts and what is needed to parse from there without
-/// reading what comes before it. Small: the header is not in it, only
-/// where it ends, so that it can be read again with a bounded read.
+/// reading what comes before it: the same for every format, plus the
+/// format's own state (CSV: its dialect and where its header ends). Small:
+/// a header is not in it, only where it ends, so that it can be read again
+/// with a bounded read.
+///
+/// Stored with the job as compact JSON, e.g.
+/// `{"o":120,"l":5,"r":3,"f":"csv","d":44,"q":34,"h":20}`: the format's
+/// keys sit beside the common ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Unchecked")]
 pub struct Checkpoint {
     /// Content offset of the record's first byte.
     #[serde(rename = "o")]
@@ -31,25 +37,48 @@ pub struct Checkpoint {
     /// Records before it (the record limit counts them).
     #[serde(rename = "r")]
     pub records: u64,
-    #[serde(flatten)]
-    pub dialect: Dialect,
-}
-
-/// What the first reader detected about the file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dialect {
     #[serde(rename = "f")]
     pub format: InputFormat,
+    /// Whether the object is gzip-compressed: it is then read from its
+    /// start, the content before the offset decompressed and discarded.
     #[serde(rename = "z", default, skip_serializing_if = "std::ops::Not::not")]
     pub gzip: bool,
-    /// CSV only, like `quote`.
-    #[serde(rename = "d")]
-    pub delimiter: u8,
-    #[serde(rename = "q")]
-    pub quote: u8,
-    /// Content offset where a CSV header row ends; `None` without a header.
-    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
-    pub header_end: Option<u64>,
+    /// The format's own keys, checked by the format when read.
+    #[serde(flatten)]
+    pub(super) state: FormatState,
+}
+
+/// A checkpoint as read, before its format checked its state.
+#[derive(Deserialize)]
+struct Unchecked {
+    #[serde(rename = "o")]
+    offset: u64,
+    #[serde(rename = "l")]
+    line: u64,
+    #[serde(rename = "r")]
+    records: u64,
+    #[serde(rename = "f")]
+    format: InputFormat,
+    #[serde(rename = "z", default)]
+    gzip: bool,
+    #[serde(flatten)]
+    state: FormatState,
+}
+
+impl TryFrom<Unchecked> for Checkpoint {
+    type Error = serde_json::Error;
+
+    fn try_from(c: Unchecked) -> Result<Checkpoint, serde_json::Error> {
+        format::of(c.format).check(&c.state)?;
+        Ok(Checkpoint {
+            offset: c.offset,
+            line: c.line,
+            records: c.records,
+            format: c.format,
+            gzip: c.gzip,
+            state: c.state,
+        })
+    }
 }
 
 impl Checkpoint {
@@ -63,12 +92,9 @@ impl Checkpoint {
     }
 
     /// Bytes at the start of the content a resumed reader needs besides
-    /// those from the offset on: the header row (and what precedes it).
+    /// those from the offset on (CSV: the header row and what precedes it).
     pub fn head_len(&self) -> u64 {
-        match self.dialect.format {
-            InputFormat::Csv => self.dialect.header_end.unwrap_or(0),
-            InputFormat::Ndjson => 0,
-        }
+        format::of(self.format).head_len(&self.state)
     }
 }
 
@@ -87,11 +113,11 @@ pub enum ResumeInput {
 pub struct Resuming {
     ctx: Ctx,
     checkpoint: Checkpoint,
+    /// The content's first [`Checkpoint::head_len`] bytes.
+    head: Vec<u8>,
     stream: BoxRead,
     /// Content offset of the next byte of `stream`.
     position: u64,
-    /// The header, read and resolved (CSV with a header).
-    header: Option<Box<CsvSource>>,
     def: Definition,
 }
 
@@ -103,7 +129,7 @@ pub enum Advance {
 }
 
 impl RecordReader {
-    /// Where the last record returned starts, with the dialect needed to
+    /// Where the last record returned starts, with what the format needs to
     /// continue from there; `None` before the first record.
     pub fn checkpoint(&self) -> Option<Checkpoint> {
         let at = self.last?;
@@ -111,13 +137,17 @@ impl RecordReader {
             offset: at.offset,
             line: at.line,
             records: self.records - 1,
-            dialect: self.dialect.clone(),
+            format: self.format,
+            gzip: self.ctx.gzip,
+            state: self.state.clone(),
         })
     }
 
     /// Starts reading `name` at `checkpoint`, which a reader of the same
-    /// object and definition gave. A CSV header is read and resolved here,
-    /// so that a resumed reader maps columns as the first one did.
+    /// object and definition gave. The bytes the format needs from the
+    /// start of the content (a CSV header, which it reads and resolves
+    /// again so that columns map as they did) are read here; the format
+    /// takes over at the checkpoint.
     pub async fn resume(
         input: ResumeInput,
         checkpoint: &Checkpoint,
@@ -126,7 +156,7 @@ impl RecordReader {
     ) -> Result<Box<Resuming>, SourceError> {
         let ctx = Ctx {
             name: name.to_owned(),
-            gzip: checkpoint.dialect.gzip,
+            gzip: checkpoint.gzip,
             limits: def.limits.clone(),
         };
         let head_len = checkpoint.head_len();
@@ -139,11 +169,7 @@ impl RecordReader {
             }
             ResumeInput::Whole(raw) => {
                 let raw: BoxRead = Box::new(Upstream(raw));
-                let mut stream = if checkpoint.dialect.gzip {
-                    gunzip(raw)
-                } else {
-                    raw
-                };
+                let mut stream = if checkpoint.gzip { gunzip(raw) } else { raw };
                 let head = read_prefix(&mut stream, head_len, &ctx).await?;
                 let position = head.len() as u64;
                 (head, stream, position)
@@ -152,16 +178,12 @@ impl RecordReader {
         if (head.len() as u64) < head_len {
             return Err(ends_before(&ctx, head_len));
         }
-        let header = match head_len {
-            0 => None,
-            _ => Some(Box::new(read_header(head, checkpoint, def, &ctx).await?)),
-        };
         Ok(Box::new(Resuming {
             ctx,
             checkpoint: checkpoint.clone(),
+            head,
             stream,
             position,
-            header,
             def: def.clone(),
         }))
     }
@@ -190,7 +212,7 @@ impl Resuming {
         if self.position < self.checkpoint.offset {
             return Ok(Advance::Skipping(self));
         }
-        Ok(Advance::Arrived((*self).into_reader()))
+        Ok(Advance::Arrived((*self).into_reader().await?))
     }
 
     /// Content bytes still to discard.
@@ -198,33 +220,40 @@ impl Resuming {
         self.checkpoint.offset.saturating_sub(self.position)
     }
 
-    fn into_reader(self) -> RecordReader {
+    /// The format's reader from the checkpoint on, over the head (past a
+    /// BOM, from line 1, as the first reader saw it) and the rest.
+    async fn into_reader(self) -> Result<RecordReader, SourceError> {
         let cp = self.checkpoint;
-        let at = Position {
-            offset: cp.offset,
-            line: cp.line,
+        let mut head = self.head;
+        let mut head_at = Position { offset: 0, line: 1 };
+        if head.starts_with(BOM) {
+            head.drain(..BOM.len());
+            head_at.offset = BOM.len() as u64;
+        }
+        let head = Content {
+            read: Box::new(Cursor::new(head)),
+            at: head_at,
         };
-        let dialect = &cp.dialect;
-        let inner = match dialect.format {
-            InputFormat::Csv => Inner::Csv(Box::new(match self.header {
-                Some(header) => header.continue_at(self.stream, at),
-                None => {
-                    CsvSource::new(self.stream, at, dialect.delimiter, dialect.quote, &self.def)
-                }
-            })),
-            InputFormat::Ndjson => {
-                Inner::Ndjson(Box::new(NdjsonSource::new(self.stream, &self.def, at)))
-            }
+        let rest = Content {
+            read: self.stream,
+            at: Position {
+                offset: cp.offset,
+                line: cp.line,
+            },
         };
-        RecordReader {
+        let format = format::of(cp.format);
+        let source = format
+            .resume(head, rest, &cp.state, &self.def, &self.ctx)
+            .await?;
+        Ok(RecordReader {
             ctx: self.ctx,
-            format: dialect.format,
-            inner,
+            format: cp.format,
+            state: cp.state,
+            source,
             records: cp.records,
             done: false,
-            dialect: cp.dialect,
             last: None,
-        }
+        })
     }
 }
 
@@ -237,26 +266,6 @@ async fn read_prefix(stream: &mut BoxRead, len: u64, ctx: &Ctx) -> Result<Vec<u8
         .await
         .map_err(|e| ctx.io_error(e))?;
     Ok(bytes)
-}
-
-/// Reads the header row from the content's first bytes as the first reader
-/// did: past a BOM, from line 1, with the stored dialect.
-async fn read_header(
-    mut head: Vec<u8>,
-    checkpoint: &Checkpoint,
-    def: &Definition,
-    ctx: &Ctx,
-) -> Result<CsvSource, SourceError> {
-    let mut at = Position { offset: 0, line: 1 };
-    if head.starts_with(BOM) {
-        head.drain(..BOM.len());
-        at.offset = BOM.len() as u64;
-    }
-    let dialect = &checkpoint.dialect;
-    let stream: BoxRead = Box::new(Cursor::new(head));
-    let mut source = CsvSource::new(stream, at, dialect.delimiter, dialect.quote, def);
-    source.read_header(def, ctx).await?;
-    Ok(source)
 }
 
 fn ends_before(ctx: &Ctx, offset: u64) -> SourceError {

@@ -58,6 +58,19 @@ pub struct ClaimedBatch {
     /// stamps it on the batch, so a retry's requeue pass never puts back
     /// a batch its own round already ran.
     pub round: u32,
+    /// What the batch holds, which decides the work done on it.
+    pub content: BatchContent,
+}
+
+/// What a batch holds, and so which kind of work a worker does with it
+/// (`process::Worker::kind_of`). Stored on the batch item; absent means
+/// records, the only content so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BatchContent {
+    /// Records staged from an uploaded file, in the batch's chunks.
+    #[default]
+    Records,
 }
 
 /// One page of the batches a retry reruns (`JobControl::retryable_batches`).

@@ -414,11 +414,22 @@ fn limits_must_leave_room_for_the_fields() {
 #[test]
 fn format_is_csv_or_ndjson() {
     let def = load(r#"{"fields": [{"name": "a", "type": "string"}], "format": "ndjson"}"#);
-    assert_eq!(def.format, Some(InputFormat::Ndjson));
+    assert_eq!(def.format, Some(InputFormat::NDJSON));
     assert_eq!(
         error(r#"{"fields": [{"name": "a", "type": "string"}], "format": "xml"}"#).path(),
         "format"
     );
+}
+
+#[test]
+fn an_unknown_format_is_refused_at_load_naming_it_and_the_known_ones() {
+    let e = error(r#"{"fields": [{"name": "a", "type": "string"}], "format": "xml"}"#);
+    assert_eq!(
+        e.to_string(),
+        "import definition defs/users.json: format: \
+         unknown format \"xml\" (known formats: csv, ndjson) at line 1 column 62"
+    );
+    assert_eq!(e.path(), "format");
 }
 
 #[test]
@@ -462,5 +473,5 @@ fn to_json_round_trips() {
     let again = load(&tab.to_json());
     assert_eq!(again.delimiter, Some(b'\t'));
     assert_eq!(again.columns, tab.columns);
-    assert_eq!(again.format, Some(InputFormat::Csv));
+    assert_eq!(again.format, Some(InputFormat::CSV));
 }

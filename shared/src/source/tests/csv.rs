@@ -114,7 +114,7 @@ async fn header_maps_columns_by_name_and_ignores_others() {
     )
     .await
     .unwrap();
-    assert_eq!(rdr.format(), InputFormat::Csv);
+    assert_eq!(rdr.format(), InputFormat::CSV);
     assert_eq!(rdr.header().map(<[String]>::len), Some(3));
     assert_eq!(
         rdr.next_record().await.unwrap(),

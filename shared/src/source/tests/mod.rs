@@ -136,6 +136,6 @@ fn ndjson_def() -> Definition {
         "test",
     )
     .unwrap();
-    def.format = Some(InputFormat::Ndjson);
+    def.format = Some(InputFormat::NDJSON);
     def
 }

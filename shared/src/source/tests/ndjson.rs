@@ -10,7 +10,7 @@ async fn ndjson_objects_map_keys_by_name_and_alias() {
     )
     .await
     .unwrap();
-    assert_eq!(rdr.format(), InputFormat::Ndjson);
+    assert_eq!(rdr.format(), InputFormat::NDJSON);
     assert_eq!(
         rdr.next_record().await.unwrap(),
         Some(rec(1, &[Some("a@x.io"), Some("31"), None]))

@@ -212,7 +212,7 @@ fn ndjson_definition() -> Definition {
         "test",
     )
     .unwrap();
-    def.format = Some(InputFormat::Ndjson);
+    def.format = Some(InputFormat::NDJSON);
     def
 }
 

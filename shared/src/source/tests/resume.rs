@@ -35,7 +35,7 @@ pub(super) async fn read_resumed(
     let body = |bytes: &[u8]| -> Box<dyn AsyncRead + Send + Unpin> {
         Box::new(Cursor::new(bytes.to_vec()))
     };
-    let input = if cp.dialect.gzip {
+    let input = if cp.gzip {
         ResumeInput::Whole(body(input))
     } else {
         ResumeInput::Ranged {
@@ -103,7 +103,8 @@ async fn csv_with_a_bom_resumes_at_any_record_and_offsets_count_the_bom() {
     let (read, _) = read_with_checkpoints(&input, "f.csv", &people()).await;
     let first = &read[0].1;
     assert_eq!((first.offset, first.line), (BOM.len() as u64 + 11, 2));
-    assert_eq!(first.dialect.header_end, Some(BOM.len() as u64 + 10));
+    let state: crate::source::csv::State = first.state.to().unwrap();
+    assert_eq!(state.header_end, Some(BOM.len() as u64 + 10));
 }
 
 #[tokio::test]
@@ -123,7 +124,7 @@ async fn gzip_csv_resumes_at_any_record_from_the_start_of_the_stream() {
         5
     );
     let (read, _) = read_with_checkpoints(&input, "f.csv.gz", &people()).await;
-    assert!(read[4].1.dialect.gzip);
+    assert!(read[4].1.gzip);
     // Offsets are in the decompressed content.
     assert_eq!(read[4].1.offset, QUOTED.len() as u64 - 8);
 }
@@ -185,4 +186,74 @@ async fn a_file_shorter_than_its_checkpoint_is_an_error_not_an_empty_rest() {
         error.as_deref(),
         Some("f.csv.gz: the file ends before byte 87, where reading was to resume")
     );
+}
+
+const NDJSON: &[u8] = b"{\"email\":\"a@x.io\"}\r\n\n  \n{\"mail\":\"b@x.io\",\"age\":2}\nnot json\n{\"email\":\"c@x.io\"}";
+
+/// Checkpoints stored by versions before formats kept their own state:
+/// every format's carried a CSV dialect.
+#[tokio::test]
+async fn checkpoints_stored_before_formats_had_their_own_state_decode_and_resume() {
+    let cases: [(&[u8], &str, Definition, &str, usize); 2] = [
+        (
+            QUOTED,
+            "f.csv",
+            people(),
+            r#"{"o":74,"l":10,"r":4,"f":"csv","d":44,"q":34,"h":10}"#,
+            4,
+        ),
+        (
+            NDJSON,
+            "f.ndjson",
+            ndjson_def(),
+            r#"{"o":24,"l":4,"r":1,"f":"ndjson","d":44,"q":34}"#,
+            1,
+        ),
+    ];
+    for (input, name, def, stored, k) in cases {
+        let cp = Checkpoint::decode(stored).unwrap();
+        let (read, error) = read_with_checkpoints(input, name, &def).await;
+        assert_eq!(cp, read[k].1, "{stored}");
+        // Written back the same, so that the older version reads it too.
+        assert_eq!(cp.encode(), stored);
+        let records: Vec<StagedRecord> = read[k..].iter().map(|(r, _)| r.clone()).collect();
+        assert_eq!(
+            read_resumed(input, &cp, name, &def, 7).await,
+            (records, error),
+            "{stored}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_checkpoint_round_trips_through_its_json() {
+    let cases: [(Vec<u8>, &str, Definition); 3] = [
+        (QUOTED.to_vec(), "f.csv", people()),
+        (gzip(&[QUOTED]), "f.csv.gz", people()),
+        (NDJSON.to_vec(), "f.ndjson", ndjson_def()),
+    ];
+    for (input, name, def) in cases {
+        let (read, _) = read_with_checkpoints(&input, name, &def).await;
+        assert!(!read.is_empty());
+        for (_, cp) in &read {
+            let text = cp.encode();
+            assert_eq!(Checkpoint::decode(&text).unwrap(), *cp, "{text}");
+        }
+    }
+    let (read, _) = read_with_checkpoints(&gzip(&[QUOTED]), "f.csv.gz", &people()).await;
+    assert_eq!(
+        read[1].1.encode(),
+        r#"{"o":27,"l":4,"r":1,"f":"csv","z":true,"d":44,"q":34,"h":10}"#
+    );
+}
+
+#[test]
+fn a_checkpoint_its_format_cannot_resume_from_does_not_decode() {
+    for text in [
+        r#"{"o":74,"l":10,"r":4,"f":"xml","d":44,"q":34}"#,
+        r#"{"o":74,"l":10,"r":4,"f":"csv","q":34,"h":10}"#,
+        r#"{"o":74,"l":10,"r":4,"f":"csv","d":"x","q":34}"#,
+    ] {
+        assert!(Checkpoint::decode(text).is_err(), "{text}");
+    }
 }

@@ -110,6 +110,7 @@ impl DynamoStore {
                     rerun: item.rerun(),
                     last_error: item.last_error,
                     round,
+                    content: item.content,
                 }))
             }
             Err(e) if is_condition_failed(&e) => Ok(None),

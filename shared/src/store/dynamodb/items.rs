@@ -1,8 +1,8 @@
 //! Item shapes and keys of the state table (see docs/design.md). One table,
 //! generic `pk`/`sk` keys, one sparse index (`leases`) over unfinished batches.
 
-use crate::job::{Cost, EventKind, Job, JobId, JobStatus, SourceRef};
-use crate::store::{BatchInfo, BatchState};
+use crate::job::{Cost, EventKind, Job, JobId, JobSource, JobStatus, SourceRef};
+use crate::store::{BatchContent, BatchInfo, BatchState};
 use serde::{Deserialize, Serialize};
 
 pub const LEASE_INDEX: &str = "leases";
@@ -297,11 +297,11 @@ impl JobItem {
         Job {
             id: self.job_id,
             status: self.status,
-            source: SourceRef {
+            source: JobSource::Object(SourceRef {
                 bucket: self.bucket,
                 key: self.key,
                 version: self.version,
-            },
+            }),
             prepared: self.prepared,
             total_records: self.total_records,
             total_batches: self.total_batches,
@@ -371,6 +371,9 @@ pub struct BatchItem {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// Absent for a batch of records.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub content: BatchContent,
     /// The version when a retry requeued the batch (attempts count from it).
     #[serde(default)]
     pub queued_version: u64,
@@ -458,5 +461,43 @@ impl BatchState {
             "FAILED" => BatchState::Failed,
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_batch_of_records_is_stored_as_before_and_read_as_records() {
+        let batch = BatchItem {
+            pk: "B#j#0".into(),
+            sk: "B".into(),
+            index: 0,
+            state: BatchState::Pending,
+            version: 0,
+            records: 3,
+            chunks: 1,
+            worker: None,
+            lease_until: 0,
+            gpk: None,
+            gsk: None,
+            processed: 0,
+            failed: 0,
+            last_error: None,
+            expires_at: None,
+            content: BatchContent::Records,
+            queued_version: 0,
+            prior_processed: None,
+            prior_failed: None,
+            round: None,
+        };
+        let item: HashMap<String, AttributeValue> = to_item(&batch).unwrap();
+        assert!(!item.contains_key("content"), "{item:?}");
+        let read: BatchItem = from_item(item).unwrap();
+        assert_eq!(read.content, BatchContent::Records);
     }
 }

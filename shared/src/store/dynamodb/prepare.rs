@@ -182,6 +182,7 @@ impl DynamoStore {
             failed: 0,
             last_error: None,
             expires_at,
+            content: BatchContent::Records,
             queued_version: 0,
             prior_processed: None,
             prior_failed: None,

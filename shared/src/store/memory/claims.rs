@@ -48,6 +48,7 @@ fn take(
         attempt: info.version - batch.base_version,
         rerun: batch.rerun,
         round: state.job.retries,
+        content: batch.content,
     })
 }
 

@@ -21,6 +21,7 @@ struct StoredBatch {
     rerun: Option<Rerun>,
     /// The round that last ran or requeued it.
     round: u32,
+    content: BatchContent,
 }
 
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! (`PrepareStore`): batches are written first, then published.
 
 use super::*;
-use crate::job::Cost;
+use crate::job::{Cost, JobSource};
 
 #[async_trait]
 impl PrepareStore for MemoryStore {
@@ -20,7 +20,7 @@ impl PrepareStore for MemoryStore {
         let job = Job {
             id: id.clone(),
             status: JobStatus::Processing,
-            source: source.clone(),
+            source: JobSource::Object(source.clone()),
             prepared: false,
             total_records: 0,
             total_batches: 0,
@@ -124,6 +124,7 @@ impl PrepareStore for MemoryStore {
                     base_version: 0,
                     rerun: None,
                     round: 0,
+                    content: BatchContent::Records,
                 });
             }
             Ok(())
