@@ -1,15 +1,17 @@
 //! `bulkimport check FILE --definition DEF`: the whole parse and validation
 //! on this machine, no AWS: what to run before uploading.
 
-use bulk_import::check::{check, BytesRead, CheckReport};
+use bulk_import::check::{check, BytesRead, CheckReport, Keep, RepeatedKeys};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Checks `file`; prints the summary, the failures by reason and the first
-/// `errors` failed rows. Exit code: 0 every row valid, 2 some rows failed,
-/// 1 a file-level problem (not text, a bad header, a limit).
-pub async fn run(file: &Path, definition: &Path, errors: usize) -> anyhow::Result<i32> {
+/// Checks `file`; prints the summary, the failures by reason, the first
+/// failed rows and the rows repeating a key. Exit code: 0 every row valid,
+/// 2 some rows failed, 1 a file-level problem (not text, a bad header, a
+/// limit). Repeated keys are not failures: they change the exit code only
+/// through the rows that fail.
+pub async fn run(file: &Path, definition: &Path, keep: Keep) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(definition)
         .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
     let origin = definition.display().to_string();
@@ -39,7 +41,7 @@ pub async fn run(file: &Path, definition: &Path, errors: usize) -> anyhow::Resul
     };
     let started = Instant::now();
     let input = tokio::io::BufReader::with_capacity(1 << 20, input);
-    let outcome = check(input, &name, &definition, errors, &read).await;
+    let outcome = check(input, &name, &definition, keep, &read).await;
     ticker.abort();
     bar.finish_and_clear();
     let report = match outcome {
@@ -64,6 +66,9 @@ async fn print(name: &str, r: &CheckReport, took: Duration) -> anyhow::Result<()
         r.bytes as f64 / secs / 1e6,
         r.rows as f64 / secs
     );
+    if let Some(repeated) = &r.repeated {
+        print_repeated(repeated);
+    }
     if r.by_reason.is_empty() {
         return Ok(());
     }
@@ -93,4 +98,33 @@ async fn print(name: &str, r: &CheckReport, took: Duration) -> anyhow::Result<()
     }
     out.flush().await?;
     Ok(())
+}
+
+/// The keys that valid rows repeat: the target table keeps one item a key.
+fn print_repeated(r: &RepeatedKeys) {
+    if r.rows == 0 {
+        println!("keys ({}): every valid row has its own", r.field);
+    } else {
+        println!(
+            "keys ({}): {} repeated, on {} after the first (the target table keeps one item a key)",
+            r.field,
+            count(r.keys, "key", "keys"),
+            count(r.rows, "valid row", "valid rows"),
+        );
+        for repeat in &r.first {
+            println!(
+                "{:>10}  line {} repeats line {}: {}",
+                "", repeat.line, repeat.first_line, repeat.key
+            );
+        }
+    }
+    if let Some(line) = r.untracked_from {
+        println!(
+            "keys first seen from line {line} on were not remembered (--max-keys): repeats of them are not counted"
+        );
+    }
+}
+
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -2,6 +2,10 @@
 //! against a definition, with no AWS, the way prepare and the workers would
 //! see it. What a user runs before uploading.
 
+mod keys;
+
+pub use self::keys::{Repeat, RepeatedKeys, MAX_KEYS};
+
 use crate::job::FailedRecord;
 use crate::schema::Definition;
 use crate::source::{OpenOptions, RecordReader, SourceError};
@@ -25,6 +29,18 @@ pub struct CheckReport {
     pub first_errors: Vec<FailedRecord>,
     /// Bytes of the file read (compressed bytes for a gzip file).
     pub bytes: u64,
+    /// Valid rows repeating an earlier one's key; `None` without a
+    /// `keyField`.
+    pub repeated: Option<RepeatedKeys>,
+}
+
+/// How much a check keeps besides its counts.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    /// Failed rows to show, and repeated keys.
+    pub errors: usize,
+    /// Distinct keys to remember while looking for repeats ([`MAX_KEYS`]).
+    pub keys: usize,
 }
 
 /// Bytes read so far, shared with whoever draws progress.
@@ -39,14 +55,20 @@ impl BytesRead {
 
 /// Parses and validates everything `reader` holds. A file-level problem
 /// (not text, a bad header, a limit) is the error, naming the file and,
-/// where there is one, the line; row-level problems are counted.
+/// where there is one, the line; row-level problems are counted, and so are
+/// valid rows whose key an earlier valid row had.
 pub async fn check(
     reader: impl AsyncRead + Unpin + Send + 'static,
     name: &str,
     definition: &Definition,
-    keep_errors: usize,
+    keep: Keep,
     progress: &BytesRead,
 ) -> Result<CheckReport, SourceError> {
+    let keep_errors = keep.errors;
+    let mut keys = definition
+        .key_field
+        .as_deref()
+        .map(|field| keys::KeyTracker::new(field, keep.keys, keep.errors));
     let counted = Counted {
         inner: reader,
         read: progress.clone(),
@@ -56,7 +78,15 @@ pub async fn check(
     while let Some(record) = records.next_record().await? {
         report.rows += 1;
         match definition.validate(&record) {
-            Ok(_) => report.valid += 1,
+            Ok(valid) => {
+                report.valid += 1;
+                let key = (keys.as_mut(), definition.key_field.as_deref());
+                if let (Some(keys), Some(field)) = key {
+                    if let Some(value) = valid.get(field) {
+                        keys.note(value, record.line);
+                    }
+                }
+            }
             Err(issues) => {
                 report.failed += 1;
                 for issue in &issues {
@@ -75,6 +105,7 @@ pub async fn check(
         }
     }
     report.bytes = progress.get();
+    report.repeated = keys.map(keys::KeyTracker::finish);
     Ok(report)
 }
 
@@ -119,7 +150,10 @@ mod tests {
             bytes,
             "people.csv",
             &definition(),
-            keep,
+            Keep {
+                errors: keep,
+                keys: MAX_KEYS,
+            },
             &BytesRead::default(),
         )
         .await
@@ -138,6 +172,45 @@ mod tests {
         let lines: Vec<u64> = report.first_errors.iter().map(|f| f.line).collect();
         assert_eq!(lines, vec![3, 4], "the first two, in input order");
         assert_eq!(report.bytes, text.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn valid_rows_repeating_an_earlier_key_are_counted() {
+        let keyed = Definition::from_json(
+            r#"{"fields": [
+                {"name": "email", "type": "email", "required": true},
+                {"name": "age", "type": "integer"}
+            ], "keyField": "email"}"#,
+            "test",
+        )
+        .unwrap();
+        // Line 5 repeats line 2's key but is invalid: it imports nothing.
+        let text = "email,age\na@x.org,1\nb@x.org,2\na@x.org,3\na@x.org,x\nb@x.org,5\na@x.org,6\n";
+        let report = check(
+            std::io::Cursor::new(text.as_bytes().to_vec()),
+            "people.csv",
+            &keyed,
+            Keep {
+                errors: 2,
+                keys: MAX_KEYS,
+            },
+            &BytesRead::default(),
+        )
+        .await
+        .unwrap();
+        let repeated = report.repeated.unwrap();
+        assert_eq!(repeated.field, "email");
+        assert_eq!((repeated.keys, repeated.rows), (2, 3));
+        let first: Vec<(u64, u64)> = repeated
+            .first
+            .iter()
+            .map(|r| (r.line, r.first_line))
+            .collect();
+        assert_eq!(first, vec![(4, 2), (6, 3)]);
+        assert_eq!(repeated.first[0].key, "a@x.org");
+
+        let unkeyed = run("email,age\na@x.org,1\na@x.org,2\n", 2).await.unwrap();
+        assert_eq!(unkeyed.repeated, None);
     }
 
     #[tokio::test]

@@ -293,6 +293,23 @@ async fn check_validates_a_local_file_and_exits_by_outcome() {
     let (code, out, _) = run("good.csv", users(5)).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("5 rows, 5 valid, 0 failed"), "{out}");
+    assert!(
+        out.contains("keys (email): every valid row has its own"),
+        "{out}"
+    );
+
+    let mut csv = users(5);
+    csv.push_str("user1@example.com,User 1 again\nuser1@example.com,And again\n");
+    let (code, out, _) = run("repeats.csv", csv).await;
+    assert_eq!(code, 0, "repeated keys are not failures: {out}");
+    assert!(
+        out.contains("keys (email): 1 key repeated, on 2 valid rows after the first"),
+        "{out}"
+    );
+    assert!(
+        out.contains("line 8 repeats line 3: user1@example.com"),
+        "{out}"
+    );
 
     let mut csv = users(5);
     csv.push_str("not-an-email,Broken\n");
