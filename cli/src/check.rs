@@ -113,14 +113,14 @@ fn print_repeated(r: &RepeatedKeys) {
         );
         for repeat in &r.first {
             println!(
-                "{:>10}  line {} repeats line {}: {}",
-                "", repeat.line, repeat.first_line, repeat.key
+                "{:>10}  line {} repeats the key of line {}",
+                "", repeat.line, repeat.first_line
             );
         }
     }
     if let Some(line) = r.untracked_from {
         println!(
-            "keys first seen from line {line} on were not remembered (--max-keys): repeats of them are not counted"
+            "keys were remembered up to line {line} (--max-keys): rows from there on were not checked for repeats"
         );
     }
 }

@@ -147,8 +147,8 @@ enum Command {
         /// Failed rows to show (and rows repeating a key).
         #[arg(long, default_value_t = 10)]
         errors: usize,
-        /// Distinct keys remembered while looking for repeated ones (16
-        /// bytes each, 18 to 36 MB a million); past it new keys go unchecked.
+        /// Rows whose keys are remembered while looking for repeated ones
+        /// (16 to 32 bytes each); rows past it go unchecked.
         #[arg(long, default_value_t = bulk_import::check::MAX_KEYS)]
         max_keys: usize,
     },

@@ -207,7 +207,6 @@ mod tests {
             .map(|r| (r.line, r.first_line))
             .collect();
         assert_eq!(first, vec![(4, 2), (6, 3)]);
-        assert_eq!(repeated.first[0].key, "a@x.org");
 
         let unkeyed = run("email,age\na@x.org,1\na@x.org,2\n", 2).await.unwrap();
         assert_eq!(unkeyed.repeated, None);
