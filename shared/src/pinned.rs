@@ -69,9 +69,9 @@ impl PinnedDefinitions {
             // Gone already: whatever reads it next finds nothing either.
             None => Some(routes.primary()),
         };
-        routed
-            .cloned()
-            .ok_or_else(|| PinError::Unrouted { job: job.clone() })
+        let routed = routed.ok_or_else(|| PinError::Unrouted { job: job.clone() })?;
+        // Kept like a pinned copy, so the job's later messages read nothing.
+        Ok(self.remember(job, routed.clone()))
     }
 
     fn cached(&self, job: &JobId) -> Option<Arc<Definition>> {
@@ -90,12 +90,15 @@ impl PinnedDefinitions {
                     source,
                 }
             })?;
-        let definition = Arc::new(definition);
+        Ok(self.remember(job, Arc::new(definition)))
+    }
+
+    fn remember(&self, job: &JobId, definition: Arc<Definition>) -> Arc<Definition> {
         self.cache
             .lock()
             .expect("definition cache poisoned")
             .insert(job.clone(), definition.clone());
-        Ok(definition)
+        definition
     }
 }
 
@@ -152,6 +155,12 @@ mod tests {
         let pinned = PinnedDefinitions::default();
         let found = pinned.of(&store, &routed, &routes).await.unwrap();
         assert_eq!(found.batch_size, 5);
+        // Kept: the job's next message reads neither the store nor the routes.
+        let again = Routes::single(definition(9));
+        assert_eq!(
+            pinned.of(&store, &routed, &again).await.unwrap().batch_size,
+            5
+        );
         let err = pinned.of(&store, &unrouted, &routes).await.unwrap_err();
         assert!(
             matches!(&err, PinError::Unrouted { job } if *job == unrouted),
