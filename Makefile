@@ -14,7 +14,7 @@ PROFILE ?= debug
 
 export FILE DEFINITION WORKERS EXPORT ROWS
 
-.PHONY: demo test unit lint check build build-check lint-template api-schema chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle demo-conflicts fuzz \
+.PHONY: demo test unit lint check build build-check lint-template api-schema chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle bench-keyed demo-conflicts fuzz \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
 
 ## demo: the whole pipeline on a 100k-row sample (or FILE=... DEFINITION=...)
@@ -68,6 +68,11 @@ bench-scale:
 bench-throttle:
 	$(CARGO) build -p integration-tests --bin throttle-bench
 	scripts/with-moto.sh $${CARGO_TARGET_DIR:-target}/debug/throttle-bench
+
+## bench-keyed: one file with repeated keys, 4 workers: requests and write units per record of onDuplicateKey last and first against an unconditional upsert (KEYED_BENCH_ROWS)
+bench-keyed:
+	$(CARGO) build --release -p integration-tests --bin keyed-bench
+	scripts/with-moto.sh $${CARGO_TARGET_DIR:-target}/release/keyed-bench
 
 ## demo-conflicts: the demo twice, DynamoDB conflict emulation off then on, times side by side
 demo-conflicts:

@@ -2,6 +2,7 @@
 //! on this machine, no AWS: what to run before uploading.
 
 use bulk_import::check::{check, BytesRead, CheckReport, Keep, RepeatedKeys};
+use bulk_import::schema::OnDuplicateKey;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -51,11 +52,17 @@ pub async fn run(file: &Path, definition: &Path, keep: Keep) -> anyhow::Result<i
             return Ok(1);
         }
     };
-    print(&name, &report, started.elapsed()).await?;
+    let policy = definition.duplicate_policy();
+    print(&name, &report, policy, started.elapsed()).await?;
     Ok(if report.failed == 0 { 0 } else { 2 })
 }
 
-async fn print(name: &str, r: &CheckReport, took: Duration) -> anyhow::Result<()> {
+async fn print(
+    name: &str,
+    r: &CheckReport,
+    policy: OnDuplicateKey,
+    took: Duration,
+) -> anyhow::Result<()> {
     let secs = took.as_secs_f64().max(1e-9);
     println!(
         "{name}: {} rows, {} valid, {} failed ({:.1} s, {:.1} MB/s, {:.0} rows/s)",
@@ -67,7 +74,7 @@ async fn print(name: &str, r: &CheckReport, took: Duration) -> anyhow::Result<()
         r.rows as f64 / secs
     );
     if let Some(repeated) = &r.repeated {
-        print_repeated(repeated);
+        print_repeated(repeated, policy);
     }
     if r.by_reason.is_empty() {
         return Ok(());
@@ -100,13 +107,18 @@ async fn print(name: &str, r: &CheckReport, took: Duration) -> anyhow::Result<()
     Ok(())
 }
 
-/// The keys that valid rows repeat: the target table keeps one item a key.
-fn print_repeated(r: &RepeatedKeys) {
+/// The keys that valid rows repeat, and which row of each the target table
+/// keeps under the definition's `onDuplicateKey`.
+fn print_repeated(r: &RepeatedKeys, policy: OnDuplicateKey) {
     if r.rows == 0 {
         println!("keys ({}): every valid row has its own", r.field);
     } else {
+        let kept = match policy {
+            OnDuplicateKey::Last => "last: each key keeps its last row",
+            OnDuplicateKey::First => "first: each key keeps its first row",
+        };
         println!(
-            "keys ({}): {} repeated, on {} after the first (the target table keeps one item a key)",
+            "keys ({}): {} repeated, on {} after the first (onDuplicateKey {kept})",
             r.field,
             count(r.keys, "key", "keys"),
             count(r.rows, "valid row", "valid rows"),

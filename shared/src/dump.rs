@@ -267,6 +267,7 @@ mod tests {
                 processed: 10,
                 failed: Vec::new(),
                 error: None,
+                duplicates: 0,
             };
             store.commit_batch(&c, &outcome, 0).await.unwrap();
         }

@@ -323,6 +323,7 @@ mod tests {
                 vec![FieldIssue::new(None, None, "refused")],
             )],
             error: None,
+            duplicates: 0,
         };
         store.commit_batch(&c, &outcome, 0).await.unwrap();
         store.get_job(&job.id).await.unwrap().unwrap()

@@ -64,6 +64,10 @@ pub struct Job {
     /// failures stay failed: fixing them means fixing the file.
     #[serde(default)]
     pub retryable: u64,
+    /// Rows found to repeat a key another row of the job has (all of a
+    /// key's rows but one), as the processor noted them.
+    #[serde(default)]
+    pub duplicates: u64,
     /// Until when the current orchestrator holds the right to write batches
     /// (0 once prepare has finished).
     pub prepare_lease_until_ms: i64,

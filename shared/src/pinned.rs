@@ -31,6 +31,8 @@ pub enum PinError {
 #[derive(Debug, Default)]
 pub struct PinnedDefinitions {
     cache: Mutex<HashMap<JobId, Arc<Definition>>>,
+    /// Jobs' creation times, which never change either.
+    created: Mutex<HashMap<JobId, i64>>,
 }
 
 impl PinnedDefinitions {
@@ -72,6 +74,25 @@ impl PinnedDefinitions {
         let routed = routed.ok_or_else(|| PinError::Unrouted { job: job.clone() })?;
         // Kept like a pinned copy, so the job's later messages read nothing.
         Ok(self.remember(job, routed.clone()))
+    }
+
+    /// When `job` was created (0 for a job that is gone), read once per
+    /// process: what orders its writes against other jobs'.
+    pub async fn created_at(&self, store: &dyn JobStore, job: &JobId) -> Result<i64, PinError> {
+        if let Some(at) = self
+            .created
+            .lock()
+            .expect("creation cache poisoned")
+            .get(job)
+        {
+            return Ok(*at);
+        }
+        let at = store.get_job(job).await?.map_or(0, |j| j.created_at_ms);
+        self.created
+            .lock()
+            .expect("creation cache poisoned")
+            .insert(job.clone(), at);
+        Ok(at)
     }
 
     fn cached(&self, job: &JobId) -> Option<Arc<Definition>> {

@@ -78,6 +78,7 @@ impl Deps {
         &'a self,
         processor: &'a dyn RecordProcessor,
         definition: &'a Definition,
+        job_created_at_ms: i64,
     ) -> Worker<'a> {
         Worker {
             store: self.store.as_ref(),
@@ -87,6 +88,7 @@ impl Deps {
             reports: self.reports.as_ref(),
             metrics: self.metrics.as_ref(),
             definition,
+            job_created_at_ms,
             settings: &self.worker,
             clock: &self.clock,
             rng: &self.rng,

@@ -63,6 +63,8 @@ pub struct Worker<'a> {
     pub reports: &'a dyn ReportSink,
     pub metrics: &'a dyn MetricsSink,
     pub definition: &'a Definition,
+    /// When the job was created (`ProcessContext::job_created_at_ms`).
+    pub job_created_at_ms: i64,
     pub settings: &'a WorkerSettings,
     /// Leases, deadlines, the cap's windows and every wait.
     pub clock: &'a Clock,

@@ -35,6 +35,10 @@ pub struct JobStatusView {
     pub total_records: Option<u64>,
     pub processed: u64,
     pub failed: u64,
+    /// Rows that repeat a key another row of the job has (all of a key's
+    /// rows but one): with `onDuplicateKey`, the rows that did not decide
+    /// the key's item.
+    pub duplicates: u64,
     pub batches_ready: u64,
     pub batches_done: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +118,7 @@ impl JobStatusView {
             total_records: total,
             processed: job.processed,
             failed: job.failed,
+            duplicates: job.duplicates,
             batches_ready: job.batches_ready,
             batches_done: job.batches_done,
             total_batches: job.prepared.then_some(job.total_batches),
@@ -167,6 +172,7 @@ mod tests {
             cost: Cost::default(),
             retries: 0,
             retryable: 0,
+            duplicates: 0,
             round: Default::default(),
         }
     }

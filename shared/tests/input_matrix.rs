@@ -130,6 +130,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
         reports: &reports,
         metrics: &bulk_import::metrics::NoMetrics,
         definition: &definition,
+        job_created_at_ms: 0,
         settings: &settings,
         clock: &clock,
         rng: &bulk_import::rng::Rng::seeded(5),

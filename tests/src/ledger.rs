@@ -27,6 +27,9 @@ pub struct Tally {
     gpk_of: HashMap<(String, String, String), String>,
     /// Write requests.
     pub requests: u64,
+    /// Write requests by the tables they write (one request can count for
+    /// several tables).
+    pub table_requests: HashMap<String, u64>,
     /// Every DynamoDB request, reads included, by operation.
     pub operations: HashMap<String, u64>,
     /// Each item write as it was sent: wall-clock milliseconds, table,
@@ -84,6 +87,12 @@ impl Ledger {
             _ => return,
         };
         t.requests += 1;
+        let mut tables: Vec<&String> = writes.iter().map(|(table, _, _)| table).collect();
+        tables.sort();
+        tables.dedup();
+        for table in tables {
+            *t.table_requests.entry(table.clone()).or_default() += 1;
+        }
         let sent_ms = bulk_import::job::now_ms();
         for (table, action, write) in writes {
             t.timeline.push((sent_ms, table.clone(), write.units));

@@ -3,6 +3,8 @@
 //! through the real SDK clients. The emulator is required: without
 //! `AWS_ENDPOINT_URL` the tests fail loudly instead of skipping.
 
+pub mod chaos;
+pub mod keyed;
 pub mod ledger;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -254,6 +256,15 @@ impl Stack {
             })
             .await
             .expect("prepare poller")
+    }
+
+    /// One pass of the sweeper, as its schedule runs it.
+    pub async fn sweep(&self) {
+        self.deps
+            .sweeper()
+            .sweep("test-sweeper", None)
+            .await
+            .expect("sweep");
     }
 
     pub async fn job(&self, id: &JobId) -> Job {

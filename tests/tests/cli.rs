@@ -307,6 +307,10 @@ async fn check_validates_a_local_file_and_exits_by_outcome() {
         "{out}"
     );
     assert!(out.contains("line 8 repeats the key of line 3"), "{out}");
+    assert!(
+        out.contains("(onDuplicateKey last: each key keeps its last row)"),
+        "{out}"
+    );
 
     let mut csv = users(5);
     csv.push_str("not-an-email,Broken\n");

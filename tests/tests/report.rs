@@ -156,8 +156,6 @@ async fn a_fixed_report_uploaded_again_imports_every_row_it_holds() {
     stack.deps.processor = Some(Arc::new(Picky(DynamoUpsert::new(
         stack.clients.dynamodb.clone(),
         &stack.resources.target_table,
-        stack.deps.clock,
-        stack.deps.rng.clone(),
     ))));
     // `notes` is read by no field; names carry commas, quotes and line breaks.
     let mut file = String::from("full name,notes,email,age,plan\n");

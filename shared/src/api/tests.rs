@@ -127,6 +127,7 @@ async fn commit_next(f: &Fixture, id: &JobId, failures: &[u64]) {
                 processed: 5 - failed.len() as u64,
                 failed,
                 error: None,
+                duplicates: 0,
             };
             store.commit_batch(&claim, &outcome, now).await.unwrap();
         }

@@ -44,7 +44,8 @@ pub async fn handle(
                 .pinned
                 .of(deps.store.as_ref(), &job, &deps.routes)
                 .await?;
-            let worker = deps.worker(processor.as_ref(), &definition);
+            let created = deps.pinned.created_at(deps.store.as_ref(), &job).await?;
+            let worker = deps.worker(processor.as_ref(), &definition, created);
             let report = worker.run(&job, &worker_id, deadline).await?;
             tracing::info!(batches = report.batches, processed = report.processed, failed = report.failed, stop = ?report.stop, "worker run ended");
             deps.metrics.record(Metric::WorkerRun {

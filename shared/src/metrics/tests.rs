@@ -186,7 +186,7 @@ mod pipeline {
         };
         let processor = deps.require_processor().unwrap();
         let run = deps
-            .worker(processor.as_ref(), &definition)
+            .worker(processor.as_ref(), &definition, 0)
             .run(&job.id, "worker", None)
             .await
             .unwrap();

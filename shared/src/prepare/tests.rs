@@ -120,6 +120,7 @@ async fn a_job_rejected_during_prepare_reports_the_records_that_failed_before() 
             vec![FieldIssue::new(Some("n"), Some("x"), "not an integer")],
         )],
         error: None,
+        duplicates: 0,
     };
     store
         .commit_batch(&claim, &outcome, now_ms())

@@ -15,7 +15,7 @@ use super::{BatchKind, Unfinished, WorkError, Worker, WorkerSettings};
 use crate::clock::{Clock, Instant};
 use crate::job::{FailedRecord, FieldIssue, StagedRecord};
 use crate::metrics::{Metric, MetricsSink};
-use crate::processor::{BatchContext, ProcessContext, ProcessError, RecordProcessor};
+use crate::processor::{BatchContext, Duplicates, ProcessContext, ProcessError, RecordProcessor};
 use crate::rng::Rng;
 use crate::schema::{Definition, ValidRecord};
 use crate::store::{BatchOutcome, BatchState, ClaimedBatch, JobStore, StoreError};
@@ -30,6 +30,7 @@ pub(super) struct Records<'a> {
     throttle: &'a dyn Throttle,
     metrics: &'a dyn MetricsSink,
     definition: &'a Definition,
+    job_created_at_ms: i64,
     settings: &'a WorkerSettings,
     clock: &'a Clock,
     rng: &'a Rng,
@@ -43,6 +44,7 @@ impl<'a> Records<'a> {
             throttle: worker.throttle,
             metrics: worker.metrics,
             definition: worker.definition,
+            job_created_at_ms: worker.job_created_at_ms,
             settings: worker.settings,
             clock: worker.clock,
             rng: worker.rng,
@@ -112,8 +114,9 @@ impl BatchKind for Records<'_> {
                 Err(issues) => failed.push(FailedRecord::invalid(record.line, issues)),
             }
         }
+        let duplicates = Duplicates::default();
         let processed = self
-            .run_processor(claim, &valid, &mut failed, stop_at)
+            .run_processor(claim, &valid, &mut failed, &duplicates, stop_at)
             .await?;
         let batch = BatchContext {
             job_id: &claim.job_id,
@@ -136,6 +139,7 @@ impl BatchKind for Records<'_> {
             processed: settled + processed,
             failed,
             error: None,
+            duplicates: duplicates.count(),
         })
     }
 }
@@ -168,6 +172,7 @@ impl Records<'_> {
         claim: &ClaimedBatch,
         valid: &[ValidRecord],
         failed: &mut Vec<FailedRecord>,
+        duplicates: &Duplicates,
         stop_at: Option<Instant>,
     ) -> Result<u64, Unfinished> {
         let mut pending: Vec<&ValidRecord> = valid.iter().collect();
@@ -182,9 +187,11 @@ impl Records<'_> {
             }
             let ctx = ProcessContext {
                 job_id: &claim.job_id,
+                job_created_at_ms: self.job_created_at_ms,
                 batch_index: claim.index,
                 retry,
                 definition: self.definition,
+                duplicates,
             };
             let results = self.call_processor(claim, &pending, &ctx, stop_at).await?;
             let mut again = Vec::new();
@@ -348,6 +355,7 @@ fn poisoned(claim: &ClaimedBatch, records: &[StagedRecord], max_attempts: u64) -
             })
             .collect(),
         error: Some(message),
+        duplicates: 0,
     }
 }
 
@@ -369,5 +377,6 @@ fn unloadable(claim: &ClaimedBatch, error: &StoreError, max_attempts: u64) -> Ba
             })
             .collect(),
         error: Some(message),
+        duplicates: 0,
     }
 }

@@ -1,19 +1,27 @@
 //! Built-in processor, type `dynamodb` (the default): upserts each valid
 //! record into the deployment's target table (`TARGET_TABLE`) keyed by the
-//! definition's `keyField`. Idempotent (a re-processed batch writes the
-//! same items), batched 25 a request.
+//! definition's `keyField`, keeping for each key the row the definition's
+//! `onDuplicateKey` says, whatever order workers write in.
+//!
+//! Every item carries `_importOrder`, the rank of the row that wrote it:
+//! its job's creation time, its job, then its line (for `first`, lines
+//! count down). Each write is one PutItem on the condition that the stored
+//! rank is not higher, so a row that loses to one already written writes
+//! nothing, and a row written again (a retry, a reclaimed batch) writes
+//! the same item. Within a batch, only the winning row of each key is
+//! written. Each write returns the item it replaced or lost to, which
+//! tells the rows that repeat a key of the job.
 
 use super::registry::{self, Built, Deployment, ProcessorSettings};
 use super::{ProcessContext, ProcessError, RecordProcessor, WriteCost};
-use crate::clock::Clock;
 use crate::config::ConfigError;
-use crate::retry::Backoff;
-use crate::rng::Rng;
-use crate::schema::{FieldValue, ValidRecord};
+use crate::schema::{FieldValue, OnDuplicateKey, ValidRecord};
 use crate::store::dynamodb::cost::{item_size, write_units};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
+use futures::stream::{self, StreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -22,6 +30,10 @@ pub(super) const TYPE: registry::ProcessorType = registry::ProcessorType {
     check: registry::no_settings,
     build,
 };
+
+/// The attribute that holds the rank of the row that wrote an item; no
+/// field of a definition for this processor may have its name.
+pub const ORDER_ATTRIBUTE: &str = "_importOrder";
 
 /// The upsert into `TARGET_TABLE`; none without it (the orchestrator).
 fn build(_settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
@@ -38,34 +50,33 @@ fn build(_settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
     Ok(Some(Arc::new(DynamoUpsert::new(
         deployment.clients.dynamodb.clone(),
         table,
-        *deployment.clock,
-        deployment.rng.clone(),
     ))))
 }
 
-const BATCH_WRITE_MAX: usize = 25;
-const UNPROCESSED_RETRIES: u32 = 8;
+/// PutItem calls one batch keeps in flight.
+const WRITES_IN_FLIGHT: usize = 32;
 
 type Item = HashMap<String, AttributeValue>;
 
 pub struct DynamoUpsert {
     client: Client,
     table: String,
-    backoff: Backoff,
-    /// What the backoff between unprocessed items' retries waits on and
-    /// draws its jitter from: the deployment's.
-    clock: Clock,
-    rng: Rng,
+}
+
+/// What one conditional write found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Put {
+    /// Written; the rank of the item it replaced, if it had one.
+    Written { replaced: Option<String> },
+    /// Not written: the stored item's row ranks higher.
+    Outranked { by: Option<String> },
 }
 
 impl DynamoUpsert {
-    pub fn new(client: Client, table: impl Into<String>, clock: Clock, rng: Rng) -> Self {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
         DynamoUpsert {
             client,
             table: table.into(),
-            backoff: Backoff::default(),
-            clock,
-            rng,
         }
     }
 
@@ -73,7 +84,7 @@ impl DynamoUpsert {
     /// value's JSON text unless it is one), so the table's key type does not
     /// depend on the field's type.
     fn item(record: &ValidRecord, key_field: &str) -> Result<Item, ProcessError> {
-        let mut item = Item::with_capacity(record.len());
+        let mut item = Item::with_capacity(record.len() + 1);
         for (name, value) in record.iter() {
             let attr = if name == key_field {
                 AttributeValue::S(value.to_string())
@@ -92,55 +103,132 @@ impl DynamoUpsert {
         Ok(item)
     }
 
-    async fn put_one(&self, item: Item) -> Result<(), ProcessError> {
-        self.client
+    /// The record's item with its rank.
+    fn ranked_item(record: &ValidRecord, ctx: &ProcessContext<'_>) -> Result<Item, ProcessError> {
+        let key_field = ctx
+            .definition
+            .key_field
+            .as_deref()
+            .ok_or_else(|| ProcessError::permanent("the definition has no keyField"))?;
+        let mut item = Self::item(record, key_field)?;
+        let rank = Rank::of(ctx).of_line(record.line);
+        item.insert(ORDER_ATTRIBUTE.into(), AttributeValue::S(rank));
+        Ok(item)
+    }
+
+    /// Writes `item` unless the stored item of its key ranks higher.
+    async fn put(&self, item: Item) -> Result<Put, ProcessError> {
+        let rank = item
+            .get(ORDER_ATTRIBUTE)
+            .cloned()
+            .expect("a ranked item has its rank");
+        let sent = self
+            .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#o) OR #o <= :o")
+            .expression_attribute_names("#o", ORDER_ATTRIBUTE)
+            .expression_attribute_values(":o", rank)
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await
-            .map(|_| ())
-            .map_err(classify)
+            .await;
+        match sent {
+            Ok(out) => Ok(Put::Written {
+                replaced: out.attributes.as_ref().and_then(rank_in),
+            }),
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(lost)) => Ok(Put::Outranked {
+                    by: lost.item().and_then(rank_in),
+                }),
+                _ => Err(classify(e)),
+            },
+        }
     }
 
-    /// One BatchWriteItem group; UnprocessedItems retried with backoff.
-    async fn write_group(&self, items: &[(usize, Item)]) -> Result<(), ProcessError> {
-        let mut requests: Vec<WriteRequest> = items
+    /// Writes each planned item, `WRITES_IN_FLIGHT` at a time; each
+    /// record's result, and the duplicates found, go to `results` and
+    /// `ctx.duplicates`.
+    async fn write(
+        &self,
+        plan: &WritePlan,
+        records: &[&ValidRecord],
+        results: &mut [Result<(), ProcessError>],
+        ctx: &ProcessContext<'_>,
+    ) {
+        let rank = Rank::of(ctx);
+        let puts: Vec<_> = plan
+            .writes
             .iter()
-            .map(|(_, item)| {
-                WriteRequest::builder()
-                    .put_request(
-                        PutRequest::builder()
-                            .set_item(Some(item.clone()))
-                            .build()
-                            .expect("item is set"),
-                    )
-                    .build()
+            .map(|(i, item)| {
+                let (i, item) = (*i, item.clone());
+                async move { (i, self.put(item).await) }
             })
             .collect();
-        for attempt in 0..=UNPROCESSED_RETRIES {
-            let out = self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, requests)
-                .send()
-                .await
-                .map_err(classify)?;
-            requests = out
-                .unprocessed_items
-                .and_then(|mut m| m.remove(&self.table))
-                .unwrap_or_default();
-            if requests.is_empty() {
-                return Ok(());
+        let written: Vec<(usize, Result<Put, ProcessError>)> = stream::iter(puts)
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        for (i, put) in written {
+            let found = match &put {
+                Ok(Put::Written { replaced: other }) | Ok(Put::Outranked { by: other }) => {
+                    other.as_deref()
+                }
+                Err(_) => None,
+            };
+            // Another row of this job got to the key first: one of the two
+            // repeats the other. Every write of a key but the first finds
+            // one, so a key's rows add up to all but one.
+            if found.is_some_and(|other| rank.is_other_row(other, records[i].line)) {
+                ctx.duplicates.found(records[i].line);
             }
-            self.backoff
-                .sleep(attempt + 1, &self.clock, &self.rng)
-                .await;
+            results[i] = put.map(|_| ());
         }
-        Err(ProcessError::retryable(format!(
-            "{} items stayed unprocessed (throttled)",
-            requests.len()
-        )))
+    }
+}
+
+/// The rank of an item's row, if it has one.
+fn rank_in(item: &Item) -> Option<String> {
+    match item.get(ORDER_ATTRIBUTE) {
+        Some(AttributeValue::S(rank)) => Some(rank.clone()),
+        _ => None,
+    }
+}
+
+/// Ranks of one job's rows: compared as strings, a later created job's rows
+/// rank above an earlier one's (ties broken by a hash of the job id), and a
+/// job's rows rank by line, upwards for `last` and downwards for `first`.
+/// Fixed width: 13 digits of creation time, 16 hex digits of job, 15 of line.
+#[derive(Debug, Clone)]
+struct Rank {
+    job: String,
+    policy: OnDuplicateKey,
+}
+
+const LINE_DIGITS_MAX: u64 = 999_999_999_999_999;
+
+impl Rank {
+    fn of(ctx: &ProcessContext<'_>) -> Rank {
+        let job = xxhash_rust::xxh3::xxh3_64(ctx.job_id.as_str().as_bytes());
+        Rank {
+            job: format!("{:013}{job:016x}", ctx.job_created_at_ms.max(0)),
+            policy: ctx.definition.duplicate_policy(),
+        }
+    }
+
+    fn of_line(&self, line: u64) -> String {
+        let line = line.min(LINE_DIGITS_MAX);
+        let place = match self.policy {
+            OnDuplicateKey::Last => line,
+            OnDuplicateKey::First => LINE_DIGITS_MAX - line,
+        };
+        format!("{}{place:015}", self.job)
+    }
+
+    /// Whether `rank` is that of another row of this job than `line`.
+    fn is_other_row(&self, rank: &str, line: u64) -> bool {
+        rank.starts_with(&self.job) && rank != self.of_line(line)
     }
 }
 
@@ -177,12 +265,10 @@ impl RecordProcessor for DynamoUpsert {
         record: &ValidRecord,
         ctx: &ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        let key_field = ctx
-            .definition
-            .key_field
-            .as_deref()
-            .ok_or_else(|| ProcessError::permanent("no keyField"))?;
-        self.put_one(Self::item(record, key_field)?).await
+        self.process_batch(&[record], ctx)
+            .await
+            .pop()
+            .expect("one result per record")
     }
 
     async fn process_batch(
@@ -196,24 +282,15 @@ impl RecordProcessor for DynamoUpsert {
                 .map(|_| Err(ProcessError::permanent("the definition has no keyField")))
                 .collect();
         };
-        let items = records.iter().map(|r| Self::item(r, key_field)).collect();
-        let (plan, mut results) = WritePlan::new(items, key_field);
-        for group in plan.writes.chunks(BATCH_WRITE_MAX) {
-            match self.write_group(group).await {
-                Ok(()) => {}
-                Err(ProcessError::Permanent { .. }) => {
-                    // One bad item fails the whole request: find it.
-                    for (i, item) in group {
-                        results[*i] = self.put_one(item.clone()).await;
-                    }
-                }
-                Err(e) => {
-                    for ((i, _), e) in group.iter().zip(e.repeated(group.len())) {
-                        results[*i] = Err(e);
-                    }
-                }
+        let items = records.iter().map(|r| Self::ranked_item(r, ctx)).collect();
+        let (plan, mut results) =
+            WritePlan::new(items, key_field, ctx.definition.duplicate_policy());
+        for (i, carrier) in plan.carrier.iter().enumerate() {
+            if carrier.is_some_and(|c| c != i) {
+                ctx.duplicates.found(records[i].line);
             }
         }
+        self.write(&plan, records, &mut results, ctx).await;
         plan.settle(&mut results);
         results
     }
@@ -224,22 +301,20 @@ impl RecordProcessor for DynamoUpsert {
 }
 
 impl WriteCost for DynamoUpsert {
-    /// Exactly what DynamoDB bills for putting the record's item as a new
-    /// item (replacing a larger one costs that one's size instead).
+    /// Exactly what DynamoDB bills for putting the record's item, rank
+    /// included, as a new item (replacing a larger one costs that one's
+    /// size instead; a write that loses to the stored row costs the same).
     fn write_units(&self, record: &ValidRecord, ctx: &ProcessContext<'_>) -> u64 {
-        let Some(key_field) = ctx.definition.key_field.as_deref() else {
-            return 0;
-        };
-        match Self::item(record, key_field) {
+        match Self::ranked_item(record, ctx) {
             Ok(item) => write_units(item_size(&item)) as u64,
             Err(_) => 0,
         }
     }
 }
 
-/// What one batch of records writes. BatchWriteItem rejects two puts of one
-/// key in a request, so only the last record of a key is written (it would
-/// win if written one by one); the earlier ones ride on its write.
+/// What one batch of records writes: only the winning record of each key
+/// (the last in the batch, or the first under `first`); the others ride on
+/// its write, as they would lose to it anyway.
 #[derive(Debug)]
 struct WritePlan {
     /// The items to write, each with the index of its record.
@@ -250,29 +325,33 @@ struct WritePlan {
 }
 
 impl WritePlan {
-    /// Plans the writes of `items` (one per record, `Err` for a record that
-    /// cannot be stored). Returns the plan and each record's result before
-    /// writing: `Ok` for those with an item.
+    /// Plans the writes of `items` (one per record, in line order, `Err`
+    /// for a record that cannot be stored). Returns the plan and each
+    /// record's result before writing: `Ok` for those with an item.
     fn new(
         items: Vec<Result<Item, ProcessError>>,
         key_field: &str,
+        policy: OnDuplicateKey,
     ) -> (WritePlan, Vec<Result<(), ProcessError>>) {
         let key = |item: &Item| format!("{:?}", item.get(key_field));
-        let mut last: HashMap<String, usize> = HashMap::new();
+        let mut winner: HashMap<String, usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             if let Ok(item) = item {
-                last.insert(key(item), i);
+                let slot = winner.entry(key(item)).or_insert(i);
+                if policy == OnDuplicateKey::Last {
+                    *slot = i;
+                }
             }
         }
         let mut plan = WritePlan {
-            writes: Vec::with_capacity(last.len()),
+            writes: Vec::with_capacity(winner.len()),
             carrier: Vec::with_capacity(items.len()),
         };
         let mut results = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             match item {
                 Ok(item) => {
-                    let carrier = last[&key(&item)];
+                    let carrier = winner[&key(&item)];
                     if carrier == i {
                         plan.writes.push((i, item));
                     }

@@ -7,7 +7,7 @@ mod dynamodb;
 pub mod registry;
 
 pub use cost::{JsonSize, WriteCost};
-pub use dynamodb::DynamoUpsert;
+pub use dynamodb::{DynamoUpsert, ORDER_ATTRIBUTE};
 pub use registry::ProcessorSettings;
 
 use crate::job::JobId;
@@ -111,10 +111,34 @@ impl std::error::Error for SharedCause {
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessContext<'a> {
     pub job_id: &'a JobId,
+    /// When the job was created: of two jobs that write one key, the later
+    /// created wins (the built-in upsert's ordering).
+    pub job_created_at_ms: i64,
     pub batch_index: u64,
     /// 0 on the first try, then 1.. on retries of a retryable error.
     pub retry: u32,
     pub definition: &'a Definition,
+    /// Where a processor that tells repeated keys apart notes the rows it
+    /// found to repeat a key of the job: the job's status counts them.
+    pub duplicates: &'a Duplicates,
+}
+
+/// The lines of a batch's records found to repeat a key an earlier or later
+/// row of the same job also has (each row but one of a key). A line noted
+/// twice, as on a retry, counts once.
+#[derive(Debug, Default)]
+pub struct Duplicates(std::sync::Mutex<std::collections::BTreeSet<u64>>);
+
+impl Duplicates {
+    /// Notes the record at `line` as a repeat of its key.
+    pub fn found(&self, line: u64) {
+        self.0.lock().expect("duplicates poisoned").insert(line);
+    }
+
+    /// How many distinct lines were noted.
+    pub fn count(&self) -> u64 {
+        self.0.lock().expect("duplicates poisoned").len() as u64
+    }
 }
 
 /// The batch whose records were processed, for `finish_batch`.

@@ -111,6 +111,7 @@ async fn run(
             processed: claim.record_count.saturating_sub(failed.len() as u64),
             failed,
             error: None,
+            duplicates: 0,
         };
         store.commit_batch(&claim, &outcome, T0).await.unwrap();
     }

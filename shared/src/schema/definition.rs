@@ -6,8 +6,9 @@ use super::record::RecordShape;
 use super::validate::{self, Rule};
 use super::{
     ColumnMap, Definition, DefinitionError, ExtraColumns, FieldDef, FieldType, InputFormat, Limits,
+    OnDuplicateKey,
 };
-use crate::processor::{registry, ProcessorSettings};
+use crate::processor::{registry, ProcessorSettings, ORDER_ATTRIBUTE};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -36,6 +37,8 @@ struct RawDefinition {
     fields: Vec<FieldDef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on_duplicate_key: Option<OnDuplicateKey>,
     #[serde(default = "default_batch_size")]
     batch_size: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +96,11 @@ impl Definition {
         serde_json::to_string_pretty(self).expect("a definition always serializes")
     }
 
+    /// Which row of a repeated key wins (the last when not given).
+    pub fn duplicate_policy(&self) -> OnDuplicateKey {
+        self.on_duplicate_key.unwrap_or_default()
+    }
+
     /// Index of the key field, when the definition has one.
     pub fn key_field_index(&self) -> Option<usize> {
         self.compiled.key_index
@@ -104,6 +112,7 @@ impl Serialize for Definition {
         RawDefinition {
             fields: self.fields.clone(),
             key_field: self.key_field.clone(),
+            on_duplicate_key: self.on_duplicate_key,
             batch_size: self.batch_size,
             delimiter: self.delimiter.map(|d| char::from(d).to_string()),
             has_header: self.has_header,
@@ -157,6 +166,22 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
     let names =
         Names::build(&raw.fields).map_err(|(path, message)| invalid(origin, path, message))?;
     let key_index = check_key_field(&raw, &names, origin)?;
+    if raw.processor.kind == crate::processor::ProcessorSettings::default().kind {
+        if let Some(i) = raw.fields.iter().position(|f| f.name == ORDER_ATTRIBUTE) {
+            return Err(invalid(
+                origin,
+                format!("fields[{i}].name"),
+                format!("{ORDER_ATTRIBUTE} is where the dynamodb processor keeps the rank of each item's row: rename the field"),
+            ));
+        }
+    }
+    if raw.on_duplicate_key.is_some() && raw.key_field.is_none() {
+        return Err(invalid(
+            origin,
+            "onDuplicateKey",
+            "needs a keyField: duplicates are rows that repeat its value",
+        ));
+    }
     let shape = Arc::new(RecordShape::new(
         raw.fields.iter().map(|f| f.name.clone()).collect(),
     ));
@@ -210,6 +235,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
     Ok(Definition {
         fields: raw.fields,
         key_field: raw.key_field,
+        on_duplicate_key: raw.on_duplicate_key,
         batch_size: raw.batch_size,
         delimiter,
         has_header: raw.has_header,

@@ -81,6 +81,19 @@ pub enum ExtraColumns {
     Reject,
 }
 
+/// Which row of a key the target table keeps when the file repeats the key
+/// (`onDuplicateKey`; needs `keyField`). Holds across batches and workers:
+/// the result is what importing the file row by row would give.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDuplicateKey {
+    /// The last row of the key in the file wins.
+    #[default]
+    Last,
+    /// The first row of the key in the file wins; later ones are skipped.
+    First,
+}
+
 /// One field of the definition, as written in the JSON file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -140,6 +153,8 @@ impl Default for Limits {
 pub struct Definition {
     pub fields: Vec<FieldDef>,
     pub key_field: Option<String>,
+    /// As written; `duplicate_policy` gives the one in force.
+    pub on_duplicate_key: Option<OnDuplicateKey>,
     pub batch_size: usize,
     /// `None` means detect it from the data.
     pub delimiter: Option<u8>,

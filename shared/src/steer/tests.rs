@@ -56,6 +56,7 @@ async fn work(store: &MemoryStore, id: &JobId, fails: bool) -> u64 {
                     vec![FieldIssue::new(None, None, "the target refused it")],
                 )],
                 error: None,
+                duplicates: 0,
             }
         } else {
             BatchOutcome {
@@ -63,6 +64,7 @@ async fn work(store: &MemoryStore, id: &JobId, fails: bool) -> u64 {
                 processed: 1,
                 failed: Vec::new(),
                 error: None,
+                duplicates: 0,
             }
         };
         store

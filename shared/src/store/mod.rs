@@ -131,6 +131,8 @@ pub struct BatchOutcome {
     pub processed: u64,
     pub failed: Vec<FailedRecord>,
     pub error: Option<String>,
+    /// Rows found to repeat a key of the job (`Job::duplicates`).
+    pub duplicates: u64,
 }
 
 /// A batch as stored (for inspection, tests and the sweeper).

@@ -44,6 +44,7 @@ fn done() -> BatchOutcome {
         processed: RECORDS_PER_BATCH,
         failed: vec![],
         error: None,
+        duplicates: 0,
     }
 }
 

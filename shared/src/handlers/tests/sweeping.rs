@@ -121,6 +121,7 @@ async fn job_whose_last_worker_died_before_finalizing_is_finalized_once() {
         processed: 2,
         failed: vec![],
         error: None,
+        duplicates: 0,
     };
     f.store.commit_batch(&c, &outcome, now_ms()).await.unwrap();
     assert_eq!(sweep(&f).await.finalized, 1);
@@ -146,6 +147,7 @@ async fn fail_every_batch(f: &Fixture, job: &crate::JobId) {
                 vec![crate::job::FieldIssue::new(None, None, "refused")],
             )],
             error: None,
+            duplicates: 0,
         };
         f.store.commit_batch(&c, &outcome, now_ms()).await.unwrap();
     }
@@ -320,6 +322,7 @@ async fn a_completion_event_the_finalizer_could_not_send_is_sent_by_the_sweeper(
         processed: 2,
         failed: vec![],
         error: None,
+        duplicates: 0,
     };
     f.store.commit_batch(&c, &outcome, now_ms()).await.unwrap();
     assert_eq!(sweep(&f).await.finalized, 1);

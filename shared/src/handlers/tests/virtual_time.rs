@@ -56,7 +56,7 @@ async fn a_dead_workers_batch_is_reclaimed_once_its_lease_runs_out_in_simulated_
         async move {
             let definition = deps.routes.primary().clone();
             let _ = deps
-                .worker(hangs.as_ref(), &definition)
+                .worker(hangs.as_ref(), &definition, 0)
                 .run(&id, "dying", None)
                 .await;
         }

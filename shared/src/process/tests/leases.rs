@@ -51,6 +51,7 @@ async fn worker_whose_lease_was_taken_stops_and_drops_its_result() {
                 processed: 1,
                 failed: vec![],
                 error: None,
+                duplicates: 0,
             },
             now_ms(),
         )

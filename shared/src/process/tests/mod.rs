@@ -117,6 +117,7 @@ impl Fixture {
             reports: &self.reports,
             metrics: &crate::metrics::NoMetrics,
             definition: &self.definition,
+            job_created_at_ms: 0,
             settings: &self.settings,
             clock: &self.clock,
             rng: &self.rng,

@@ -39,6 +39,7 @@ async fn poison_batch_is_failed_after_max_attempts_and_the_job_still_finishes() 
         processed: 1,
         failed: vec![],
         error: None,
+        duplicates: 0,
     };
     f.store.commit_batch(&ok, &outcome, long_ago).await.unwrap();
     for attempt in 1..3 {

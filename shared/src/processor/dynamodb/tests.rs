@@ -30,9 +30,66 @@ fn outcomes(results: &[Result<(), ProcessError>]) -> Vec<(bool, bool, String)> {
 #[test]
 fn only_the_last_record_of_a_key_is_written() {
     let items = vec![item("a", 1), item("b", 2), item("a", 3)];
-    let (plan, results) = WritePlan::new(items, "id");
+    let (plan, results) = WritePlan::new(items, "id", OnDuplicateKey::Last);
     assert_eq!(written(&plan), vec![1, 2]);
     assert!(results.iter().all(Result::is_ok));
+}
+
+#[test]
+fn under_first_only_the_first_record_of_a_key_is_written() {
+    let items = vec![
+        Err(ProcessError::permanent("field n cannot be stored")),
+        item("a", 1),
+        item("b", 2),
+        item("a", 3),
+    ];
+    let (plan, results) = WritePlan::new(items, "id", OnDuplicateKey::First);
+    assert_eq!(written(&plan), vec![1, 2]);
+    assert_eq!(plan.carrier, vec![None, Some(1), Some(2), Some(1)]);
+    assert!(results[1..].iter().all(Result::is_ok));
+}
+
+#[test]
+fn ranks_order_jobs_by_creation_then_lines_by_policy() {
+    let definition = |policy: &str| {
+        crate::schema::Definition::from_json(
+            &format!(
+                r#"{{"fields": [{{"name": "id", "type": "string", "required": true}}],
+                    "keyField": "id", "onDuplicateKey": "{policy}"}}"#
+            ),
+            "test",
+        )
+        .unwrap()
+    };
+    let (last, first) = (definition("last"), definition("first"));
+    let duplicates = super::super::Duplicates::default();
+    let job = crate::job::JobId::new("job-a");
+    let ctx = |definition, created| ProcessContext {
+        job_id: &job,
+        job_created_at_ms: created,
+        batch_index: 0,
+        retry: 0,
+        definition,
+        duplicates: &duplicates,
+    };
+    let early = Rank::of(&ctx(&last, 1_000));
+    let late = Rank::of(&ctx(&first, 2_000));
+    assert!(
+        early.of_line(2) < early.of_line(10),
+        "last: later lines rank higher"
+    );
+    assert!(
+        late.of_line(10) < late.of_line(2),
+        "first: earlier lines rank higher"
+    );
+    assert!(
+        early.of_line(u64::MAX) < late.of_line(u64::MAX),
+        "a later job outranks"
+    );
+    assert_eq!(early.of_line(7).len(), 44);
+    assert!(early.is_other_row(&early.of_line(3), 4));
+    assert!(!early.is_other_row(&early.of_line(4), 4));
+    assert!(!early.is_other_row(&late.of_line(3), 4));
 }
 
 #[test]
@@ -45,7 +102,7 @@ fn records_superseded_by_a_failed_write_fail_with_its_error() {
         item("b", 4),
         item("c", 5),
     ];
-    let (plan, mut results) = WritePlan::new(items, "id");
+    let (plan, mut results) = WritePlan::new(items, "id", OnDuplicateKey::Last);
     assert_eq!(written(&plan), vec![2, 4, 5]);
     let cause = std::io::Error::other("ValidationException");
     results[2] = Err(ProcessError::permanent_from("rejected", cause));
@@ -85,7 +142,7 @@ fn a_number_dynamodb_cannot_store_fails_its_record_alone_naming_the_field() {
         .iter()
         .map(|r| DynamoUpsert::item(r, "id"))
         .collect();
-    let (plan, results) = WritePlan::new(items, "id");
+    let (plan, results) = WritePlan::new(items, "id", OnDuplicateKey::Last);
     assert_eq!(
         written(&plan),
         vec![0],

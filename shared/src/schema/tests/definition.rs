@@ -1,5 +1,7 @@
 use super::{load, with_fields, EXAMPLE};
-use crate::schema::{Definition, DefinitionError, ExtraColumns, InputFormat, Limits};
+use crate::schema::{
+    Definition, DefinitionError, ExtraColumns, InputFormat, Limits, OnDuplicateKey,
+};
 use std::error::Error as _;
 
 fn error(json: &str) -> DefinitionError {
@@ -341,6 +343,37 @@ fn the_key_field_must_be_required_or_have_a_default() {
         r#"{"fields": [{"name": "a", "type": "string"}, {"name": "id", "type": "integer", "default": 0}], "keyField": "id"}"#,
     );
     assert_eq!(def.key_field_index(), Some(1));
+}
+
+#[test]
+fn a_duplicate_policy_needs_a_key_field_and_defaults_to_last() {
+    let e = error(
+        r#"{"fields": [{"name": "email", "type": "email", "required": true}], "onDuplicateKey": "first"}"#,
+    );
+    assert_eq!(e.path(), "onDuplicateKey");
+    assert!(e.to_string().contains("needs a keyField"), "{e}");
+    let e = error(
+        r#"{"fields": [{"name": "email", "type": "email", "required": true}], "keyField": "email", "onDuplicateKey": "newest"}"#,
+    );
+    assert!(e.to_string().contains("onDuplicateKey"), "{e}");
+    assert!(e.to_string().contains("expected `last` or `first`"), "{e}");
+    let keyed = r#"{"fields": [{"name": "email", "type": "email", "required": true}], "keyField": "email"}"#;
+    assert_eq!(load(keyed).duplicate_policy(), OnDuplicateKey::Last);
+    let first = load(
+        r#"{"fields": [{"name": "email", "type": "email", "required": true}], "keyField": "email", "onDuplicateKey": "first"}"#,
+    );
+    assert_eq!(first.duplicate_policy(), OnDuplicateKey::First);
+    let again = Definition::from_json(&first.to_json(), "round trip").unwrap();
+    assert_eq!(again.duplicate_policy(), OnDuplicateKey::First);
+}
+
+#[test]
+fn no_field_of_the_upsert_may_be_named_as_its_rank_attribute() {
+    let e = error(
+        r#"{"fields": [{"name": "id", "type": "string", "required": true}, {"name": "_importOrder", "type": "string"}], "keyField": "id"}"#,
+    );
+    assert_eq!(e.path(), "fields[1].name");
+    assert!(e.to_string().contains("rename the field"), "{e}");
 }
 
 #[test]

@@ -63,6 +63,7 @@ pub async fn counters_and_failures_move_with_the_batch(store: &dyn JobStore) {
         processed: 1,
         failed: failed.clone(),
         error: None,
+        duplicates: 0,
     };
     store.commit_batch(&a, &outcome, T0).await.unwrap();
     assert_eq!(store.failed_records(&job, a.index).await.unwrap(), failed);
@@ -81,6 +82,7 @@ pub async fn counters_and_failures_move_with_the_batch(store: &dyn JobStore) {
         .is_empty());
 }
 
+/// Processed, failed and duplicate rows add up over every batch.
 pub async fn counters_add_up_over_many_batches_and_workers(store: &dyn JobStore) {
     const BATCHES: u64 = 21;
     let job = job_with(store, "many-batches", BATCHES, false).await;
@@ -98,6 +100,7 @@ pub async fn counters_add_up_over_many_batches_and_workers(store: &dyn JobStore)
                         vec![FieldIssue::new(None, None, "bad")],
                     )],
                     error: None,
+                    duplicates: c.index % 3,
                 };
                 store.commit_batch(&c, &outcome, T0).await.unwrap();
             }
@@ -112,6 +115,8 @@ pub async fn counters_add_up_over_many_batches_and_workers(store: &dyn JobStore)
         (j.batches_handed_out, j.batches_done, j.processed, j.failed),
         (BATCHES, BATCHES, 2 * BATCHES, BATCHES)
     );
+    let duplicates: u64 = (0..BATCHES).map(|i| i % 3).sum();
+    assert_eq!(j.duplicates, duplicates, "duplicates add up too");
     assert!(store
         .finalize(
             &job,

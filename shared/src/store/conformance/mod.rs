@@ -92,6 +92,7 @@ fn done(processed: u64) -> BatchOutcome {
         processed,
         failed: vec![],
         error: None,
+        duplicates: 0,
     }
 }
 

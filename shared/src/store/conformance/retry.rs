@@ -57,6 +57,7 @@ pub async fn racing_requeues_of_a_batch_move_it_once(store: &dyn JobStore) {
         processed: 1,
         failed: vec![target_refused(3), target_refused(4)],
         error: None,
+        duplicates: 0,
     })
     .await;
     assert!(store
@@ -90,6 +91,7 @@ pub async fn a_retry_requeues_processing_failures_and_counts_move(store: &dyn Jo
             processed: 1,
             failed: vec![not_an_email(3), target_refused(4)],
             error: None,
+            duplicates: 0,
         },
         1 => done(3),
         _ => BatchOutcome {
@@ -97,6 +99,7 @@ pub async fn a_retry_requeues_processing_failures_and_counts_move(store: &dyn Jo
             processed: 0,
             failed: (202..205).map(target_refused).collect(),
             error: Some("poison".into()),
+            duplicates: 0,
         },
     })
     .await;
@@ -195,6 +198,7 @@ pub async fn a_retry_requeues_processing_failures_and_counts_move(store: &dyn Jo
                     processed: 2,
                     failed: vec![not_an_email(3)],
                     error: None,
+                    duplicates: 0,
                 }
             }
             _ => {
@@ -204,6 +208,7 @@ pub async fn a_retry_requeues_processing_failures_and_counts_move(store: &dyn Jo
                     processed: 2,
                     failed: vec![target_refused(203)],
                     error: None,
+                    duplicates: 0,
                 }
             }
         };
@@ -299,6 +304,7 @@ pub async fn a_rerun_replaces_the_earlier_failure_items(store: &dyn JobStore) {
         processed: 0,
         failed: (2..5).map(big).collect(),
         error: None,
+        duplicates: 0,
     })
     .await;
     assert!(store

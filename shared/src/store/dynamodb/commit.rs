@@ -108,13 +108,14 @@ impl DynamoStore {
                     .filter(|f| !f.stage.is_validation())
                     .count()),
             ),
+            (":d".into(), n(outcome.duplicates)),
         ]);
         with_cost(&mut counter_values, cost);
         let expiry = self.expiry_clause(&mut counter_values);
         let counter_update = self.counter_shard_update(
             job,
             format!(
-                "{ADD_COST}, batchesDone :one, #processed :p, failed :f, retryable :r SET updatedAt = :at{expiry}"
+                "{ADD_COST}, batchesDone :one, #processed :p, failed :f, retryable :r, duplicates :d SET updatedAt = :at{expiry}"
             ),
             counter_values,
             Some(names(&[("#processed", "processed")])),

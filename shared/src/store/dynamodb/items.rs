@@ -197,6 +197,9 @@ pub struct CounterItem {
     /// Of `failed`, the processing failures (what a retry reruns).
     #[serde(default)]
     pub retryable: i64,
+    /// Rows found to repeat a key of the job.
+    #[serde(default)]
+    pub duplicates: i64,
     #[serde(default)]
     pub requests: u64,
     #[serde(default)]
@@ -277,6 +280,7 @@ impl JobItem {
             conflicts: self.conflicts,
         };
         let (mut done, mut processed, mut failed, mut retryable) = (0i64, 0i64, 0i64, 0i64);
+        let mut duplicates = 0i64;
         let mut updated = self
             .updated_at
             .unwrap_or(self.created_at)
@@ -286,6 +290,7 @@ impl JobItem {
             processed += c.processed;
             failed += c.failed;
             retryable += c.retryable;
+            duplicates += c.duplicates;
             updated = updated.max(c.updated_at);
             cost.add(Cost {
                 requests: c.requests,
@@ -311,6 +316,7 @@ impl JobItem {
             processed: processed.max(0) as u64,
             failed: failed.max(0) as u64,
             retryable: retryable.max(0) as u64,
+            duplicates: duplicates.max(0) as u64,
             prepare_lease_until_ms: if self.prepared {
                 0
             } else {

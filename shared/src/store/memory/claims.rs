@@ -164,6 +164,7 @@ impl ClaimStore for MemoryStore {
                 .filter(|f| !f.stage.is_validation())
                 .count() as u64;
             s.job.processed += outcome.processed - prior.processed;
+            s.job.duplicates += outcome.duplicates;
             s.job.failed += outcome.failed.len() as u64 - prior.failed;
             s.job.updated_at_ms = s.job.updated_at_ms.max(now_ms);
             Ok(())

@@ -41,6 +41,7 @@ impl PrepareStore for MemoryStore {
             cost: Cost::default(),
             retries: 0,
             retryable: 0,
+            duplicates: 0,
             owed_events: vec![EventKind::Started],
             round: Default::default(),
         };
