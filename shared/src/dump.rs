@@ -245,6 +245,7 @@ mod tests {
             let batch = NewBatch {
                 index,
                 records: &records,
+                after: None,
             };
             store.write_batch(&job.id, batch, 0).await.unwrap();
         }

@@ -309,6 +309,7 @@ mod tests {
         let batch = NewBatch {
             index: 0,
             records: &records,
+            after: None,
         };
         store.write_batch(&job.id, batch, 0).await.unwrap();
         store.finish_prepare(&job.id, &lease, 2, 1).await.unwrap();

@@ -36,6 +36,7 @@ async fn a_batch_handed_out_but_never_claimed_is_recovered_through_the_lease_ind
                 NewBatch {
                     index,
                     records: &records,
+                    after: None,
                 },
                 1_000,
             )

@@ -84,6 +84,7 @@ async fn job(f: &Fixture, key: &str, failures: &[u64], commit: bool) -> JobId {
         let batch = NewBatch {
             index: index as u64,
             records: &records,
+            after: None,
         };
         store.write_batch(&job.id, batch, now).await.unwrap();
     }

@@ -143,6 +143,7 @@ impl Preparer<'_> {
                     .map(|cut| NewBatch {
                         index: cut.index,
                         records: &cut.records,
+                        after: None,
                     })
                     .collect();
                 self.store

@@ -99,6 +99,7 @@ async fn a_job_rejected_during_prepare_reports_the_records_that_failed_before() 
     let batch = NewBatch {
         index: 0,
         records: &records,
+        after: None,
     };
     store.write_batch(&job.id, batch, now_ms()).await.unwrap();
     store

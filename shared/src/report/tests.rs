@@ -77,6 +77,7 @@ async fn run(
         let batch = NewBatch {
             index,
             records: batch,
+            after: None,
         };
         store.write_batch(&job.id, batch, T0).await.unwrap();
         store

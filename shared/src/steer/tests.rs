@@ -105,6 +105,7 @@ async fn failed_job(store: &MemoryStore) -> JobId {
         let batch = NewBatch {
             index,
             records: &records,
+            after: None,
         };
         store.write_batch(&id, batch, now_ms()).await.unwrap();
     }

@@ -19,6 +19,9 @@ use async_trait::async_trait;
 pub struct NewBatch<'a> {
     pub index: u64,
     pub records: &'a [StagedRecord],
+    /// The batch before it in its key partition, if any: it is written
+    /// `Waiting`, and claimable only once that one is final (`link_batch`).
+    pub after: Option<u64>,
 }
 
 /// Who holds the right to write a job's batches, and until when.
@@ -60,6 +63,9 @@ pub struct ClaimedBatch {
     pub round: u32,
     /// What the batch holds, which decides the work done on it.
     pub content: BatchContent,
+    /// The batch after it in its key partition, when linked by the time
+    /// of the claim: the commit makes that one claimable.
+    pub next: Option<u64>,
 }
 
 /// What a batch holds, and so which kind of work a worker does with it
@@ -117,6 +123,9 @@ pub enum Claim {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchState {
+    /// Written, and waiting for the batch before it in its key partition
+    /// to be final (`NewBatch::after`); then pending.
+    Waiting,
     Pending,
     Processing,
     Done,
@@ -275,6 +284,12 @@ pub trait PrepareStore: Send + Sync {
         self.write_batches(job, &[batch], now_ms).await
     }
 
+    /// Chains batch `index` (written with `after`) after batch `after`, both
+    /// written: `index` stays `Waiting` until the commit of `after` makes it
+    /// pending, or is made pending now when `after` is final already.
+    /// Idempotent.
+    async fn link_batch(&self, job: &JobId, after: u64, index: u64) -> Result<(), StoreError>;
+
     /// Makes batches `0..ready` claimable and extends the prepare lease,
     /// fenced by it (`PrepareLeaseLost` for a stale owner or a job that is
     /// no longer preparing). Publishing several batches at once keeps the
@@ -333,6 +348,18 @@ pub trait ClaimStore: Send + Sync {
     ) -> Result<Claim, StoreError>;
 
     /// The staged records of a batch, in input order.
+    /// Claims batch `index` if it is claimable (published and pending, or
+    /// its lease expired) and the job is not final: the batch a commit just
+    /// made claimable, taken by the worker that committed.
+    async fn claim_index(
+        &self,
+        job: &JobId,
+        index: u64,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedBatch>, StoreError>;
+
     async fn load_records(&self, job: &JobId, index: u64) -> Result<Vec<StagedRecord>, StoreError>;
 
     /// Extends the lease while the claim is still ours; `ClaimLost` otherwise.
@@ -352,7 +379,9 @@ pub trait ClaimStore: Send + Sync {
     /// Commits the batch's terminal state together with the job's counters and
     /// its failed records, only if the claim is still ours (`ClaimLost`).
     /// A commit after the job was finalized early still counts: its records
-    /// were processed.
+    /// were processed. The batch chained after it in its key partition, if
+    /// any, becomes claimable in the same write (a retry's rerun leaves it
+    /// as it is: it was released by the first run).
     async fn commit_batch(
         &self,
         claim: &ClaimedBatch,

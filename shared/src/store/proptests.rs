@@ -90,6 +90,7 @@ async fn run(batches: u64, ops: Vec<Op>) {
                 NewBatch {
                     index,
                     records: &records,
+                    after: None,
                 },
                 now,
             )

@@ -45,7 +45,15 @@ async fn old_job(f: &Fixture, batches: u64) -> crate::JobId {
     for index in 0..batches {
         let records = &all[(index as usize * 2)..(index as usize * 2 + 2)];
         f.store
-            .write_batch(&job.id, NewBatch { index, records }, long_ago)
+            .write_batch(
+                &job.id,
+                NewBatch {
+                    index,
+                    records,
+                    after: None,
+                },
+                long_ago,
+            )
             .await
             .unwrap();
     }

@@ -73,6 +73,7 @@ async fn a_worker_that_catches_up_with_prepare_waits_for_the_next_batch() {
         let batch = NewBatch {
             index: 1,
             records: &second,
+            after: None,
         };
         f.store.write_batch(&id, batch, now_ms()).await.unwrap();
         f.store.finish_prepare(&id, &lease(), 2, 2).await.unwrap();

@@ -65,6 +65,7 @@ async fn open_job(store: &MemoryStore, batches: &[Vec<StagedRecord>]) -> JobId {
         let batch = NewBatch {
             index: index as u64,
             records,
+            after: None,
         };
         store.write_batch(&job.id, batch, now_ms()).await.unwrap();
     }

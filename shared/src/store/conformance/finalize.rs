@@ -128,6 +128,7 @@ pub async fn after_an_early_finalization_commits_count_and_prepare_is_fenced(sto
             NewBatch {
                 index: 2,
                 records: &recs,
+                after: None,
             },
             T0 + 2,
         )

@@ -7,6 +7,7 @@ pub mod claims;
 pub mod commits;
 pub mod events;
 pub mod finalize;
+pub mod partitions;
 pub mod prepare;
 pub mod retry;
 
@@ -60,6 +61,7 @@ async fn job_with(store: &dyn JobStore, name: &str, batches: u64, open: bool) ->
                 NewBatch {
                     index,
                     records: &recs,
+                    after: None,
                 },
                 T0,
             )
@@ -182,6 +184,11 @@ macro_rules! conformance_tests {
                 each_ending_owes_the_event_that_announces_it,
                 acknowledging_an_event_not_owed_changes_nothing,
                 a_late_acknowledgement_leaves_the_next_rounds_event_owed,
+            ],
+            partitions: [
+                a_partitions_next_batch_waits_for_the_one_before,
+                a_batch_linked_after_its_predecessor_ended_is_claimable_at_once,
+                a_link_made_while_the_predecessor_is_claimed_is_honoured_by_its_commit,
             ],
             retry: [
                 racing_requeues_of_a_batch_move_it_once,

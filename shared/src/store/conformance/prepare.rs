@@ -50,6 +50,7 @@ pub async fn prepare_lease_fences_a_second_orchestrator(store: &dyn JobStore) {
     let batch = NewBatch {
         index: 1,
         records: &recs,
+        after: None,
     };
     // Writing a batch is idempotent and unfenced (its content is fixed by
     // the file); making it claimable is fenced.
@@ -148,6 +149,7 @@ pub async fn the_checkpoint_travels_with_its_publication(store: &dyn JobStore) {
         let batch = NewBatch {
             index,
             records: &recs,
+            after: None,
         };
         store.write_batch(&job.id, batch, T0).await.unwrap();
     }
@@ -260,7 +262,11 @@ pub async fn batches_written_together_are_stored_whole_and_claimed_ones_kept(sto
     let batches: Vec<NewBatch<'_>> = records
         .iter()
         .zip(0..)
-        .map(|(records, index)| NewBatch { index, records })
+        .map(|(records, index)| NewBatch {
+            index,
+            records,
+            after: None,
+        })
         .collect();
     // Batch 0 as it was cut before, written again with the rest.
     let original = self::records(0, 3);

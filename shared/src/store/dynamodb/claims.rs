@@ -111,6 +111,7 @@ impl DynamoStore {
                     last_error: item.last_error,
                     round,
                     content: item.content,
+                    next: item.next,
                 }))
             }
             Err(e) if is_condition_failed(&e) => Ok(None),
@@ -216,6 +217,25 @@ impl DynamoStore {
         searched
             .get(job)
             .is_none_or(|last| now_ms - last >= lease_ms / 4 || now_ms < *last)
+    }
+
+    pub(super) async fn claim_index(
+        &self,
+        job: &JobId,
+        index: u64,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
+        let Some(item) = self.get(job, job_pk(job), JOB_SK).await? else {
+            return Ok(None);
+        };
+        let item: JobItem = from_item(item).map_err(|e| corrupt(job, e))?;
+        if item.status.is_final() || index >= item.batches_ready {
+            return Ok(None);
+        }
+        self.try_claim(job, index, worker, now_ms, lease_ms, item.retries)
+            .await
     }
 
     pub(super) async fn load_records(

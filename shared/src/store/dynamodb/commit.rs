@@ -11,7 +11,52 @@ impl DynamoStore {
         outcome: &BatchOutcome,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        // The commit releases the batch chained after this one, as the
+        // claim saw it; prepare may have linked one since (it links only
+        // while this batch is not final), which fails the commit's
+        // condition: commit again with that one.
+        let mut next = claim.next;
+        for _ in 0..3 {
+            match self.commit_once(claim, outcome, now_ms, next).await {
+                Err(StoreError::ClaimLost { .. }) if claim.rerun.is_none() => {
+                    let item = self.get(
+                        &claim.job_id,
+                        batch_pk(&claim.job_id, claim.index),
+                        BATCH_SK,
+                    );
+                    let batch = match item.await? {
+                        Some(item) => Some(
+                            from_item::<BatchItem>(item).map_err(|e| corrupt(&claim.job_id, e))?,
+                        ),
+                        None => None,
+                    };
+                    match batch {
+                        Some(b)
+                            if b.version == claim.version
+                                && b.state == BatchState::Processing
+                                && b.next != next =>
+                        {
+                            next = b.next;
+                        }
+                        _ => return Err(StoreError::claim_lost(claim)),
+                    }
+                }
+                done => return done,
+            }
+        }
+        Err(StoreError::claim_lost(claim))
+    }
+
+    async fn commit_once(
+        &self,
+        claim: &ClaimedBatch,
+        outcome: &BatchOutcome,
+        now_ms: i64,
+        next: Option<u64>,
+    ) -> Result<(), StoreError> {
         let job = &claim.job_id;
+        // A rerun's chained batch was released by the first run.
+        let next = next.filter(|_| claim.rerun.is_none());
         let failed = fit_failures(&outcome.failed);
         let packed = codec::pack(&failed);
         // A rerun replaces the earlier run's failure items: those past the
@@ -41,11 +86,15 @@ impl DynamoStore {
             .iter()
             .map(|i| write_units(item_size(i)))
             .sum();
+        let released = f64::from(u8::from(next.is_some()));
         let own = Cost {
             requests: 1,
             // Batch and counter items, doubled in a transaction, the index
-            // entry removal, the failure items and the stale ones deleted.
-            write_units: 2.0 * (2.0 + failure_units + stale.len() as f64) + 1.0,
+            // entry removal, the failure items and the stale ones deleted,
+            // and the released batch with its index entry.
+            write_units: 2.0 * (2.0 + failure_units + stale.len() as f64 + released)
+                + 1.0
+                + released,
             ..Cost::default()
         };
         let cost = self.meter.take(job, own);
@@ -59,6 +108,9 @@ impl DynamoStore {
             (":at".into(), n(now_ms)),
             (":round".into(), n(claim.round)),
         ]);
+        if let Some(next) = next {
+            batch_values.insert(":next".into(), n(next));
+        }
         let mut set =
             "SET #state = :st, #processed = :p, failed = :f, finishedAt = :at, #round = :round"
                 .to_string();
@@ -66,18 +118,28 @@ impl DynamoStore {
             batch_values.insert(":e".into(), s(truncate_value(e)));
             set.push_str(", lastError = :e");
         }
+        let mut batch_names = vec![
+            ("#state", "state"),
+            ("#processed", "processed"),
+            ("#round", "round"),
+        ];
+        if claim.rerun.is_none() {
+            batch_names.push(("#next", "next"));
+        }
         let batch_update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(batch_pk(job, claim.index), BATCH_SK)))
             .update_expression(format!(
                 "{set} REMOVE gpk, gsk, priorProcessed, priorFailed"
             ))
-            .condition_expression("#state = :processing AND version = :v")
-            .set_expression_attribute_names(Some(names(&[
-                ("#state", "state"),
-                ("#processed", "processed"),
-                ("#round", "round"),
-            ])))
+            .condition_expression(match (claim.rerun, next) {
+                (Some(_), _) => "#state = :processing AND version = :v",
+                (None, Some(_)) => "#state = :processing AND version = :v AND #next = :next",
+                (None, None) => {
+                    "#state = :processing AND version = :v AND attribute_not_exists(#next)"
+                }
+            })
+            .set_expression_attribute_names(Some(names(&batch_names)))
             .set_expression_attribute_values(Some(batch_values))
             .build()
             .expect("update is complete");
@@ -124,6 +186,23 @@ impl DynamoStore {
             TransactWriteItem::builder().update(batch_update).build(),
             TransactWriteItem::builder().update(counter_update).build(),
         ];
+        if let Some(next) = next {
+            let release = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(batch_pk(job, next), BATCH_SK)))
+                .update_expression("SET #state = :pending, gpk = :gpk, gsk = :zero")
+                .condition_expression("#state = :waiting")
+                .set_expression_attribute_names(Some(names(&[("#state", "state")])))
+                .set_expression_attribute_values(Some(HashMap::from([
+                    (":pending".into(), s(BatchState::Pending.as_str())),
+                    (":waiting".into(), s(BatchState::Waiting.as_str())),
+                    (":gpk".into(), s(lease_gpk(job, next))),
+                    (":zero".into(), n(0)),
+                ])))
+                .build()
+                .expect("update is complete");
+            items.push(TransactWriteItem::builder().update(release).build());
+        }
         for item in failure_items {
             let put = Put::builder()
                 .table_name(&self.table)
@@ -145,6 +224,7 @@ impl DynamoStore {
             "commit",
             &claim.index.to_string(),
             &claim.version.to_string(),
+            &next.map_or(String::new(), |n| n.to_string()),
         ]);
         match self.transact(job, items, own, Some(tok)).await {
             Ok(Ok(())) => Ok(()),

@@ -391,6 +391,9 @@ pub struct BatchItem {
     /// The retry round that last ran or requeued the batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<u32>,
+    /// The batch after it in its key partition, once linked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
 }
 
 impl BatchItem {
@@ -452,6 +455,7 @@ impl<'de> Deserialize<'de> for BatchState {
 impl BatchState {
     pub fn as_str(self) -> &'static str {
         match self {
+            BatchState::Waiting => "WAITING",
             BatchState::Pending => "PENDING",
             BatchState::Processing => "PROCESSING",
             BatchState::Done => "DONE",
@@ -461,6 +465,7 @@ impl BatchState {
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
+            "WAITING" => BatchState::Waiting,
             "PENDING" => BatchState::Pending,
             "PROCESSING" => BatchState::Processing,
             "DONE" => BatchState::Done,
@@ -500,6 +505,7 @@ mod tests {
             prior_processed: None,
             prior_failed: None,
             round: None,
+            next: None,
         };
         let item: HashMap<String, AttributeValue> = to_item(&batch).unwrap();
         assert!(!item.contains_key("content"), "{item:?}");

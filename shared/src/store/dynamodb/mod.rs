@@ -245,6 +245,10 @@ impl PrepareStore for DynamoStore {
         Self::write_batches(self, job, batches, now_ms).await
     }
 
+    async fn link_batch(&self, job: &JobId, after: u64, index: u64) -> Result<(), StoreError> {
+        Self::link_batch(self, job, after, index).await
+    }
+
     async fn publish(
         &self,
         job: &JobId,
@@ -294,6 +298,17 @@ impl ClaimStore for DynamoStore {
         lease_ms: i64,
     ) -> Result<Claim, StoreError> {
         Self::claim_batch(self, job, worker, now_ms, lease_ms).await
+    }
+
+    async fn claim_index(
+        &self,
+        job: &JobId,
+        index: u64,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
+        Self::claim_index(self, job, index, worker, now_ms, lease_ms).await
     }
 
     async fn load_records(&self, job: &JobId, index: u64) -> Result<Vec<StagedRecord>, StoreError> {

@@ -166,18 +166,24 @@ impl DynamoStore {
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
         let pk = batch_pk(job, batch.index);
+        let waits = batch.after.is_some();
         let batch_item = BatchItem {
             pk,
             sk: BATCH_SK.into(),
             index: batch.index,
-            state: BatchState::Pending,
+            state: if waits {
+                BatchState::Waiting
+            } else {
+                BatchState::Pending
+            },
             version: 0,
             records: batch.records.len() as u64,
             chunks,
             worker: None,
             lease_until: 0,
-            gpk: Some(lease_gpk(job, batch.index)),
-            gsk: Some(0),
+            // A waiting batch joins the lease index when it is released.
+            gpk: (!waits).then(|| lease_gpk(job, batch.index)),
+            gsk: (!waits).then_some(0),
             processed: 0,
             failed: 0,
             last_error: None,
@@ -187,6 +193,7 @@ impl DynamoStore {
             prior_processed: None,
             prior_failed: None,
             round: None,
+            next: None,
         };
         let attrs: Item = to_item(&batch_item).map_err(|e| corrupt(job, e))?;
         // The item and its index entry.
@@ -207,6 +214,59 @@ impl DynamoStore {
             Ok(_) => Ok(()),
             Err(e) if is_condition_failed(&e) => Ok(()),
             Err(e) => Err(StoreError::backend("PutItem", e)),
+        }
+    }
+
+    pub(super) async fn link_batch(
+        &self,
+        job: &JobId,
+        after: u64,
+        index: u64,
+    ) -> Result<(), StoreError> {
+        let update = self
+            .update(batch_pk(job, after), BATCH_SK)
+            .update_expression("SET #next = :next")
+            .condition_expression("attribute_exists(pk) AND #state <> :done AND #state <> :failed")
+            .expression_attribute_names("#next", "next")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":next", n(index))
+            .expression_attribute_values(":done", s(BatchState::Done.as_str()))
+            .expression_attribute_values(":failed", s(BatchState::Failed.as_str()));
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(_) => Ok(()),
+            // Ended already (or missing, which the release below finds):
+            // nobody will release `index`, so this does.
+            Err(e) if is_condition_failed(&e) => self.release_waiting(job, index).await,
+            Err(e) => Err(StoreError::backend("UpdateItem", e)),
+        }
+    }
+
+    /// Makes a waiting batch pending, with its lease index entry.
+    pub(super) async fn release_waiting(&self, job: &JobId, index: u64) -> Result<(), StoreError> {
+        let update = self
+            .update(batch_pk(job, index), BATCH_SK)
+            .update_expression("SET #state = :pending, gpk = :gpk, gsk = :zero")
+            .condition_expression("#state = :waiting")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":pending", s(BatchState::Pending.as_str()))
+            .expression_attribute_values(":waiting", s(BatchState::Waiting.as_str()))
+            .expression_attribute_values(":gpk", s(lease_gpk(job, index)))
+            .expression_attribute_values(":zero", n(0));
+        let cost = Cost {
+            requests: 1,
+            write_units: 2.0,
+            ..Cost::default()
+        };
+        match self.send_update(job, update, cost).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => match self.batch_info(job, index).await? {
+                Some(_) => Ok(()),
+                None => Err(StoreError::Corrupt {
+                    job: job.clone(),
+                    message: format!("batch {index} to chain does not exist"),
+                }),
+            },
+            Err(e) => Err(StoreError::backend("UpdateItem", e)),
         }
     }
 

@@ -27,7 +27,7 @@ fn take(
     let claimable = match batch.info.state {
         BatchState::Pending => true,
         BatchState::Processing => batch.info.lease_until_ms < now_ms,
-        BatchState::Done | BatchState::Failed => false,
+        BatchState::Waiting | BatchState::Done | BatchState::Failed => false,
     };
     if !claimable {
         return None;
@@ -49,6 +49,7 @@ fn take(
         rerun: batch.rerun,
         round: state.job.retries,
         content: batch.content,
+        next: batch.next,
     })
 }
 
@@ -79,7 +80,7 @@ impl ClaimStore for MemoryStore {
                 s.batches.get(index).is_some_and(|b| match b.info.state {
                     BatchState::Pending => true,
                     BatchState::Processing => b.info.lease_until_ms < now_ms,
-                    BatchState::Done | BatchState::Failed => false,
+                    BatchState::Waiting | BatchState::Done | BatchState::Failed => false,
                 })
             });
             if let Some(c) = reclaimable.and_then(|index| take(s, index, worker, now_ms, lease_ms))
@@ -92,6 +93,22 @@ impl ClaimStore for MemoryStore {
             } else {
                 Claim::Wait
             })
+        })
+    }
+
+    async fn claim_index(
+        &self,
+        job: &JobId,
+        index: u64,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
+        self.with_job(job, |s| {
+            if s.job.status.is_final() || index >= s.job.batches_ready {
+                return Ok(None);
+            }
+            Ok(take(s, index, worker, now_ms, lease_ms))
         })
     }
 
@@ -154,7 +171,13 @@ impl ClaimStore for MemoryStore {
             b.info.last_error = outcome.error.clone().or(b.info.last_error.take());
             b.failures = outcome.failed.clone();
             b.round = claim.round;
+            let next = b.next.filter(|_| claim.rerun.is_none());
             s.open.remove(&claim.index);
+            if let Some(next) = next.and_then(|n| s.batches.get_mut(&n)) {
+                if next.info.state == BatchState::Waiting {
+                    next.info.state = BatchState::Pending;
+                }
+            }
             s.job.batches_done += 1;
             // A rerun's earlier processing failures left the count when it
             // was requeued: whatever fails in processing now is new.

@@ -106,7 +106,7 @@ impl JobControl for MemoryStore {
                 match b.info.state {
                     BatchState::Processing if b.info.lease_until_ms >= now_ms => view.live = true,
                     BatchState::Processing | BatchState::Pending => view.reclaimable += 1,
-                    BatchState::Done | BatchState::Failed => {}
+                    BatchState::Waiting | BatchState::Done | BatchState::Failed => {}
                 }
             }
             Ok(view)

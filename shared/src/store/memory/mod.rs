@@ -22,6 +22,8 @@ struct StoredBatch {
     /// The round that last ran or requeued it.
     round: u32,
     content: BatchContent,
+    /// The batch after it in its key partition, once linked.
+    next: Option<u64>,
 }
 
 #[derive(Debug)]

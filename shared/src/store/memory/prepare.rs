@@ -111,7 +111,11 @@ impl PrepareStore for MemoryStore {
                 s.batches.entry(batch.index).or_insert_with(|| StoredBatch {
                     info: BatchInfo {
                         index: batch.index,
-                        state: BatchState::Pending,
+                        state: if batch.after.is_some() {
+                            BatchState::Waiting
+                        } else {
+                            BatchState::Pending
+                        },
                         version: 0,
                         worker: None,
                         lease_until_ms: 0,
@@ -126,7 +130,28 @@ impl PrepareStore for MemoryStore {
                     rerun: None,
                     round: 0,
                     content: BatchContent::Records,
+                    next: None,
                 });
+            }
+            Ok(())
+        })
+    }
+
+    async fn link_batch(&self, job: &JobId, after: u64, index: u64) -> Result<(), StoreError> {
+        self.with_job(job, |s| {
+            let missing = |i: u64| StoreError::Corrupt {
+                job: job.clone(),
+                message: format!("batch {i} to chain does not exist"),
+            };
+            let before = s.batches.get_mut(&after).ok_or_else(|| missing(after))?;
+            let ended = matches!(before.info.state, BatchState::Done | BatchState::Failed);
+            if !ended {
+                before.next = Some(index);
+                return Ok(());
+            }
+            let batch = s.batches.get_mut(&index).ok_or_else(|| missing(index))?;
+            if batch.info.state == BatchState::Waiting {
+                batch.info.state = BatchState::Pending;
             }
             Ok(())
         })
