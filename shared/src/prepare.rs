@@ -4,6 +4,7 @@
 //! crash or a hand-off from the checkpoint published with the last batches.
 
 mod cutting;
+mod partitions;
 mod publishing;
 mod resume;
 #[cfg(test)]

@@ -182,6 +182,7 @@ impl Worker<'_> {
         });
         let mut slowest = Duration::ZERO;
         let mut waits = 0;
+        let mut next_in_partition = None;
         loop {
             if let Some(ends) = deadline {
                 let needed = self.settings.deadline_margin.max(slowest * 2);
@@ -194,11 +195,26 @@ impl Worker<'_> {
                 }
             }
             let lease_ms = self.settings.lease.as_millis() as i64;
-            let claim = match self
-                .store
-                .claim_batch(job, worker_id, self.clock.now_ms(), lease_ms)
-                .await?
-            {
+            // The batch the last commit released in its key partition: this
+            // worker takes it, so a partition goes on without a search.
+            let chained = match next_in_partition.take() {
+                Some(index) => {
+                    let now_ms = self.clock.now_ms();
+                    self.store
+                        .claim_index(job, index, worker_id, now_ms, lease_ms)
+                        .await?
+                }
+                None => None,
+            };
+            let claimed = match chained {
+                Some(c) => Claim::Batch(c),
+                None => {
+                    self.store
+                        .claim_batch(job, worker_id, self.clock.now_ms(), lease_ms)
+                        .await?
+                }
+            };
+            let claim = match claimed {
                 Claim::Batch(c) => {
                     waits = 0;
                     c
@@ -258,6 +274,7 @@ impl Worker<'_> {
                     report.processed += processed;
                     report.failed += failed;
                     report.finalized |= self.after_commit(&claim, &outcome, deadline).await?;
+                    next_in_partition = claim.next.filter(|_| claim.rerun.is_none());
                 }
                 Err(Unfinished::Store(StoreError::ClaimLost { .. })) => {
                     tracing::warn!(job_id = %job, batch = claim.index, version = claim.version, "claim lost to a reclaim; result dropped");

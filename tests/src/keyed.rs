@@ -8,6 +8,11 @@ use std::collections::HashMap;
 
 /// A definition keyed by `email` under `policy`, 100 rows a batch.
 pub fn definition(policy: &str) -> String {
+    definition_with(policy, "")
+}
+
+/// `definition` with more options (JSON members, each followed by a comma).
+pub fn definition_with(policy: &str, options: &str) -> String {
     format!(
         r#"{{
   "fields": [
@@ -16,7 +21,7 @@ pub fn definition(policy: &str) -> String {
     {{"name": "n", "type": "integer", "required": true}}
   ],
   "keyField": "email",
-  "onDuplicateKey": "{policy}",
+  "onDuplicateKey": "{policy}",{options}
   "batchSize": 100,
   "maxAttempts": 50
 }}"#

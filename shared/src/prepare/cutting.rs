@@ -30,16 +30,33 @@ impl Preparer<'_> {
         let budget = Arc::new(Semaphore::new(BUDGET_UNITS));
         let mut renewed = progress.last_renewal;
         let mut records_read = 0;
-        let read = self.cut_batches(
-            job,
-            lease,
-            deadline,
-            start,
-            cuts,
-            budget,
-            &mut renewed,
-            &mut records_read,
-        );
+        let read = async {
+            if self.definition.partitioning().is_some() {
+                let cut = self.cut_partitions(
+                    job,
+                    lease,
+                    deadline,
+                    start,
+                    cuts,
+                    budget,
+                    &mut renewed,
+                    &mut records_read,
+                );
+                cut.await
+            } else {
+                let cut = self.cut_batches(
+                    job,
+                    lease,
+                    deadline,
+                    start,
+                    cuts,
+                    budget,
+                    &mut renewed,
+                    &mut records_read,
+                );
+                cut.await
+            }
+        };
         let write = self.write_cuts(job, lease, to_write, progress);
         let (read, write) = futures::join!(read, write);
         progress.records_read += records_read;
@@ -77,7 +94,7 @@ impl Preparer<'_> {
                 // batches before it.
                 let batch_start = reader.checkpoint();
                 if let Some(previous) = full.take() {
-                    if !send_cut(&mut cuts, &budget, previous, batch_start.clone()).await {
+                    if !send_cut(&mut cuts, &budget, previous, batch_start.clone(), None).await {
                         return Ok((total, index));
                     }
                 }
@@ -106,13 +123,13 @@ impl Preparer<'_> {
             }
         }
         if let Some(previous) = full.take() {
-            if !send_cut(&mut cuts, &budget, previous, None).await {
+            if !send_cut(&mut cuts, &budget, previous, None, None).await {
                 return Ok((total, index));
             }
         }
         if !batch.is_empty() {
             if index >= resume_from
-                && !send_cut(&mut cuts, &budget, (index, batch, batch_bytes), None).await
+                && !send_cut(&mut cuts, &budget, (index, batch, batch_bytes), None, None).await
             {
                 return Ok((total, index));
             }
@@ -143,7 +160,7 @@ impl Preparer<'_> {
                     .map(|cut| NewBatch {
                         index: cut.index,
                         records: &cut.records,
-                        after: None,
+                        after: cut.after,
                     })
                     .collect();
                 self.store
@@ -152,7 +169,7 @@ impl Preparer<'_> {
                     .map(|()| {
                         group
                             .into_iter()
-                            .map(|cut| (cut.index, cut.next_start))
+                            .map(|cut| (cut.index, cut.next_start, cut.after))
                             .collect::<Vec<_>>()
                     })
             })
@@ -184,7 +201,17 @@ impl Preparer<'_> {
                 done = written.next(), if writing => match done {
                     None => writing = false,
                     Some(done) => {
-                        for (index, next_start) in done.map_err(|e| Stop::Error(e.into()))? {
+                        let done = done.map_err(|e| Stop::Error(e.into()))?;
+                        // Writes complete in order: whatever a batch is
+                        // chained after is written by now.
+                        let links = done.iter().filter_map(|(index, _, after)| Some((after.as_ref()?, index)));
+                        for (after, index) in links {
+                            self.store
+                                .link_batch(&job.id, *after, *index)
+                                .await
+                                .map_err(|e| Stop::Error(e.into()))?;
+                        }
+                        for (index, next_start, _) in done {
                             progress.written = index + 1;
                             // The last batch is published by `finish_prepare`.
                             if let Some(next_start) = next_start {
@@ -231,6 +258,8 @@ pub(super) struct Cut {
     pub(super) index: u64,
     pub(super) records: Vec<StagedRecord>,
     pub(super) next_start: Option<Checkpoint>,
+    /// The batch before it in its key partition.
+    pub(super) after: Option<u64>,
     pub(super) _held: OwnedSemaphorePermit,
 }
 
@@ -241,6 +270,7 @@ pub(super) async fn send_cut(
     budget: &Arc<Semaphore>,
     (index, records, bytes): (u64, Vec<StagedRecord>, usize),
     next_start: Option<Checkpoint>,
+    after: Option<u64>,
 ) -> bool {
     use futures::SinkExt;
     let units = (bytes / BUDGET_UNIT + 1).min(BUDGET_UNITS) as u32;
@@ -253,6 +283,7 @@ pub(super) async fn send_cut(
         index,
         records,
         next_start,
+        after,
         _held: permit,
     };
     cuts.send(cut).await.is_ok()

@@ -22,6 +22,8 @@ pub(super) struct Start {
     pub index: u64,
     /// Records before that batch.
     pub records: u64,
+    /// With key partitions, each one's last batch before it.
+    pub tails: Option<Vec<Option<u64>>>,
 }
 
 impl Preparer<'_> {
@@ -54,6 +56,7 @@ impl Preparer<'_> {
                 reader,
                 index: 0,
                 records: 0,
+                tails: None,
             });
         };
         tracing::info!(
@@ -98,10 +101,15 @@ impl Preparer<'_> {
                 }
             }
         };
+        let (index, tails) = match checkpoint.partitions {
+            Some(mark) => (mark.batch, Some(mark.tails)),
+            None => (job.batches_ready, None),
+        };
         Ok(Start {
             reader,
-            index: job.batches_ready,
+            index,
             records: checkpoint.records,
+            tails,
         })
     }
 

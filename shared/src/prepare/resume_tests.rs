@@ -84,6 +84,8 @@ impl ObjectSource for Counted {
 struct Prepared {
     handoffs: usize,
     batches: Vec<Vec<StagedRecord>>,
+    /// Each batch's next in its key partition, and whether it waits.
+    chains: Vec<(Option<u64>, bool)>,
     total_records: u64,
     bytes_served: u64,
     renewals: u64,
@@ -162,9 +164,13 @@ impl Fixture {
         for index in 0..job.total_batches {
             batches.push(self.store.load_records(&job.id, index).await.unwrap());
         }
+        let chains = (0..job.total_batches)
+            .map(|index| self.store.chain_of(&job.id, index))
+            .collect();
         Prepared {
             handoffs,
             batches,
+            chains,
             total_records: job.total_records,
             bytes_served: self.objects.served.load(Ordering::Relaxed),
             renewals: self.store.prepare_renewals(&job.id),
@@ -204,6 +210,7 @@ async fn same_batches_over_handoffs(key: &str, bytes: &[u8], def: &Definition) -
     for (index, (a, b)) in resumed.batches.iter().zip(&whole.batches).enumerate() {
         assert!(a == b, "batch {index} differs");
     }
+    assert_eq!(resumed.chains, whole.chains, "chained as in one run");
     assert_eq!(resumed.total_records, whole.total_records);
     resumed
 }
@@ -244,6 +251,59 @@ async fn a_csv_with_quoted_line_breaks_prepared_over_hand_offs_is_cut_as_in_one_
     let bytes = csv(ROWS, "\n");
     let prepared = same_batches_over_handoffs("k.csv", &bytes, &definition("csv")).await;
     assert_read_about_once(&prepared, bytes.len());
+}
+
+#[tokio::test]
+async fn a_file_cut_into_key_partitions_over_hand_offs_is_cut_and_chained_as_in_one_run() {
+    let bytes = csv(ROWS, "\n");
+    // Segments of 3,200 rows: a hand-off at most every segment.
+    let json = r#"{"fields": [{"name": "email", "type": "email"}, {"name": "name", "type": "string"},
+            {"name": "note", "type": "string"}], "batchSize": 100, "partitionBy": ["email"],
+            "partitions": 8}"#;
+    let def = Definition::from_json(json, "t").unwrap();
+    let prepared = same_batches_over_handoffs("k.csv", &bytes, &def).await;
+    println!(
+        "{} hand-offs, {} batches, {:.2} times the file read",
+        prepared.handoffs,
+        prepared.batches.len(),
+        prepared.bytes_served as f64 / bytes.len() as f64
+    );
+    // Every row once, each batch of one partition, each partition a chain
+    // of batches in file order that only its head does not wait on.
+    let rows: usize = prepared.batches.iter().map(Vec::len).sum();
+    assert_eq!(rows, ROWS);
+    let partition = |batch: &[StagedRecord]| {
+        let parts: std::collections::HashSet<u32> =
+            batch.iter().filter_map(|r| def.partition_of(r)).collect();
+        assert_eq!(parts.len(), 1, "a batch holds one partition");
+        parts.into_iter().next().unwrap()
+    };
+    let mut heads = std::collections::HashSet::new();
+    for (index, batch) in prepared.batches.iter().enumerate() {
+        let (next, waits) = prepared.chains[index];
+        let part = partition(batch);
+        if !waits {
+            assert!(heads.insert(part), "one head per partition");
+        }
+        if let Some(next) = next {
+            let following = &prepared.batches[next as usize];
+            assert!(next as usize > index);
+            assert_eq!(partition(following), part);
+            assert!(prepared.chains[next as usize].1, "batch {next} waits");
+            assert!(batch.last().unwrap().line < following[0].line, "file order");
+        }
+    }
+    assert_eq!(heads.len(), 8);
+    let linked = prepared
+        .chains
+        .iter()
+        .filter(|(next, _)| next.is_some())
+        .count();
+    assert_eq!(
+        linked,
+        prepared.batches.len() - 8,
+        "every batch but the heads is linked"
+    );
 }
 
 #[tokio::test]

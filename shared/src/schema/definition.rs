@@ -28,7 +28,24 @@ pub(super) struct Compiled {
     pub(super) key_index: Option<usize>,
     pub(super) headerless: ColumnMap,
     pub(super) report_columns: [String; 3],
+    pub(super) partitioning: Option<Partitioning>,
 }
+
+/// Key partitions (`partitionBy`, `partitions`): rows are hashed on the
+/// values of `fields` into `count` partitions, each cut into batches of its
+/// own that are processed one after another, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitioning {
+    /// Indexes of the fields, in the order given.
+    pub fields: Vec<usize>,
+    pub count: u32,
+}
+
+/// Partitions when `partitionBy` gives none.
+pub const DEFAULT_PARTITIONS: u32 = 16;
+/// Partitions at most: prepare keeps a batch open for each, and its
+/// checkpoint names each one's last batch.
+pub const MAX_PARTITIONS: u32 = 256;
 
 /// The document as written; `Definition` is this plus checks and compiled state.
 #[derive(Serialize, Deserialize)]
@@ -39,6 +56,10 @@ struct RawDefinition {
     key_field: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     on_duplicate_key: Option<OnDuplicateKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partition_by: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partitions: Option<u32>,
     #[serde(default = "default_batch_size")]
     batch_size: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,6 +122,11 @@ impl Definition {
         self.on_duplicate_key.unwrap_or_default()
     }
 
+    /// Key partitions, when `partitionBy` asks for them.
+    pub fn partitioning(&self) -> Option<&Partitioning> {
+        self.compiled.partitioning.as_ref()
+    }
+
     /// Index of the key field, when the definition has one.
     pub fn key_field_index(&self) -> Option<usize> {
         self.compiled.key_index
@@ -113,6 +139,8 @@ impl Serialize for Definition {
             fields: self.fields.clone(),
             key_field: self.key_field.clone(),
             on_duplicate_key: self.on_duplicate_key,
+            partition_by: self.partition_by.clone(),
+            partitions: self.partitions,
             batch_size: self.batch_size,
             delimiter: self.delimiter.map(|d| char::from(d).to_string()),
             has_header: self.has_header,
@@ -175,6 +203,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
             ));
         }
     }
+    let partitioning = check_partitions(&raw, &names, origin)?;
     if raw.on_duplicate_key.is_some() && raw.key_field.is_none() {
         return Err(invalid(
             origin,
@@ -236,6 +265,8 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
         fields: raw.fields,
         key_field: raw.key_field,
         on_duplicate_key: raw.on_duplicate_key,
+        partition_by: raw.partition_by,
+        partitions: raw.partitions,
         batch_size: raw.batch_size,
         delimiter,
         has_header: raw.has_header,
@@ -256,6 +287,7 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
             key_index,
             headerless,
             report_columns,
+            partitioning,
         },
     })
 }
@@ -347,6 +379,54 @@ fn check_key_field(
         ));
     }
     Ok(Some(index))
+}
+
+fn check_partitions(
+    raw: &RawDefinition,
+    names: &Names,
+    origin: &str,
+) -> Result<Option<Partitioning>, DefinitionError> {
+    let Some(by) = &raw.partition_by else {
+        return match raw.partitions {
+            Some(_) => Err(invalid(
+                origin,
+                "partitions",
+                "needs partitionBy: the fields whose values decide a row's partition",
+            )),
+            None => Ok(None),
+        };
+    };
+    if by.is_empty() {
+        return Err(invalid(
+            origin,
+            "partitionBy",
+            "must list at least one field",
+        ));
+    }
+    let mut fields = Vec::with_capacity(by.len());
+    for (i, name) in by.iter().enumerate() {
+        let Some(index) = raw.fields.iter().position(|f| f.name == *name) else {
+            let hint = match names.find(name) {
+                Some(j) => format!(" (did you mean {:?}?)", raw.fields[j].name),
+                None => String::new(),
+            };
+            return Err(invalid(
+                origin,
+                format!("partitionBy[{i}]"),
+                format!("{name:?} is not a field{hint}"),
+            ));
+        };
+        fields.push(index);
+    }
+    let count = raw.partitions.unwrap_or(DEFAULT_PARTITIONS);
+    if !(1..=MAX_PARTITIONS).contains(&count) {
+        return Err(invalid(
+            origin,
+            "partitions",
+            format!("must be between 1 and {MAX_PARTITIONS}, got {count}"),
+        ));
+    }
+    Ok(Some(Partitioning { fields, count }))
 }
 
 fn parse_delimiter(d: &str) -> Result<u8, String> {

@@ -8,6 +8,7 @@ mod header;
 mod record;
 mod validate;
 
+pub use definition::{Partitioning, DEFAULT_PARTITIONS, MAX_PARTITIONS};
 pub use record::{FieldValue, RecordValues, ValidRecord, ValueError};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -155,6 +156,10 @@ pub struct Definition {
     pub key_field: Option<String>,
     /// As written; `duplicate_policy` gives the one in force.
     pub on_duplicate_key: Option<OnDuplicateKey>,
+    /// Fields whose values decide a row's key partition (`partitioning`).
+    pub partition_by: Option<Vec<String>>,
+    /// As written; `partitioning` gives the count in force.
+    pub partitions: Option<u32>,
     pub batch_size: usize,
     /// `None` means detect it from the data.
     pub delimiter: Option<u8>,

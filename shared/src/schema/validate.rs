@@ -353,6 +353,36 @@ impl Definition {
             Err(issues)
         }
     }
+
+    /// The key partition of a staged record (`partitioning`), hashed from
+    /// the values its `partitionBy` fields take once valid, so rows whose
+    /// fields are equal as imported (`Ada@Example.com ` and
+    /// `ada@example.com`) share one; a value that is not valid counts by
+    /// its trimmed text. `None` without partitions.
+    pub fn partition_of(&self, record: &StagedRecord) -> Option<u32> {
+        let partitioning = self.compiled.partitioning.as_ref()?;
+        let mut hash = xxhash_rust::xxh3::Xxh3::new();
+        for &i in &partitioning.fields {
+            let (field, rule) = (&self.fields[i], &self.compiled.rules[i]);
+            let raw = record.values.get(i);
+            match raw.map(|raw| (raw, trim(raw))) {
+                Some((raw, text)) if !text.is_empty() => {
+                    match parse_trimmed(field, rule, raw, text) {
+                        Ok(value) => hash.update(value.value().to_string().as_bytes()),
+                        Err(_) => hash.update(text.as_bytes()),
+                    }
+                }
+                _ => {
+                    if let Some(default) = &rule.default {
+                        hash.update(default.borrowed().value().to_string().as_bytes());
+                    }
+                }
+            }
+            // Fields apart: ("ab", "c") is not ("a", "bc").
+            hash.update(&[0xff]);
+        }
+        Some((hash.digest() % u64::from(partitioning.count)) as u32)
+    }
 }
 
 #[cfg(test)]

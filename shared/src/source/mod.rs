@@ -17,7 +17,7 @@ mod resume;
 mod tests;
 
 pub use self::format::{format_named, format_names};
-pub use self::resume::{Advance, Checkpoint, ResumeInput, Resuming};
+pub use self::resume::{Advance, Checkpoint, PartitionMark, ResumeInput, Resuming};
 
 use self::chunks::FixedChunks;
 use self::detect::{Compression, BOM, SNIFF_BYTES};

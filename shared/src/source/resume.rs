@@ -43,9 +43,26 @@ pub struct Checkpoint {
     /// start, the content before the offset decompressed and discarded.
     #[serde(rename = "z", default, skip_serializing_if = "std::ops::Not::not")]
     pub gzip: bool,
+    /// Where a prepare cutting key partitions stands at this point;
+    /// absent otherwise.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<PartitionMark>,
     /// The format's own keys, checked by the format when read.
     #[serde(flatten)]
     pub(super) state: FormatState,
+}
+
+/// A partitioned prepare's place: the batches cut before a checkpoint
+/// depend on rows before it in every partition, so a resumed prepare needs
+/// the index of the first batch cut from the checkpoint on and, for each
+/// partition, the last batch cut before it (what its next batch is
+/// chained after).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMark {
+    #[serde(rename = "b")]
+    pub batch: u64,
+    #[serde(rename = "t")]
+    pub tails: Vec<Option<u64>>,
 }
 
 /// A checkpoint as read, before its format checked its state.
@@ -61,6 +78,8 @@ struct Unchecked {
     format: InputFormat,
     #[serde(rename = "z", default)]
     gzip: bool,
+    #[serde(rename = "p", default)]
+    partitions: Option<PartitionMark>,
     #[serde(flatten)]
     state: FormatState,
 }
@@ -76,6 +95,7 @@ impl TryFrom<Unchecked> for Checkpoint {
             records: c.records,
             format: c.format,
             gzip: c.gzip,
+            partitions: c.partitions,
             state: c.state,
         })
     }
@@ -139,6 +159,7 @@ impl RecordReader {
             records: self.records - 1,
             format: self.format,
             gzip: self.ctx.gzip,
+            partitions: None,
             state: self.state.clone(),
         })
     }

@@ -1,6 +1,7 @@
 use super::{load, with_fields, EXAMPLE};
 use crate::schema::{
     Definition, DefinitionError, ExtraColumns, InputFormat, Limits, OnDuplicateKey,
+    DEFAULT_PARTITIONS, MAX_PARTITIONS,
 };
 use std::error::Error as _;
 
@@ -365,6 +366,73 @@ fn a_duplicate_policy_needs_a_key_field_and_defaults_to_last() {
     assert_eq!(first.duplicate_policy(), OnDuplicateKey::First);
     let again = Definition::from_json(&first.to_json(), "round trip").unwrap();
     assert_eq!(again.duplicate_policy(), OnDuplicateKey::First);
+}
+
+#[test]
+fn partitions_name_fields_of_the_definition_and_a_count_within_bounds() {
+    let with = |options: &str| {
+        format!(
+            r#"{{"fields": [{{"name": "email", "type": "email", "required": true}},
+                {{"name": "country", "type": "string"}}], "keyField": "email"{options}}}"#
+        )
+    };
+    let e = error(&with(r#", "partitionBy": ["email", "Country "]"#));
+    assert_eq!(e.path(), "partitionBy[1]");
+    assert!(
+        e.to_string()
+            .contains(r#""Country " is not a field (did you mean "country"?)"#),
+        "{e}"
+    );
+    let e = error(&with(r#", "partitionBy": []"#));
+    assert_eq!(e.path(), "partitionBy");
+    for bad in [0, MAX_PARTITIONS + 1] {
+        let e = error(&with(&format!(
+            r#", "partitionBy": ["email"], "partitions": {bad}"#
+        )));
+        assert_eq!(e.path(), "partitions");
+        assert!(
+            e.to_string().contains(&format!(
+                "must be between 1 and {MAX_PARTITIONS}, got {bad}"
+            )),
+            "{e}"
+        );
+    }
+    let e = error(&with(r#", "partitions": 4"#));
+    assert_eq!(e.path(), "partitions");
+    assert!(e.to_string().contains("needs partitionBy"), "{e}");
+    let d = load(&with(r#", "partitionBy": ["country", "email"]"#));
+    let p = d.partitioning().unwrap();
+    assert_eq!(
+        (p.fields.clone(), p.count),
+        (vec![1, 0], DEFAULT_PARTITIONS)
+    );
+    let again = Definition::from_json(&d.to_json(), "round trip").unwrap();
+    assert_eq!(again.partitioning(), d.partitioning());
+    assert!(load(&with("")).partitioning().is_none());
+}
+
+#[test]
+fn rows_equal_once_valid_share_a_partition() {
+    let d = load(
+        r#"{"fields": [{"name": "email", "type": "email", "required": true},
+            {"name": "n", "type": "integer"}], "partitionBy": ["email"], "partitions": 64}"#,
+    );
+    let row = |email: &str, n: &str| crate::job::StagedRecord {
+        line: 2,
+        values: vec![Some(email.to_owned()), Some(n.to_owned())].into(),
+        issue: None,
+    };
+    let a = d.partition_of(&row("ada@example.com", "1")).unwrap();
+    assert_eq!(d.partition_of(&row("  ada@example.com ", "2")), Some(a));
+    assert!(a < 64);
+    let spread: std::collections::HashSet<u32> = (0..400)
+        .filter_map(|i| d.partition_of(&row(&format!("user{i}@example.com"), "1")))
+        .collect();
+    assert!(
+        spread.len() > 48,
+        "keys spread over the partitions: {}",
+        spread.len()
+    );
 }
 
 #[test]

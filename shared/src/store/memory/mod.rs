@@ -67,6 +67,17 @@ impl MemoryStore {
         jobs.get(job).map_or(0, |s| s.renewals)
     }
 
+    /// The batch chained after batch `index` of `job` in its key
+    /// partition, and whether `index` waits for the one before it.
+    pub fn chain_of(&self, job: &JobId, index: u64) -> (Option<u64>, bool) {
+        let jobs = self.jobs.lock().expect("memory store poisoned");
+        jobs.get(job)
+            .and_then(|s| s.batches.get(&index))
+            .map_or((None, false), |b| {
+                (b.next, b.info.state == BatchState::Waiting)
+            })
+    }
+
     fn with_job<T>(
         &self,
         job: &JobId,
