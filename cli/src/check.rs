@@ -116,6 +116,7 @@ fn print_repeated(r: &RepeatedKeys, policy: OnDuplicateKey) {
         let kept = match policy {
             OnDuplicateKey::Last => "last: each key keeps its last row",
             OnDuplicateKey::First => "first: each key keeps its first row",
+            OnDuplicateKey::Reject => "reject: each key keeps its first row, the later ones fail",
         };
         println!(
             "keys ({}): {} repeated, on {} after the first (onDuplicateKey {kept})",

@@ -89,13 +89,32 @@ pub fn sequential(rows: &[Row], policy: &str) -> HashMap<String, (String, String
             "last" => {
                 table.insert(r.email.clone(), value);
             }
-            "first" => {
+            "first" | "reject" => {
                 table.entry(r.email.clone()).or_insert(value);
             }
             other => panic!("no policy {other}"),
         }
     }
     table
+}
+
+/// Under `reject`: each valid row that repeats a key, by its line (the
+/// line number in the file), with the line of the key's first valid row.
+pub fn rejected(rows: &[Row]) -> HashMap<u64, u64> {
+    let mut first: HashMap<&str, u64> = HashMap::new();
+    let mut rejected = HashMap::new();
+    for (i, r) in rows.iter().enumerate().filter(|(_, r)| is_valid(r)) {
+        let line = i as u64 + 2;
+        match first.get(r.email.as_str()) {
+            Some(&at) => {
+                rejected.insert(line, at);
+            }
+            None => {
+                first.insert(&r.email, line);
+            }
+        }
+    }
+    rejected
 }
 
 /// Whether a row passes the definition (its `n` is an integer).

@@ -6,9 +6,10 @@
 
 use bulk_import::job::JobId;
 use bulk_import::processor::ORDER_ATTRIBUTE;
+use bulk_import::store::JobControl;
 use bulk_import::JobStatus;
 use integration_tests::chaos::Chaos;
-use integration_tests::keyed::{csv, definition, is_valid, rows, sequential};
+use integration_tests::keyed::{csv, definition, is_valid, rejected, rows, sequential};
 use integration_tests::{Item, Stack, StackOptions};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -67,8 +68,27 @@ async fn chaos_run(policy: &str, seed: u64) {
         run.elapsed.as_millis()
     );
     assert_eq!(job.status, JobStatus::CompletedWithErrors);
-    assert_eq!(job.processed, valid);
-    assert_eq!(job.failed, count as u64 - valid);
+    let rejected = if policy == "reject" {
+        rejected(&rows)
+    } else {
+        HashMap::new()
+    };
+    assert_eq!(job.processed, valid - rejected.len() as u64);
+    assert_eq!(job.failed, count as u64 - valid + rejected.len() as u64);
+    if policy == "reject" {
+        // Exactly the later rows of each key, each naming the first.
+        let mut failed = HashMap::new();
+        for index in 0..job.total_batches {
+            for f in stack.watcher.failed_records(&job_id, index).await.unwrap() {
+                let message = f.issues[0].message.clone();
+                if let Some(first) = message.strip_prefix("processing failed: duplicate of line ") {
+                    failed.insert(f.line, first.parse::<u64>().unwrap());
+                }
+            }
+        }
+        assert_eq!(failed, rejected, "the rows rejected as duplicates");
+        assert_eq!(job.duplicates, rejected.len() as u64);
+    }
     assert!(run.kills > 0 && run.injected_faults > 0, "{run:?}");
     let table = table_of(&stack.target_items().await);
     assert_eq!(table.len(), expected.len());
@@ -85,6 +105,11 @@ async fn under_last_every_key_holds_its_last_row_whatever_the_chaos() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn under_first_every_key_holds_its_first_row_whatever_the_chaos() {
     chaos_run("first", 12).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_reject_the_later_rows_of_each_key_fail_naming_the_first_whatever_the_chaos() {
+    chaos_run("reject", 14).await;
 }
 
 #[tokio::test]
@@ -138,4 +163,50 @@ async fn a_later_job_wins_even_when_an_earlier_one_writes_after_it() {
     assert_eq!(table["a@example.com"].0, "Tuesday");
     assert_eq!(table["b@example.com"].0, "Monday");
     assert_eq!(stack.job(&older).await.processed, 2);
+}
+
+/// The example of README's "Repeated keys", under each policy.
+#[tokio::test]
+async fn the_readme_example_ends_as_its_table_says() {
+    const FILE: &str = "email,name,plan\nada@example.com,Ada,free\nbob@example.com,Bob,free\nada@example.com,Ada Lovelace,pro\n";
+    let expected = [
+        ("last", "Ada Lovelace", "pro", (3, 0)),
+        ("first", "Ada", "free", (3, 0)),
+        ("reject", "Ada", "free", (2, 1)),
+    ];
+    for (policy, name, plan, (processed, failed)) in expected {
+        let definition = format!(
+            r#"{{"fields": [{{"name": "email", "type": "email", "required": true}},
+                {{"name": "name", "type": "string", "required": true}},
+                {{"name": "plan", "type": "enum", "values": ["free", "pro"]}}],
+                "keyField": "email", "onDuplicateKey": "{policy}"}}"#
+        );
+        let stack = Stack::new(&definition).await;
+        let event = stack.upload("uploads/example.csv", FILE).await;
+        let job_id = JobId::new(&stack.orchestrate(event).await[0].job_id);
+        stack.run_workers(1, &job_id).await;
+        let job = stack.job(&job_id).await;
+        assert_eq!(
+            (job.processed, job.failed, job.duplicates),
+            (processed, failed, 1),
+            "{policy}"
+        );
+        let items = stack.target_items().await;
+        let ada = items
+            .iter()
+            .find(|i| i["email"].as_s().unwrap() == "ada@example.com")
+            .unwrap();
+        assert_eq!(ada["name"].as_s().unwrap(), name, "{policy}");
+        assert_eq!(ada["plan"].as_s().unwrap(), plan, "{policy}");
+        assert_eq!(items.len(), 2);
+        if policy == "reject" {
+            let failed = stack.watcher.failed_records(&job_id, 0).await.unwrap();
+            assert_eq!(failed.len(), 1);
+            assert_eq!(failed[0].line, 4);
+            assert_eq!(
+                failed[0].issues[0].message,
+                "processing failed: duplicate of line 2"
+            );
+        }
+    }
 }

@@ -139,7 +139,12 @@ impl BatchKind for Records<'_> {
             processed: settled + processed,
             failed,
             error: None,
-            duplicates: duplicates.count(),
+            // The first run counted every repeat it met, failed rows included.
+            duplicates: if claim.rerun.is_some() {
+                0
+            } else {
+                duplicates.count()
+            },
         })
     }
 }

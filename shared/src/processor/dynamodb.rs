@@ -183,9 +183,24 @@ impl DynamoUpsert {
             if found.is_some_and(|other| rank.is_other_row(other, records[i].line)) {
                 ctx.duplicates.found(records[i].line);
             }
-            results[i] = put.map(|_| ());
+            results[i] = match put {
+                // Under `reject` the key's rows come in file order (its
+                // partitions): the row written is the key's first.
+                Ok(Put::Outranked { by: Some(first) }) if rank.policy == OnDuplicateKey::Reject => {
+                    match rank.line_of(&first) {
+                        Some(line) if line != records[i].line => Err(duplicate_of(line)),
+                        _ => Ok(()),
+                    }
+                }
+                put => put.map(|_| ()),
+            };
         }
     }
+}
+
+/// Why a row that repeats the key of line `line` fails under `reject`.
+fn duplicate_of(line: u64) -> ProcessError {
+    ProcessError::permanent(format!("duplicate of line {line}"))
 }
 
 /// The rank of an item's row, if it has one.
@@ -221,9 +236,18 @@ impl Rank {
         let line = line.min(LINE_DIGITS_MAX);
         let place = match self.policy {
             OnDuplicateKey::Last => line,
-            OnDuplicateKey::First => LINE_DIGITS_MAX - line,
+            OnDuplicateKey::First | OnDuplicateKey::Reject => LINE_DIGITS_MAX - line,
         };
         format!("{}{place:015}", self.job)
+    }
+
+    /// The line of a row of this job from its rank.
+    fn line_of(&self, rank: &str) -> Option<u64> {
+        let place: u64 = rank.strip_prefix(&self.job)?.parse().ok()?;
+        Some(match self.policy {
+            OnDuplicateKey::Last => place,
+            OnDuplicateKey::First | OnDuplicateKey::Reject => LINE_DIGITS_MAX - place,
+        })
     }
 
     /// Whether `rank` is that of another row of this job than `line`.
@@ -292,6 +316,16 @@ impl RecordProcessor for DynamoUpsert {
         }
         self.write(&plan, records, &mut results, ctx).await;
         plan.settle(&mut results);
+        if ctx.definition.duplicate_policy() == OnDuplicateKey::Reject {
+            // A row that rode on the first of its key in the batch repeats it.
+            for (i, carrier) in plan.carrier.iter().enumerate() {
+                if let Some(c) = carrier.filter(|&c| c != i) {
+                    if results[i].is_ok() {
+                        results[i] = Err(duplicate_of(records[c].line));
+                    }
+                }
+            }
+        }
         results
     }
 
@@ -341,6 +375,7 @@ impl WritePlan {
                 if policy == OnDuplicateKey::Last {
                     *slot = i;
                 }
+                // `first` and `reject` keep the first.
             }
         }
         let mut plan = WritePlan {

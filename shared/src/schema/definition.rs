@@ -386,6 +386,29 @@ fn check_partitions(
     names: &Names,
     origin: &str,
 ) -> Result<Option<Partitioning>, DefinitionError> {
+    let rejects = raw.on_duplicate_key == Some(OnDuplicateKey::Reject);
+    if let (true, Some(key)) = (rejects, &raw.key_field) {
+        let mut fields = Vec::new();
+        if let Some(index) = raw.fields.iter().position(|f| f.name == *key) {
+            fields.push(index);
+        }
+        match &raw.partition_by {
+            None => {
+                let count = raw.partitions.unwrap_or(DEFAULT_PARTITIONS);
+                return check_count(Some(Partitioning { fields, count }), origin);
+            }
+            Some(by) if by.len() == 1 && by[0] == *key => {}
+            Some(_) => {
+                return Err(invalid(
+                    origin,
+                    "partitionBy",
+                    format!(
+                        "onDuplicateKey reject needs each key's rows in file order: partitionBy must be [{key:?}] or absent"
+                    ),
+                ));
+            }
+        }
+    }
     let Some(by) = &raw.partition_by else {
         return match raw.partitions {
             Some(_) => Err(invalid(
@@ -419,14 +442,21 @@ fn check_partitions(
         fields.push(index);
     }
     let count = raw.partitions.unwrap_or(DEFAULT_PARTITIONS);
-    if !(1..=MAX_PARTITIONS).contains(&count) {
-        return Err(invalid(
+    check_count(Some(Partitioning { fields, count }), origin)
+}
+
+fn check_count(
+    partitioning: Option<Partitioning>,
+    origin: &str,
+) -> Result<Option<Partitioning>, DefinitionError> {
+    match &partitioning {
+        Some(p) if !(1..=MAX_PARTITIONS).contains(&p.count) => Err(invalid(
             origin,
             "partitions",
-            format!("must be between 1 and {MAX_PARTITIONS}, got {count}"),
-        ));
+            format!("must be between 1 and {MAX_PARTITIONS}, got {}", p.count),
+        )),
+        _ => Ok(partitioning),
     }
-    Ok(Some(Partitioning { fields, count }))
 }
 
 fn parse_delimiter(d: &str) -> Result<u8, String> {

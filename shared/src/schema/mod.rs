@@ -93,6 +93,10 @@ pub enum OnDuplicateKey {
     Last,
     /// The first row of the key in the file wins; later ones are skipped.
     First,
+    /// The first row of the key is imported; each later one fails with
+    /// `duplicate of line N`. Needs the key's rows in file order, so the
+    /// rows are partitioned by the key (`partitionBy` defaults to it).
+    Reject,
 }
 
 /// One field of the definition, as written in the JSON file.

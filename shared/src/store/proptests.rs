@@ -2,7 +2,8 @@
 //! interleavings of claim, heartbeat, clock advance, commit, release, crash
 //! and finalize across simulated workers never count a batch twice, never
 //! let two workers commit one batch, finalize at most once, and always
-//! leave a job that a surviving worker can finish.
+//! leave a job that a surviving worker can finish. With key partitions,
+//! no batch is claimed before the one before it in its partition is final.
 
 use super::memory::MemoryStore;
 use super::*;
@@ -61,7 +62,15 @@ async fn finalize(store: &MemoryStore, job: &JobId, now: i64) -> bool {
         .unwrap()
 }
 
-async fn run(batches: u64, ops: Vec<Op>) {
+/// Batch `index`'s predecessor in its partition, with `partitions` of
+/// them (batch i in partition i % partitions; none when 0).
+fn after(index: u64, partitions: u64) -> Option<u64> {
+    (partitions > 0)
+        .then(|| index.checked_sub(partitions))
+        .flatten()
+}
+
+async fn run(batches: u64, partitions: u64, ops: Vec<Op>) {
     let store = MemoryStore::new();
     let src = SourceRef {
         bucket: "b".into(),
@@ -90,12 +99,15 @@ async fn run(batches: u64, ops: Vec<Op>) {
                 NewBatch {
                     index,
                     records: &records,
-                    after: None,
+                    after: after(index, partitions),
                 },
                 now,
             )
             .await
             .unwrap();
+        if let Some(before) = after(index, partitions) {
+            store.link_batch(&job.id, before, index).await.unwrap();
+        }
     }
     store
         .finish_prepare(&job.id, &lease, batches * RECORDS_PER_BATCH, batches)
@@ -113,6 +125,13 @@ async fn run(batches: u64, ops: Vec<Op>) {
                     .await
                     .unwrap()
                 {
+                    if let Some(before) = after(c.index, partitions) {
+                        assert!(
+                            committed.contains_key(&before),
+                            "batch {} claimed before batch {before} ended",
+                            c.index
+                        );
+                    }
                     // Nobody else may hold this batch under a live lease.
                     for (other, h) in &held {
                         if h.index == c.index {
@@ -145,6 +164,22 @@ async fn run(batches: u64, ops: Vec<Op>) {
                         Ok(()) => *committed.entry(c.index).or_default() += 1,
                         Err(StoreError::ClaimLost { .. }) => {}
                         Err(e) => panic!("{e}"),
+                    }
+                    // The worker takes the batch its commit released.
+                    if let Some(next) = c.next {
+                        let w_id = format!("w{w}");
+                        if let Some(n) = store
+                            .claim_index(&job.id, next, &w_id, now, LEASE)
+                            .await
+                            .unwrap()
+                        {
+                            assert!(
+                                committed.contains_key(&c.index),
+                                "batch {next} claimed before batch {} ended",
+                                c.index
+                            );
+                            held.insert(w, n);
+                        }
                     }
                 }
             }
@@ -180,6 +215,9 @@ async fn run(batches: u64, ops: Vec<Op>) {
         .await
         .unwrap()
     {
+        if let Some(before) = after(c.index, partitions) {
+            assert!(committed.contains_key(&before));
+        }
         store.commit_batch(&c, &done(), now).await.unwrap();
         *committed.entry(c.index).or_default() += 1;
     }
@@ -206,7 +244,7 @@ async fn run(batches: u64, ops: Vec<Op>) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn random_interleavings_keep_the_protocol_invariants(batches in 1u64..6, ops in prop::collection::vec(op(), 0..80)) {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(run(batches, ops));
+    fn random_interleavings_keep_the_protocol_invariants(batches in 1u64..8, partitions in 0u64..3, ops in prop::collection::vec(op(), 0..80)) {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(run(batches, partitions, ops));
     }
 }

@@ -2,7 +2,8 @@
 //! them 2-10 times) imported by the same workers three times, through a
 //! write ledger: by an unconditional upsert (BatchWriteItem, 25 items a
 //! request, whichever write lands last wins: the upsert before keyed
-//! imports), then under `last` and `first`. For each: requests and write
+//! imports), then under `last` and `first`, and under `last` again with
+//! 16 key partitions (`partitionBy`). For each: requests and write
 //! units sent to the target table per record, wall time on the emulator
 //! (indicative only: it serves a few hundred requests a second) and the
 //! CPU time this process spent, orchestrator and workers together.
@@ -14,7 +15,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use bulk_import::job::JobId;
 use bulk_import::processor::{ProcessContext, ProcessError, RecordProcessor};
 use bulk_import::schema::{FieldValue, ValidRecord};
-use integration_tests::keyed::{csv, definition, is_valid, rows, sequential};
+use integration_tests::keyed::{csv, definition_with, is_valid, rows, sequential};
 use integration_tests::ledger::Ledger;
 use integration_tests::{Stack, StackOptions};
 use std::collections::HashMap;
@@ -146,14 +147,19 @@ async fn run(
     ledger: &Ledger,
     file: &str,
     policy: Option<&str>,
+    options: &str,
     workers: usize,
 ) -> (Figures, HashMap<String, (String, String)>) {
     let opts = StackOptions {
         max_workers: workers as u32,
         ..StackOptions::default()
     };
-    let mut stack =
-        Stack::with_clients(&definition(policy.unwrap_or("last")), opts, clients.clone()).await;
+    let mut stack = Stack::with_clients(
+        &definition_with(policy.unwrap_or("last"), options),
+        opts,
+        clients.clone(),
+    )
+    .await;
     if policy.is_none() {
         stack.deps.processor = Some(Arc::new(Unconditional {
             client: clients.dynamodb.clone(),
@@ -207,9 +213,16 @@ async fn main() -> anyhow::Result<()> {
     let ledger = Ledger::default();
     let clients = integration_tests::ledger_clients(&ledger).await;
     let mut baseline = None;
-    for policy in [None, Some("last"), Some("first")] {
-        let (f, table) = run(&clients, &ledger, &file, policy, workers).await;
-        let name = policy.unwrap_or("unconditional");
+    let mut rates = Vec::new();
+    let partitioned = r#""partitionBy": ["email"], "partitions": 16,"#;
+    let runs = [
+        ("unconditional", None, ""),
+        ("last", Some("last"), ""),
+        ("first", Some("first"), ""),
+        ("last, 16 partitions", Some("last"), partitioned),
+    ];
+    for (name, policy, options) in runs {
+        let (f, table) = run(&clients, &ledger, &file, policy, options, workers).await;
         let matches = match policy {
             Some(p) => table == sequential(&rows, p),
             None => table == sequential(&rows, "last"),
@@ -224,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
             None => String::new(),
         };
         println!(
-            "{name:>13}: {:.4} requests and {:.4} write units a record{against}; {:.1} s, {:.0} records/s, {:.2} ms CPU a record; duplicates counted {}; table {} a sequential import",
+            "{name:>19}: {:.4} requests and {:.4} write units a record{against}; {:.1} s, {:.0} records/s, {:.2} ms CPU a record; duplicates counted {}; table {} a sequential import",
             per(f.requests as f64),
             per(f.units),
             f.seconds,
@@ -236,6 +249,11 @@ async fn main() -> anyhow::Result<()> {
         if baseline.is_none() {
             baseline = Some((per(f.units), per(f.requests as f64)));
         }
+        rates.push(f.records as f64 / f.seconds);
     }
+    println!(
+        "16 key partitions: {:.0}% of the records a second of the same job unpartitioned",
+        rates[3] / rates[1] * 100.0
+    );
     Ok(())
 }

@@ -88,6 +88,13 @@ fn ranks_order_jobs_by_creation_then_lines_by_policy() {
     );
     assert_eq!(early.of_line(7).len(), 44);
     assert!(early.is_other_row(&early.of_line(3), 4));
+    assert_eq!(early.line_of(&early.of_line(1234)), Some(1234));
+    assert_eq!(late.line_of(&late.of_line(1234)), Some(1234));
+    assert_eq!(
+        late.line_of(&early.of_line(1234)),
+        None,
+        "another job's row"
+    );
     assert!(!early.is_other_row(&early.of_line(4), 4));
     assert!(!early.is_other_row(&late.of_line(3), 4));
 }

@@ -357,7 +357,11 @@ fn a_duplicate_policy_needs_a_key_field_and_defaults_to_last() {
         r#"{"fields": [{"name": "email", "type": "email", "required": true}], "keyField": "email", "onDuplicateKey": "newest"}"#,
     );
     assert!(e.to_string().contains("onDuplicateKey"), "{e}");
-    assert!(e.to_string().contains("expected `last` or `first`"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("expected one of `last`, `first`, `reject`"),
+        "{e}"
+    );
     let keyed = r#"{"fields": [{"name": "email", "type": "email", "required": true}], "keyField": "email"}"#;
     assert_eq!(load(keyed).duplicate_policy(), OnDuplicateKey::Last);
     let first = load(
@@ -409,6 +413,35 @@ fn partitions_name_fields_of_the_definition_and_a_count_within_bounds() {
     let again = Definition::from_json(&d.to_json(), "round trip").unwrap();
     assert_eq!(again.partitioning(), d.partitioning());
     assert!(load(&with("")).partitioning().is_none());
+}
+
+#[test]
+fn reject_partitions_by_the_key_and_refuses_other_partitions() {
+    let with = |options: &str| {
+        format!(
+            r#"{{"fields": [{{"name": "email", "type": "email", "required": true}},
+                {{"name": "country", "type": "string"}}], "onDuplicateKey": "reject"{options}}}"#
+        )
+    };
+    let e = error(&with(""));
+    assert_eq!(e.path(), "onDuplicateKey");
+    let d = load(&with(r#", "keyField": "email""#));
+    assert_eq!(d.duplicate_policy(), OnDuplicateKey::Reject);
+    let p = d.partitioning().unwrap();
+    assert_eq!((p.fields.clone(), p.count), (vec![0], DEFAULT_PARTITIONS));
+    let d = load(&with(
+        r#", "keyField": "email", "partitionBy": ["email"], "partitions": 4"#,
+    ));
+    assert_eq!(d.partitioning().unwrap().count, 4);
+    let e = error(&with(
+        r#", "keyField": "email", "partitionBy": ["country"]"#,
+    ));
+    assert_eq!(e.path(), "partitionBy");
+    assert!(
+        e.to_string()
+            .contains(r#"partitionBy must be ["email"] or absent"#),
+        "{e}"
+    );
 }
 
 #[test]
