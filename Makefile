@@ -8,7 +8,7 @@ FILE ?=
 DEFINITION ?=
 WORKERS ?= 4
 EXPORT ?=
-ROWS ?= 100000
+ROWS ?= 20000
 # PROFILE=release builds the demo optimized (slower to build, faster to run).
 PROFILE ?= debug
 
@@ -17,7 +17,7 @@ export FILE DEFINITION WORKERS EXPORT ROWS
 .PHONY: demo test unit lint check build build-check lint-template api-schema chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle bench-keyed demo-conflicts fuzz \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
 
-## demo: the whole pipeline on a 100k-row sample (or FILE=... DEFINITION=...)
+## demo: the whole pipeline on a 20k-row sample (or FILE=... DEFINITION=...)
 demo:
 	$(CARGO) build -p bulk-import-cli $(if $(filter release,$(PROFILE)),--release)
 	BULKIMPORT=target/$(PROFILE)/bulkimport scripts/with-moto.sh scripts/demo.sh

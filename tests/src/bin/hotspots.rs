@@ -5,7 +5,8 @@
 //! batch. DynamoDB serializes writes to one item and gives one partition
 //! about 1,000 write units a second, so these figures bound one job's speed.
 //!
-//!     make bench-hotspots            (HOTSPOT_ROWS, HOTSPOT_BATCH_SIZE, HOTSPOT_WORKERS)
+//!     make bench-hotspots            (HOTSPOT_ROWS, HOTSPOT_BATCH_SIZE, HOTSPOT_WORKERS,
+//!                                     HOTSPOT_PARTITIONS: key partitions, none when 0)
 
 use bulk_import::handlers::orchestrator::source_of;
 use integration_tests::ledger::Ledger;
@@ -51,13 +52,17 @@ async fn main() -> anyhow::Result<()> {
     let rows = env_number("HOTSPOT_ROWS", 20_000);
     let batch_size = env_number("HOTSPOT_BATCH_SIZE", 20);
     let workers = env_number("HOTSPOT_WORKERS", 8) as usize;
+    let partitions = match env_number("HOTSPOT_PARTITIONS", 0) {
+        0 => String::new(),
+        n => format!(r#", "partitionBy": ["email"], "partitions": {n}"#),
+    };
     let ledger = Ledger::default();
     let clients = integration_tests::ledger_clients(&ledger).await;
     let definition = format!(
         r#"{{"fields": [
             {{"name": "email", "type": "email", "required": true}},
             {{"name": "name", "type": "string"}}
-          ], "keyField": "email", "batchSize": {batch_size}, "continueOnError": true}}"#
+          ], "keyField": "email", "batchSize": {batch_size}, "continueOnError": true{partitions}}}"#
     );
     let opts = StackOptions {
         max_workers: workers as u32,

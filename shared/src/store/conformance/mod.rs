@@ -189,6 +189,8 @@ macro_rules! conformance_tests {
                 a_partitions_next_batch_waits_for_the_one_before,
                 a_batch_linked_after_its_predecessor_ended_is_claimable_at_once,
                 a_link_made_while_the_predecessor_is_claimed_is_honoured_by_its_commit,
+                an_aborted_job_hands_out_no_more_of_a_partition,
+                a_retried_batch_of_a_partition_reruns_after_the_rest,
             ],
             retry: [
                 racing_requeues_of_a_batch_move_it_once,

@@ -37,6 +37,16 @@ async fn chained_job(store: &dyn JobStore, name: &str, chain: &[Option<u64>]) ->
     job.id
 }
 
+/// Ends a job whose batches are all done, and reopens it for a retry.
+async fn end_and_reopen(store: &dyn JobStore, job: &JobId) {
+    let ended = fin(JobStatus::CompletedWithErrors);
+    let when = FinalizeWhen::AllBatchesDone;
+    assert!(store.finalize(job, &ended, when).await.unwrap());
+    ack_all(store, job).await;
+    let reopened = store.reopen(job, &reopening(0, true, T0 + 1)).await;
+    assert!(reopened.unwrap().is_some(), "the job reopens");
+}
+
 /// Claims until nothing is claimable; the indexes claimed.
 async fn claim_all(store: &dyn JobStore, job: &JobId, worker: &str) -> Vec<(u64, ClaimedBatch)> {
     let mut claimed = Vec::new();
@@ -173,4 +183,59 @@ pub async fn a_link_made_while_the_predecessor_is_claimed_is_honoured_by_its_com
         store.batch_info(&job, 0).await.unwrap().unwrap().state,
         BatchState::Done
     );
+}
+
+/// An aborted job hands out no more of a partition: the batch in hand
+/// still commits, and the one after it is not claimed.
+pub async fn an_aborted_job_hands_out_no_more_of_a_partition(store: &dyn JobStore) {
+    let job = chained_job(store, "aborted", &[None, Some(0)]).await;
+    let zero = claim(store, &job, "w1", T0).await;
+    assert!(store
+        .finalize(&job, &fin(JobStatus::Aborted), FinalizeWhen::Now)
+        .await
+        .unwrap());
+    store.commit_batch(&zero, &done(3), T0).await.unwrap();
+    assert!(store
+        .claim_index(&job, 1, "w1", T0, LEASE)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        store.claim_batch(&job, "w2", T0, LEASE).await.unwrap(),
+        Claim::JobFinished(JobStatus::Aborted)
+    ));
+}
+
+/// A retry reruns a failed batch of a partition after the rest, as a
+/// sequential import retried afterwards would: its commit releases nothing
+/// again, and the job ends.
+pub async fn a_retried_batch_of_a_partition_reruns_after_the_rest(store: &dyn JobStore) {
+    let job = chained_job(store, "retried", &[None, Some(0)]).await;
+    let zero = claim(store, &job, "w1", T0).await;
+    let refused = BatchOutcome {
+        state: BatchState::Done,
+        processed: 2,
+        failed: vec![FailedRecord::unprocessed(
+            2,
+            vec![crate::job::FieldIssue::new(
+                None,
+                None,
+                "the target refused it",
+            )],
+        )],
+        error: None,
+        duplicates: 0,
+    };
+    store.commit_batch(&zero, &refused, T0).await.unwrap();
+    let one = claim(store, &job, "w1", T0).await;
+    assert_eq!(one.index, 1);
+    store.commit_batch(&one, &done(3), T0).await.unwrap();
+    end_and_reopen(store, &job).await;
+    assert!(store.requeue_batch(&job, 0, 1).await.unwrap().is_some());
+    assert!(store.finish_requeue(&job, 1, 0, T0 + 2).await.unwrap());
+    let rerun = claim(store, &job, "w2", T0 + 3).await;
+    assert_eq!((rerun.index, rerun.rerun.is_some()), (0, true));
+    store.commit_batch(&rerun, &done(3), T0 + 3).await.unwrap();
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!((j.batches_done, j.processed, j.failed), (2, 6, 0));
 }
