@@ -306,6 +306,35 @@ async fn a_file_cut_into_key_partitions_over_hand_offs_is_cut_and_chained_as_in_
     );
 }
 
+/// Rows of 20 KB over 64 partitions, 1,000 to a batch: no partition fills
+/// a batch, and the file (40 MB) is smaller than a segment's rows, so only
+/// the cap on open bytes (16 MiB) cuts batches before the end.
+#[tokio::test]
+async fn open_partition_batches_are_cut_early_when_they_hold_too_many_bytes() {
+    let note = "x".repeat(20_000);
+    let mut text = String::from("Email,Name,Note\n");
+    for i in 0..2_000 {
+        text.push_str(&format!("user{i}@example.com,Name {i},{note}\n"));
+    }
+    let json = r#"{"fields": [{"name": "email", "type": "email"}, {"name": "name", "type": "string"},
+            {"name": "note", "type": "string"}], "batchSize": 1000, "partitionBy": ["email"],
+            "partitions": 64}"#;
+    let def = Definition::from_json(json, "t").unwrap();
+    let prepared = prepare("big.csv", text.as_bytes(), &def, PrepareSettings::default()).await;
+    let rows: usize = prepared.batches.iter().map(Vec::len).sum();
+    assert_eq!(rows, 2_000);
+    assert!(
+        prepared.batches.len() > 2 * 64,
+        "cut at least twice a partition before the end: {} batches",
+        prepared.batches.len()
+    );
+    let biggest = prepared.batches.iter().map(Vec::len).max().unwrap();
+    assert!(
+        biggest < 2_000 / 64,
+        "no batch holds a partition's whole share: {biggest}"
+    );
+}
+
 #[tokio::test]
 async fn a_csv_with_a_bom_and_crlf_prepared_over_hand_offs_is_cut_as_in_one_run_reading_it_about_once(
 ) {
