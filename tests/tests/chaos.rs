@@ -4,7 +4,7 @@
 //! injected into a share of requests. The job must still finish exactly
 //! once with every valid record imported.
 //!
-//! Scale with CHAOS_ROWS (default 20,000) and CHAOS_KILLS (default 12);
+//! Scale with CHAOS_ROWS (default 12,000) and CHAOS_KILLS (default 12);
 //! `make chaos` runs 50,000 rows and 40 kills.
 
 use bulk_import::events::EventBridgeEvents;
@@ -57,7 +57,7 @@ fn csv(rows: u64) -> (String, HashSet<String>, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn job_survives_killed_workers_duplicates_and_throttling() {
-    let rows = env_number("CHAOS_ROWS", 20_000);
+    let rows = env_number("CHAOS_ROWS", 12_000);
     let max_kills = env_number("CHAOS_KILLS", 12);
     let opts = StackOptions {
         lease: Duration::from_secs(LEASE_SECONDS),

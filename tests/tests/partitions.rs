@@ -109,7 +109,7 @@ async fn run_with_kills(stack: &Stack, job: &JobId, kills: u32) -> u32 {
 /// Imports the keyed file with `WORKERS` workers, some killed; for each
 /// key, the batches of the rows the processor wrote, in the order written.
 async fn import(options: &str) -> (HashMap<String, Vec<u64>>, u64) {
-    let rows = rows(3_000, 21);
+    let rows = rows(2_000, 21);
     let opts = StackOptions {
         max_workers: WORKERS as u32,
         lease: Duration::from_secs(2),
@@ -164,7 +164,7 @@ async fn with_key_partitions_each_keys_rows_are_processed_in_file_order() {
     let (seen, batches) =
         import(r#""partitionBy": ["email"], "partitions": 16, "maxRetries": 10,"#).await;
     let repeated = seen.values().filter(|lines| lines.len() > 1).count();
-    assert!(repeated > 300, "{repeated} keys seen more than once");
+    assert!(repeated > 200, "{repeated} keys seen more than once");
     let wrong = out_of_order(&seen);
     assert!(
         wrong.is_empty(),
