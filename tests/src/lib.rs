@@ -206,7 +206,9 @@ impl Stack {
 
     /// Runs `n` concurrent pollers (stand-ins for Lambda's SQS event source
     /// mapping) until the job is final and its report written; pollers
-    /// started beside the orchestrator wait for it to create the job.
+    /// started beside the orchestrator wait for it to create the job. A
+    /// report the finalizer had no time for (it needs a margin before the
+    /// invocation's deadline) is written by the sweeper, as in a deployment.
     pub async fn run_workers(&self, n: usize, job: &JobId) -> PollStats {
         let pollers = (0..n).map(|_| {
             let poller = Poller {
@@ -223,7 +225,7 @@ impl Stack {
                             .get_job(job)
                             .await
                             .expect("get job")
-                            .is_some_and(|job| job.status.is_final() && !job.report_owed)
+                            .is_some_and(|job| job.status.is_final())
                     })
                     .await
                     .expect("poller")
@@ -234,6 +236,9 @@ impl Stack {
             total.invocations += s.invocations;
             total.messages += s.messages;
             total.failed_messages += s.failed_messages;
+        }
+        if self.job(job).await.report_owed {
+            self.sweep().await;
         }
         total
     }
