@@ -103,15 +103,14 @@ impl DynamoUpsert {
         Ok(item)
     }
 
-    /// The record's item with its rank.
-    fn ranked_item(record: &ValidRecord, ctx: &ProcessContext<'_>) -> Result<Item, ProcessError> {
-        let key_field = ctx
-            .definition
-            .key_field
-            .as_deref()
-            .ok_or_else(|| ProcessError::permanent("the definition has no keyField"))?;
+    /// The record's item with its rank among the rows of `rank`'s job.
+    fn ranked_item(
+        record: &ValidRecord,
+        key_field: &str,
+        rank: &Rank,
+    ) -> Result<Item, ProcessError> {
         let mut item = Self::item(record, key_field)?;
-        let rank = Rank::of(ctx).of_line(record.line);
+        let rank = rank.of_line(record.line);
         item.insert(ORDER_ATTRIBUTE.into(), AttributeValue::S(rank));
         Ok(item)
     }
@@ -155,9 +154,9 @@ impl DynamoUpsert {
         plan: &WritePlan,
         records: &[&ValidRecord],
         results: &mut [Result<(), ProcessError>],
+        rank: &Rank,
         ctx: &ProcessContext<'_>,
     ) {
-        let rank = Rank::of(ctx);
         let puts: Vec<_> = plan
             .writes
             .iter()
@@ -306,7 +305,12 @@ impl RecordProcessor for DynamoUpsert {
                 .map(|_| Err(ProcessError::permanent("the definition has no keyField")))
                 .collect();
         };
-        let items = records.iter().map(|r| Self::ranked_item(r, ctx)).collect();
+        // One rank prefix for the batch: the job's.
+        let rank = Rank::of(ctx);
+        let items = records
+            .iter()
+            .map(|r| Self::ranked_item(r, key_field, &rank))
+            .collect();
         let (plan, mut results) =
             WritePlan::new(items, key_field, ctx.definition.duplicate_policy());
         for (i, carrier) in plan.carrier.iter().enumerate() {
@@ -314,7 +318,7 @@ impl RecordProcessor for DynamoUpsert {
                 ctx.duplicates.found(records[i].line);
             }
         }
-        self.write(&plan, records, &mut results, ctx).await;
+        self.write(&plan, records, &mut results, &rank, ctx).await;
         plan.settle(&mut results);
         if ctx.definition.duplicate_policy() == OnDuplicateKey::Reject {
             // A row that rode on the first of its key in the batch repeats it.
@@ -339,7 +343,10 @@ impl WriteCost for DynamoUpsert {
     /// included, as a new item (replacing a larger one costs that one's
     /// size instead; a write that loses to the stored row costs the same).
     fn write_units(&self, record: &ValidRecord, ctx: &ProcessContext<'_>) -> u64 {
-        match Self::ranked_item(record, ctx) {
+        let Some(key_field) = ctx.definition.key_field.as_deref() else {
+            return 0;
+        };
+        match Self::ranked_item(record, key_field, &Rank::of(ctx)) {
             Ok(item) => write_units(item_size(&item)) as u64,
             Err(_) => 0,
         }

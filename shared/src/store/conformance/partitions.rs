@@ -47,6 +47,38 @@ async fn end_and_reopen(store: &dyn JobStore, job: &JobId) {
     assert!(reopened.unwrap().is_some(), "the job reopens");
 }
 
+/// A job being prepared, its batch 0 written and published.
+async fn head_published(store: &dyn JobStore, name: &str) -> (JobId, PrepareLease) {
+    let owner = lease("orchestrator");
+    let CreateOutcome::Created(job) = store.create_job(&source(name), &owner, T0).await.unwrap()
+    else {
+        panic!("job should be new");
+    };
+    let recs = records(0, 3);
+    let head = NewBatch {
+        index: 0,
+        records: &recs,
+        after: None,
+    };
+    store.write_batch(&job.id, head, T0).await.unwrap();
+    store.publish(&job.id, &owner, 1, None, T0).await.unwrap();
+    (job.id, owner)
+}
+
+/// Writes batch 1 after batch 0 in its partition, links and publishes it,
+/// as prepare does.
+async fn chain_tail(store: &dyn JobStore, job: &JobId, owner: &PrepareLease) {
+    let recs = records(1, 3);
+    let tail = NewBatch {
+        index: 1,
+        records: &recs,
+        after: Some(0),
+    };
+    store.write_batch(job, tail, T0).await.unwrap();
+    store.link_batch(job, 0, 1).await.unwrap();
+    store.publish(job, owner, 2, None, T0).await.unwrap();
+}
+
 /// Claims until nothing is claimable; the indexes claimed.
 async fn claim_all(store: &dyn JobStore, job: &JobId, worker: &str) -> Vec<(u64, ClaimedBatch)> {
     let mut claimed = Vec::new();
@@ -104,33 +136,12 @@ pub async fn a_partitions_next_batch_waits_for_the_one_before(store: &dyn JobSto
 }
 
 pub async fn a_batch_linked_after_its_predecessor_ended_is_claimable_at_once(store: &dyn JobStore) {
-    let owner = lease("orchestrator");
-    let CreateOutcome::Created(job) = store.create_job(&source("late"), &owner, T0).await.unwrap()
-    else {
-        panic!("job should be new");
-    };
-    let job = job.id;
-    let recs = records(0, 3);
-    let head = NewBatch {
-        index: 0,
-        records: &recs,
-        after: None,
-    };
-    store.write_batch(&job, head, T0).await.unwrap();
-    store.publish(&job, &owner, 1, None, T0).await.unwrap();
+    let (job, owner) = head_published(store, "late").await;
     let zero = claim(store, &job, "w1", T0).await;
     assert_eq!(zero.next, None);
     store.commit_batch(&zero, &done(3), T0).await.unwrap();
     // Prepare is behind: batch 1 of the partition comes after 0 ended.
-    let recs = records(1, 3);
-    let tail = NewBatch {
-        index: 1,
-        records: &recs,
-        after: Some(0),
-    };
-    store.write_batch(&job, tail, T0).await.unwrap();
-    store.link_batch(&job, 0, 1).await.unwrap();
-    store.publish(&job, &owner, 2, None, T0).await.unwrap();
+    chain_tail(store, &job, &owner).await;
     let one = claim(store, &job, "w2", T0).await;
     assert_eq!(one.index, 1);
 }
@@ -138,34 +149,10 @@ pub async fn a_batch_linked_after_its_predecessor_ended_is_claimable_at_once(sto
 pub async fn a_link_made_while_the_predecessor_is_claimed_is_honoured_by_its_commit(
     store: &dyn JobStore,
 ) {
-    let owner = lease("orchestrator");
-    let CreateOutcome::Created(job) = store
-        .create_job(&source("racing"), &owner, T0)
-        .await
-        .unwrap()
-    else {
-        panic!("job should be new");
-    };
-    let job = job.id;
-    let recs = records(0, 3);
-    let head = NewBatch {
-        index: 0,
-        records: &recs,
-        after: None,
-    };
-    store.write_batch(&job, head, T0).await.unwrap();
-    store.publish(&job, &owner, 1, None, T0).await.unwrap();
+    let (job, owner) = head_published(store, "racing").await;
     let zero = claim(store, &job, "w1", T0).await;
     assert_eq!(zero.next, None, "claimed before the link");
-    let recs = records(1, 3);
-    let tail = NewBatch {
-        index: 1,
-        records: &recs,
-        after: Some(0),
-    };
-    store.write_batch(&job, tail, T0).await.unwrap();
-    store.link_batch(&job, 0, 1).await.unwrap();
-    store.publish(&job, &owner, 2, None, T0).await.unwrap();
+    chain_tail(store, &job, &owner).await;
     assert!(store
         .claim_index(&job, 1, "w2", T0, LEASE)
         .await
