@@ -59,22 +59,33 @@ pub async fn resolve(clients: &Clients, job: &str) -> anyhow::Result<JobId> {
 }
 
 /// One line per job, newest first.
-pub async fn list(names: &Names, status: Option<JobStatus>, limit: usize) -> anyhow::Result<()> {
+pub async fn list(
+    names: &Names,
+    status: Option<JobStatus>,
+    kind: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<()> {
     let clients = Clients::load().await;
     let store = store(names, &clients);
     let now = now_ms();
     println!(
-        "{:<32}  {:<21}  {:>4}  {:>10}  {:>8}  SOURCE",
-        "JOB", "STATUS", "%", "PROCESSED", "FAILED"
+        "{:<32}  {:<16}  {:<21}  {:>4}  {:>10}  {:>8}  SOURCE",
+        "JOB", "KIND", "STATUS", "%", "PROCESSED", "FAILED"
     );
-    for id in store.list_jobs(status, limit).await? {
+    for id in store.list_jobs(status, kind, limit).await? {
         let Some(job) = store.get_job(&id).await? else {
             continue;
         };
         let v = JobStatusView::of(&job, now);
         println!(
-            "{:<32}  {:<21}  {:>4}  {:>10}  {:>8}  {}",
-            v.job_id, v.status, v.progress, v.processed, v.failed, v.source
+            "{:<32}  {:<16}  {:<21}  {:>4}  {:>10}  {:>8}  {}",
+            v.job_id,
+            v.kind.as_deref().unwrap_or("-"),
+            v.status,
+            v.progress,
+            v.processed,
+            v.failed,
+            v.source
         );
     }
     Ok(())

@@ -66,6 +66,9 @@ enum Command {
         /// Only jobs in this status (PROCESSING, COMPLETED, COMPLETED_WITH_ERRORS, FAILED).
         #[arg(long)]
         status: Option<bulk_import::JobStatus>,
+        /// Only jobs of this kind (the definition's or its route's `kind`).
+        #[arg(long)]
+        kind: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
@@ -178,7 +181,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(&cli.names, args).await,
         Command::Worker(args) => worker::run(&cli.names, args).await,
-        Command::Jobs { status, limit } => jobs::list(&cli.names, status, limit).await,
+        Command::Jobs {
+            status,
+            kind,
+            limit,
+        } => jobs::list(&cli.names, status, kind.as_deref(), limit).await,
         Command::Errors {
             job,
             report: true,

@@ -15,12 +15,18 @@ pub enum ConfigError {
         value: String,
         message: String,
     },
-    #[error("import definition {location}: cannot be read")]
-    DefinitionUnreadable {
+    #[error("{what} {location}: cannot be read")]
+    Unreadable {
+        /// "import definition" or "routes file".
+        what: &'static str,
         location: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("set one of IMPORT_DEFINITION and ROUTES, not both")]
+    DefinitionAndRoutes,
+    #[error(transparent)]
+    Routes(#[from] crate::routes::RoutesError),
     #[error(transparent)]
     Definition(#[from] DefinitionError),
     /// The definition's throughput cap, or the deployment's default for
@@ -51,8 +57,12 @@ pub struct Settings {
     pub report_bucket: Option<String>,
     /// `REPORT_PREFIX` (`reports/`): key prefix of error reports.
     pub report_prefix: String,
-    /// `IMPORT_DEFINITION`: a file path or `s3://bucket/key`.
+    /// `IMPORT_DEFINITION`: a file path or `s3://bucket/key`; empty when
+    /// `routes` is given.
     pub definition: String,
+    /// `ROUTES`: a routes file (path or `s3://bucket/key`) mapping upload
+    /// prefixes to definitions, instead of one `IMPORT_DEFINITION`.
+    pub routes: Option<String>,
     /// `MAX_WORKERS` (10): worker messages per job.
     pub max_workers: u32,
     /// `LEASE_SECONDS` (60): batch claim lease, renewed while working.
@@ -109,6 +119,7 @@ impl Settings {
             report_bucket: None,
             report_prefix: "reports/".into(),
             definition: definition.into(),
+            routes: None,
             max_workers: 10,
             lease: Duration::from_secs(60),
             prepare_lease: Duration::from_secs(60),
@@ -129,7 +140,14 @@ impl Settings {
             prepare_queue_url: var("PREPARE_QUEUE_URL"),
             report_bucket: var("REPORT_BUCKET"),
             report_prefix: var("REPORT_PREFIX").unwrap_or_else(|| "reports/".into()),
-            definition: required("IMPORT_DEFINITION")?,
+            definition: match var("ROUTES") {
+                None => required("IMPORT_DEFINITION")?,
+                Some(_) if var("IMPORT_DEFINITION").is_some() => {
+                    return Err(ConfigError::DefinitionAndRoutes)
+                }
+                Some(_) => String::new(),
+            },
+            routes: var("ROUTES"),
             max_workers: number("MAX_WORKERS", 10)?,
             lease: Duration::from_secs(number("LEASE_SECONDS", 60)?),
             prepare_lease: Duration::from_secs(number("PREPARE_LEASE_SECONDS", 60)?),
@@ -155,19 +173,40 @@ impl Settings {
     }
 }
 
-/// Loads the import definition from a path or an `s3://bucket/key` URI.
-pub async fn load_definition(
-    location: &str,
+/// The deployment's routes: those of the routes file (`ROUTES`), else one
+/// route to the one definition (`IMPORT_DEFINITION`).
+pub async fn load_routes(
+    settings: &Settings,
     s3: &aws_sdk_s3::Client,
-) -> Result<Definition, ConfigError> {
-    let unreadable =
-        |e: Box<dyn std::error::Error + Send + Sync>| ConfigError::DefinitionUnreadable {
-            location: location.to_owned(),
-            source: e,
-        };
-    let text = if let Some(rest) = location.strip_prefix("s3://") {
+) -> Result<crate::routes::Routes, ConfigError> {
+    match &settings.routes {
+        Some(location) => crate::routes::Routes::load(location, s3).await,
+        None => Ok(crate::routes::Routes::single(
+            load_definition(&settings.definition, s3).await?,
+        )),
+    }
+}
+
+/// Reads a configuration file from a path or an `s3://bucket/key` URI;
+/// `var` names the setting in errors.
+pub(crate) async fn read_text(
+    location: &str,
+    var: &'static str,
+    s3: &aws_sdk_s3::Client,
+) -> Result<String, ConfigError> {
+    let what = if var == "ROUTES" {
+        "routes file"
+    } else {
+        "import definition"
+    };
+    let unreadable = |e: Box<dyn std::error::Error + Send + Sync>| ConfigError::Unreadable {
+        what,
+        location: location.to_owned(),
+        source: e,
+    };
+    if let Some(rest) = location.strip_prefix("s3://") {
         let (bucket, key) = rest.split_once('/').ok_or_else(|| ConfigError::Invalid {
-            var: "IMPORT_DEFINITION",
+            var,
             value: location.to_owned(),
             message: "expected s3://bucket/key".into(),
         })?;
@@ -184,12 +223,26 @@ pub async fn load_definition(
             .await
             .map_err(|e| unreadable(e.into()))?
             .into_bytes();
-        String::from_utf8(bytes.to_vec()).map_err(|e| unreadable(e.into()))?
+        String::from_utf8(bytes.to_vec()).map_err(|e| unreadable(e.into()))
     } else {
         let path = location.strip_prefix("file://").unwrap_or(location);
         tokio::fs::read_to_string(path)
             .await
-            .map_err(|e| unreadable(e.into()))?
-    };
-    Ok(Definition::from_json(&text, location)?)
+            .map_err(|e| unreadable(e.into()))
+    }
+}
+
+/// Loads the import definition from a path or an `s3://bucket/key` URI.
+/// Its kind, unless it names one, is its file's name without the
+/// extension (`users` for `users.json`).
+pub async fn load_definition(
+    location: &str,
+    s3: &aws_sdk_s3::Client,
+) -> Result<Definition, ConfigError> {
+    let text = read_text(location, "IMPORT_DEFINITION", s3).await?;
+    let mut definition = Definition::from_json(&text, location)?;
+    if definition.kind.is_none() {
+        definition.kind = crate::routes::file_stem(location);
+    }
+    Ok(definition)
 }

@@ -27,6 +27,9 @@ pub struct JobEvent {
     #[serde(rename = "type", with = "event_type")]
     pub kind: EventKind,
     pub job_id: JobId,
+    /// The job's kind of import (`Job::kind`), for rules to match on.
+    #[serde(rename = "kind", default, skip_serializing_if = "Option::is_none")]
+    pub job_kind: Option<String>,
     pub bucket: String,
     pub key: String,
     pub status: JobStatus,
@@ -49,6 +52,7 @@ impl JobEvent {
             event_id: job.event_id(kind),
             kind,
             job_id: job.id.clone(),
+            job_kind: job.kind.clone(),
             bucket: object.bucket.clone(),
             key: object.key.clone(),
             status: job.status,

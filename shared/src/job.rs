@@ -44,6 +44,10 @@ impl Cost {
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     pub id: JobId,
+    /// The kind of import (the definition's `kind`); `None` for a job of
+    /// no kind (an upload no route took, a definition assembled in code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub status: JobStatus,
     /// What the job reads.
     pub source: JobSource,
@@ -182,6 +186,7 @@ impl Job {
         let (_, rate) = self.round_rate(now_ms);
         JobSummary {
             job_id: self.id.clone(),
+            kind: self.kind.clone(),
             status: self.status,
             total_records: self.total_records,
             processed: self.processed,
@@ -208,6 +213,8 @@ impl Job {
 #[serde(rename_all = "camelCase")]
 pub struct JobSummary {
     pub job_id: JobId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub status: JobStatus,
     pub total_records: u64,
     pub processed: u64,

@@ -67,6 +67,11 @@ impl PinnedDefinitions {
         }
         tracing::warn!(job_id = %job, "job has no pinned definition; using the one its object is routed to");
         let routed = match store.get_job(job).await? {
+            // An upload no route took ended at once, with no rows: any
+            // definition lays out its (empty) report.
+            Some(found) if found.kind.is_none() && found.status.is_final() => {
+                return Ok(routes.primary().clone());
+            }
             Some(found) => found.source.object().and_then(|o| routes.route(o)),
             // Gone already: whatever reads it next finds nothing either.
             None => Some(routes.primary()),

@@ -13,7 +13,7 @@ use crate::objects::{ObjectSource, ObjectVersions};
 use crate::pinned::PinnedDefinitions;
 use crate::prepare::{PrepareSettings, Preparer};
 use crate::process::{Worker, WorkerSettings};
-use crate::processor::RecordProcessor;
+use crate::processor::{Processors, RecordProcessor};
 use crate::queue::{PrepareQueue, QueueError, WorkQueue};
 use crate::report::ReportSink;
 use crate::rng::Rng;
@@ -39,8 +39,8 @@ pub struct Deps {
     pub reports: Arc<dyn ReportSink>,
     /// Where the phases report what they did (EMF lines in Lambda).
     pub metrics: Arc<dyn MetricsSink>,
-    /// What workers run on valid records; `None` in the orchestrator.
-    pub processor: Option<Arc<dyn RecordProcessor>>,
+    /// What workers run on the valid records of each definition's jobs.
+    pub processors: Arc<Processors>,
     /// The windows of jobs' throughput caps (`maxWriteUnitsPerSecond`).
     pub throttle: Arc<dyn Throttle>,
     /// Which definition an uploaded object is imported with: pinned to

@@ -144,6 +144,36 @@ impl<'a> Preparer<'a> {
         self.run_until(source, owner, None).await
     }
 
+    /// Creates the job for `source`, of no kind, and fails it at once with
+    /// `reason`, reading nothing: an upload no route takes. A job that
+    /// exists already (the event delivered again) is left as it is.
+    pub async fn refuse(
+        &self,
+        source: &SourceRef,
+        owner: &str,
+        reason: String,
+    ) -> Result<PrepareOutcome, PrepareError> {
+        let lease = PrepareLease {
+            owner: owner.to_owned(),
+            lease_ms: self.settings.lease_ms,
+        };
+        match self
+            .store
+            .create_job_of(source, "", &lease, self.clock.now_ms())
+            .await?
+        {
+            CreateOutcome::Created(job) => {
+                crate::events::announce(self.store, self.events, &job).await;
+                self.reject(job, reason).await
+            }
+            CreateOutcome::Exists(job) if job.status.is_final() => {
+                Ok(PrepareOutcome::AlreadyPrepared(job))
+            }
+            // Created by a delivery that stopped before failing it.
+            CreateOutcome::Exists(job) => self.reject(job, reason).await,
+        }
+    }
+
     /// `run`, handing the prepare over (to the next sweep) instead of
     /// starting another batch when `deadline` is less than
     /// `HANDOFF_MARGIN` away (or while re-reading towards its checkpoint).
@@ -159,7 +189,12 @@ impl<'a> Preparer<'a> {
         };
         let job = match self
             .store
-            .create_job(source, &lease, self.clock.now_ms())
+            .create_job_of(
+                source,
+                self.definition.kind_name(),
+                &lease,
+                self.clock.now_ms(),
+            )
             .await?
         {
             CreateOutcome::Created(job) => {

@@ -22,6 +22,9 @@ pub enum Phase {
 #[serde(rename_all = "camelCase")]
 pub struct JobStatusView {
     pub job_id: JobId,
+    /// The kind of import (the definition's `kind`), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub source: String,
     pub status: JobStatus,
     pub phase: Phase,
@@ -110,6 +113,7 @@ impl JobStatusView {
         };
         JobStatusView {
             job_id: job.id.clone(),
+            kind: job.kind.clone(),
             source: job.source.to_string(),
             status: job.status,
             phase,
@@ -145,6 +149,7 @@ mod tests {
     fn job() -> Job {
         Job {
             id: JobId::new("j"),
+            kind: Some("users".into()),
             status: JobStatus::Processing,
             source: JobSource::Object(SourceRef {
                 bucket: "b".into(),

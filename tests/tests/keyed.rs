@@ -133,7 +133,7 @@ async fn work(stack: &Stack, job: &JobId) {
     let store = deps.store.as_ref();
     let definition = deps.pinned.of(store, job, &deps.routes).await.unwrap();
     let created = deps.pinned.created_at(store, job).await.unwrap();
-    let processor = deps.require_processor().unwrap();
+    let processor = deps.processors.require(&definition).unwrap();
     let worker = deps.worker(processor.as_ref(), &definition, created);
     worker.run(job, "worker", None).await.unwrap();
 }

@@ -125,7 +125,7 @@ async fn import(options: &str) -> (HashMap<String, Vec<u64>>, u64) {
         ),
         seen: Mutex::default(),
     });
-    stack.deps.processor = Some(recorder.clone());
+    stack.deps.processors = Arc::new(bulk_import::processor::Processors::given(recorder.clone()));
     let event = stack.upload("uploads/keyed.csv", csv(&rows)).await;
     let job = JobId::new(&stack.orchestrate(event).await[0].job_id);
     let killed = run_with_kills(&stack, &job, 6).await;

@@ -153,9 +153,11 @@ async fn to_csv(rows: &[Vec<String>]) -> Vec<u8> {
 #[tokio::test]
 async fn a_fixed_report_uploaded_again_imports_every_row_it_holds() {
     let mut stack = Stack::new(USERS).await;
-    stack.deps.processor = Some(Arc::new(Picky(DynamoUpsert::new(
-        stack.clients.dynamodb.clone(),
-        &stack.resources.target_table,
+    stack.deps.processors = Arc::new(bulk_import::processor::Processors::given(Arc::new(Picky(
+        DynamoUpsert::new(
+            stack.clients.dynamodb.clone(),
+            &stack.resources.target_table,
+        ),
     ))));
     // `notes` is read by no field; names carry commas, quotes and line breaks.
     let mut file = String::from("full name,notes,email,age,plan\n");

@@ -13,8 +13,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> Result<(), Error> {
     telemetry::init_lambda();
     let deps = Deps::from_env(None).await?;
-    // Workers need a processor (the built-in one needs TARGET_TABLE).
-    deps.require_processor()?;
+    // Workers need a processor for every route (the built-in one needs
+    // TARGET_TABLE).
+    deps.require_processors()?;
     run(service_fn(|event: LambdaEvent<_>| {
         worker::handle(&deps, event)
     }))

@@ -32,16 +32,23 @@ impl Api {
             .get("status")
             .map(|s| s.parse::<JobStatus>().map_err(ApiError::BadRequest))
             .transpose()?;
+        let kind = query.get("kind");
+        if let Some(kind) = kind {
+            crate::schema::check_kind(kind).map_err(ApiError::BadRequest)?;
+        }
         let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
         let ids = match query.get("source") {
             Some(source) => self.job_of_object(source).await?.into_iter().collect(),
-            None => self.store.list_jobs(status, limit).await?,
+            None => self.store.list_jobs(status, kind, limit).await?,
         };
         let now = self.clock.now_ms();
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
             match self.store.get_job(&id).await? {
-                Some(job) if status.is_none_or(|s| s == job.status) => {
+                Some(job)
+                    if status.is_none_or(|s| s == job.status)
+                        && kind.is_none_or(|k| job.kind.as_deref() == Some(k)) =>
+                {
                     jobs.push(JobStatusView::of(&job, now))
                 }
                 // Gone (expired) between the index read and this one.

@@ -245,7 +245,7 @@ impl Route {
     /// Query parameters the route takes; any other is refused.
     fn parameters(self) -> &'static [&'static str] {
         match self {
-            Route::Jobs => &["status", "limit", "source"],
+            Route::Jobs => &["status", "kind", "limit", "source"],
             Route::JobErrors => &["limit", "cursor"],
             _ => &[],
         }

@@ -46,10 +46,10 @@ impl Api {
     pub(super) async fn stats(&self) -> Result<Stats, ApiError> {
         let mut jobs_by_status = BTreeMap::new();
         for status in JobStatus::ALL {
-            let ids = self.store.list_jobs(Some(status), COUNT_CAP).await?;
+            let ids = self.store.list_jobs(Some(status), None, COUNT_CAP).await?;
             jobs_by_status.insert(status.as_str(), ids.len() as u64);
         }
-        let recent = self.store.list_jobs(None, WINDOW).await?;
+        let recent = self.store.list_jobs(None, None, WINDOW).await?;
         let store = self.store.as_ref();
         // Owned ids: a closure over borrowed ones makes the future not Send.
         let jobs: Vec<_> = futures::stream::iter(recent)
@@ -78,7 +78,11 @@ impl Api {
     /// The state table answers a read (the cheapest the API makes: one
     /// item of the `jobs` index).
     pub(super) async fn health(&self) -> Result<Health, ApiError> {
-        match self.store.list_jobs(Some(JobStatus::Processing), 1).await {
+        match self
+            .store
+            .list_jobs(Some(JobStatus::Processing), None, 1)
+            .await
+        {
             Ok(_) => Ok(Health {
                 status: "ok",
                 version: self.version.clone(),

@@ -12,18 +12,16 @@ mod tests;
 
 use crate::aws::Clients;
 use crate::clock::{Clock, Instant};
-use crate::config::{load_definition, ConfigError, Settings};
+use crate::config::{load_routes, ConfigError, Settings};
 use crate::events::EventBridgeEvents;
 use crate::metrics::{EmfMetrics, MetricsSink, NoMetrics};
 use crate::objects::S3Objects;
 use crate::prepare::PrepareSettings;
 use crate::process::WorkerSettings;
-use crate::processor::registry::{self, Deployment};
-use crate::processor::RecordProcessor;
+use crate::processor::{Processors, RecordProcessor};
 use crate::queue::{PrepareQueue, SqsQueue};
 use crate::report::S3Reports;
 use crate::rng::Rng;
-use crate::routes::Routes;
 use crate::store::dynamodb::DynamoStore;
 use std::sync::Arc;
 
@@ -63,30 +61,26 @@ impl Deps {
         processor: Option<Arc<dyn RecordProcessor>>,
         metrics: Arc<dyn MetricsSink>,
     ) -> Result<Deps, ConfigError> {
-        // One definition for every object, for now: the deployment's routes
-        // are that one route.
-        let definition = load_definition(&settings.definition, &clients.s3).await?;
-        // Where the definition meets the deployment's default cap: refuse,
+        let routes = load_routes(settings, &clients.s3).await?;
+        // Where each definition meets the deployment's default cap: refuse,
         // at cold start, a cap under which a batch would never finish
         // (so no orchestrator pins such a definition to a job).
-        crate::throttle::check_cap(
-            &definition,
-            settings.max_write_units_per_second,
-            &settings.definition,
-        )?;
+        for definition in routes.definitions() {
+            let origin = settings.routes.as_deref().unwrap_or(&settings.definition);
+            crate::throttle::check_cap(definition, settings.max_write_units_per_second, origin)?;
+        }
         let (clock, rng) = (Clock::system(), Rng::from_entropy());
         // A processor given in code (a worker of your own) wins over the
-        // one the definition names.
-        let processor = match processor {
-            Some(p) => Some(p),
-            None => registry::build(&Deployment {
-                definition: &definition,
-                settings,
-                clients,
-                clock: &clock,
-                rng: &rng,
-            })?,
+        // ones the definitions name.
+        let processors = match processor {
+            Some(p) => Processors::given(p),
+            None => Processors::built_from(settings, clients, clock, rng.clone()),
         };
+        // A definition whose processor does not build fails every function
+        // at cold start, not a job later.
+        for definition in routes.definitions() {
+            processors.of(definition)?;
+        }
         let store = Arc::new(
             DynamoStore::new(
                 clients.dynamodb.clone(),
@@ -117,8 +111,8 @@ impl Deps {
                 &settings.report_prefix,
             )),
             metrics,
-            processor,
-            routes: Arc::new(Routes::single(definition)),
+            processors: Arc::new(processors),
+            routes: Arc::new(routes),
             pinned: Arc::default(),
             prepare: PrepareSettings {
                 max_workers: settings.max_workers,
@@ -138,11 +132,13 @@ impl Deps {
 }
 
 impl Deps {
-    /// Workers need a processor: fail at cold start, not per message.
-    pub fn require_processor(&self) -> Result<Arc<dyn RecordProcessor>, ConfigError> {
-        self.processor
-            .clone()
-            .ok_or(ConfigError::Missing("TARGET_TABLE"))
+    /// Workers need a processor for every route's definition: fail at cold
+    /// start, not per message.
+    pub fn require_processors(&self) -> Result<(), ConfigError> {
+        for definition in self.routes.definitions() {
+            self.processors.require(definition)?;
+        }
+        Ok(())
     }
 }
 

@@ -160,9 +160,26 @@ pub async fn handle(
     for (i, record) in event.payload.records.iter().enumerate() {
         let source = source_of(deps.versions.as_ref(), record, i).await?;
         let Some(routed) = deps.routes.route(&source) else {
-            // Only objects the deployment's notifications send arrive here:
-            // one no route takes is a misconfiguration, not an import.
-            tracing::warn!(object = %source, "no route takes the object; left alone");
+            // The uploader learns why nothing was imported: the upload's
+            // job fails at once, saying where files of each kind go.
+            let reason = deps.routes.unrouted(&source);
+            let span = tracing::info_span!("unrouted", job_id = %source.job_id(), object = %source);
+            let outcome = deps
+                .preparer(deps.routes.primary())
+                .refuse(&source, &owner, reason)
+                .instrument(span)
+                .await?;
+            let job = match outcome {
+                PrepareOutcome::Rejected(job) | PrepareOutcome::AlreadyPrepared(job) => job,
+                other => unreachable!("a refused upload is rejected, not {other:?}"),
+            };
+            results.push(Prepared {
+                job_id: job.id.to_string(),
+                outcome: "unrouted",
+                status: job.status.to_string(),
+                total_records: 0,
+                total_batches: 0,
+            });
             continue;
         };
         let definition = deps

@@ -17,7 +17,6 @@ pub async fn handle(
     deps: &Deps,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    let processor = deps.require_processor()?;
     let deadline = super::deadline_of(&deps.clock, event.context.deadline);
     let mut failures = Vec::new();
     let mut jobs: BTreeMap<JobId, Vec<String>> = BTreeMap::new();
@@ -45,6 +44,7 @@ pub async fn handle(
                 .of(deps.store.as_ref(), &job, &deps.routes)
                 .await?;
             let created = deps.pinned.created_at(deps.store.as_ref(), &job).await?;
+            let processor = deps.processors.require(&definition)?;
             let worker = deps.worker(processor.as_ref(), &definition, created);
             let report = worker.run(&job, &worker_id, deadline).await?;
             tracing::info!(batches = report.batches, processed = report.processed, failed = report.failed, stop = ?report.stop, "worker run ended");

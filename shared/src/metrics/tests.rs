@@ -154,7 +154,7 @@ mod pipeline {
             events: Arc::new(MemoryEvents::default()),
             reports: Arc::new(MemoryReports::default()),
             metrics,
-            processor: Some(Arc::new(BusyOnce)),
+            processors: Arc::new(crate::processor::Processors::given(Arc::new(BusyOnce))),
             throttle: Arc::new(MemoryThrottle::default()),
             routes: Arc::new(crate::routes::Routes::single(
                 Definition::from_json(DEFINITION, "test").unwrap(),
@@ -184,7 +184,7 @@ mod pipeline {
         else {
             panic!("the file is prepared");
         };
-        let processor = deps.require_processor().unwrap();
+        let processor = deps.processors.require(&definition).unwrap();
         let run = deps
             .worker(processor.as_ref(), &definition, 0)
             .run(&job.id, "worker", None)

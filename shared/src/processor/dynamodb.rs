@@ -29,6 +29,7 @@ pub(super) const TYPE: registry::ProcessorType = registry::ProcessorType {
     name: "dynamodb",
     check: registry::no_settings,
     build,
+    needs: "TARGET_TABLE",
 };
 
 /// The attribute that holds the rank of the row that wrote an item; no

@@ -8,7 +8,7 @@ pub mod registry;
 
 pub use cost::{JsonSize, WriteCost};
 pub use dynamodb::{DynamoUpsert, ORDER_ATTRIBUTE};
-pub use registry::ProcessorSettings;
+pub use registry::{ProcessorSettings, Processors};
 
 use crate::job::JobId;
 use crate::schema::{Definition, ValidRecord};

@@ -10,6 +10,7 @@ use crate::config::{ConfigError, Settings};
 use crate::rng::Rng;
 use crate::schema::Definition;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Every processor type, by the name a definition gives it. The first is
@@ -59,7 +60,7 @@ pub struct Deployment<'a> {
 
 /// A built processor; `None` when this function is not given what the type
 /// needs (the orchestrator has no target): a worker then refuses to start
-/// (`Deps::require_processor`).
+/// (`Processors::require`).
 pub type Built = Result<Option<Arc<dyn RecordProcessor>>, ConfigError>;
 
 /// One processor type: its name, and how its settings are checked and the
@@ -72,10 +73,101 @@ pub struct ProcessorType {
     pub check: fn(&ProcessorSettings) -> Result<(), (String, String)>,
     /// Builds the processor at cold start.
     pub build: fn(&ProcessorSettings, &Deployment<'_>) -> Built,
+    /// The setting a function must have for `build` to make one, named
+    /// when a worker lacks it.
+    pub needs: &'static str,
 }
 
 fn find(kind: &str) -> Option<&'static ProcessorType> {
     TYPES.iter().find(|t| t.name == kind)
+}
+
+/// The processors of the definitions jobs run on, each built once per
+/// process on first use: a deployment with routes runs jobs of several
+/// definitions, each naming its own processor. A processor given in code
+/// (a worker of your own) serves every definition.
+#[derive(Default)]
+pub struct Processors {
+    given: Option<Arc<dyn RecordProcessor>>,
+    deployment: Option<OwnedDeployment>,
+    /// By the definition's JSON: a pinned copy equals the route's.
+    built: std::sync::Mutex<HashMap<String, Option<Arc<dyn RecordProcessor>>>>,
+}
+
+struct OwnedDeployment {
+    settings: Settings,
+    clients: Clients,
+    clock: Clock,
+    rng: Rng,
+}
+
+impl Processors {
+    /// `processor` for every definition.
+    pub fn given(processor: Arc<dyn RecordProcessor>) -> Processors {
+        Processors {
+            given: Some(processor),
+            ..Processors::default()
+        }
+    }
+
+    /// The processors the definitions name, built with the deployment's
+    /// settings and clients.
+    pub fn built_from(
+        settings: &Settings,
+        clients: &Clients,
+        clock: Clock,
+        rng: Rng,
+    ) -> Processors {
+        Processors {
+            deployment: Some(OwnedDeployment {
+                settings: settings.clone(),
+                clients: clients.clone(),
+                clock,
+                rng,
+            }),
+            ..Processors::default()
+        }
+    }
+
+    /// The processor of jobs running on `definition`; `None` when this
+    /// function is not given what its type needs (the orchestrator has no
+    /// target table).
+    pub fn of(&self, definition: &Definition) -> Built {
+        if let Some(given) = &self.given {
+            return Ok(Some(given.clone()));
+        }
+        let Some(d) = &self.deployment else {
+            return Ok(None);
+        };
+        let key = definition.to_json();
+        if let Some(built) = self.built.lock().expect("processors poisoned").get(&key) {
+            return Ok(built.clone());
+        }
+        let built = build(&Deployment {
+            definition,
+            settings: &d.settings,
+            clients: &d.clients,
+            clock: &d.clock,
+            rng: &d.rng,
+        })?;
+        self.built
+            .lock()
+            .expect("processors poisoned")
+            .insert(key, built.clone());
+        Ok(built)
+    }
+
+    /// `of`, refusing a processor this function cannot build: what a
+    /// worker needs, checked at cold start for every route.
+    pub fn require(
+        &self,
+        definition: &Definition,
+    ) -> Result<Arc<dyn RecordProcessor>, ConfigError> {
+        self.of(definition)?.ok_or_else(|| {
+            let needs = find(&definition.processor.kind).map_or("TARGET_TABLE", |t| t.needs);
+            ConfigError::Missing(needs)
+        })
+    }
 }
 
 /// The names of every type, for messages.

@@ -51,6 +51,8 @@ pub const MAX_PARTITIONS: u32 = 256;
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawDefinition {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
     fields: Vec<FieldDef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_field: Option<String>,
@@ -117,6 +119,21 @@ impl Definition {
         serde_json::to_string_pretty(self).expect("a definition always serializes")
     }
 
+    /// This definition as the kind `kind` (a route's name for it), unless
+    /// it names its own.
+    pub fn of_kind(mut self, kind: &str) -> Result<Definition, String> {
+        if self.kind.is_none() {
+            check_kind(kind)?;
+            self.kind = Some(kind.to_owned());
+        }
+        Ok(self)
+    }
+
+    /// The kind, or `""` for a definition assembled in code.
+    pub fn kind_name(&self) -> &str {
+        self.kind.as_deref().unwrap_or_default()
+    }
+
     /// Which row of a repeated key wins (the last when not given).
     pub fn duplicate_policy(&self) -> OnDuplicateKey {
         self.on_duplicate_key.unwrap_or_default()
@@ -136,6 +153,7 @@ impl Definition {
 impl Serialize for Definition {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         RawDefinition {
+            kind: self.kind.clone(),
             fields: self.fields.clone(),
             key_field: self.key_field.clone(),
             on_duplicate_key: self.on_duplicate_key,
@@ -261,7 +279,12 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
             .map_err(|e| invalid(origin, "columns", e.to_string()))?,
     };
 
+    if let Some(kind) = &raw.kind {
+        check_kind(kind).map_err(|m| invalid(origin, "kind", m))?;
+    }
+
     Ok(Definition {
+        kind: raw.kind,
         fields: raw.fields,
         key_field: raw.key_field,
         on_duplicate_key: raw.on_duplicate_key,
@@ -290,6 +313,27 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
             partitioning,
         },
     })
+}
+
+/// Longest kind name: it is stored on every job and shown in listings.
+pub const MAX_KIND_LEN: usize = 64;
+
+/// A kind is a short name: letters, digits, `-`, `_` and `.`, starting
+/// with a letter or digit.
+pub fn check_kind(kind: &str) -> Result<(), String> {
+    let ok = !kind.is_empty()
+        && kind.len() <= MAX_KIND_LEN
+        && kind.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind:?} is not a kind: 1 to {MAX_KIND_LEN} letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ))
+    }
 }
 
 fn compile_field(field: &FieldDef, i: usize, origin: &str) -> Result<Rule, DefinitionError> {

@@ -8,7 +8,7 @@ mod header;
 mod record;
 mod validate;
 
-pub use definition::{Partitioning, DEFAULT_PARTITIONS, MAX_PARTITIONS};
+pub use definition::{check_kind, Partitioning, DEFAULT_PARTITIONS, MAX_KIND_LEN, MAX_PARTITIONS};
 pub use record::{FieldValue, RecordValues, ValidRecord, ValueError};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -156,6 +156,11 @@ impl Default for Limits {
 /// loading does not update that compiled state.
 #[derive(Debug, Clone)]
 pub struct Definition {
+    /// What kind of import this is (`users`, `orders`): what jobs run on
+    /// it are listed and filtered by. Set by the definition, else by the
+    /// route or the file that names it (`routes`); `None` only for a
+    /// definition assembled in code.
+    pub kind: Option<String>,
     pub fields: Vec<FieldDef>,
     pub key_field: Option<String>,
     /// As written; `duplicate_policy` gives the one in force.

@@ -228,19 +228,35 @@ pub enum FinalizeWhen {
     Now,
 }
 
+/// Jobs a listing filtered by kind reads at most in each status: a
+/// bounded request, whatever the number of jobs kept.
+pub const MAX_LISTED: usize = 5_000;
+
 /// Phase one: creating a job and writing its batches, fenced by the
 /// prepare lease. Times are passed in (milliseconds since the epoch) so
 /// tests control the clock.
 #[async_trait]
 pub trait PrepareStore: Send + Sync {
-    /// Creates the job for an object version unless it exists; the creator
-    /// holds the prepare lease. The new job owes its `started` event.
+    /// Creates the job of kind `kind` (`""`: none) for an object version
+    /// unless it exists; the creator holds the prepare lease. The new job
+    /// owes its `started` event.
+    async fn create_job_of(
+        &self,
+        source: &SourceRef,
+        kind: &str,
+        lease: &PrepareLease,
+        now_ms: i64,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    /// `create_job_of` a job of no kind.
     async fn create_job(
         &self,
         source: &SourceRef,
         lease: &PrepareLease,
         now_ms: i64,
-    ) -> Result<CreateOutcome, StoreError>;
+    ) -> Result<CreateOutcome, StoreError> {
+        self.create_job_of(source, "", lease, now_ms).await
+    }
 
     /// Pins an import definition (its JSON) to a job unless one is pinned
     /// already; returns the pinned one. Called before the job is created,
@@ -438,11 +454,13 @@ pub trait JobControl: Send + Sync {
     /// Whether anyone is working on `job` and what is waiting for a worker.
     async fn lease_view(&self, job: &JobId, now_ms: i64) -> Result<LeaseView, StoreError>;
 
-    /// Jobs newest first (by creation), optionally only those in `status`;
-    /// at most `limit`.
+    /// Jobs newest first (by creation), optionally only those in `status`
+    /// and of `kind`; at most `limit`. Filtered by kind, a listing reads at
+    /// most `MAX_LISTED` jobs of each status looking for matches.
     async fn list_jobs(
         &self,
         status: Option<JobStatus>,
+        kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<JobId>, StoreError>;
 

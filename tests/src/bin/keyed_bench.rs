@@ -161,10 +161,12 @@ async fn run(
     )
     .await;
     if policy.is_none() {
-        stack.deps.processor = Some(Arc::new(Unconditional {
-            client: clients.dynamodb.clone(),
-            table: stack.resources.target_table.clone(),
-        }));
+        stack.deps.processors = Arc::new(bulk_import::processor::Processors::given(Arc::new(
+            Unconditional {
+                client: clients.dynamodb.clone(),
+                table: stack.resources.target_table.clone(),
+            },
+        )));
     }
     let target = stack.resources.target_table.clone();
     let before = sent_to(ledger, &target);

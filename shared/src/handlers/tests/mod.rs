@@ -71,7 +71,7 @@ fn fixture(csv: &str) -> Fixture {
         events: events.clone(),
         reports: reports.clone(),
         metrics: Arc::new(crate::metrics::NoMetrics),
-        processor: Some(recorder.clone()),
+        processors: Arc::new(crate::processor::Processors::given(recorder.clone())),
         throttle: Arc::new(crate::throttle::MemoryThrottle::default()),
         routes: Arc::new(crate::routes::Routes::single(definition)),
         pinned: Arc::default(),

@@ -242,17 +242,40 @@ async fn sweeper_fixture_deserializes_and_runs() {
 }
 
 #[tokio::test]
-async fn an_object_no_route_takes_is_left_alone() {
+async fn an_object_no_route_takes_gets_a_failed_job_saying_where_uploads_go() {
     let mut f = fixture(CSV);
     let definition = f.deps.routes.primary().clone();
-    f.deps.routes = Arc::new(crate::routes::Routes::prefixed("imports/", definition));
+    let mut orders = (*definition).clone();
+    orders.kind = Some("orders".into());
+    f.deps.routes = Arc::new(
+        crate::routes::Routes::prefixed("imports/", definition).with("orders/", ".csv", orders),
+    );
     let event: S3Event = serde_json::from_str(S3_PUT).unwrap();
     let prepared = orchestrator::handle(&f.deps, LambdaEvent::new(event, Context::default()))
         .await
         .unwrap();
-    assert!(prepared.is_empty(), "{prepared:?}");
-    assert!(f.store.active_jobs().await.unwrap().is_empty());
+    assert_eq!(prepared.len(), 1, "{prepared:?}");
+    assert_eq!(prepared[0].outcome, "unrouted");
+    let id = crate::JobId::new(&prepared[0].job_id);
+    let job = f.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.kind, None);
+    assert_eq!(
+        job.failure_reason.as_deref(),
+        Some("no route takes uploads/users 2026-11(1).csv: uploads are imported from imports/* (users), orders/*.csv (orders)")
+    );
     assert!(f.queue.sent.lock().unwrap().is_empty());
+    let types: Vec<_> = f.events.all().iter().map(|e| e.kind).collect();
+    assert_eq!(types, [EventKind::Started, EventKind::Failed]);
+    // The event delivered again finds the same job, left as it is.
+    let event: S3Event = serde_json::from_str(S3_PUT).unwrap();
+    let again = orchestrator::handle(&f.deps, LambdaEvent::new(event, Context::default()))
+        .await
+        .unwrap();
+    assert_eq!(again[0].job_id, prepared[0].job_id);
+    assert_eq!(f.events.all().len(), 2);
+    // The sweeper settles it like any ended job.
+    f.deps.sweeper().sweep("sweeper", None).await.unwrap();
 
     // The same upload under a route's prefix is imported.
     f.deps.routes = Arc::new(crate::routes::Routes::prefixed(

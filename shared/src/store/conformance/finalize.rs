@@ -165,17 +165,77 @@ pub async fn jobs_are_listed_newest_first_by_status(store: &dyn JobStore) {
         .await
         .unwrap());
     let newest_first: Vec<JobId> = ids.iter().rev().cloned().collect();
-    assert_eq!(store.list_jobs(None, 10).await.unwrap(), newest_first);
-    assert_eq!(store.list_jobs(None, 2).await.unwrap(), newest_first[..2]);
+    assert_eq!(store.list_jobs(None, None, 10).await.unwrap(), newest_first);
     assert_eq!(
-        store.list_jobs(Some(JobStatus::Failed), 10).await.unwrap(),
+        store.list_jobs(None, None, 2).await.unwrap(),
+        newest_first[..2]
+    );
+    assert_eq!(
+        store
+            .list_jobs(Some(JobStatus::Failed), None, 10)
+            .await
+            .unwrap(),
         vec![ids[1].clone()]
     );
     assert_eq!(
         store
-            .list_jobs(Some(JobStatus::Processing), 10)
+            .list_jobs(Some(JobStatus::Processing), None, 10)
             .await
             .unwrap(),
         vec![ids[2].clone(), ids[0].clone()]
     );
+}
+
+pub async fn jobs_are_listed_by_kind(store: &dyn JobStore) {
+    let mut ids = Vec::new();
+    for (i, (name, kind)) in [
+        ("kind-a", "users"),
+        ("kind-b", "orders"),
+        ("kind-c", "users"),
+        ("kind-d", ""),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let CreateOutcome::Created(job) = store
+            .create_job_of(&source(name), kind, &lease("o"), T0 + i as i64)
+            .await
+            .unwrap()
+        else {
+            panic!("new job")
+        };
+        assert_eq!(job.kind.as_deref(), Some(*kind).filter(|k| !k.is_empty()));
+        ids.push(job.id);
+    }
+    let stored = store.get_job(&ids[1]).await.unwrap().unwrap();
+    assert_eq!(stored.kind.as_deref(), Some("orders"));
+    assert_eq!(store.get_job(&ids[3]).await.unwrap().unwrap().kind, None);
+    assert!(store
+        .finalize(&ids[2], &fin(JobStatus::Failed), FinalizeWhen::Now)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.list_jobs(None, Some("users"), 10).await.unwrap(),
+        vec![ids[2].clone(), ids[0].clone()]
+    );
+    assert_eq!(
+        store.list_jobs(None, Some("users"), 1).await.unwrap(),
+        vec![ids[2].clone()]
+    );
+    assert_eq!(
+        store
+            .list_jobs(Some(JobStatus::Processing), Some("users"), 10)
+            .await
+            .unwrap(),
+        vec![ids[0].clone()]
+    );
+    assert_eq!(
+        store.list_jobs(None, Some("orders"), 10).await.unwrap(),
+        vec![ids[1].clone()]
+    );
+    assert!(store
+        .list_jobs(None, Some("prices"), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }

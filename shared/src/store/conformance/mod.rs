@@ -178,6 +178,7 @@ macro_rules! conformance_tests {
                 after_an_early_finalization_commits_count_and_prepare_is_fenced,
                 active_jobs_are_those_still_processing,
                 jobs_are_listed_newest_first_by_status,
+                jobs_are_listed_by_kind,
             ],
             events: [
                 a_job_owes_each_lifecycle_event_until_acknowledged,

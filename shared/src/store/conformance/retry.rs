@@ -389,7 +389,7 @@ pub async fn a_job_reopens_once_per_round_and_only_when_final(store: &dyn JobSto
     assert_eq!(store.active_jobs().await.unwrap(), vec![job.clone()]);
     assert_eq!(
         store
-            .list_jobs(Some(JobStatus::Processing), 10)
+            .list_jobs(Some(JobStatus::Processing), None, 10)
             .await
             .unwrap(),
         vec![job.clone()]

@@ -88,6 +88,9 @@ pub struct JobItem {
     pub pk: String,
     pub sk: String,
     pub job_id: JobId,
+    /// Projected into the jobs index: listings filter on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub status: JobStatus,
     pub bucket: String,
     pub key: String,
@@ -233,6 +236,7 @@ impl JobItem {
             pk: job_pk(&id),
             sk: JOB_SK.into(),
             job_id: id,
+            kind: None,
             status: JobStatus::Processing,
             bucket: source.bucket.clone(),
             key: source.key.clone(),
@@ -301,6 +305,7 @@ impl JobItem {
         }
         Job {
             id: self.job_id,
+            kind: self.kind,
             status: self.status,
             source: JobSource::Object(SourceRef {
                 bucket: self.bucket,

@@ -160,6 +160,7 @@ impl DynamoStore {
     pub(super) async fn list_jobs(
         &self,
         status: Option<JobStatus>,
+        kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<JobId>, StoreError> {
         let statuses = match status {
@@ -169,19 +170,41 @@ impl DynamoStore {
         // Newest first within each status; merged by creation time.
         let mut found: Vec<(i64, JobId)> = Vec::new();
         for status in statuses {
-            let out = self
+            let mut query = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .index_name(JOBS_INDEX)
                 .key_condition_expression("lpk = :lpk")
                 .expression_attribute_values(":lpk", s(status_lpk(status)))
-                .scan_index_forward(false)
-                .limit(limit.clamp(1, 1000) as i32)
-                .send()
-                .await
-                .map_err(|e| StoreError::backend("Query", e))?;
-            for item in out.items.unwrap_or_default() {
+                .scan_index_forward(false);
+            let mut items = Vec::new();
+            if let Some(kind) = kind {
+                // The index projects `kind`; the page limit counts the jobs
+                // read before the filter, so read on until enough match.
+                query = query
+                    .filter_expression("#kind = :kind")
+                    .expression_attribute_names("#kind", "kind")
+                    .expression_attribute_values(":kind", s(kind));
+                let mut pages = query.into_paginator().page_size(1000).send();
+                let mut read = 0;
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| StoreError::backend("Query", e))?;
+                    read += page.scanned_count() as usize;
+                    items.extend(page.items.unwrap_or_default());
+                    if items.len() >= limit || read >= crate::store::MAX_LISTED {
+                        break;
+                    }
+                }
+            } else {
+                let out = query
+                    .limit(limit.clamp(1, 1000) as i32)
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::backend("Query", e))?;
+                items = out.items.unwrap_or_default();
+            }
+            for item in items {
                 let created = item
                     .get("lsk")
                     .and_then(|v| v.as_n().ok())

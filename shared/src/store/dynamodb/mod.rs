@@ -210,13 +210,14 @@ fn token(parts: &[&str]) -> String {
 /// with metering in `io`, error reading in `errors`).
 #[async_trait]
 impl PrepareStore for DynamoStore {
-    async fn create_job(
+    async fn create_job_of(
         &self,
         source: &SourceRef,
+        kind: &str,
         lease: &PrepareLease,
         now_ms: i64,
     ) -> Result<CreateOutcome, StoreError> {
-        Self::create_job(self, source, lease, now_ms).await
+        Self::create_job_of(self, source, kind, lease, now_ms).await
     }
 
     async fn pin_definition(&self, job: &JobId, definition: &str) -> Result<String, StoreError> {
@@ -396,9 +397,10 @@ impl JobControl for DynamoStore {
     async fn list_jobs(
         &self,
         status: Option<JobStatus>,
+        kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<JobId>, StoreError> {
-        Self::list_jobs(self, status, limit).await
+        Self::list_jobs(self, status, kind, limit).await
     }
 
     async fn ack_event(&self, job: &JobId, kind: EventKind, round: u32) -> Result<(), StoreError> {

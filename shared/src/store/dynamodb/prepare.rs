@@ -5,20 +5,22 @@
 use super::*;
 
 impl DynamoStore {
-    pub(super) async fn create_job(
+    pub(super) async fn create_job_of(
         &self,
         source: &SourceRef,
+        kind: &str,
         lease: &PrepareLease,
         now_ms: i64,
     ) -> Result<CreateOutcome, StoreError> {
         let id = source.job_id();
-        let item = JobItem::new(
+        let mut item = JobItem::new(
             source,
             &lease.owner,
             now_ms + lease.lease_ms,
             now_ms,
             self.expires_at(now_ms),
         );
+        item.kind = Some(kind.to_owned()).filter(|k| !k.is_empty());
         let attrs: Item = to_item(&item).map_err(|e| corrupt(&id, e))?;
         let size = item_size(&attrs);
         let put = self

@@ -29,19 +29,23 @@ pub async fn create_state_table(
     client: &Client,
     table: &str,
 ) -> Result<(), aws_sdk_dynamodb::Error> {
-    let index = |name: &str, hash: &str, range: &str| {
+    let index = |name: &str, hash: &str, range: &str, projection: Projection| {
         GlobalSecondaryIndex::builder()
             .index_name(name)
             .key_schema(key(hash, KeyType::Hash))
             .key_schema(key(range, KeyType::Range))
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::KeysOnly)
-                    .build(),
-            )
+            .projection(projection)
             .build()
             .expect("index is complete")
     };
+    let keys_only = Projection::builder()
+        .projection_type(ProjectionType::KeysOnly)
+        .build();
+    // Listings filter jobs by kind on the index (template.yaml: the same).
+    let with_kind = Projection::builder()
+        .projection_type(ProjectionType::Include)
+        .non_key_attributes("kind")
+        .build();
     let result = client
         .create_table()
         .table_name(table)
@@ -54,8 +58,8 @@ pub async fn create_state_table(
         .attribute_definitions(attr("gsk", ScalarAttributeType::N))
         .attribute_definitions(attr("lpk", ScalarAttributeType::S))
         .attribute_definitions(attr("lsk", ScalarAttributeType::N))
-        .global_secondary_indexes(index(LEASE_INDEX, "gpk", "gsk"))
-        .global_secondary_indexes(index(JOBS_INDEX, "lpk", "lsk"))
+        .global_secondary_indexes(index(LEASE_INDEX, "gpk", "gsk", keys_only))
+        .global_secondary_indexes(index(JOBS_INDEX, "lpk", "lsk", with_kind))
         .send()
         .await;
     match result {

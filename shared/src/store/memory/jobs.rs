@@ -120,6 +120,7 @@ impl JobControl for MemoryStore {
     async fn list_jobs(
         &self,
         status: Option<JobStatus>,
+        kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<JobId>, StoreError> {
         let jobs = self.jobs.lock().expect("memory store poisoned");
@@ -127,6 +128,7 @@ impl JobControl for MemoryStore {
             .values()
             .map(|s| &s.job)
             .filter(|j| status.is_none_or(|s| j.status == s))
+            .filter(|j| kind.is_none_or(|k| j.kind.as_deref() == Some(k)))
             .collect();
         found.sort_by(|a, b| {
             b.created_at_ms

@@ -6,9 +6,10 @@ use crate::job::{Cost, JobSource};
 
 #[async_trait]
 impl PrepareStore for MemoryStore {
-    async fn create_job(
+    async fn create_job_of(
         &self,
         source: &SourceRef,
+        kind: &str,
         lease: &PrepareLease,
         now_ms: i64,
     ) -> Result<CreateOutcome, StoreError> {
@@ -19,6 +20,7 @@ impl PrepareStore for MemoryStore {
         }
         let job = Job {
             id: id.clone(),
+            kind: Some(kind.to_owned()).filter(|k| !k.is_empty()),
             status: JobStatus::Processing,
             source: JobSource::Object(source.clone()),
             prepared: false,
