@@ -16,6 +16,10 @@ pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub eventbridge: aws_sdk_eventbridge::Client,
+    /// The `lambda` processor's calls to a user's function.
+    pub lambda: aws_sdk_lambda::Client,
+    /// The `embeddings` processor's calls to Bedrock's models.
+    pub bedrock: aws_sdk_bedrockruntime::Client,
     /// True when talking to an emulator (`AWS_ENDPOINT_URL` set): its
     /// ConsumedCapacity figures are placeholders, so costs are computed.
     pub emulated: bool,
@@ -56,6 +60,8 @@ impl Clients {
             sqs: aws_sdk_sqs::Client::new(config),
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             eventbridge: aws_sdk_eventbridge::Client::new(config),
+            lambda: aws_sdk_lambda::Client::new(config),
+            bedrock: aws_sdk_bedrockruntime::Client::new(config),
             emulated,
         }
     }

@@ -190,7 +190,7 @@ pub async fn dump<W: AsyncWrite + Unpin>(
 
 /// One RFC 4180 row: cells quoted when they hold a delimiter, a quote or a
 /// line break.
-fn write_csv_row<'a>(buf: &mut Vec<u8>, cells: impl Iterator<Item = &'a str>) {
+pub(crate) fn write_csv_row<'a>(buf: &mut Vec<u8>, cells: impl Iterator<Item = &'a str>) {
     for (i, cell) in cells.enumerate() {
         if i > 0 {
             buf.push(b',');

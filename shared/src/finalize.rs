@@ -17,6 +17,7 @@ use crate::events::{announce, JobEvents};
 use crate::job::{Job, JobId, JobStatus};
 use crate::metrics::{Metric, MetricsSink};
 use crate::report::{ReportError, ReportSink};
+use crate::processor::{registry, JobContext, Processors};
 use crate::schema::Definition;
 use crate::store::{Finalization, FinalizeWhen, JobStore, StoreError};
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub enum FinalizeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Report(#[from] ReportError),
+    #[error("the processor's end of the job failed")]
+    Processor(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Built by `new` only (`Deps::finalizer`, the phases, the API and the
@@ -49,6 +52,10 @@ pub struct Finalizer<'a> {
     /// The invocation's deadline: a report that cannot be written before
     /// it stays owed for the next one to find.
     deadline: Option<Instant>,
+    /// Whose `finish_job` runs when a job of a type that asks for it
+    /// ends; without them, such an ending stays owed for a caller that
+    /// has them (a worker, the sweeper).
+    processors: Option<&'a Processors>,
 }
 
 /// What settling an ended job did.
@@ -78,7 +85,14 @@ impl<'a> Finalizer<'a> {
             definition,
             clock,
             deadline: None,
+            processors: None,
         }
+    }
+
+    /// The same finalizer, running processors' `finish_job`.
+    pub fn with_processors(mut self, processors: Option<&'a Processors>) -> Self {
+        self.processors = processors;
+        self
     }
 
     /// The same finalizer, for a job running on `definition` (its pinned
@@ -108,8 +122,9 @@ impl<'a> Finalizer<'a> {
         let fin = Finalization {
             status,
             reason,
-            // With every batch terminal the failures are final.
-            report_owed: job.failed > 0,
+            // With every batch terminal the failures are final. A
+            // processor's `finish_job` is owed like the report.
+            report_owed: job.failed > 0 || registry::finishes_jobs(self.definition),
             now_ms: self.clock.now_ms(),
         };
         if !self
@@ -203,6 +218,9 @@ impl<'a> Finalizer<'a> {
                 tracing::info!(job_id = %job, "too close to the deadline to write the report; it stays owed");
                 return Ok(settled);
             }
+            if registry::finishes_jobs(self.definition) && !self.finish_job(&ended).await? {
+                return Ok(settled);
+            }
             let location = match ended.failed {
                 0 => None,
                 _ => Some(self.write_report(&ended).await?),
@@ -225,6 +243,28 @@ impl<'a> Finalizer<'a> {
         }
         settled.events = announce(self.store, self.events, &ended).await;
         Ok(settled)
+    }
+
+    /// The processor's `finish_job`; false when this caller cannot build
+    /// the processor (the ending stays owed).
+    async fn finish_job(&self, job: &Job) -> Result<bool, FinalizeError> {
+        let processor = match self.processors.map(|p| p.of(self.definition)) {
+            Some(Ok(Some(processor))) => processor,
+            Some(Err(e)) => return Err(FinalizeError::Processor(Box::new(e))),
+            _ => {
+                tracing::info!(job_id = %job.id, "the job's processor is not built here; its end stays owed");
+                return Ok(false);
+            }
+        };
+        let ctx = JobContext {
+            job,
+            definition: self.definition,
+        };
+        processor
+            .finish_job(&ctx)
+            .await
+            .map_err(|e| FinalizeError::Processor(Box::new(e)))?;
+        Ok(true)
     }
 
     fn report_fits(&self) -> bool {

@@ -70,6 +70,7 @@ impl Deps {
             definition,
             settings: &self.prepare,
             clock: &self.clock,
+            processors: Some(&self.processors),
         }
     }
 
@@ -92,6 +93,7 @@ impl Deps {
             settings: &self.worker,
             clock: &self.clock,
             rng: &self.rng,
+            processors: Some(&self.processors),
         }
     }
 
@@ -123,6 +125,7 @@ impl Deps {
             definition,
             &self.clock,
         )
+        .with_processors(Some(&self.processors))
     }
 
     /// The sweeper: the phases above on the deployment's definition, which

@@ -22,6 +22,7 @@ use crate::finalize::{FinalizeError, Finalizer};
 use crate::job::{FieldIssue, Job, SourceRef, StagedRecord};
 use crate::metrics::{Metric, MetricsSink};
 use crate::objects::{ObjectError, ObjectSource};
+use crate::processor::Processors;
 use crate::queue::{QueueError, WorkMessage, WorkQueue};
 use crate::report::ReportSink;
 use crate::schema::Definition;
@@ -88,6 +89,8 @@ pub struct Preparer<'a> {
     pub settings: &'a PrepareSettings,
     /// Leases, timestamps, publication timers and the deadline.
     pub clock: &'a Clock,
+    /// For a job that ends while prepared (`Finalizer::with_processors`).
+    pub processors: Option<&'a Processors>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -302,6 +305,7 @@ impl<'a> Preparer<'a> {
             self.definition,
             self.clock,
         )
+        .with_processors(self.processors)
         .until(deadline)
     }
 

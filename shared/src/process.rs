@@ -17,6 +17,7 @@ mod records;
 use crate::clock::{Clock, Instant};
 use crate::events::JobEvents;
 use crate::finalize::{FinalizeError, Finalizer};
+use crate::processor::Processors;
 use crate::job::JobId;
 use crate::metrics::{Metric, MetricsSink};
 use crate::processor::{ProcessError, RecordProcessor};
@@ -70,6 +71,8 @@ pub struct Worker<'a> {
     pub clock: &'a Clock,
     /// Jitter of backoffs and of waits for the cap.
     pub rng: &'a Rng,
+    /// For a job that ends here (`Finalizer::with_processors`).
+    pub processors: Option<&'a Processors>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,6 +385,7 @@ impl Worker<'_> {
             self.definition,
             self.clock,
         )
+        .with_processors(self.processors)
         .until(deadline)
     }
 

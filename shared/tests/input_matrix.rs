@@ -113,6 +113,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
         definition: &definition,
         settings: &PrepareSettings::default(),
         clock: &clock,
+        processors: None,
     };
     let job = match preparer.run(&source, "orchestrator").await.unwrap() {
         PrepareOutcome::Prepared(job) | PrepareOutcome::Rejected(job) => job,
@@ -134,6 +135,7 @@ pub async fn run_import_from(objects: &dyn ObjectSource, name: &str, definition:
         settings: &settings,
         clock: &clock,
         rng: &bulk_import::rng::Rng::seeded(5),
+        processors: None,
     };
     for _ in 0..100 {
         if current(&store, &job.id).await.status.is_final() {

@@ -140,6 +140,7 @@ impl Fixture {
             definition: def,
             settings,
             clock: &Clock::system(),
+            processors: None,
         };
         preparer
             .run_until(&self.source, owner, deadline)

@@ -39,6 +39,7 @@ async fn an_orchestrator_near_its_deadline_hands_over_and_the_next_one_resumes_a
         definition: &def,
         settings: &settings,
         clock: &SYSTEM,
+        processors: None,
     };
     let source = SourceRef {
         bucket: "b".into(),
@@ -140,6 +141,7 @@ async fn a_job_rejected_during_prepare_reports_the_records_that_failed_before() 
         definition: &def,
         settings: &settings,
         clock: &SYSTEM,
+        processors: None,
     };
     let PrepareOutcome::Rejected(job) = preparer.run(&source, "orchestrator").await.unwrap() else {
         panic!("the file is over the record limit")
@@ -255,6 +257,7 @@ async fn an_abort_stops_prepare_at_its_next_publication_and_nothing_more_is_clai
         definition: &def,
         settings: &settings,
         clock: &SYSTEM,
+        processors: None,
     };
     let PrepareOutcome::Stopped(job) = preparer.run(&source, "o").await.unwrap() else {
         panic!("prepare should stop at the abort")

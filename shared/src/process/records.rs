@@ -121,6 +121,7 @@ impl BatchKind for Records<'_> {
         let batch = BatchContext {
             job_id: &claim.job_id,
             batch_index: claim.index,
+            round: claim.round,
             definition: self.definition,
         };
         self.processor

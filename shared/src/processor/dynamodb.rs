@@ -27,18 +27,43 @@ use std::sync::Arc;
 
 pub(super) const TYPE: registry::ProcessorType = registry::ProcessorType {
     name: "dynamodb",
-    check: registry::no_settings,
+    check,
     build,
     needs: "TARGET_TABLE",
+    finishes_jobs: false,
 };
 
 /// The attribute that holds the rank of the row that wrote an item; no
 /// field of a definition for this processor may have its name.
 pub const ORDER_ATTRIBUTE: &str = "_importOrder";
 
-/// The upsert into `TARGET_TABLE`; none without it (the orchestrator).
-fn build(_settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
-    let Some(table) = &deployment.settings.target_table else {
+/// The type's settings: `table`, where to upsert (the deployment's
+/// `TARGET_TABLE` when not given).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    table: Option<String>,
+}
+
+fn check(settings: &ProcessorSettings, _fields: &registry::Fields<'_>) -> Result<(), (String, String)> {
+    let parsed: Settings = registry::parse(settings)?;
+    match parsed.table {
+        Some(t) if t.trim().is_empty() => Err(("table".into(), "must not be empty".into())),
+        _ => Ok(()),
+    }
+}
+
+/// The upsert into the definition's `table`, else `TARGET_TABLE`; none
+/// without either (the orchestrator).
+fn build(settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
+    let parsed: Settings = registry::parse(settings).map_err(|(key, message)| {
+        crate::schema::DefinitionError::Invalid {
+            origin: "of this deployment".into(),
+            path: format!("processor.{key}"),
+            message,
+        }
+    })?;
+    let Some(table) = parsed.table.as_ref().or(deployment.settings.target_table.as_ref()) else {
         return Ok(None);
     };
     if deployment.definition.key_field.is_none() {
@@ -437,7 +462,7 @@ impl WritePlan {
 /// digits). DynamoDB refuses a whole BatchWriteItem for one number it
 /// cannot store, and a schema `number` is any finite f64: each number is
 /// checked up front so only its record fails, with a message that says why.
-fn attribute(value: FieldValue<'_>) -> Result<AttributeValue, String> {
+pub(super) fn attribute(value: FieldValue<'_>) -> Result<AttributeValue, String> {
     let n = match value {
         FieldValue::String(s) => return Ok(AttributeValue::S(s.to_owned())),
         FieldValue::Boolean(b) => return Ok(AttributeValue::Bool(b)),

@@ -5,6 +5,8 @@
 mod cost;
 mod dynamodb;
 pub mod registry;
+mod relationships;
+pub mod s3;
 
 pub use cost::{JsonSize, WriteCost};
 pub use dynamodb::{DynamoUpsert, ORDER_ATTRIBUTE};
@@ -146,6 +148,16 @@ impl Duplicates {
 pub struct BatchContext<'a> {
     pub job_id: &'a JobId,
     pub batch_index: u64,
+    /// The job's round: 0 for its first run, n for its n-th retry, which
+    /// processes only the batch's records that failed before.
+    pub round: u32,
+    pub definition: &'a Definition,
+}
+
+/// The job that ended, for `finish_job`.
+#[derive(Debug, Clone, Copy)]
+pub struct JobContext<'a> {
+    pub job: &'a crate::job::Job,
     pub definition: &'a Definition,
 }
 
@@ -187,6 +199,17 @@ pub trait RecordProcessor: Send + Sync {
     /// retries a job, only the records of the batch that failed are
     /// processed again before it.
     async fn finish_batch(&self, _batch: &BatchContext<'_>) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
+    /// Called once a job has ended (completed, failed or aborted), before
+    /// its report and its ending's event: for a processor that writes
+    /// something about the whole job (the `s3` processor's manifest). Its
+    /// type must say so (`ProcessorType::finishes_jobs`): the ending then
+    /// stays owed until this succeeds, and whoever finds it owed (the
+    /// finalizer, a worker, the sweeper) calls it, so it must be
+    /// idempotent.
+    async fn finish_job(&self, _job: &JobContext<'_>) -> Result<(), ProcessError> {
         Ok(())
     }
 

@@ -8,14 +8,18 @@ use crate::aws::Clients;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
 use crate::rng::Rng;
-use crate::schema::Definition;
+use crate::schema::{Definition, FieldDef};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Every processor type, by the name a definition gives it. The first is
 /// the default, used when a definition names none.
-const TYPES: &[ProcessorType] = &[super::dynamodb::TYPE];
+const TYPES: &[ProcessorType] = &[
+    super::dynamodb::TYPE,
+    super::relationships::TYPE,
+    super::s3::TYPE,
+];
 
 /// The definition's `processor` object: its `type` and the type's own
 /// settings (the other keys, checked by the type when the definition loads).
@@ -69,13 +73,57 @@ pub struct ProcessorType {
     /// The `type` a definition names it by.
     pub name: &'static str,
     /// Checks the type's settings when a definition loads, before any
-    /// client exists: `Err((key, message))` for a setting it refuses.
-    pub check: fn(&ProcessorSettings) -> Result<(), (String, String)>,
+    /// client exists, against the definition's fields: `Err((key,
+    /// message))` for a setting it refuses.
+    pub check: fn(&ProcessorSettings, &Fields<'_>) -> Result<(), (String, String)>,
     /// Builds the processor at cold start.
     pub build: fn(&ProcessorSettings, &Deployment<'_>) -> Built,
     /// The setting a function must have for `build` to make one, named
     /// when a worker lacks it.
     pub needs: &'static str,
+    /// The processor's `finish_job` must run when a job ends.
+    pub finishes_jobs: bool,
+}
+
+/// What a type's `check` sees of the definition.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    pub fields: &'a [FieldDef],
+    pub key_field: Option<&'a str>,
+}
+
+impl Fields<'_> {
+    /// Refuses `name` unless a field has it, naming the setting at `key`.
+    pub fn require(&self, key: &str, name: &str) -> Result<(), (String, String)> {
+        if self.fields.iter().any(|f| f.name == name) {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
+        Err((
+            key.to_owned(),
+            format!("{name:?} is not a field of the definition (fields: {})", names.join(", ")),
+        ))
+    }
+}
+
+/// A type's settings read into `T` (which should deny unknown fields):
+/// `Err((key, message))` naming the setting that does not fit.
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
+    processor: &ProcessorSettings,
+) -> Result<T, (String, String)> {
+    let value = serde_json::Value::Object(processor.settings.clone());
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = e.into_inner().to_string();
+        (path, format!("the {} processor: {message}", processor.kind))
+    })
+}
+
+/// Whether jobs of `definition` owe their processor's `finish_job` when
+/// they end.
+pub fn finishes_jobs(definition: &Definition) -> bool {
+    find(&definition.processor.kind).is_some_and(|t| t.finishes_jobs)
 }
 
 fn find(kind: &str) -> Option<&'static ProcessorType> {
@@ -177,7 +225,7 @@ fn known() -> String {
 
 /// Checks a definition's processor: a known type with settings it takes.
 /// `Err((path, message))`, the path relative to the definition.
-pub fn check(processor: &ProcessorSettings) -> Result<(), (String, String)> {
+pub fn check(processor: &ProcessorSettings, fields: &Fields<'_>) -> Result<(), (String, String)> {
     let Some(kind) = find(&processor.kind) else {
         return Err((
             "processor.type".into(),
@@ -188,7 +236,14 @@ pub fn check(processor: &ProcessorSettings) -> Result<(), (String, String)> {
             ),
         ));
     };
-    (kind.check)(processor).map_err(|(key, message)| (format!("processor.{key}"), message))
+    (kind.check)(processor, fields).map_err(|(key, message)| {
+        let path = if key.is_empty() {
+            "processor".to_owned()
+        } else {
+            format!("processor.{key}")
+        };
+        (path, message)
+    })
 }
 
 /// Builds the processor the deployment's definition names.
@@ -197,7 +252,11 @@ pub fn build(deployment: &Deployment<'_>) -> Built {
     // A loaded definition names a known type (`check`); one assembled in
     // code is refused the same way.
     let Some(kind) = find(&processor.kind) else {
-        let (path, message) = check(processor).err().unwrap_or_default();
+        let fields = Fields {
+            fields: &deployment.definition.fields,
+            key_field: deployment.definition.key_field.as_deref(),
+        };
+        let (path, message) = check(processor, &fields).err().unwrap_or_default();
         return Err(crate::schema::DefinitionError::Invalid {
             origin: "of this deployment".into(),
             path,
@@ -208,23 +267,14 @@ pub fn build(deployment: &Deployment<'_>) -> Built {
     (kind.build)(processor, deployment)
 }
 
-/// For a type that takes no settings beyond its `type`.
-pub(super) fn no_settings(processor: &ProcessorSettings) -> Result<(), (String, String)> {
-    match processor.settings.keys().next() {
-        None => Ok(()),
-        Some(key) => Err((
-            key.clone(),
-            format!(
-                "the {} processor takes no settings besides \"type\"",
-                processor.kind
-            ),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NONE: Fields<'static> = Fields {
+        fields: &[],
+        key_field: None,
+    };
 
     fn settings(json: &str) -> ProcessorSettings {
         serde_json::from_str(json).unwrap()
@@ -234,12 +284,12 @@ mod tests {
     fn the_default_type_is_the_dynamodb_upsert() {
         assert_eq!(ProcessorSettings::default().kind, "dynamodb");
         assert!(settings(r#"{"type": "dynamodb"}"#).is_default());
-        assert_eq!(check(&ProcessorSettings::default()), Ok(()));
+        assert_eq!(check(&ProcessorSettings::default(), &NONE), Ok(()));
     }
 
     #[test]
     fn an_unknown_type_is_refused_naming_it_and_the_known_ones() {
-        let (path, message) = check(&settings(r#"{"type": "carrier-pigeon"}"#)).unwrap_err();
+        let (path, message) = check(&settings(r#"{"type": "carrier-pigeon"}"#), &NONE).unwrap_err();
         assert_eq!(path, "processor.type");
         assert_eq!(
             message,
@@ -250,11 +300,11 @@ mod tests {
     #[test]
     fn a_setting_the_type_does_not_take_is_refused_naming_it() {
         let (path, message) =
-            check(&settings(r#"{"type": "dynamodb", "tabel": "x"}"#)).unwrap_err();
+            check(&settings(r#"{"type": "dynamodb", "tabel": "x"}"#), &NONE).unwrap_err();
         assert_eq!(path, "processor.tabel");
         assert_eq!(
             message,
-            "the dynamodb processor takes no settings besides \"type\""
+            "the dynamodb processor: unknown field `tabel`, expected `table`"
         );
     }
 }

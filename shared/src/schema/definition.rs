@@ -258,7 +258,12 @@ fn build(raw: RawDefinition, origin: &str) -> Result<Definition, DefinitionError
     }
     check_limits(&raw.limits, raw.fields.len(), origin)?;
     // An unknown processor type is refused here, before any job runs on it.
-    registry::check(&raw.processor).map_err(|(path, message)| invalid(origin, path, message))?;
+    let fields = registry::Fields {
+        fields: &raw.fields,
+        key_field: raw.key_field.as_deref(),
+    };
+    registry::check(&raw.processor, &fields)
+        .map_err(|(path, message)| invalid(origin, path, message))?;
 
     let headerless = match &raw.columns {
         None => ColumnMap {

@@ -122,6 +122,7 @@ impl Fixture {
             settings: &self.settings,
             clock: &self.clock,
             rng: &self.rng,
+            processors: None,
         }
     }
 }
