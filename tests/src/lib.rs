@@ -6,6 +6,7 @@
 pub mod chaos;
 pub mod keyed;
 pub mod ledger;
+pub mod standin;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use bulk_import::aws::Clients;
@@ -168,6 +169,60 @@ impl Stack {
         }
     }
 
+    /// A deployment configured with a routes file: `files` (the routes
+    /// file `routes.json` among them) are written to a folder of their own,
+    /// and the handlers load the routes from there.
+    pub async fn with_routes(
+        files: &[(&str, &str)],
+        opts: StackOptions,
+        clients: Clients,
+    ) -> Stack {
+        let name = unique("t");
+        let folder = std::env::temp_dir().join(&name);
+        for (file, text) in files {
+            let path = folder.join(file);
+            std::fs::create_dir_all(path.parent().expect("a folder")).expect("make folder");
+            std::fs::write(&path, text).expect("write file");
+        }
+        let resources = Resources {
+            bucket: name.clone(),
+            queue: name.clone(),
+            state_table: format!("{name}-state"),
+            target_table: format!("{name}-target"),
+            target_key: "id".into(),
+            visibility_timeout: opts.visibility_timeout,
+            prepare_visibility_timeout: Duration::from_secs(960),
+        };
+        let created = ensure_resources(&clients, &resources)
+            .await
+            .expect("create resources");
+        let routes = folder.join("routes.json");
+        let settings = Settings {
+            target_table: Some(resources.target_table.clone()),
+            max_workers: opts.max_workers,
+            lease: opts.lease,
+            deadline_margin: Duration::from_secs(5),
+            retention_days: 1,
+            prepare_queue_url: Some(created.prepare_queue_url.clone()),
+            routes: Some(routes.to_string_lossy().into_owned()),
+            ..Settings::new(&resources.state_table, &created.queue_url, "")
+        };
+        let mut deps = Deps::new(&settings, &clients, None).await.expect("deps");
+        let events = Arc::new(MemoryEvents::default());
+        deps.events = events.clone();
+        let watcher = DynamoStore::new(clients.dynamodb.clone(), &resources.state_table, false);
+        Stack {
+            clients,
+            definition_path: routes,
+            resources,
+            queue_url: created.queue_url,
+            prepare_queue_url: created.prepare_queue_url,
+            deps,
+            events,
+            watcher,
+        }
+    }
+
     /// Uploads an object and returns the S3 event Lambda would deliver.
     pub async fn upload(
         &self,
@@ -210,6 +265,11 @@ impl Stack {
     /// report the finalizer had no time for (it needs a margin before the
     /// invocation's deadline) is written by the sweeper, as in a deployment.
     pub async fn run_workers(&self, n: usize, job: &JobId) -> PollStats {
+        self.run_workers_for(n, std::slice::from_ref(job)).await
+    }
+
+    /// `run_workers` until every one of `jobs` is final (and has its report).
+    pub async fn run_workers_for(&self, n: usize, jobs: &[JobId]) -> PollStats {
         let pollers = (0..n).map(|_| {
             let poller = Poller {
                 sqs: self.clients.sqs.clone(),
@@ -221,11 +281,18 @@ impl Stack {
             async move {
                 poller
                     .run_until(|| async {
-                        self.watcher
-                            .get_job(job)
-                            .await
-                            .expect("get job")
-                            .is_some_and(|job| job.status.is_final())
+                        for job in jobs {
+                            let done = self
+                                .watcher
+                                .get_job(job)
+                                .await
+                                .expect("get job")
+                                .is_some_and(|job| job.status.is_final());
+                            if !done {
+                                return false;
+                            }
+                        }
+                        true
                     })
                     .await
                     .expect("poller")
@@ -237,8 +304,10 @@ impl Stack {
             total.messages += s.messages;
             total.failed_messages += s.failed_messages;
         }
-        if self.job(job).await.report_owed {
-            self.sweep().await;
+        for job in jobs {
+            if self.job(job).await.report_owed {
+                self.sweep().await;
+            }
         }
         total
     }

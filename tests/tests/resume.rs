@@ -244,6 +244,7 @@ async fn prepare(
         definition: &definition,
         settings,
         clock: &bulk_import::clock::Clock::system(),
+        processors: None,
     };
     let mut handoffs = 0;
     let job = loop {

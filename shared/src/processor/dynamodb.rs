@@ -45,7 +45,10 @@ struct Settings {
     table: Option<String>,
 }
 
-fn check(settings: &ProcessorSettings, _fields: &registry::Fields<'_>) -> Result<(), (String, String)> {
+fn check(
+    settings: &ProcessorSettings,
+    _fields: &registry::Fields<'_>,
+) -> Result<(), (String, String)> {
     let parsed: Settings = registry::parse(settings)?;
     match parsed.table {
         Some(t) if t.trim().is_empty() => Err(("table".into(), "must not be empty".into())),
@@ -63,7 +66,11 @@ fn build(settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
             message,
         }
     })?;
-    let Some(table) = parsed.table.as_ref().or(deployment.settings.target_table.as_ref()) else {
+    let Some(table) = parsed
+        .table
+        .as_ref()
+        .or(deployment.settings.target_table.as_ref())
+    else {
         return Ok(None);
     };
     if deployment.definition.key_field.is_none() {

@@ -4,6 +4,8 @@
 
 mod cost;
 mod dynamodb;
+mod embeddings;
+mod lambda;
 pub mod registry;
 mod relationships;
 pub mod s3;

@@ -17,6 +17,8 @@ use std::sync::Arc;
 /// the default, used when a definition names none.
 const TYPES: &[ProcessorType] = &[
     super::dynamodb::TYPE,
+    super::embeddings::TYPE,
+    super::lambda::TYPE,
     super::relationships::TYPE,
     super::s3::TYPE,
 ];
@@ -75,7 +77,7 @@ pub struct ProcessorType {
     /// Checks the type's settings when a definition loads, before any
     /// client exists, against the definition's fields: `Err((key,
     /// message))` for a setting it refuses.
-    pub check: fn(&ProcessorSettings, &Fields<'_>) -> Result<(), (String, String)>,
+    pub check: fn(&ProcessorSettings, &Fields<'_>) -> Checked,
     /// Builds the processor at cold start.
     pub build: fn(&ProcessorSettings, &Deployment<'_>) -> Built,
     /// The setting a function must have for `build` to make one, named
@@ -84,6 +86,10 @@ pub struct ProcessorType {
     /// The processor's `finish_job` must run when a job ends.
     pub finishes_jobs: bool,
 }
+
+/// A type's verdict on its settings: `Err((key, message))` names the
+/// setting it refuses.
+pub type Checked = Result<(), (String, String)>;
 
 /// What a type's `check` sees of the definition.
 #[derive(Debug, Clone, Copy)]
@@ -101,7 +107,10 @@ impl Fields<'_> {
         let names: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
         Err((
             key.to_owned(),
-            format!("{name:?} is not a field of the definition (fields: {})", names.join(", ")),
+            format!(
+                "{name:?} is not a field of the definition (fields: {})",
+                names.join(", ")
+            ),
         ))
     }
 }
@@ -293,7 +302,7 @@ mod tests {
         assert_eq!(path, "processor.type");
         assert_eq!(
             message,
-            "unknown processor type \"carrier-pigeon\" (known types: dynamodb)"
+            "unknown processor type \"carrier-pigeon\" (known types: dynamodb, embeddings, lambda, relationships, s3)"
         );
     }
 

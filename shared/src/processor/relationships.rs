@@ -204,7 +204,10 @@ impl Relationships {
     fn items(&self, edge: &Edge) -> Vec<Item> {
         let s = &self.settings;
         let mut forward = edge.attributes.clone();
-        forward.insert(s.partition_key.clone(), AttributeValue::S(edge.from.clone()));
+        forward.insert(
+            s.partition_key.clone(),
+            AttributeValue::S(edge.from.clone()),
+        );
         forward.insert(
             s.sort_key.clone(),
             AttributeValue::S(format!("{}#{}", edge.relation, edge.to)),
@@ -223,7 +226,11 @@ impl Relationships {
 
     /// Which of `keys` are items of the things table. An error is the
     /// lookup's, for every record that needs it.
-    async fn existing(&self, must: &MustExist, keys: Vec<String>) -> Result<HashSet<String>, ProcessError> {
+    async fn existing(
+        &self,
+        must: &MustExist,
+        keys: Vec<String>,
+    ) -> Result<HashSet<String>, ProcessError> {
         let mut found = HashSet::new();
         for chunk in keys.chunks(GET_BATCH) {
             let mut wanted = KeysAndAttributes::builder()
@@ -235,10 +242,8 @@ impl Relationships {
                     AttributeValue::S(key.clone()),
                 )]));
             }
-            let mut request = HashMap::from([(
-                must.table.clone(),
-                wanted.build().expect("keys are set"),
-            )]);
+            let mut request =
+                HashMap::from([(must.table.clone(), wanted.build().expect("keys are set"))]);
             for attempt in 0.. {
                 let out = self
                     .client
@@ -252,7 +257,12 @@ impl Relationships {
                             e,
                         )
                     })?;
-                for item in out.responses().and_then(|r| r.get(&must.table)).into_iter().flatten() {
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&must.table))
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(AttributeValue::S(key)) = item.get(&must.key) {
                         found.insert(key.clone());
                     }
@@ -318,7 +328,8 @@ impl Relationships {
                 pending.retain(|(_, w)| unprocessed.contains(w));
                 if attempt + 1 >= TRIES {
                     let records: Vec<usize> = pending.iter().map(|(i, _)| *i).collect();
-                    let error = ProcessError::retryable(format!("writing edges to {table} was throttled"));
+                    let error =
+                        ProcessError::retryable(format!("writing edges to {table} was throttled"));
                     fail(results, &records, error);
                     break;
                 }
@@ -415,7 +426,8 @@ impl RecordProcessor for Relationships {
                     }
                 }
                 Err(error) => {
-                    let all: Vec<usize> = (0..records.len()).filter(|i| edges[*i].is_some()).collect();
+                    let all: Vec<usize> =
+                        (0..records.len()).filter(|i| edges[*i].is_some()).collect();
                     fail(&mut results, &all, error);
                     return results;
                 }
@@ -441,7 +453,8 @@ impl RecordProcessor for Relationships {
         }
         let owners: HashMap<(String, String), usize> =
             by_key.iter().map(|(k, (i, _))| (k.clone(), *i)).collect();
-        self.write(by_key.into_values().collect(), &mut results).await;
+        self.write(by_key.into_values().collect(), &mut results)
+            .await;
         for (rider, key) in riders {
             let owner = owners[&key];
             if rider != owner {
@@ -460,4 +473,3 @@ impl RecordProcessor for Relationships {
         results
     }
 }
-

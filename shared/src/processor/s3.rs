@@ -188,7 +188,10 @@ impl S3Parts {
             .await
             .map(|_| ())
             .map_err(|e| {
-                ProcessError::retryable_from(format!("writing s3://{}/{key} failed", self.bucket), e)
+                ProcessError::retryable_from(
+                    format!("writing s3://{}/{key} failed", self.bucket),
+                    e,
+                )
             })
     }
 }
@@ -260,7 +263,10 @@ impl RecordProcessor for S3Parts {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| {
-                ProcessError::retryable_from(format!("listing s3://{}/{prefix} failed", self.bucket), e)
+                ProcessError::retryable_from(
+                    format!("listing s3://{}/{prefix} failed", self.bucket),
+                    e,
+                )
             })?;
             for object in page.contents() {
                 if let Some(key) = object.key() {
@@ -417,4 +423,3 @@ fn levels<T>(
         .collect();
     (data, levels)
 }
-

@@ -96,12 +96,13 @@ fn an_unknown_processor_type_is_refused_at_load_naming_it_and_the_known_ones() {
     assert_eq!(
         e.to_string(),
         "import definition defs/users.json: processor.type: \
-         unknown processor type \"fax\" (known types: dynamodb)"
+         unknown processor type \"fax\" (known types: dynamodb, embeddings, lambda, relationships, s3)"
     );
     let e = error(
-        r#"{"fields": [{"name": "a", "type": "string"}], "processor": {"type": "dynamodb", "table": "t"}}"#,
+        r#"{"fields": [{"name": "a", "type": "string"}], "processor": {"type": "dynamodb", "tabel": "t"}}"#,
     );
-    assert_eq!(e.path(), "processor.table");
+    assert_eq!(e.path(), "processor.tabel");
+    assert!(e.to_string().ends_with("unknown field `tabel`, expected `table`"), "{e}");
     let e = error(r#"{"fields": [{"name": "a", "type": "string"}], "processor": {}}"#);
     assert_eq!(e.path(), "processor");
 }
