@@ -26,6 +26,8 @@ demo:
 test: check
 	$(CARGO) build --workspace --all-targets
 	scripts/with-moto.sh .venv/bin/python scripts/test_moto_server.py
+	.venv/bin/python scripts/test_lambda_standin.py
+	.venv/bin/python scripts/test_bedrock_standin.py
 	scripts/with-moto.sh scripts/api-schema.sh
 	scripts/with-moto.sh $(CARGO) test --workspace
 

@@ -36,12 +36,14 @@ What it serves (restJson1, as Lambda does):
   answers RequestEntityTooLargeException, and so does this server: a
   caller had better recognize the 413 status than either name.
 - GET /standin/stats: {"invocations", "throttled", "timeouts",
-  "functionErrors", "maxInFlight", "records"}; POST /standin/reset zeroes
+  "functionErrors", "maxInFlight", "records", "maxPayloadBytes"};
+  POST /standin/reset zeroes
   them. `invocations` counts the calls that were let in (not throttled,
   not DryRun), `records` the entries of their events' `records` lists,
   `functionErrors` every answer with X-Amz-Function-Error (timeouts
   included, as Lambda's Errors metric counts them), `maxInFlight` the
-  most invocations running at once.
+  most invocations running at once, `maxPayloadBytes` the largest request
+  body of a synchronous call let in.
 
 Each running invocation has a worker process of its own: a loop that
 imports the handler file once and then calls handler(event, context) per
@@ -470,7 +472,8 @@ class Function:
     @staticmethod
     def _zero():
         return dict.fromkeys(
-            ("invocations", "throttled", "timeouts", "functionErrors", "maxInFlight", "records"), 0
+            ("invocations", "throttled", "timeouts", "functionErrors", "maxInFlight", "records",
+             "maxPayloadBytes"), 0
         )
 
     def snapshot(self):
@@ -481,7 +484,7 @@ class Function:
         with self.lock:
             self.stats = self._zero()
 
-    def admit(self, records):
+    def admit(self, records, size=0):
         """Takes a slot for a synchronous invocation: None, or the reason it
         is throttled."""
         with self.lock:
@@ -495,7 +498,7 @@ class Function:
             if reason is not None:
                 self.stats["throttled"] += 1
                 return reason
-            self._enter(records)
+            self._enter(records, size)
             return None
 
     def admit_event(self, records):
@@ -516,7 +519,8 @@ class Function:
             self.stats["maxInFlight"] = max(self.stats["maxInFlight"], self.in_flight)
             return True
 
-    def _enter(self, records):
+    def _enter(self, records, size=0):
+        self.stats["maxPayloadBytes"] = max(self.stats["maxPayloadBytes"], size)
         self.in_flight += 1
         self.stats["invocations"] += 1
         self.stats["records"] += records
@@ -922,7 +926,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(202)
             return
 
-        reason = function.admit(records)
+        reason = function.admit(records, len(body))
         if reason is not None:
             if not QUIET:
                 log(f"THROTTLED RequestId: {self.request_id}\tReason: {reason}")

@@ -299,8 +299,14 @@ def test_errors_of_the_call(s):
     assert payload == {"batchItemFailures": []}, payload
 
 
+def counts(stats):
+    """The counters, without the largest payload (checked on its own)."""
+    assert stats["maxPayloadBytes"] >= 0, stats
+    return {k: v for k, v in stats.items() if k != "maxPayloadBytes"}
+
+
 def test_statistics(s):
-    assert s.reset() == {
+    assert counts(s.reset()) == {
         "invocations": 0, "throttled": 0, "timeouts": 0, "functionErrors": 0, "maxInFlight": 0, "records": 0
     }
     invoke(s, event([record(2, "SKU-1"), record(3, "SKU-2", 0), record(4, "BACKORDER-1")]))
@@ -312,7 +318,7 @@ def test_statistics(s):
     invoke_error(s, event([record(9, "SKU-1", order_id="x" * 6_300_000)]))
     response, _ = invoke(s, event([record(10, "SKU-1")]), InvocationType="DryRun")
     assert response["StatusCode"] == 204, response
-    assert s.stats() == {
+    assert counts(s.stats()) == {
         "invocations": 3, "throttled": 0, "timeouts": 1, "functionErrors": 2, "maxInFlight": 1, "records": 6
     }, s.stats()
     # An Event invocation counts once accepted, and runs in the background.
@@ -401,7 +407,7 @@ def test_reserved_concurrency(r):
     # The slot is free again.
     response, payload = invoke(r, event([record(3, "SKU-1")]))
     assert payload == {"batchItemFailures": []}, payload
-    assert r.stats() == {
+    assert counts(r.stats()) == {
         "invocations": 2, "throttled": 1, "timeouts": 1, "functionErrors": 1, "maxInFlight": 1, "records": 2
     }, r.stats()
 

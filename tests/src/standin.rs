@@ -22,7 +22,8 @@ fn root() -> PathBuf {
 impl StandIn {
     /// Starts `scripts/<script>` with `args` on a free port, under the
     /// project's Python environment (`.venv`, which `make test` creates),
-    /// and waits for the line that says where it listens.
+    /// and waits for the line that says where it listens. `STANDIN_LOG=1`
+    /// shows its log.
     pub fn start(script: &str, args: &[&str]) -> StandIn {
         let root = root();
         let python = std::env::var("STANDIN_PYTHON")
@@ -34,7 +35,12 @@ impl StandIn {
             .args(args)
             .current_dir(&root)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // Its log (and the handler's output) only when asked for.
+            .stderr(if std::env::var_os("STANDIN_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap_or_else(|e| panic!("starting {script} with {}: {e}", python.display()));
         let mut line = String::new();

@@ -233,14 +233,37 @@ struct Answer {
 }
 
 impl Embeddings {
-    fn text(&self, record: &ValidRecord) -> String {
-        self.pieces
+    /// The record's text; refused when none of its fields has a value
+    /// (a template's own text alone is nothing to embed).
+    fn text(&self, record: &ValidRecord) -> Result<String, ProcessError> {
+        let mut text = String::new();
+        let mut any = false;
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => text.push_str(t),
+                Piece::Field(name) => {
+                    let value = record.get(name).map(|v| v.to_string()).unwrap_or_default();
+                    any |= !value.trim().is_empty();
+                    text.push_str(&value);
+                }
+            }
+        }
+        if any {
+            return Ok(text);
+        }
+        let names: Vec<&str> = self
+            .pieces
             .iter()
-            .map(|p| match p {
-                Piece::Text(t) => t.clone(),
-                Piece::Field(name) => record.get(name).map(|v| v.to_string()).unwrap_or_default(),
+            .filter_map(|p| match p {
+                Piece::Field(name) => Some(name.as_str()),
+                Piece::Text(_) => None,
             })
-            .collect()
+            .collect();
+        Err(ProcessError::permanent(format!(
+            "nothing to embed: {} {} no value",
+            names.join(", "),
+            if names.len() == 1 { "has" } else { "have" }
+        )))
     }
 
     fn request(&self, text: &str) -> serde_json::Value {
@@ -398,10 +421,7 @@ impl RecordProcessor for Embeddings {
         let Some(key_field) = ctx.definition.key_field.as_deref() else {
             return Err(ProcessError::permanent("the definition has no keyField"));
         };
-        let text = self.text(record);
-        if text.trim().is_empty() {
-            return Err(ProcessError::permanent("the text to embed is empty"));
-        }
+        let text = self.text(record)?;
         let vector = self.embed(&text).await?;
         self.store(record, key_field, vector).await
     }

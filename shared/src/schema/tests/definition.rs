@@ -102,7 +102,11 @@ fn an_unknown_processor_type_is_refused_at_load_naming_it_and_the_known_ones() {
         r#"{"fields": [{"name": "a", "type": "string"}], "processor": {"type": "dynamodb", "tabel": "t"}}"#,
     );
     assert_eq!(e.path(), "processor.tabel");
-    assert!(e.to_string().ends_with("unknown field `tabel`, expected `table`"), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("unknown field `tabel`, expected `table`"),
+        "{e}"
+    );
     let e = error(r#"{"fields": [{"name": "a", "type": "string"}], "processor": {}}"#);
     assert_eq!(e.path(), "processor");
 }
