@@ -6,13 +6,14 @@
 CARGO ?= cargo
 FILE ?=
 DEFINITION ?=
+ROUTES ?=
 WORKERS ?= 4
 EXPORT ?=
 ROWS ?= 20000
 # PROFILE=release builds the demo optimized (slower to build, faster to run).
 PROFILE ?= debug
 
-export FILE DEFINITION WORKERS EXPORT ROWS
+export FILE DEFINITION ROUTES WORKERS EXPORT ROWS
 
 .PHONY: demo test unit lint check build build-check lint-template api-schema chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle bench-keyed demo-conflicts fuzz \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
@@ -100,7 +101,7 @@ lint:
 ## check: lint, lint-template and build-check
 check: lint lint-template build-check
 
-## build: release Lambda packages in target/lambda/<fn>/ for sam deploy (DEFINITION=... to bundle another definition)
+## build: release Lambda packages in target/lambda/<fn>/ for sam deploy (DEFINITION=... to bundle another definition, ROUTES=... a routes file)
 build:
 	BUILD_PROFILE=release scripts/build.sh
 

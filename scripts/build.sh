@@ -8,6 +8,9 @@
 #   BUILD_PROFILE  release (default; target/lambda) or debug (target/lambda-debug,
 #                  a quick check that never replaces what gets deployed)
 #   DEFINITION     definition to bundle (default examples/users.json)
+#   ROUTES         a routes file to bundle too, with the definitions it names
+#                  by relative path, as routes/ beside the bootstrap
+#                  (/var/task/routes/routes.json: template.yaml's Routes)
 #   LAMBDA_ARCH    arm64 or x86_64 (default: arm64 when the Rust target
 #                  aarch64-unknown-linux-gnu is installed, else x86_64)
 #   LAMBDA_COMPILER  cargo-lambda's --compiler (default: cargo when building
@@ -22,7 +25,9 @@ cd "$root"
 cargo_lambda_version="${CARGO_LAMBDA_VERSION:-1.9.2}"
 profile="${BUILD_PROFILE:-release}"
 definition="${DEFINITION:-examples/users.json}"
-functions=(orchestrator worker sweeper api)
+routes="${ROUTES:-}"
+# custom-worker: the worker around your own processor (WorkerCode=custom).
+functions=(orchestrator worker sweeper api custom-worker)
 # glibc of provided.al2023: a binary needing newer symbols fails at start.
 max_glibc="2.34"
 
@@ -76,6 +81,22 @@ for f in "${functions[@]}"; do
   bootstrap="$lambda_dir/$f/bootstrap"
   [ -x "$bootstrap" ] || { echo "$bootstrap was not built" >&2; exit 1; }
   cp "$definition" "$lambda_dir/$f/definition.json"
+  rm -rf "$lambda_dir/$f/routes"
+  if [ -n "$routes" ]; then
+    # The routes file and each definition it names by a relative path.
+    "$venv/bin/python" - "$routes" "$lambda_dir/$f/routes" <<'PY'
+import json, os, shutil, sys
+source, target = sys.argv[1], sys.argv[2]
+base = os.path.dirname(source)
+os.makedirs(target, exist_ok=True)
+shutil.copy(source, os.path.join(target, "routes.json"))
+for route in json.load(open(source))["routes"]:
+    name = route.get("definition")
+    if isinstance(name, str) and not name.startswith(("s3://", "/", "file://")):
+        os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+        shutil.copy(os.path.join(base, name), os.path.join(target, name))
+PY
+  fi
   if command -v objdump >/dev/null; then
     needs=$(objdump -T "$bootstrap" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
     if [ -n "$needs" ] && [ "$(printf '%s\n%s\n' "$needs" "$max_glibc" | sort -V | tail -n 1)" != "$max_glibc" ]; then
@@ -88,7 +109,7 @@ echo "$arch" >"$lambda_dir/architecture"
 
 echo "built in $(($(date +%s) - started)) s:" >&2
 for f in "${functions[@]}"; do
-  echo "  $lambda_dir/$f/ ($(du -h "$lambda_dir/$f/bootstrap" | cut -f1) bootstrap + definition.json from $definition)" >&2
+  echo "  $lambda_dir/$f/ ($(du -h "$lambda_dir/$f/bootstrap" | cut -f1) bootstrap + definition.json from $definition${routes:+ + routes/ from $routes})" >&2
 done
 if [ "$profile" = release ]; then
   echo "deploy: sam deploy --guided --parameter-overrides Architecture=$arch" >&2

@@ -14,7 +14,13 @@
   followed through the DynamoDB store's source to the operations they
   send. Missing actions fail, and so do granted ones it never uses.
 - every Lambda role may put job events on the bus (events:PutEvents): any
-  function may end a job, and the one that does announces it.
+  function may end a job, and the one that does announces it;
+- each processor type (shared/src/processor/<type>.rs) is granted exactly
+  the actions its source calls, in statements named Processor<Type>...
+  that exist only when a parameter names their resources (a condition),
+  on those parameters' values and nothing else (PROCESSOR_GRANTS); the
+  worker role has them all, and the roles of the functions that may end a
+  job (orchestrator, sweeper) those of types that finish jobs (s3).
 
 Usage: python scripts/check-iam.py target/sam/template.json
 """
@@ -232,6 +238,149 @@ def role_actions(template, resource):
     }
 
 
+PROCESSOR_SOURCES = os.path.join(ROOT, "shared", "src", "processor")
+# Processor type -> IAM action -> the parameters naming its resources
+# (besides resources of the stack itself, PROCESSOR_STACK_RESOURCES).
+PROCESSOR_GRANTS = {
+    "dynamodb": {"dynamodb:PutItem": {"UpsertTableArns"}},
+    "relationships": {
+        "dynamodb:BatchWriteItem": {"EdgeTableArns"},
+        "dynamodb:BatchGetItem": {"ThingsTableArns"},
+    },
+    "embeddings": {
+        "bedrock:InvokeModel": {"EmbeddingModelArns"},
+        "dynamodb:UpdateItem": {"EmbeddingTableArns"},
+    },
+    "lambda": {"lambda:InvokeFunction": {"ProcessorFunctionArns"}},
+    "s3": {"s3:PutObject": {"OutputBucket", "OutputPrefix"}, "s3:ListBucket": {"OutputBucket"}},
+}
+# The embeddings processor stores vectors in the stack's target table when
+# its definition names no table.
+PROCESSOR_STACK_RESOURCES = {("embeddings", "dynamodb:UpdateItem"): {"TargetTable"}}
+# Types whose finish_job runs when a job ends, in any function that ends one.
+FINISHING_TYPES = {"s3"}
+PROCESSOR_CALLS = {
+    "put_item": "dynamodb:PutItem",
+    "batch_write_item": "dynamodb:BatchWriteItem",
+    "batch_get_item": "dynamodb:BatchGetItem",
+    "update_item": "dynamodb:UpdateItem",
+    "invoke_model": "bedrock:InvokeModel",
+    "delete_item": "dynamodb:DeleteItem",
+    "invoke": "lambda:InvokeFunction",
+    "put_object": "s3:PutObject",
+    "list_objects_v2": "s3:ListBucket",
+}
+
+
+def processor_calls():
+    """Processor type -> the IAM actions its source's SDK calls need."""
+    calls = {}
+    for name in sorted(os.listdir(PROCESSOR_SOURCES)):
+        kind = name[:-3]
+        if not name.endswith(".rs") or kind in ("mod", "registry", "cost"):
+            continue
+        with open(os.path.join(PROCESSOR_SOURCES, name), encoding="utf-8") as f:
+            code = f.read().split("#[cfg(test)]")[0]
+        if f'name: "{kind}"' not in code:
+            sys.exit(f"check-iam: {name} registers no processor type {kind!r}")
+        calls[kind] = {PROCESSOR_CALLS[m] for m in re.findall(r"\.\s*(\w+)\(\)", code) if m in PROCESSOR_CALLS}
+    return calls
+
+
+def referenced(value):
+    """Names a resource value refers to: Ref, Fn::GetAtt, ${...} in Fn::Sub."""
+    found = set()
+    if isinstance(value, dict):
+        if "Ref" in value:
+            found.add(value["Ref"])
+        if "Fn::GetAtt" in value:
+            found.add(value["Fn::GetAtt"][0])
+        if "Fn::Sub" in value:
+            text = value["Fn::Sub"] if isinstance(value["Fn::Sub"], str) else value["Fn::Sub"][0]
+            found |= {n for n in re.findall(r"\$\{([\w:]+)", text) if not n.startswith("AWS::")}
+        for key, inner in value.items():
+            if key not in ("Ref", "Fn::GetAtt", "Fn::Sub"):
+                found |= referenced(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            found |= referenced(inner)
+    return found
+
+
+def processor_statements(template, role):
+    """(type, sid, statement, condition) of a role's Processor* statements;
+    condition is the condition they exist under (None: unconditional)."""
+    resources = template.get("Resources", {})
+    props = resources[role].get("Properties", {})
+    found = []
+
+    def add(statement, condition):
+        sid = statement.get("Sid", "")
+        if not sid.startswith("Processor"):
+            return
+        kind = next((k for k in sorted(PROCESSOR_GRANTS, key=len, reverse=True)
+                     if sid[len("Processor"):].lower().startswith(k)), None)
+        found.append((kind, sid, statement, condition))
+
+    for policy in props.get("Policies", []):
+        for s in as_list(policy["PolicyDocument"].get("Statement", [])):
+            if isinstance(s, dict) and "Fn::If" in s:
+                condition, branch, other = s["Fn::If"]
+                if isinstance(branch, dict) and "Ref" not in branch:
+                    add(branch, condition)
+                if isinstance(other, dict) and "Ref" not in other:
+                    add(other, "not " + condition)
+            elif isinstance(s, dict):
+                add(s, None)
+    for arn in as_list(props.get("ManagedPolicyArns", [])):
+        refs = arn["Fn::If"][1:] if isinstance(arn, dict) and "Fn::If" in arn else [arn]
+        for ref in refs:
+            name = ref.get("Ref") if isinstance(ref, dict) else None
+            policy = resources.get(name or "", {})
+            if "PolicyDocument" in policy.get("Properties", {}):
+                for s in statements(policy["Properties"]["PolicyDocument"]):
+                    add(s, policy.get("Condition"))
+    return found
+
+
+def check_processors(template):
+    problems, summary = [], []
+    calls = processor_calls()
+    for kind in sorted(set(calls) | set(PROCESSOR_GRANTS)):
+        if calls.get(kind, set()) != set(PROCESSOR_GRANTS.get(kind, {})):
+            problems.append(
+                f"processor {kind}: its source calls {sorted(calls.get(kind, set()))}, "
+                f"PROCESSOR_GRANTS grants {sorted(PROCESSOR_GRANTS.get(kind, {}))}"
+            )
+    roles = {"WorkerRole": set(PROCESSOR_GRANTS), "OrchestratorRole": FINISHING_TYPES, "SweeperRole": FINISHING_TYPES}
+    for role, kinds in roles.items():
+        if role not in template.get("Resources", {}):
+            problems.append(f"{role}: no such role in the template")
+            continue
+        granted = {}
+        for kind, sid, statement, condition in processor_statements(template, role):
+            if kind is None:
+                problems.append(f"{role}/{sid}: names no processor type")
+                continue
+            if condition is None:
+                problems.append(f"{role}/{sid}: granted whether or not a parameter names its resources")
+            for action in as_list(statement.get("Action", [])):
+                allowed = PROCESSOR_GRANTS[kind].get(action)
+                if allowed is None:
+                    problems.append(f"{role}/{sid}: the {kind} processor never calls {action}")
+                    continue
+                names = referenced(statement.get("Resource"))
+                extra = names - allowed - PROCESSOR_STACK_RESOURCES.get((kind, action), set())
+                if extra or not names & allowed:
+                    problems.append(f"{role}/{sid}: {action} on {sorted(names)}, not on what {sorted(allowed)} name")
+                granted.setdefault(kind, set()).add(action)
+        for kind in sorted(kinds):
+            for action in sorted(set(PROCESSOR_GRANTS[kind]) - granted.get(kind, set())):
+                problems.append(f"{role}: the {kind} processor calls {action}, which no Processor statement grants")
+        summary.append(f"{role}: {', '.join(f'{k} ({len(v)})' for k, v in sorted(granted.items()))}")
+    return problems, summary
+
+
 def main():
     with open(sys.argv[1], encoding="utf-8") as f:
         template = json.load(f)
@@ -283,10 +432,13 @@ def main():
         if resource.get("Type") == "AWS::IAM::Role" and is_lambda_role(resource):
             if "events:putevents" not in role_actions(template, resource):
                 problems.append(f"{name}: may end a job but cannot put its event (events:PutEvents)")
+    processor_problems, processor_summary = check_processors(template)
+    problems += processor_problems
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
         sys.exit(1)
+    print(f"IAM: processor permissions, each under its parameter: {'; '.join(processor_summary)}", file=sys.stderr)
     for role, (methods, reached) in sorted(scoped.items()):
         print(f"IAM: {role} allows exactly {', '.join(sorted(reached))} on the state table (store calls: {', '.join(methods)})", file=sys.stderr)
     print(f"IAM: {checked} allowed actions checked, none unknown, wildcard or on * needlessly", file=sys.stderr)

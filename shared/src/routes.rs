@@ -131,8 +131,16 @@ impl Routes {
     }
 
     /// The routes of the routes file at `location` (a path or an `s3://`
-    /// URI), each definition loaded and checked.
+    /// URI; `routes.json` in it when it is a folder, ending with `/`),
+    /// each definition loaded and checked.
     pub async fn load(location: &str, s3: &aws_sdk_s3::Client) -> Result<Routes, ConfigError> {
+        let file;
+        let location = if location.ends_with('/') {
+            file = format!("{location}routes.json");
+            file.as_str()
+        } else {
+            location
+        };
         let text = crate::config::read_text(location, "ROUTES", s3).await?;
         let invalid = |path: String, message: String| RoutesError::Invalid {
             location: location.to_owned(),
@@ -442,5 +450,35 @@ mod tests {
             empty.ends_with("routes: must list at least one route"),
             "{empty}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_example_routes_load_from_their_folder() {
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/routes/");
+        let routes = Routes::load(folder, &s3()).await.unwrap();
+        let kinds: Vec<(&str, &str)> = [
+            "users/a.csv",
+            "follows/a.csv",
+            "clicks/a.csv",
+            "orders/a.csv",
+            "products/a.csv",
+        ]
+        .iter()
+        .map(|key| {
+            let d = routes.route(&object(&format!("uploads/{key}"))).unwrap();
+            (d.kind_name(), d.processor.kind.as_str())
+        })
+        .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("users", "dynamodb"),
+                ("follows", "relationships"),
+                ("clicks", "s3"),
+                ("orders", "lambda"),
+                ("products", "embeddings")
+            ]
+        );
+        assert!(routes.route(&object("uploads/follows/a.tsv")).is_none());
     }
 }

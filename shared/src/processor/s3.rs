@@ -423,3 +423,106 @@ fn levels<T>(
         .collect();
     (data, levels)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn definition() -> Definition {
+        Definition::from_json(
+            r#"{"fields": [
+                {"name": "user", "type": "string", "required": true},
+                {"name": "ms", "type": "integer"},
+                {"name": "score", "type": "number"},
+                {"name": "ok", "type": "boolean"},
+                {"name": "day", "type": "date"}]}"#,
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn records() -> Vec<ValidRecord> {
+        [
+            serde_json::json!({"user": "ada", "ms": 3, "score": 1.5, "ok": true, "day": "2026-12-05"}),
+            serde_json::json!({"user": "bob, \"the\" builder"}),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ValidRecord::from_json(i as u64 + 2, v.as_object().unwrap()).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn a_csv_part_has_the_fields_as_header_and_a_quoted_row_per_record() {
+        let d = definition();
+        let records = records();
+        let refs: Vec<&ValidRecord> = records.iter().collect();
+        let csv = String::from_utf8(encode(PartFormat::Csv, &d, &refs).unwrap()).unwrap();
+        assert_eq!(
+            csv,
+            "user,ms,score,ok,day\r\nada,3,1.5,true,2026-12-05\r\n\"bob, \"\"the\"\" builder\",,,,\r\n"
+        );
+        let ndjson = String::from_utf8(encode(PartFormat::Ndjson, &d, &refs).unwrap()).unwrap();
+        assert_eq!(
+            ndjson,
+            "{\"day\":\"2026-12-05\",\"ms\":3,\"ok\":true,\"score\":1.5,\"user\":\"ada\"}\n{\"user\":\"bob, \\\"the\\\" builder\"}\n"
+        );
+    }
+
+    #[test]
+    fn a_parquet_part_reads_back_with_typed_optional_columns() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        use parquet::record::Field;
+        let d = definition();
+        let records = records();
+        let refs: Vec<&ValidRecord> = records.iter().collect();
+        let bytes = encode(PartFormat::Parquet, &d, &refs).unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
+        let schema = reader.metadata().file_metadata().schema_descr();
+        let types: Vec<String> = schema
+            .columns()
+            .iter()
+            .map(|c| format!("{}:{}", c.name(), c.physical_type()))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "user:BYTE_ARRAY",
+                "ms:INT64",
+                "score:DOUBLE",
+                "ok:BOOLEAN",
+                "day:BYTE_ARRAY"
+            ]
+        );
+        let rows: Vec<Vec<Field>> = reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(|r| {
+                r.unwrap()
+                    .into_columns()
+                    .into_iter()
+                    .map(|(_, f)| f)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec![
+                    Field::Str("ada".into()),
+                    Field::Long(3),
+                    Field::Double(1.5),
+                    Field::Bool(true),
+                    Field::Str("2026-12-05".into()),
+                ],
+                vec![
+                    Field::Str("bob, \"the\" builder".into()),
+                    Field::Null,
+                    Field::Null,
+                    Field::Null,
+                    Field::Null,
+                ],
+            ]
+        );
+    }
+}

@@ -1,10 +1,14 @@
 //! A worker Lambda with its own processor: every valid record is handed to
-//! `deliver` instead of the built-in DynamoDB upsert. Build it like the
-//! bundled worker (`cargo lambda build --release --example custom_worker`).
+//! `deliver` instead of the processor its definition names. `make build`
+//! packages it as target/lambda/custom-worker/; template.yaml deploys it
+//! in place of the built-in worker with `WorkerCode=custom`.
 
 use bulk_import::handlers::{worker, Deps};
 use bulk_import::{ProcessContext, ProcessError, RecordProcessor, ValidRecord};
 use lambda_runtime::{run, service_fn, Error};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 
 struct Welcome;
