@@ -15,7 +15,7 @@ PROFILE ?= debug
 
 export FILE DEFINITION ROUTES WORKERS EXPORT ROWS
 
-.PHONY: demo test unit lint check build build-check lint-template api-schema chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle bench-keyed demo-conflicts fuzz \
+.PHONY: demo test unit lint check build build-check lint-template api-schema chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle bench-keyed bench-processors demo-conflicts fuzz \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
 
 ## demo: the whole pipeline on a 20k-row sample (or FILE=... DEFINITION=...)
@@ -76,6 +76,11 @@ bench-throttle:
 bench-keyed:
 	$(CARGO) build --release -p integration-tests --bin keyed-bench
 	scripts/with-moto.sh $${CARGO_TARGET_DIR:-target}/release/keyed-bench
+
+## bench-processors: one job of each processor type (the example definitions), with the Lambda and Bedrock stand-ins: requests a record counted on the wire, cost per million records (PROCESSORS_BENCH_ROWS)
+bench-processors:
+	$(CARGO) build --release -p integration-tests --bin processors-bench
+	scripts/with-moto.sh $${CARGO_TARGET_DIR:-target}/release/processors-bench
 
 ## demo-conflicts: the demo twice, DynamoDB conflict emulation off then on, times side by side
 demo-conflicts:

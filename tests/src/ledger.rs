@@ -32,6 +32,11 @@ pub struct Tally {
     pub table_requests: HashMap<String, u64>,
     /// Every DynamoDB request, reads included, by operation.
     pub operations: HashMap<String, u64>,
+    /// Read requests (GetItem, BatchGetItem, Query) by the tables they read.
+    pub table_reads: HashMap<String, u64>,
+    /// Every S3 request, by operation (`PutObject`, `ListObjectsV2`,
+    /// `GetObject`, or the method of another).
+    pub s3_operations: HashMap<String, u64>,
     /// Each item write as it was sent: wall-clock milliseconds, table,
     /// write units.
     pub timeline: Vec<(i64, String, f64)>,
@@ -57,6 +62,19 @@ impl Ledger {
     fn record(&self, operation: &str, body: &Value) {
         let mut t = self.tally.lock().expect("ledger poisoned");
         *t.operations.entry(operation.to_owned()).or_default() += 1;
+        let read: Vec<String> = match operation {
+            "GetItem" | "Query" => vec![table(body)],
+            "BatchGetItem" => body["RequestItems"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(name, _)| name.clone())
+                .collect(),
+            _ => vec![],
+        };
+        for name in read {
+            *t.table_reads.entry(name).or_default() += 1;
+        }
         let writes: Vec<(String, &Value, Write)> = match operation {
             "PutItem" => vec![(table(body), body, Write::put(body))],
             "UpdateItem" | "DeleteItem" => vec![(table(body), body, Write::update(body))],
@@ -140,10 +158,23 @@ impl Write {
         }
     }
 
-    /// Updates here touch small items (under 1 KB): one unit. An update that
+    /// The store's updates touch small items (under 1 KB): one unit; an
+    /// update that writes more (a processor's, such as a vector) is billed
+    /// at least the size of what it writes, key included. An update that
     /// sets the index's sort key moves the entry (delete + put); one that
     /// removes it deletes the entry.
     fn update(action: &Value) -> Write {
+        let written: usize = ["Key", "ExpressionAttributeValues"]
+            .iter()
+            .flat_map(|part| action[*part].as_object().into_iter().flatten())
+            .map(|(name, v)| name.len() + value_size(v))
+            .sum::<usize>()
+            + action["ExpressionAttributeNames"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(_, v)| v.as_str().map_or(0, str::len))
+                .sum::<usize>();
         let expression = action["UpdateExpression"].as_str().unwrap_or_default();
         let (set, remove) = match expression.find("REMOVE") {
             Some(at) => (&expression[..at], &expression[at..]),
@@ -162,7 +193,7 @@ impl Write {
             0.0
         };
         Write {
-            units: 1.0,
+            units: written.max(1).div_ceil(1024) as f64,
             index_units,
             new_gpk: None,
         }
@@ -244,6 +275,17 @@ struct LedgerConnector {
 impl HttpConnector for LedgerConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         let target = request.headers().get("x-amz-target").unwrap_or_default();
+        // S3's REST calls carry no target (SQS's and EventBridge's JSON ones do).
+        if target.is_empty() && request.headers().get("x-amz-content-sha256").is_some() {
+            let operation = match (request.method(), request.uri()) {
+                ("PUT", _) => "PutObject".to_owned(),
+                ("GET", uri) if uri.contains("list-type=2") => "ListObjectsV2".to_owned(),
+                ("GET", _) => "GetObject".to_owned(),
+                (method, _) => method.to_owned(),
+            };
+            let mut t = self.ledger.tally.lock().expect("ledger poisoned");
+            *t.s3_operations.entry(operation).or_default() += 1;
+        }
         if let Some(operation) = target.strip_prefix("DynamoDB_20120810.") {
             if let Some(body) = request
                 .body()

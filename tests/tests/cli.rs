@@ -149,6 +149,15 @@ async fn status_and_jobs_find_a_finished_job_by_its_object_and_say_how_it_ended(
     assert!(listed.contains(job.as_str()), "{listed}");
     let (_, failed) = cli(&stack, &["jobs", "--status", "FAILED"]).await;
     assert!(!failed.contains(job.as_str()), "{failed}");
+    // The kind: the definition file's name, shown and filtered on.
+    let kind = stack.job(&job).await.kind.expect("a kind");
+    let (_, of_kind) = cli(&stack, &["jobs", "--kind", &kind]).await;
+    assert!(
+        of_kind.contains(job.as_str()) && of_kind.contains(&kind),
+        "{of_kind}"
+    );
+    let (_, other) = cli(&stack, &["jobs", "--kind", "orders"]).await;
+    assert!(!other.contains(job.as_str()), "{other}");
 }
 
 fn users(n: usize) -> String {
