@@ -45,7 +45,7 @@ struct Route {
 /// Why a routes file does not load.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesError {
-    #[error("routes file {location}: {path}{source}", path = path_prefix(.path))]
+    #[error("routes file {location}: {path}{source}", path = crate::schema::path_prefix(.path))]
     Parse {
         location: String,
         path: String,
@@ -58,14 +58,6 @@ pub enum RoutesError {
         path: String,
         message: String,
     },
-}
-
-fn path_prefix(path: &str) -> String {
-    if path.is_empty() {
-        String::new()
-    } else {
-        format!("{path}: ")
-    }
 }
 
 #[derive(Deserialize)]

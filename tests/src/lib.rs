@@ -126,47 +126,11 @@ impl Stack {
         let name = unique("t");
         let definition =
             bulk_import::Definition::from_json(definition_json, "test").expect("test definition");
-        let resources = Resources {
-            bucket: name.clone(),
-            queue: name.clone(),
-            state_table: format!("{name}-state"),
-            target_table: format!("{name}-target"),
-            target_key: definition.key_field.clone().unwrap_or_else(|| "id".into()),
-            visibility_timeout: opts.visibility_timeout,
-            prepare_visibility_timeout: Duration::from_secs(960),
-        };
-        let created = ensure_resources(&clients, &resources)
-            .await
-            .expect("create resources");
+        let key = definition.key_field.clone().unwrap_or_else(|| "id".into());
         let path = std::env::temp_dir().join(format!("{name}.json"));
         std::fs::write(&path, definition_json).expect("write definition");
-        let settings = Settings {
-            target_table: Some(resources.target_table.clone()),
-            max_workers: opts.max_workers,
-            lease: opts.lease,
-            deadline_margin: Duration::from_secs(5),
-            retention_days: 1,
-            prepare_queue_url: Some(created.prepare_queue_url.clone()),
-            ..Settings::new(
-                &resources.state_table,
-                &created.queue_url,
-                path.to_string_lossy(),
-            )
-        };
-        let mut deps = Deps::new(&settings, &clients, None).await.expect("deps");
-        let events = Arc::new(MemoryEvents::default());
-        deps.events = events.clone();
-        let watcher = DynamoStore::new(clients.dynamodb.clone(), &resources.state_table, false);
-        Stack {
-            clients,
-            definition_path: path,
-            resources,
-            queue_url: created.queue_url,
-            prepare_queue_url: created.prepare_queue_url,
-            deps,
-            events,
-            watcher,
-        }
+        let location = path.to_string_lossy().into_owned();
+        Self::assemble(name, key, opts, clients, path, |s| s.definition = location).await
     }
 
     /// A deployment configured with a routes file: `files` (the routes
@@ -184,36 +148,54 @@ impl Stack {
             std::fs::create_dir_all(path.parent().expect("a folder")).expect("make folder");
             std::fs::write(&path, text).expect("write file");
         }
+        let routes = folder.join("routes.json");
+        let location = routes.to_string_lossy().into_owned();
+        Self::assemble(name, "id".into(), opts, clients, routes, |s| {
+            s.routes = Some(location)
+        })
+        .await
+    }
+
+    /// The resources of a stack named `name` (its target table keyed by
+    /// `key`) and its handlers, configured by `configure` (the definition
+    /// or the routes they load, found at `path`).
+    async fn assemble(
+        name: String,
+        key: String,
+        opts: StackOptions,
+        clients: Clients,
+        path: std::path::PathBuf,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Stack {
         let resources = Resources {
             bucket: name.clone(),
             queue: name.clone(),
             state_table: format!("{name}-state"),
             target_table: format!("{name}-target"),
-            target_key: "id".into(),
+            target_key: key,
             visibility_timeout: opts.visibility_timeout,
             prepare_visibility_timeout: Duration::from_secs(960),
         };
         let created = ensure_resources(&clients, &resources)
             .await
             .expect("create resources");
-        let routes = folder.join("routes.json");
-        let settings = Settings {
+        let mut settings = Settings {
             target_table: Some(resources.target_table.clone()),
             max_workers: opts.max_workers,
             lease: opts.lease,
             deadline_margin: Duration::from_secs(5),
             retention_days: 1,
             prepare_queue_url: Some(created.prepare_queue_url.clone()),
-            routes: Some(routes.to_string_lossy().into_owned()),
             ..Settings::new(&resources.state_table, &created.queue_url, "")
         };
+        configure(&mut settings);
         let mut deps = Deps::new(&settings, &clients, None).await.expect("deps");
         let events = Arc::new(MemoryEvents::default());
         deps.events = events.clone();
         let watcher = DynamoStore::new(clients.dynamodb.clone(), &resources.state_table, false);
         Stack {
             clients,
-            definition_path: routes,
+            definition_path: path,
             resources,
             queue_url: created.queue_url,
             prepare_queue_url: created.prepare_queue_url,
@@ -221,6 +203,43 @@ impl Stack {
             events,
             watcher,
         }
+    }
+
+    /// Creates a DynamoDB table `name` (on-demand) keyed by `keys` (a
+    /// partition key, and a sort key when two), all strings.
+    pub async fn create_table(&self, name: &str, keys: &[&str]) {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        let mut create = self
+            .clients
+            .dynamodb
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest);
+        for (i, key) in keys.iter().enumerate() {
+            let kind = if i == 0 {
+                KeyType::Hash
+            } else {
+                KeyType::Range
+            };
+            create = create
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(*key)
+                        .key_type(kind)
+                        .build()
+                        .expect("key schema"),
+                )
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(*key)
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .expect("attribute"),
+                );
+        }
+        create.send().await.expect("create table");
     }
 
     /// Uploads an object and returns the S3 event Lambda would deliver.

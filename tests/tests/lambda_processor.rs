@@ -61,22 +61,22 @@ async fn failure_reasons(stack: &Stack, job: &JobId) -> BTreeMap<u64, String> {
     reasons
 }
 
+/// The stand-in running the example function as `orders`, with `args`.
+fn orders_function(args: &[&str]) -> StandIn {
+    let mut all = vec![
+        "--handler",
+        "examples/processors/orders_handler.py:handler",
+        "--function-name",
+        "orders",
+        "--quiet",
+    ];
+    all.extend_from_slice(args);
+    StandIn::start("lambda_standin.py", &all)
+}
+
 #[tokio::test]
 async fn a_users_function_decides_each_records_fate_through_retries_errors_and_timeouts() {
-    let lambda = StandIn::start(
-        "lambda_standin.py",
-        &[
-            "--handler",
-            "examples/processors/orders_handler.py:handler",
-            "--function-name",
-            "orders",
-            "--timeout",
-            "1",
-            "--throttle-first",
-            "3",
-            "--quiet",
-        ],
-    );
+    let lambda = orders_function(&["--timeout", "1", "--throttle-first", "3"]);
     let clients = clients_with(clients().await, Some(&lambda), None).await;
     let stack = Stack::with_clients(
         &definition(r#", "maxRecordsPerCall": 4"#),
@@ -118,16 +118,7 @@ async fn a_users_function_decides_each_records_fate_through_retries_errors_and_t
 
 #[tokio::test]
 async fn a_batch_is_split_into_calls_under_the_payload_limit() {
-    let lambda = StandIn::start(
-        "lambda_standin.py",
-        &[
-            "--handler",
-            "examples/processors/orders_handler.py:handler",
-            "--function-name",
-            "orders",
-            "--quiet",
-        ],
-    );
+    let lambda = orders_function(&[]);
     let clients = clients_with(clients().await, Some(&lambda), None).await;
     let stack = Stack::with_clients(
         &definition(r#", "maxPayloadBytes": 1024"#),

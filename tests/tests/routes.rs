@@ -4,47 +4,12 @@
 //! transform; the three jobs run at once on the same workers, and an upload
 //! under no route gets a failed job that says where uploads go.
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use bulk_import::job::{JobId, JobStatus};
 use bulk_import::processor::s3::Manifest;
 use bulk_import::store::JobControl;
 use integration_tests::{clients, unique, Item, Stack, StackOptions};
 use std::collections::{BTreeMap, BTreeSet};
-
-async fn table(stack: &Stack, name: &str, keys: &[&str]) {
-    let mut create = stack
-        .clients
-        .dynamodb
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest);
-    for (i, key) in keys.iter().enumerate() {
-        let kind = if i == 0 {
-            KeyType::Hash
-        } else {
-            KeyType::Range
-        };
-        create = create
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(*key)
-                    .key_type(kind)
-                    .build()
-                    .unwrap(),
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(*key)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            );
-    }
-    create.send().await.expect("create table");
-}
 
 async fn scan(stack: &Stack, name: &str) -> Vec<Item> {
     let mut items = Vec::new();
@@ -139,9 +104,9 @@ async fn three_kinds_of_work_run_at_once_on_one_deployment_and_an_unrouted_uploa
         clients().await,
     )
     .await;
-    table(&stack, &users_table, &["email"]).await;
-    table(&stack, &graph_table, &["pk", "sk"]).await;
-    table(&stack, &accounts_table, &["handle"]).await;
+    stack.create_table(&users_table, &["email"]).await;
+    stack.create_table(&graph_table, &["pk", "sk"]).await;
+    stack.create_table(&accounts_table, &["handle"]).await;
     stack
         .clients
         .s3

@@ -59,13 +59,7 @@ fn check(
 /// The upsert into the definition's `table`, else `TARGET_TABLE`; none
 /// without either (the orchestrator).
 fn build(settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
-    let parsed: Settings = registry::parse(settings).map_err(|(key, message)| {
-        crate::schema::DefinitionError::Invalid {
-            origin: "of this deployment".into(),
-            path: format!("processor.{key}"),
-            message,
-        }
-    })?;
+    let parsed: Settings = registry::settings_of(settings)?;
     let Some(table) = parsed
         .table
         .as_ref()
@@ -321,10 +315,7 @@ impl RecordProcessor for DynamoUpsert {
         record: &ValidRecord,
         ctx: &ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        self.process_batch(&[record], ctx)
-            .await
-            .pop()
-            .expect("one result per record")
+        registry::one(self, record, ctx).await
     }
 
     async fn process_batch(

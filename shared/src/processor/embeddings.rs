@@ -185,13 +185,7 @@ fn check(settings: &ProcessorSettings, fields: &Fields<'_>) -> Result<(), (Strin
 }
 
 fn build(settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
-    let s: Settings = registry::parse(settings).map_err(|(key, message)| {
-        crate::schema::DefinitionError::Invalid {
-            origin: "of this deployment".into(),
-            path: format!("processor.{key}"),
-            message,
-        }
-    })?;
+    let s: Settings = registry::settings_of(settings)?;
     let Some(table) = s.table.clone().or(deployment.settings.target_table.clone()) else {
         return Ok(None);
     };

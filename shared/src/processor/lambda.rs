@@ -91,13 +91,7 @@ fn check(settings: &ProcessorSettings, _fields: &Fields<'_>) -> Result<(), (Stri
 }
 
 fn build(settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
-    let settings: Settings = registry::parse(settings).map_err(|(key, message)| {
-        crate::schema::DefinitionError::Invalid {
-            origin: "of this deployment".into(),
-            path: format!("processor.{key}"),
-            message,
-        }
-    })?;
+    let settings: Settings = registry::settings_of(settings)?;
     Ok(Some(Arc::new(LambdaProcessor {
         client: deployment.clients.lambda.clone(),
         settings,
@@ -299,10 +293,7 @@ impl RecordProcessor for LambdaProcessor {
         record: &ValidRecord,
         ctx: &ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        self.process_batch(&[record], ctx)
-            .await
-            .pop()
-            .expect("one result per record")
+        registry::one(self, record, ctx).await
     }
 
     async fn process_batch(

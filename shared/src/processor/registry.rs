@@ -129,6 +129,35 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// `parse` at build time, when the definition was checked already: a
+/// refusal there is a definition assembled in code.
+pub(super) fn settings_of<T: serde::de::DeserializeOwned>(
+    processor: &ProcessorSettings,
+) -> Result<T, ConfigError> {
+    parse(processor).map_err(|(key, message)| {
+        crate::schema::DefinitionError::Invalid {
+            origin: "of this deployment".into(),
+            path: format!("processor.{key}"),
+            message,
+        }
+        .into()
+    })
+}
+
+/// One record through `process_batch`: `process` of a processor that works
+/// in batches.
+pub(super) async fn one<P: RecordProcessor + ?Sized>(
+    processor: &P,
+    record: &crate::schema::ValidRecord,
+    ctx: &super::ProcessContext<'_>,
+) -> Result<(), super::ProcessError> {
+    processor
+        .process_batch(&[record], ctx)
+        .await
+        .pop()
+        .expect("one result per record")
+}
+
 /// Whether jobs of `definition` owe their processor's `finish_job` when
 /// they end.
 pub fn finishes_jobs(definition: &Definition) -> bool {

@@ -121,13 +121,7 @@ fn check(settings: &ProcessorSettings, fields: &Fields<'_>) -> Result<(), (Strin
 }
 
 fn build(settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
-    let settings: Settings = registry::parse(settings).map_err(|(key, message)| {
-        crate::schema::DefinitionError::Invalid {
-            origin: "of this deployment".into(),
-            path: format!("processor.{key}"),
-            message,
-        }
-    })?;
+    let settings: Settings = registry::settings_of(settings)?;
     Ok(Some(Arc::new(Relationships {
         client: deployment.clients.dynamodb.clone(),
         settings,
@@ -376,10 +370,7 @@ impl RecordProcessor for Relationships {
         record: &ValidRecord,
         ctx: &ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        self.process_batch(&[record], ctx)
-            .await
-            .pop()
-            .expect("one result per record")
+        registry::one(self, record, ctx).await
     }
 
     async fn process_batch(

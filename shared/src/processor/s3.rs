@@ -86,13 +86,7 @@ fn check(settings: &ProcessorSettings, _fields: &Fields<'_>) -> Result<(), (Stri
 }
 
 fn build(settings: &ProcessorSettings, deployment: &Deployment<'_>) -> Built {
-    let parsed: Settings = registry::parse(settings).map_err(|(key, message)| {
-        crate::schema::DefinitionError::Invalid {
-            origin: "of this deployment".into(),
-            path: format!("processor.{key}"),
-            message,
-        }
-    })?;
+    let parsed: Settings = registry::settings_of(settings)?;
     Ok(Some(Arc::new(S3Parts::new(
         deployment.clients.s3.clone(),
         &parsed.bucket,
@@ -203,10 +197,7 @@ impl RecordProcessor for S3Parts {
         record: &ValidRecord,
         ctx: &ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        self.process_batch(&[record], ctx)
-            .await
-            .pop()
-            .expect("one result per record")
+        registry::one(self, record, ctx).await
     }
 
     /// Keeps the records until the batch is finished: its part is written

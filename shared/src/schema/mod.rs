@@ -216,7 +216,7 @@ pub enum DefinitionError {
     },
 }
 
-fn path_prefix(path: &str) -> String {
+pub(crate) fn path_prefix(path: &str) -> String {
     if path.is_empty() {
         String::new()
     } else {

@@ -16,10 +16,7 @@
 //!
 //!     make bench-processors     (PROCESSORS_BENCH_ROWS)
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use bulk_import::job::{JobId, JobStatus};
 use integration_tests::ledger::Ledger;
 use integration_tests::standin::{clients_with, StandIn};
@@ -70,38 +67,6 @@ impl Run {
     }
 }
 
-async fn table(stack: &Stack, name: &str, keys: &[&str]) {
-    let mut create = stack
-        .clients
-        .dynamodb
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest);
-    for (i, key) in keys.iter().enumerate() {
-        let kind = if i == 0 {
-            KeyType::Hash
-        } else {
-            KeyType::Range
-        };
-        create = create
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(*key)
-                    .key_type(kind)
-                    .build()
-                    .unwrap(),
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(*key)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            );
-    }
-    create.send().await.expect("create table");
-}
-
 fn rows_env() -> u64 {
     std::env::var("PROCESSORS_BENCH_ROWS")
         .ok()
@@ -118,6 +83,35 @@ struct Case {
     lookup_table: Option<String>,
 }
 
+/// The ledger's counts so far of what `case`'s processor sends: requests
+/// and write units on its tables, S3 PUT and LIST requests, and reads of
+/// its things table.
+fn counts(ledger: &Ledger, case: &Case) -> ((u64, f64), u64, u64) {
+    ledger.with(|t| {
+        let requests: u64 = case
+            .tables
+            .iter()
+            .map(|n| t.table_requests.get(n).copied().unwrap_or(0))
+            .sum();
+        let units: f64 = t
+            .partition_units
+            .iter()
+            .filter(|((table, _), _)| case.tables.contains(table))
+            .map(|(_, u)| u)
+            .sum();
+        let s3: u64 = ["PutObject", "ListObjectsV2"]
+            .iter()
+            .map(|o| t.s3_operations.get(*o).copied().unwrap_or(0))
+            .sum();
+        let lookups = case
+            .lookup_table
+            .as_ref()
+            .and_then(|n| t.table_reads.get(n).copied())
+            .unwrap_or(0);
+        ((requests, units), s3, lookups)
+    })
+}
+
 async fn run(
     case: Case,
     stack: &Stack,
@@ -126,62 +120,18 @@ async fn run(
     bedrock: &StandIn,
 ) -> Run {
     let event = stack
-        .upload(&format!("uploads/{}.csv", case.kind), case.csv)
+        .upload(&format!("uploads/{}.csv", case.kind), case.csv.clone())
         .await;
     let before_lambda = lambda.stats().await;
     let before_bedrock = bedrock.stats().await;
-    let (before_tables, before_s3, before_lookups) = ledger.with(|t| {
-        let requests: u64 = case
-            .tables
-            .iter()
-            .map(|n| t.table_requests.get(n).copied().unwrap_or(0))
-            .sum();
-        let units: f64 = t
-            .partition_units
-            .iter()
-            .filter(|((table, _), _)| case.tables.contains(table))
-            .map(|(_, u)| u)
-            .sum();
-        let s3: u64 = ["PutObject", "ListObjectsV2"]
-            .iter()
-            .map(|o| t.s3_operations.get(*o).copied().unwrap_or(0))
-            .sum();
-        let lookups = case
-            .lookup_table
-            .as_ref()
-            .and_then(|n| t.table_reads.get(n).copied())
-            .unwrap_or(0);
-        ((requests, units), s3, lookups)
-    });
+    let (before_tables, before_s3, before_lookups) = counts(ledger, &case);
     let started = Instant::now();
     let job = JobId::new(&stack.orchestrate(event).await[0].job_id);
     stack.run_workers(4, &job).await;
     let seconds = started.elapsed().as_secs_f64();
     let done = stack.job(&job).await;
     assert_eq!(done.status, JobStatus::Completed, "{}: {done:?}", case.kind);
-    let (tables, s3, lookups) = ledger.with(|t| {
-        let requests: u64 = case
-            .tables
-            .iter()
-            .map(|n| t.table_requests.get(n).copied().unwrap_or(0))
-            .sum();
-        let units: f64 = t
-            .partition_units
-            .iter()
-            .filter(|((table, _), _)| case.tables.contains(table))
-            .map(|(_, u)| u)
-            .sum();
-        let s3: u64 = ["PutObject", "ListObjectsV2"]
-            .iter()
-            .map(|o| t.s3_operations.get(*o).copied().unwrap_or(0))
-            .sum();
-        let lookups = case
-            .lookup_table
-            .as_ref()
-            .and_then(|n| t.table_reads.get(n).copied())
-            .unwrap_or(0);
-        ((requests, units), s3, lookups)
-    });
+    let (tables, s3, lookups) = counts(ledger, &case);
     let lambda_stats = lambda.stats().await;
     let bedrock_stats = bedrock.stats().await;
     let delta = |after: &serde_json::Value, before: &serde_json::Value, key: &str| {
@@ -265,8 +215,8 @@ async fn main() {
         .replace("social-graph", &graph)
         .replace("\"accounts\"", &format!("\"{accounts}\""));
     let stack = Stack::with_clients(&definition, StackOptions::default(), clients.clone()).await;
-    table(&stack, &graph, &["pk", "sk"]).await;
-    table(&stack, &accounts, &["handle"]).await;
+    stack.create_table(&graph, &["pk", "sk"]).await;
+    stack.create_table(&accounts, &["handle"]).await;
     for i in 0..500 {
         stack
             .clients
@@ -369,7 +319,7 @@ async fn main() {
     let products = format!("{names}-products");
     let definition = definition.replace("\"products\"", &format!("\"{products}\""));
     let stack = Stack::with_clients(&definition, StackOptions::default(), clients.clone()).await;
-    table(&stack, &products, &["id"]).await;
+    stack.create_table(&products, &["id"]).await;
     let mut csv = String::from("id,title,description\n");
     let mut tokens = 0;
     for i in 0..rows {
