@@ -116,3 +116,42 @@ async fn every_record_gets_its_vector_or_a_reported_failure_within_the_limit_in_
     assert!(arrived <= 3, "more than 3 model calls in flight: {stats}");
     assert!(arrived >= 2, "calls never overlapped: {stats}");
 }
+
+#[tokio::test]
+async fn a_float32_vector_is_stored_in_four_bytes_a_dimension() {
+    let bedrock = StandIn::start("bedrock_standin.py", &[]);
+    let clients = clients_with(clients().await, None, Some(&bedrock)).await;
+    let definition = DEFINITION.replace(
+        r#""concurrency": 3"#,
+        r#""concurrency": 3, "encoding": "float32""#,
+    );
+    let stack = Stack::with_clients(&definition, StackOptions::default(), clients).await;
+    let event = stack
+        .upload(
+            "uploads/products.csv",
+            "id,title,description\np1,Lamp,Warm light\n",
+        )
+        .await;
+    let job = JobId::new(&stack.orchestrate(event).await[0].job_id);
+    stack.run_workers(1, &job).await;
+    assert_eq!(stack.job(&job).await.processed, 1);
+    let item = stack
+        .clients
+        .dynamodb
+        .get_item()
+        .table_name(&stack.resources.target_table)
+        .key("id", AttributeValue::S("p1".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the item");
+    let bytes = item["embedding"].as_b().expect("binary").as_ref().to_vec();
+    assert_eq!(bytes.len(), 256 * 4);
+    let norm: f32 = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "|v| = {norm}");
+}

@@ -4,7 +4,7 @@
 
 mod cost;
 mod dynamodb;
-mod embeddings;
+pub mod embeddings;
 mod lambda;
 pub mod registry;
 mod relationships;

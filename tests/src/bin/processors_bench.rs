@@ -120,7 +120,10 @@ async fn run(
     bedrock: &StandIn,
 ) -> Run {
     let event = stack
-        .upload(&format!("uploads/{}.csv", case.kind), case.csv.clone())
+        .upload(
+            &format!("uploads/{}.csv", case.kind.replace([',', ' '], "-")),
+            case.csv.clone(),
+        )
         .await;
     let before_lambda = lambda.stats().await;
     let before_bedrock = bedrock.stats().await;
@@ -338,7 +341,7 @@ async fn main() {
     let mut embeddings = run(
         Case {
             kind: "embeddings",
-            csv,
+            csv: csv.clone(),
             tables: vec![products],
             lookup_table: None,
         },
@@ -351,11 +354,39 @@ async fn main() {
     embeddings.tokens = tokens;
     results.push(embeddings);
 
+    // embeddings again, the vectors stored as float32.
+    let products = format!("{names}-products32");
+    let definition = std::fs::read_to_string("examples/routes/definitions/products.json")
+        .unwrap()
+        .replace("\"products\"", &format!("\"{products}\""))
+        .replace(
+            "\"concurrency\": 8",
+            "\"concurrency\": 8, \"encoding\": \"float32\"",
+        );
+    assert!(definition.contains("float32"));
+    let stack = Stack::with_clients(&definition, StackOptions::default(), clients.clone()).await;
+    stack.create_table(&products, &["id"]).await;
+    let mut float32 = run(
+        Case {
+            kind: "embeddings, float32",
+            csv,
+            tables: vec![products],
+            lookup_table: None,
+        },
+        &stack,
+        &ledger,
+        &lambda,
+        &bedrock,
+    )
+    .await;
+    float32.tokens = tokens;
+    results.push(float32);
+
     println!(
         "{rows} rows a job, 4 workers; per record unless said (DynamoDB and S3 requests counted on the wire, calls by the stand-ins)"
     );
     println!(
-        "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "type",
         "records/s",
         "table req",
@@ -369,7 +400,7 @@ async fn main() {
     );
     for r in &results {
         println!(
-            "{:<14} {:>10.0} {:>10.4} {:>10.3} {:>10.4} {:>10.4} {:>10.4} {:>10.3} {:>10.3} {:>12.2}",
+            "{:<20} {:>10.0} {:>10.4} {:>10.3} {:>10.4} {:>10.4} {:>10.4} {:>10.3} {:>10.3} {:>12.2}",
             r.kind,
             r.records as f64 / r.seconds,
             r.per(r.target_requests as f64),
