@@ -110,7 +110,7 @@ check: lint lint-template build-check
 build:
 	BUILD_PROFILE=release scripts/build.sh
 
-## build-check: the same build in debug mode, into target/lambda-debug/ (fast; never what gets deployed)
+## build-check: the same packages in debug mode, into target/lambda-debug/ (fast: for the host, a plain cargo build the tests reuse; never what gets deployed)
 build-check:
 	BUILD_PROFILE=debug scripts/build.sh
 

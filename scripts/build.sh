@@ -6,7 +6,8 @@
 # CodeUri points at target/lambda/<function>/, what `make build` makes.
 #
 #   BUILD_PROFILE  release (default; target/lambda) or debug (target/lambda-debug,
-#                  a quick check that never replaces what gets deployed)
+#                  a quick check that never replaces what gets deployed: for
+#                  the host, a plain cargo build packaged the same way)
 #   DEFINITION     definition to bundle (default examples/users.json)
 #   ROUTES         a routes file to bundle too, with the definitions it names
 #                  by relative path, as routes/ beside the bootstrap
@@ -74,8 +75,19 @@ echo "building ${functions[*]} ($profile, $arch, compiler $compiler) into $lambd
 packages=()
 for f in "${functions[@]}"; do packages+=(-p "$f"); done
 started=$(date +%s)
-cargo lambda build "${profile_flag[@]}" --compiler "$compiler" "$arch_flag" \
-  --lambda-dir "$lambda_dir" "${packages[@]}"
+if [ "$profile" = debug ] && [ "$target" = "$host" ]; then
+  # The quick check: the same packages from a plain host build, which the
+  # tests' build then reuses (cargo-lambda names its target, which puts
+  # its artifacts apart from the host's and compiles everything again).
+  cargo build "${packages[@]}"
+  for f in "${functions[@]}"; do
+    mkdir -p "$lambda_dir/$f"
+    cp "${CARGO_TARGET_DIR:-target}/debug/$f" "$lambda_dir/$f/bootstrap"
+  done
+else
+  cargo lambda build "${profile_flag[@]}" --compiler "$compiler" "$arch_flag" \
+    --lambda-dir "$lambda_dir" "${packages[@]}"
+fi
 
 for f in "${functions[@]}"; do
   bootstrap="$lambda_dir/$f/bootstrap"
