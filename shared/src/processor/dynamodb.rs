@@ -436,22 +436,7 @@ impl WritePlan {
     /// Completes `results` (those of the written records filled in): a record
     /// that rode on another's write has that write's result.
     fn settle(&self, results: &mut [Result<(), ProcessError>]) {
-        let mut riders: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (i, carrier) in self.carrier.iter().enumerate() {
-            if let Some(c) = *carrier {
-                if c != i && results[c].is_err() {
-                    riders.entry(c).or_default().push(i);
-                }
-            }
-        }
-        for (carrier, riders) in riders {
-            if let Err(e) = std::mem::replace(&mut results[carrier], Ok(())) {
-                let copies = e.repeated(riders.len() + 1);
-                for (i, e) in std::iter::once(carrier).chain(riders).zip(copies) {
-                    results[i] = Err(e);
-                }
-            }
-        }
+        super::share_results(results, &self.carrier);
     }
 }
 

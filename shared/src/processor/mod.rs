@@ -95,6 +95,29 @@ impl ProcessError {
     }
 }
 
+/// Completes `results` of records some of which rode on another record's
+/// write (`carrier[i]`: the record whose write carried record `i`, itself
+/// for one that wrote): a rider gets its carrier's error, sharing its
+/// cause. A rider whose own result is already an error keeps it.
+pub(crate) fn share_results(results: &mut [Result<(), ProcessError>], carrier: &[Option<usize>]) {
+    let mut riders: std::collections::HashMap<usize, Vec<usize>> = Default::default();
+    for (i, c) in carrier.iter().enumerate() {
+        if let Some(c) = *c {
+            if c != i && results[c].is_err() && results[i].is_ok() {
+                riders.entry(c).or_default().push(i);
+            }
+        }
+    }
+    for (c, riders) in riders {
+        if let Err(e) = std::mem::replace(&mut results[c], Ok(())) {
+            let copies = e.repeated(riders.len() + 1);
+            for (i, e) in std::iter::once(c).chain(riders).zip(copies) {
+                results[i] = Err(e);
+            }
+        }
+    }
+}
+
 /// One cause behind several errors (a boxed error cannot be cloned).
 #[derive(Debug)]
 struct SharedCause(Arc<dyn std::error::Error + Send + Sync>);

@@ -424,11 +424,11 @@ impl RecordProcessor for Relationships {
                 }
             }
         }
-        // One write per item key: the batch's last row of an edge wins;
-        // the others ride on its write.
-        let mut by_key: BTreeMap<(String, String), (usize, Item)> = BTreeMap::new();
-        let mut riders: Vec<(usize, (String, String))> = Vec::new();
+        // One write per item key: the batch's last row of an edge wins; the
+        // others ride on its write (an edge's items all have one key each,
+        // so a row rides on a single carrier).
         let s = &self.settings;
+        let mut by_key: BTreeMap<(String, String), (usize, Item)> = BTreeMap::new();
         for (i, edge) in edges.iter().enumerate() {
             let Some(edge) = edge else { continue };
             for item in self.items(edge) {
@@ -436,31 +436,19 @@ impl RecordProcessor for Relationships {
                     Some(AttributeValue::S(v)) => v.clone(),
                     _ => String::new(),
                 };
-                let k = (key(&s.partition_key), key(&s.sort_key));
-                if let Some((earlier, _)) = by_key.insert(k.clone(), (i, item)) {
-                    riders.push((earlier, k));
-                }
+                by_key.insert((key(&s.partition_key), key(&s.sort_key)), (i, item));
             }
         }
-        let owners: HashMap<(String, String), usize> =
-            by_key.iter().map(|(k, (i, _))| (k.clone(), *i)).collect();
+        let mut carrier: Vec<Option<usize>> = (0..records.len()).map(|_| None).collect();
+        for (i, edge) in edges.iter().enumerate() {
+            if let Some(edge) = edge {
+                let forward = (edge.from.clone(), format!("{}#{}", edge.relation, edge.to));
+                carrier[i] = by_key.get(&forward).map(|(owner, _)| *owner);
+            }
+        }
         self.write(by_key.into_values().collect(), &mut results)
             .await;
-        for (rider, key) in riders {
-            let owner = owners[&key];
-            if rider != owner {
-                if let Err(e) = &results[owner] {
-                    let copy = if e.is_retryable() {
-                        ProcessError::retryable(e.to_string())
-                    } else {
-                        ProcessError::permanent(e.to_string())
-                    };
-                    if results[rider].is_ok() {
-                        results[rider] = Err(copy);
-                    }
-                }
-            }
-        }
+        super::share_results(&mut results, &carrier);
         results
     }
 }
