@@ -33,6 +33,8 @@ pub mod retry;
 pub mod rng;
 pub mod routes;
 pub mod schema;
+#[cfg(feature = "testing")]
+pub mod sim;
 pub mod source;
 pub mod status;
 pub mod steer;
