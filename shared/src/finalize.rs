@@ -134,6 +134,7 @@ impl<'a> Finalizer<'a> {
         {
             return Ok(false);
         }
+        self.ended(&job.id, status);
         self.after_end(&job.id).await;
         Ok(true)
     }
@@ -193,7 +194,22 @@ impl<'a> Finalizer<'a> {
             report_owed: true,
             now_ms: self.clock.now_ms(),
         };
-        Ok(self.store.finalize(job, &fin, FinalizeWhen::Now).await?)
+        let ended = self.store.finalize(job, &fin, FinalizeWhen::Now).await?;
+        if ended {
+            self.ended(job, status);
+        }
+        Ok(ended)
+    }
+
+    /// The one report of a job's end, by the caller whose update ended it
+    /// (the report and the event that follow may be done, and retried, by
+    /// anyone).
+    fn ended(&self, job: &JobId, status: JobStatus) {
+        tracing::info!(job_id = %job, %status, "job finalized");
+        self.metrics.record(Metric::JobEnded {
+            job: job.clone(),
+            status,
+        });
     }
 
     /// The winner's follow-up: the report and the event now if it can; a
@@ -233,13 +249,6 @@ impl<'a> Finalizer<'a> {
                 Some(j) => ended = j,
                 None => return Ok(settled),
             }
-        }
-        if ended.status.is_final() {
-            tracing::info!(job_id = %job, status = %ended.status, processed = ended.processed, failed = ended.failed, "job finalized");
-            self.metrics.record(Metric::JobEnded {
-                job: ended.id.clone(),
-                status: ended.status,
-            });
         }
         settled.events = announce(self.store, self.events, &ended).await;
         Ok(settled)

@@ -225,5 +225,14 @@ mod pipeline {
         assert_eq!(metrics.values(names::ACTIVE_JOBS), vec![0.0]);
         assert_eq!(metrics.values(names::JOBS_RECOVERED), vec![0.0]);
         assert_eq!(metrics.values(names::JOBS_COMPLETED), vec![1.0], "once");
+
+        // Settling again, as whoever finds an ending's event or report
+        // still owed does, reports no second end.
+        deps.finalizer(&definition).settle(&job.id).await.unwrap();
+        assert_eq!(
+            metrics.values(names::JOBS_COMPLETED),
+            vec![1.0],
+            "still once"
+        );
     }
 }

@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime};
 #[derive(Clone)]
 pub(super) struct SimHttp {
     aws: SimAws,
+    /// Straight to the data (`SimAws::direct_clients`).
+    direct: bool,
 }
 
 impl std::fmt::Debug for SimHttp {
@@ -27,8 +29,8 @@ impl std::fmt::Debug for SimHttp {
 }
 
 impl SimHttp {
-    pub(super) fn shared(aws: SimAws) -> SharedHttpClient {
-        SharedHttpClient::new(SimHttp { aws })
+    pub(super) fn shared(aws: SimAws, direct: bool) -> SharedHttpClient {
+        SharedHttpClient::new(SimHttp { aws, direct })
     }
 }
 
@@ -44,7 +46,7 @@ impl HttpClient for SimHttp {
 
 impl HttpConnector for SimHttp {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let aws = self.aws.clone();
+        let (aws, direct) = (self.aws.clone(), self.direct);
         let target = request
             .headers()
             .get("x-amz-target")
@@ -58,10 +60,12 @@ impl HttpConnector for SimHttp {
         HttpConnectorFuture::new(async move {
             let (answer, content_type) = if let Some(op) = target.strip_prefix("DynamoDB_20120810.")
             {
-                (
-                    aws.dynamodb.serve(op, &body).await,
-                    "application/x-amz-json-1.0",
-                )
+                let answer = if direct {
+                    aws.dynamodb.serve_direct(op, &body)
+                } else {
+                    aws.dynamodb.serve(op, &body).await
+                };
+                (answer, "application/x-amz-json-1.0")
             } else if let Some(op) = target.strip_prefix("AmazonSQS.") {
                 (aws.sqs.serve(op, &body).await, "application/x-amz-json-1.0")
             } else {

@@ -11,7 +11,9 @@
 
 pub mod dynamodb;
 pub mod engine;
+pub mod fleet;
 mod http;
+pub mod s3;
 pub mod sqs;
 
 use crate::aws::{Clients, MAX_ATTEMPTS};
@@ -237,6 +239,19 @@ impl SimAws {
     /// with the backoff's jitter off so that a seed repeats. Each
     /// simulated Lambda container gets its own, as each has its own.
     pub fn clients(&self) -> Clients {
+        self.clients_through(http::SimHttp::shared(self.clone(), false))
+    }
+
+    /// Clients whose DynamoDB requests go straight to the data, without
+    /// latency, billing, limits or faults: for looking at a run.
+    pub fn direct_clients(&self) -> Clients {
+        self.clients_through(http::SimHttp::shared(self.clone(), true))
+    }
+
+    fn clients_through(
+        &self,
+        http: aws_smithy_runtime_api::client::http::SharedHttpClient,
+    ) -> Clients {
         use aws_config::retry::RetryConfig;
         use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
         use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -252,7 +267,7 @@ impl SimAws {
                 "simulation",
             )))
             .endpoint_url("http://aws.simulated")
-            .http_client(http::SimHttp::shared(self.clone()))
+            .http_client(http)
             .sleep_impl(aws_smithy_async::rt::sleep::SharedAsyncSleep::new(
                 aws_smithy_async::rt::sleep::TokioSleep::new(),
             ))
