@@ -15,7 +15,7 @@ PROFILE ?= debug
 
 export FILE DEFINITION ROUTES WORKERS EXPORT ROWS
 
-.PHONY: demo test unit lint check build build-check lint-template api-schema chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle bench-keyed bench-processors demo-conflicts fuzz \
+.PHONY: demo test unit lint check build build-check lint-template api-schema chaos bench bench-cpu bench-hotspots bench-prepare bench-scale bench-throttle bench-keyed bench-processors simulate simulate-sweep demo-conflicts fuzz \
 	invoke-orchestrator invoke-worker invoke-sweeper clean
 
 ## demo: the whole pipeline on a 20k-row sample (or FILE=... DEFINITION=...)
@@ -81,6 +81,18 @@ bench-keyed:
 bench-processors:
 	$(CARGO) build --release -p integration-tests --bin processors-bench
 	scripts/with-moto.sh $${CARGO_TARGET_DIR:-target}/release/processors-bench
+
+## simulate: the real handlers on a simulated AWS in virtual time (no emulator): a fleet of workers on one job, invariants checked, figures printed (ARGS="--workers 300 --records 10000000 --crash 0.01 ...", see --help)
+ARGS ?= --workers 100 --records 1000000
+simulate:
+	$(CARGO) build --release -p integration-tests --bin simulate
+	$${CARGO_TARGET_DIR:-target}/release/simulate $(ARGS)
+
+## simulate-sweep: SEEDS small worlds with every fault on, each checked; prints the command that replays a failing seed
+SEEDS ?= 10000
+simulate-sweep:
+	$(CARGO) build --release -p integration-tests --bin simulate
+	$${CARGO_TARGET_DIR:-target}/release/simulate --small --seeds $(SEEDS)
 
 ## demo-conflicts: the demo twice, DynamoDB conflict emulation off then on, times side by side
 demo-conflicts:

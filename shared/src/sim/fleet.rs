@@ -274,9 +274,7 @@ impl FleetReport {
         }
         let _ = writeln!(
             out,
-            "time to claim: p50 {:.1} ms, p99 {:.1} ms; invocations: {} worker, {} orchestrator, {} sweeper ({} crashed, {} timed out, {} failed); SQS: {} sent, {} duplicates, {} redelivered; {} records processed again",
-            self.claim_p50().as_secs_f64() * 1e3,
-            self.claim_p99().as_secs_f64() * 1e3,
+            "invocations: {} worker, {} orchestrator, {} sweeper ({} crashed, {} timed out, {} failed); SQS: {} sent, {} duplicates, {} redelivered; {} records processed again",
             self.invocations.worker,
             self.invocations.orchestrator,
             self.invocations.sweeper,
@@ -965,6 +963,56 @@ async fn check(fleet: &Fleet, watcher: &DynamoStore, runs: &[JobRun]) -> Vec<Str
     violations
 }
 
+/// A seed sweep's outcome.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub seeds: u64,
+    /// Seeds whose run broke an invariant, with the report's figures.
+    pub failures: Vec<(u64, String)>,
+    pub wall: Duration,
+    /// Simulated time, over every run.
+    pub simulated: Duration,
+}
+
+impl Sweep {
+    pub fn seeds_per_minute(&self) -> f64 {
+        self.seeds as f64 * 60.0 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs the world `config` makes of each seed of `seeds`, on `threads`
+/// threads (each run on a runtime of its own: the runs share nothing).
+pub fn sweep(
+    seeds: std::ops::Range<u64>,
+    threads: usize,
+    config: impl Fn(u64) -> FleetConfig + Sync,
+) -> Sweep {
+    let started = std::time::Instant::now();
+    let next = AtomicU64::new(seeds.start);
+    let outcome = Mutex::new(Sweep::default());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= seeds.end {
+                    return;
+                }
+                let report = run(config(seed));
+                let mut outcome = outcome.lock().unwrap();
+                outcome.seeds += 1;
+                outcome.simulated += report.elapsed;
+                if !report.violations.is_empty() {
+                    outcome.failures.push((seed, report.summary()));
+                }
+            });
+        }
+    });
+    let mut outcome = outcome.into_inner().unwrap();
+    outcome.failures.sort_by_key(|(seed, _)| *seed);
+    outcome.wall = started.elapsed();
+    outcome
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -985,5 +1033,19 @@ mod tests {
             println!("{}", report.summary());
             assert!(report.violations.is_empty(), "{}", report.summary());
         }
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_run() {
+        let first = run(FleetConfig::small(11));
+        let again = run(FleetConfig::small(11));
+        assert_eq!(
+            first.trace, again.trace,
+            "the same requests in the same order"
+        );
+        assert_eq!(first.elapsed, again.elapsed);
+        assert_eq!(first.dynamodb.requests, again.dynamodb.requests);
+        let other = run(FleetConfig::small(12));
+        assert_ne!(first.trace, other.trace, "another seed, another run");
     }
 }
