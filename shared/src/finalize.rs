@@ -27,6 +27,9 @@ use std::time::Duration;
 /// this close to the deadline is given up.
 pub const REPORT_MARGIN: Duration = Duration::from_secs(30);
 
+/// How long a caller without a deadline holds the report it writes.
+const REPORT_LEASE: Duration = Duration::from_secs(300);
+
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
     #[error(transparent)]
@@ -234,6 +237,17 @@ impl<'a> Finalizer<'a> {
                 tracing::info!(job_id = %job, "too close to the deadline to write the report; it stays owed");
                 return Ok(settled);
             }
+            // One writer at a time: every worker that finds the job ended
+            // comes here, and each write reads every failure of the job.
+            let now_ms = self.clock.now_ms();
+            if !self
+                .store
+                .lease_report(job, ended.retries, now_ms, now_ms + self.report_lease_ms())
+                .await?
+            {
+                tracing::info!(job_id = %job, "another caller is writing the report");
+                return Ok(settled);
+            }
             if registry::finishes_jobs(self.definition) && !self.finish_job(&ended).await? {
                 return Ok(settled);
             }
@@ -274,6 +288,13 @@ impl<'a> Finalizer<'a> {
             .await
             .map_err(|e| FinalizeError::Processor(Box::new(e)))?;
         Ok(true)
+    }
+
+    /// How long this caller may hold the report: until its deadline (it
+    /// stops writing by then), else `REPORT_LEASE`.
+    fn report_lease_ms(&self) -> i64 {
+        let lease = self.deadline.map_or(REPORT_LEASE, |d| self.clock.until(d));
+        lease.as_millis() as i64
     }
 
     fn report_fits(&self) -> bool {
@@ -422,6 +443,60 @@ mod tests {
         assert_eq!(endings.len(), 1);
         assert_eq!(endings[0].report.as_deref(), Some(location.as_str()));
         assert!(store.pending_events().await.unwrap().is_empty());
+    }
+
+    /// Reports that take a while to write, as a large one does.
+    #[derive(Default)]
+    struct SlowReports(MemoryReports);
+
+    #[async_trait::async_trait]
+    impl ReportSink for SlowReports {
+        async fn write(
+            &self,
+            job: &Job,
+            definition: &Definition,
+            store: &dyn JobStore,
+        ) -> Result<String, ReportError> {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            self.0.write(job, definition, store).await
+        }
+    }
+
+    #[tokio::test]
+    async fn of_many_callers_that_find_a_report_owed_one_writes_it() {
+        let (store, events, reports) = (
+            MemoryStore::new(),
+            MemoryEvents::default(),
+            SlowReports::default(),
+        );
+        let definition = Definition::from_json(DEFINITION, "test").unwrap();
+        let clock = Clock::system();
+        let finalizer = Finalizer::new(
+            &store,
+            &events,
+            &reports,
+            &crate::metrics::NoMetrics,
+            &definition,
+            &clock,
+        );
+        let job = done_with_a_failure(&store).await;
+        let hurried = finalizer.until(Some(clock.instant() + REPORT_MARGIN));
+        assert!(hurried.complete(&job).await.unwrap());
+
+        // Every worker of a large fleet finds the job ended at once.
+        let settles = (0..8).map(|_| finalizer.settle(&job.id));
+        let settled = futures::future::join_all(settles).await;
+        assert_eq!(
+            settled
+                .iter()
+                .filter(|s| s.as_ref().unwrap().report)
+                .count(),
+            1
+        );
+        assert_eq!(reports.0.reports.lock().unwrap().len(), 1, "written once");
+        assert_eq!(events.of(EventKind::Completed).len(), 1);
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub struct DynamoStats {
     pub item_writes: HashMap<String, f64>,
     /// Read units by partition.
     pub partition_reads: HashMap<String, f64>,
+    /// Read units by item read by key (`GetItem`, `BatchGetItem`).
+    pub item_reads: HashMap<String, f64>,
+    /// Requests by operation and the shape of the key they name (ids and
+    /// numbers left out: `UpdateItem J#<id>#K#<n>`), to tell the items a
+    /// batch costs apart.
+    pub shapes: BTreeMap<String, u64>,
 }
 
 impl DynamoStats {
@@ -217,6 +223,11 @@ impl SimDynamo {
         };
         let mut state = self.state.lock().unwrap();
         *state.stats.requests.entry(op.to_owned()).or_default() += 1;
+        *state
+            .stats
+            .shapes
+            .entry(shape_of(op, &request))
+            .or_default() += 1;
         let mutating = matches!(
             op,
             "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" | "TransactWriteItems"
@@ -519,7 +530,9 @@ impl SimDynamo {
         let size = serde_json::from_str::<Value>(&answer.body)
             .ok()
             .map_or(0, |v| item_size(&v["Item"]));
-        self.bill_read(state, now, &at.partition, read_units(size, consistent));
+        let units = read_units(size, consistent);
+        self.bill_read(state, now, &at.partition, units);
+        *state.stats.item_reads.entry(at.id.clone()).or_default() += units;
         answer
     }
 
@@ -660,7 +673,7 @@ impl SimDynamo {
                     left.push(key.clone());
                 } else {
                     take.push(key.clone());
-                    partitions.push((at.partition, spec["ConsistentRead"] == true));
+                    partitions.push((at.partition, at.id, spec["ConsistentRead"] == true));
                 }
             }
             let with = |keys: Vec<Value>| {
@@ -704,9 +717,11 @@ impl SimDynamo {
             .flat_map(|items| items.as_array().into_iter().flatten())
             .map(item_size)
             .collect();
-        for (i, (partition, consistent)) in partitions.iter().enumerate() {
+        for (i, (partition, id, consistent)) in partitions.iter().enumerate() {
             let size = found.get(i).copied().unwrap_or(0);
-            self.bill_read(state, now, partition, read_units(size, *consistent));
+            let units = read_units(size, *consistent);
+            self.bill_read(state, now, partition, units);
+            *state.stats.item_reads.entry(id.clone()).or_default() += units;
         }
         out["UnprocessedKeys"] = Value::Object(unprocessed);
         Answer::ok(out.to_string())
@@ -842,4 +857,69 @@ fn key_value(request: &Value, name: &str) -> Option<Value> {
         }
     }
     None
+}
+
+/// `op` and the shape of the first key a request names, ids and numbers
+/// replaced: `Query leases J#<id>#L#<n>`.
+fn shape_of(op: &str, request: &Value) -> String {
+    let key = match op {
+        "Query" => {
+            let index = request["IndexName"].as_str().unwrap_or("table");
+            let pk = request["ExpressionAttributeValues"]
+                .as_object()
+                .and_then(|v| v.values().find_map(|v| v["S"].as_str()))
+                .unwrap_or("");
+            format!("{index} {pk}")
+        }
+        "GetItem" | "UpdateItem" | "DeleteItem" => {
+            request["Key"]["pk"]["S"].as_str().unwrap_or("").to_owned()
+        }
+        "PutItem" => request["Item"]["pk"]["S"].as_str().unwrap_or("").to_owned(),
+        "TransactWriteItems" => request["TransactItems"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| {
+                        let (kind, action) = i.as_object()?.iter().next()?;
+                        let pk = action["Key"]["pk"]["S"]
+                            .as_str()
+                            .or_else(|| action["Item"]["pk"]["S"].as_str())?;
+                        Some(format!("{kind}:{pk}"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default(),
+        "BatchGetItem" => request["RequestItems"]
+            .as_object()
+            .and_then(|t| t.values().next())
+            .map(|spec| format!("{} keys", spec["Keys"].as_array().map_or(0, Vec::len)))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let mut shape = String::with_capacity(op.len() + key.len() + 1);
+    shape.push_str(op);
+    shape.push(' ');
+    let mut run = String::new();
+    let flush = |run: &mut String, shape: &mut String| {
+        if run.len() >= 8 {
+            shape.push_str("<id>");
+        } else if !run.is_empty() && run.chars().all(|c| c.is_ascii_digit()) {
+            shape.push_str("<n>");
+        } else {
+            shape.push_str(run);
+        }
+        run.clear();
+    };
+    for c in key.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut shape);
+            shape.push(c);
+        }
+    }
+    flush(&mut run, &mut shape);
+    shape
 }

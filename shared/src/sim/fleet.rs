@@ -128,6 +128,8 @@ pub struct JobRun {
     pub records: u64,
     pub batches: u64,
     pub uploaded: Duration,
+    /// When its last prepare run ended.
+    pub prepared: Option<Duration>,
     pub ended: Option<Duration>,
 }
 
@@ -168,6 +170,9 @@ pub struct FleetReport {
     /// claim, or crashed before committing).
     pub reprocessed: u64,
     pub sweeps: u64,
+    /// Error reports written (a report rewritten by a caller that took
+    /// over from one that died counts again).
+    pub reports_written: usize,
     pub trace: Trace,
     /// Invariants that did not hold.
     pub violations: Vec<String>,
@@ -225,11 +230,12 @@ impl FleetReport {
             let took = job.took().map_or(f64::NAN, |t| t.as_secs_f64());
             let _ = writeln!(
                 out,
-                "  job {}: {:?}, {} records in {:.1} s from upload to end ({:.0} records/s, {:.1} batches/s)",
+                "  job {}: {:?}, {} records in {:.1} s from upload to end, prepared after {:.1} s ({:.0} records/s, {:.1} batches/s)",
                 &job.id.as_str()[..12.min(job.id.as_str().len())],
                 job.status,
                 job.records,
                 took,
+                job.prepared.map_or(f64::NAN, |p| (p - job.uploaded).as_secs_f64()),
                 job.records as f64 / took,
                 job.batches as f64 / took
             );
@@ -256,10 +262,31 @@ impl FleetReport {
             .map(|(op, n)| format!("{op} {:.2}", *n as f64 / batches))
             .collect();
         let _ = writeln!(out, "  a batch: {}", ops.join(", "));
+        let mut shapes: Vec<(&String, &u64)> = d.shapes.iter().collect();
+        shapes.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        for (shape, n) in shapes.into_iter().take(8) {
+            let _ = writeln!(out, "    {:.2} a batch: {shape}", *n as f64 / batches);
+        }
         for (partition, units) in super::dynamodb::DynamoStats::top(&d.partition_writes, 3) {
             let _ = writeln!(
                 out,
                 "  hot partition {partition}: {:.0} WU ({:.0} WU/s)",
+                units,
+                units / secs
+            );
+        }
+        for (partition, units) in super::dynamodb::DynamoStats::top(&d.partition_reads, 2) {
+            let _ = writeln!(
+                out,
+                "  hot partition for reads {partition}: {:.0} RU ({:.0} RU/s)",
+                units,
+                units / secs
+            );
+        }
+        for (item, units) in super::dynamodb::DynamoStats::top(&d.item_reads, 2) {
+            let _ = writeln!(
+                out,
+                "  hot item for reads {item}: {:.0} RU ({:.0} RU/s)",
                 units,
                 units / secs
             );
@@ -274,7 +301,9 @@ impl FleetReport {
         }
         let _ = writeln!(
             out,
-            "invocations: {} worker, {} orchestrator, {} sweeper ({} crashed, {} timed out, {} failed); SQS: {} sent, {} duplicates, {} redelivered; {} records processed again",
+            "time to get a batch: p50 {:.1} ms, p99 {:.1} ms; invocations: {} worker, {} orchestrator, {} sweeper ({} crashed, {} timed out, {} failed); SQS: {} sent, {} duplicates, {} redelivered; {} records processed again; {} reports written",
+            self.claim_p50().as_secs_f64() * 1e3,
+            self.claim_p99().as_secs_f64() * 1e3,
             self.invocations.worker,
             self.invocations.orchestrator,
             self.invocations.sweeper,
@@ -284,7 +313,8 @@ impl FleetReport {
             self.sqs.sent,
             self.sqs.duplicates,
             self.sqs.redelivered,
-            self.reprocessed
+            self.reprocessed,
+            self.reports_written
         );
         let _ = writeln!(
             out,
@@ -347,18 +377,31 @@ impl RecordProcessor for Target {
     }
 }
 
-/// Where a container's phases report: batch commits (for the time to
-/// claim) and job endings (exactly one each).
+/// What the fleet learns from every container's metrics: job endings
+/// (exactly one each) and the time workers take to get a batch.
 #[derive(Default)]
 struct Probe {
-    /// The last commit or invocation start in this container.
-    mark: Mutex<Option<Instant>>,
     waits: Mutex<Vec<Duration>>,
     ended: Mutex<Vec<(JobId, JobStatus)>>,
-    committed: AtomicU64,
+    /// When each prepare run ended.
+    prepared: Mutex<Vec<(JobId, Instant)>>,
 }
 
-impl MetricsSink for Probe {
+/// One container's metrics: it runs one invocation at a time, so the time
+/// from its run's start, or its last commit, to the next commit, less the
+/// batch's own work, is the time it took to get that batch.
+struct ContainerProbe {
+    fleet: Arc<Probe>,
+    mark: Mutex<Option<Instant>>,
+}
+
+impl ContainerProbe {
+    fn start(&self) {
+        *self.mark.lock().unwrap() = Some(Instant::now());
+    }
+}
+
+impl MetricsSink for ContainerProbe {
     fn record(&self, metric: Metric) {
         match metric {
             Metric::BatchCommitted { took, .. } => {
@@ -366,12 +409,19 @@ impl MetricsSink for Probe {
                 let mut mark = self.mark.lock().unwrap();
                 if let Some(start) = *mark {
                     let waited = now.saturating_duration_since(start).saturating_sub(took);
-                    self.waits.lock().unwrap().push(waited);
+                    self.fleet.waits.lock().unwrap().push(waited);
                 }
                 *mark = Some(now);
-                self.committed.fetch_add(1, Ordering::Relaxed);
             }
-            Metric::JobEnded { job, status } => self.ended.lock().unwrap().push((job, status)),
+            Metric::JobEnded { job, status } => {
+                self.fleet.ended.lock().unwrap().push((job, status))
+            }
+            Metric::Prepared { job, .. } => self
+                .fleet
+                .prepared
+                .lock()
+                .unwrap()
+                .push((job, Instant::now())),
             _ => {}
         }
     }
@@ -386,6 +436,7 @@ enum Function {
 
 struct Container {
     deps: Deps,
+    probe: Arc<ContainerProbe>,
 }
 
 struct Fleet {
@@ -426,7 +477,11 @@ impl Fleet {
                 .wrapping_mul(0x9E37_79B9)
                 .wrapping_add(n),
         );
-        let metrics: Arc<dyn MetricsSink> = self.probe.clone();
+        let probe = Arc::new(ContainerProbe {
+            fleet: self.probe.clone(),
+            mark: Mutex::default(),
+        });
+        let metrics: Arc<dyn MetricsSink> = probe.clone();
         let store = Arc::new(
             DynamoStore::new(clients.dynamodb.clone(), STATE_TABLE, true)
                 .with_retention_days(30)
@@ -462,7 +517,7 @@ impl Fleet {
             clock,
             rng,
         };
-        Container { deps }
+        Container { deps, probe }
     }
 }
 
@@ -518,6 +573,7 @@ impl Fleet {
             tokio::time::sleep(COLD_START).await;
         }
         let ctx = self.context(function, timeout);
+        container.probe.start();
         let world = &self.aws.world;
         let crash = world.chance(self.config.sim.faults.crash).then(|| {
             Duration::from_millis(world.below(self.config.crash_window.as_millis() as u64 + 1))
@@ -812,6 +868,7 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
             records: 0,
             batches: 0,
             uploaded,
+            prepared: None,
             ended: None,
         });
     }
@@ -838,6 +895,11 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let elapsed = Instant::now().duration_since(fleet.start);
+    for (job, at) in fleet.probe.prepared.lock().unwrap().iter() {
+        if let Some(run) = runs.iter_mut().find(|r| &r.id == job) {
+            run.prepared = Some(at.duration_since(fleet.start));
+        }
+    }
     done.store(true, Ordering::Relaxed);
     // What is still running (a worker finishing a batch a fenced claim
     // held, a sweep) gets a while to settle before the checks.
@@ -858,6 +920,7 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
         .sum();
     let invocations = fleet.invocations.lock().unwrap().clone();
     let claim_waits = fleet.probe.waits.lock().unwrap().clone();
+    let reports_written = fleet.reports.reports.lock().unwrap().len();
     FleetReport {
         jobs: runs,
         elapsed,
@@ -868,6 +931,7 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
         claim_waits,
         reprocessed,
         sweeps,
+        reports_written,
         trace: aws.world.traced(),
         violations,
         config,

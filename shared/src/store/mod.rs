@@ -433,6 +433,20 @@ pub trait JobControl: Send + Sync {
         location: Option<&str>,
     ) -> Result<bool, StoreError>;
 
+    /// Takes the right to write the error report round `round` of a
+    /// final job owes, until `until_ms`: true for one caller at a time, so
+    /// that the workers and sweeps that find a report owed do not all read
+    /// every failure of the job at once. A holder that dies leaves it to
+    /// the next caller once `until_ms` has passed. False when another
+    /// holds it, or the report is not owed (recorded, or another round).
+    async fn lease_report(
+        &self,
+        job: &JobId,
+        round: u32,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError>;
+
     /// The definition pinned to a job (its JSON), if any.
     async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError>;
 

@@ -239,3 +239,42 @@ pub async fn jobs_are_listed_by_kind(store: &dyn JobStore) {
         .unwrap()
         .is_empty());
 }
+
+pub async fn one_caller_at_a_time_writes_an_owed_report(store: &dyn JobStore) {
+    let job = job_with(store, "report-lease", 1, false).await;
+    assert!(
+        !store.lease_report(&job, 0, T0, T0 + LEASE).await.unwrap(),
+        "a running job owes no report"
+    );
+    let mut f = fin(JobStatus::Aborted);
+    f.report_owed = true;
+    assert!(store.finalize(&job, &f, FinalizeWhen::Now).await.unwrap());
+    assert!(store.lease_report(&job, 0, T0, T0 + LEASE).await.unwrap());
+    assert!(
+        !store
+            .lease_report(&job, 0, T0 + 1, T0 + 1 + LEASE)
+            .await
+            .unwrap(),
+        "held by the first"
+    );
+    assert!(
+        !store
+            .lease_report(&job, 1, T0 + 1, T0 + 1 + LEASE)
+            .await
+            .unwrap(),
+        "another round owes nothing"
+    );
+    // The holder died: once its lease runs out, the next caller writes it.
+    assert!(store
+        .lease_report(&job, 0, T0 + LEASE, T0 + 2 * LEASE)
+        .await
+        .unwrap());
+    assert!(store.record_report(&job, 0, None).await.unwrap());
+    assert!(
+        !store
+            .lease_report(&job, 0, T0 + 3 * LEASE, T0 + 4 * LEASE)
+            .await
+            .unwrap(),
+        "recorded: nothing more to write"
+    );
+}

@@ -179,6 +179,7 @@ macro_rules! conformance_tests {
                 active_jobs_are_those_still_processing,
                 jobs_are_listed_newest_first_by_status,
                 jobs_are_listed_by_kind,
+                one_caller_at_a_time_writes_an_owed_report,
             ],
             events: [
                 a_job_owes_each_lifecycle_event_until_acknowledged,

@@ -101,10 +101,35 @@ impl DynamoStore {
             .expression_attribute_values(":round", n(round));
         update = match location {
             Some(location) => update
-                .update_expression("SET report = :report REMOVE reportOwed")
+                .update_expression("SET report = :report REMOVE reportOwed, reportLease")
                 .expression_attribute_values(":report", s(location)),
-            None => update.update_expression("REMOVE reportOwed"),
+            None => update.update_expression("REMOVE reportOwed, reportLease"),
         };
+        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(StoreError::backend("UpdateItem", e)),
+        }
+    }
+
+    pub(super) async fn lease_report(
+        &self,
+        job: &JobId,
+        round: u32,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let update = self
+            .update(job_pk(job), JOB_SK)
+            .update_expression("SET reportLease = :until")
+            .condition_expression(format!(
+                "reportOwed = :true AND {} AND (attribute_not_exists(reportLease) OR reportLease <= :now)",
+                round_is(round)
+            ))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":round", n(round))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":until", n(until_ms));
         match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failed(&e) => Ok(false),

@@ -362,6 +362,16 @@ impl JobControl for DynamoStore {
         Self::record_report(self, job, round, location).await
     }
 
+    async fn lease_report(
+        &self,
+        job: &JobId,
+        round: u32,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        Self::lease_report(self, job, round, now_ms, until_ms).await
+    }
+
     async fn pinned_definition(&self, job: &JobId) -> Result<Option<String>, StoreError> {
         Self::pinned_definition(self, job).await
     }

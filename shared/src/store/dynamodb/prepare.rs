@@ -149,12 +149,17 @@ impl DynamoStore {
                 records.push(item);
             }
         }
-        self.put_all(job, records).await?;
+        // The records and the batches' own items at once: nothing written
+        // here is claimable before `publish`, which comes after both.
         let puts = batches
             .iter()
             .zip(chunk_counts)
             .map(|(batch, chunks)| self.put_batch_item(job, batch, chunks, expires_at));
-        futures::future::try_join_all(puts).await?;
+        futures::future::try_join(
+            self.put_all(job, records),
+            futures::future::try_join_all(puts),
+        )
+        .await?;
         Ok(())
     }
 

@@ -52,7 +52,24 @@ impl JobControl for MemoryStore {
                 return Ok(false);
             }
             s.job.report_owed = false;
+            s.report_lease_until_ms = 0;
             s.job.report = location.map(str::to_owned);
+            Ok(true)
+        })
+    }
+
+    async fn lease_report(
+        &self,
+        job: &JobId,
+        round: u32,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.with_job(job, |s| {
+            if !s.job.report_owed || s.job.retries != round || s.report_lease_until_ms > now_ms {
+                return Ok(false);
+            }
+            s.report_lease_until_ms = until_ms;
             Ok(true)
         })
     }

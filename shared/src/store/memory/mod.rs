@@ -37,6 +37,8 @@ struct JobState {
     open: std::collections::BTreeSet<u64>,
     /// Prepare lease renewals without publication.
     renewals: u64,
+    /// Until when a caller holds the right to write the owed report.
+    report_lease_until_ms: i64,
 }
 
 impl JobState {

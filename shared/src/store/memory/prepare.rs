@@ -55,6 +55,7 @@ impl PrepareStore for MemoryStore {
                 batches: BTreeMap::new(),
                 open: Default::default(),
                 renewals: 0,
+                report_lease_until_ms: 0,
             },
         );
         Ok(CreateOutcome::Created(job))
