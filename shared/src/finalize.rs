@@ -27,8 +27,10 @@ use std::time::Duration;
 /// this close to the deadline is given up.
 pub const REPORT_MARGIN: Duration = Duration::from_secs(30);
 
-/// How long a caller without a deadline holds the report it writes.
-const REPORT_LEASE: Duration = Duration::from_secs(300);
+/// How long a caller holds the report it writes at most: one that dies
+/// holding it delays the report by no more than this, and a report that
+/// takes longer gets a second writer (the same object, written again).
+const REPORT_LEASE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
@@ -290,10 +292,12 @@ impl<'a> Finalizer<'a> {
         Ok(true)
     }
 
-    /// How long this caller may hold the report: until its deadline (it
-    /// stops writing by then), else `REPORT_LEASE`.
+    /// How long this caller holds the report: `REPORT_LEASE`, or less when
+    /// its deadline comes first (it stops writing by then).
     fn report_lease_ms(&self) -> i64 {
-        let lease = self.deadline.map_or(REPORT_LEASE, |d| self.clock.until(d));
+        let lease = self
+            .deadline
+            .map_or(REPORT_LEASE, |d| self.clock.until(d).min(REPORT_LEASE));
         lease.as_millis() as i64
     }
 

@@ -114,7 +114,7 @@ impl FleetConfig {
             orchestrator_timeout: Duration::from_secs(900),
             sweep_every: Duration::from_secs(60),
             time_limit: Duration::from_secs(6 * 3600),
-            crash_window: Duration::from_secs(120),
+            crash_window: Duration::from_secs(5),
             upload_window: Duration::from_secs(1),
         }
     }
@@ -131,6 +131,9 @@ pub struct JobRun {
     /// When its last prepare run ended.
     pub prepared: Option<Duration>,
     pub ended: Option<Duration>,
+    /// When its report was written and its events sent (seen within a
+    /// second).
+    pub settled: Option<Duration>,
 }
 
 impl JobRun {
@@ -382,7 +385,7 @@ impl RecordProcessor for Target {
 #[derive(Default)]
 struct Probe {
     waits: Mutex<Vec<Duration>>,
-    ended: Mutex<Vec<(JobId, JobStatus)>>,
+    ended: Mutex<Vec<(JobId, JobStatus, Instant)>>,
     /// When each prepare run ended.
     prepared: Mutex<Vec<(JobId, Instant)>>,
 }
@@ -414,7 +417,11 @@ impl MetricsSink for ContainerProbe {
                 *mark = Some(now);
             }
             Metric::JobEnded { job, status } => {
-                self.fleet.ended.lock().unwrap().push((job, status))
+                self.fleet
+                    .ended
+                    .lock()
+                    .unwrap()
+                    .push((job, status, Instant::now()))
             }
             Metric::Prepared { job, .. } => self
                 .fleet
@@ -870,6 +877,7 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
             uploaded,
             prepared: None,
             ended: None,
+            settled: None,
         });
     }
 
@@ -879,17 +887,19 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
     let deadline = fleet.start + config.time_limit;
     loop {
         let now = Instant::now();
-        for run in runs.iter_mut().filter(|r| r.ended.is_none()) {
+        for run in runs.iter_mut().filter(|r| r.settled.is_none()) {
             if let Ok(Some(job)) = watcher.get_job(&run.id).await {
-                if job.status.is_final() {
+                // Ended, its report written and its events sent.
+                if job.status.is_final() && !job.report_owed && job.owed_events.is_empty() {
                     run.status = Some(job.status);
                     run.records = job.total_records;
                     run.batches = job.total_batches;
                     run.ended = Some(now.duration_since(fleet.start));
+                    run.settled = run.ended;
                 }
             }
         }
-        if runs.iter().all(|r| r.ended.is_some()) || now >= deadline {
+        if runs.iter().all(|r| r.settled.is_some()) || now >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -900,6 +910,19 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
             run.prepared = Some(at.duration_since(fleet.start));
         }
     }
+    // The end is when the update that ended the job was made (the loop
+    // above sees it within a second).
+    for (job, _, at) in fleet.probe.ended.lock().unwrap().iter() {
+        if let Some(run) = runs.iter_mut().find(|r| &r.id == job) {
+            run.ended = Some(at.duration_since(fleet.start));
+        }
+    }
+    let elapsed = runs
+        .iter()
+        .filter_map(|r| r.ended)
+        .max()
+        .filter(|_| runs.iter().all(|r| r.ended.is_some()))
+        .unwrap_or(elapsed);
     done.store(true, Ordering::Relaxed);
     // What is still running (a worker finishing a batch a fenced claim
     // held, a sweep) gets a while to settle before the checks.
@@ -947,7 +970,7 @@ async fn check(fleet: &Fleet, watcher: &DynamoStore, runs: &[JobRun]) -> Vec<Str
     };
     let valid = file.valid_rows();
     let rows = fleet.target.rows.lock().unwrap().clone();
-    let ended: Vec<(JobId, JobStatus)> = fleet.probe.ended.lock().unwrap().clone();
+    let ended: Vec<(JobId, JobStatus, Instant)> = fleet.probe.ended.lock().unwrap().clone();
     let endings = fleet.events.endings();
     let reports = fleet.reports.reports.lock().unwrap().clone();
     for run in runs {
@@ -989,7 +1012,16 @@ async fn check(fleet: &Fleet, watcher: &DynamoStore, runs: &[JobRun]) -> Vec<Str
                 "job {id}: {missing} valid rows never reached the target, {wrong} invalid rows did"
             ));
         }
-        let finalized = ended.iter().filter(|(j, _)| j == &run.id).count();
+        if let (Some(ended), Some(settled)) = (run.ended, run.settled) {
+            // A report lease and a sweep interval, and a second to see it.
+            let bound = Duration::from_secs(60) + fleet.config.sweep_every + Duration::from_secs(1);
+            if settled.saturating_sub(ended) > bound {
+                violations.push(format!(
+                    "job {id} ended at {ended:?} but its report and events were done only at {settled:?}"
+                ));
+            }
+        }
+        let finalized = ended.iter().filter(|(j, _, _)| j == &run.id).count();
         if finalized != 1 {
             violations.push(format!("job {id} was ended {finalized} times"));
         }
@@ -1095,6 +1127,17 @@ mod tests {
         for seed in 1..=8 {
             let report = run(FleetConfig::small(seed));
             println!("{}", report.summary());
+            assert!(report.violations.is_empty(), "{}", report.summary());
+        }
+    }
+
+    /// Seeds the sweep found failing: a report writer that died holding
+    /// the report's lease until its deadline left the report and the
+    /// ending's event owed for up to fifteen minutes.
+    #[test]
+    fn a_report_writer_that_dies_delays_the_report_by_a_lease_at_most() {
+        for seed in [16, 60] {
+            let report = run(FleetConfig::small(seed));
             assert!(report.violations.is_empty(), "{}", report.summary());
         }
     }

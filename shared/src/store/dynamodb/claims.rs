@@ -10,8 +10,18 @@ impl DynamoStore {
         &self,
         job: &JobId,
     ) -> Result<Option<(JobItem, Vec<CursorItem>)>, StoreError> {
+        self.view_of(job, &(0..SHARDS).collect::<Vec<_>>()).await
+    }
+
+    /// The job item and the cursors of `shards` (in that order), in one
+    /// consistent read.
+    async fn view_of(
+        &self,
+        job: &JobId,
+        shards: &[u64],
+    ) -> Result<Option<(JobItem, Vec<CursorItem>)>, StoreError> {
         let mut keys = vec![key(job_pk(job), JOB_SK)];
-        keys.extend((0..SHARDS).map(|c| key(cursor_pk(job, c), CURSOR_SK)));
+        keys.extend(shards.iter().map(|&c| key(cursor_pk(job, c), CURSOR_SK)));
         let mut items = self.get_many(job, keys).await?.into_iter();
         let Some(Some(job_item)) = items.next() else {
             return Ok(None);
@@ -155,18 +165,32 @@ impl DynamoStore {
         // one cursor. The loop ends: every pass either claims, or finds
         // that another worker advanced a cursor or claimed a batch, and
         // there are finitely many of both.
+        //
+        // A pass reads the job and the worker's home cursor only, while
+        // that one has batches to hand out: every claim of a large fleet
+        // reading every cursor made the cursors the hottest items of the
+        // table. Once the home cursor has none, passes read them all.
         let home = shard_of(worker);
+        let all: Vec<u64> = (0..SHARDS).map(|i| (home + i) % SHARDS).collect();
+        let mut home_only = true;
         loop {
-            let Some((item, cursors)) = self.claim_view(job).await? else {
+            let shards = if home_only { &all[..1] } else { &all[..] };
+            let Some((item, cursors)) = self.view_of(job, shards).await? else {
                 return Err(StoreError::JobNotFound(job.clone()));
             };
             if item.status.is_final() {
                 return Ok(Claim::JobFinished(item.status));
             }
             let ready = item.batches_ready;
-            let open = (0..SHARDS)
-                .map(|i| (home + i) % SHARDS)
-                .find(|&c| cursors[c as usize].k < shard_len(ready, c));
+            let open = shards
+                .iter()
+                .zip(&cursors)
+                .find(|(&c, cursor)| cursor.k < shard_len(ready, c))
+                .map(|(&c, _)| c);
+            if open.is_none() && home_only {
+                home_only = false;
+                continue;
+            }
             if let Some(shard) = open {
                 if let Some(index) = self
                     .advance_cursor(job, shard, shard_len(ready, shard))
