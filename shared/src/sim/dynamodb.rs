@@ -488,10 +488,7 @@ impl SimDynamo {
         let put = (op == "PutItem").then_some(item);
         if self.throttles(state, now, &schema, &table, &at, &[before.as_ref(), put]) {
             state.stats.throttled += 1;
-            return Answer::error(
-                "ProvisionedThroughputExceededException",
-                "The level of configured provisioned throughput for the table was exceeded.",
-            );
+            return exceeded();
         }
         let answer = self.primary.call(op, body);
         let after = self.primary.item(&table, &key);
@@ -516,10 +513,7 @@ impl SimDynamo {
         let (_, at) = self.locate(&schema, &table, &request["Key"]);
         if self.read_spent(state, &at.partition, now) {
             state.stats.throttled += 1;
-            return Answer::error(
-                "ProvisionedThroughputExceededException",
-                "The level of configured provisioned throughput for the table was exceeded.",
-            );
+            return exceeded();
         }
         let consistent = request["ConsistentRead"] == true;
         let answer = if consistent {
@@ -556,10 +550,7 @@ impl SimDynamo {
         let partition = self.partition_of(&table, index.as_deref(), &pk.to_string());
         if self.read_spent(state, &partition, now) {
             state.stats.throttled += 1;
-            return Answer::error(
-                "ProvisionedThroughputExceededException",
-                "The level of configured provisioned throughput for the table was exceeded.",
-            );
+            return exceeded();
         }
         let consistent = index.is_none() && request["ConsistentRead"] == true;
         let answer = if consistent {
@@ -622,10 +613,7 @@ impl SimDynamo {
             .sum();
         state.stats.unprocessed += left as u64;
         if processed.is_empty() && throttled > 0 {
-            return Answer::error(
-                "ProvisionedThroughputExceededException",
-                "The level of configured provisioned throughput for the table was exceeded.",
-            );
+            return exceeded();
         }
         let mut answer = if processed.is_empty() {
             Answer::ok("{}".into())
@@ -694,10 +682,7 @@ impl SimDynamo {
             .map(|v| v["Keys"].as_array().map_or(0, Vec::len) as u64)
             .sum::<u64>();
         if asked.is_empty() && throttled > 0 {
-            return Answer::error(
-                "ProvisionedThroughputExceededException",
-                "The level of configured provisioned throughput for the table was exceeded.",
-            );
+            return exceeded();
         }
         let mut out = if asked.is_empty() {
             json!({ "Responses": {} })
@@ -757,22 +742,27 @@ impl SimDynamo {
             let put = (kind == "Put").then(|| item.clone());
             located.push((kind.clone(), table, schema, key, at, put));
         }
+        // The items as they are before: for the throttling check and the
+        // bill (the larger of each item's images).
+        let befores: Vec<Option<Value>> = located
+            .iter()
+            .map(|(_, table, _, key, _, _)| self.primary.item(table, key))
+            .collect();
         let mut reasons = vec![json!({ "Code": "None" }); located.len()];
         let mut refused = None;
-        for (i, (_, table, schema, key, at, put)) in located.iter().enumerate() {
+        for (i, (_, table, schema, _, at, put)) in located.iter().enumerate() {
             if self.held(state, &at.id, now) {
                 reasons[i] = json!({ "Code": "TransactionConflict", "Message": "Transaction is ongoing for the item" });
                 refused = Some("conflict");
                 break;
             }
-            let before = self.primary.item(table, key);
             if self.throttles(
                 state,
                 now,
                 schema,
                 table,
                 at,
-                &[before.as_ref(), put.as_ref()],
+                &[befores[i].as_ref(), put.as_ref()],
             ) {
                 reasons[i] = json!({ "Code": "ThrottlingError", "Message": "Throughput exceeds the current capacity for one or more global secondary indexes." });
                 refused = Some("throttle");
@@ -799,10 +789,6 @@ impl SimDynamo {
                 .to_string(),
             };
         }
-        let befores: Vec<Option<Value>> = located
-            .iter()
-            .map(|(_, table, _, key, _, _)| self.primary.item(table, key))
-            .collect();
         let answer = self.primary.call("TransactWriteItems", body);
         for ((kind, table, schema, key, at, _), before) in located.iter().zip(&befores) {
             if kind == "ConditionCheck" {
@@ -830,6 +816,14 @@ impl SimDynamo {
         }
         answer
     }
+}
+
+/// A request refused for a spent partition.
+fn exceeded() -> Answer {
+    Answer::error(
+        "ProvisionedThroughputExceededException",
+        "The level of configured provisioned throughput for the table was exceeded.",
+    )
 }
 
 /// The value a query's key condition gives attribute `name` (`#n = :v`

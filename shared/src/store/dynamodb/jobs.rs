@@ -2,6 +2,7 @@
 //! failed records, the active-job list and the lease view the sweeper uses.
 
 use super::*;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 
 impl DynamoStore {
     /// The job item, its cursor shards and its counter shards: one
@@ -94,22 +95,14 @@ impl DynamoStore {
         round: u32,
         location: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut update = self
-            .update(job_pk(job), JOB_SK)
-            .condition_expression(format!("reportOwed = :true AND {}", round_is(round)))
-            .expression_attribute_values(":true", AttributeValue::Bool(true))
-            .expression_attribute_values(":round", n(round));
-        update = match location {
+        let update = self.owed_report_update(job, round, "");
+        let update = match location {
             Some(location) => update
                 .update_expression("SET report = :report REMOVE reportOwed, reportLease")
                 .expression_attribute_values(":report", s(location)),
             None => update.update_expression("REMOVE reportOwed, reportLease"),
         };
-        match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(StoreError::backend("UpdateItem", e)),
-        }
+        self.send_if_owed(job, update).await
     }
 
     pub(super) async fn lease_report(
@@ -119,17 +112,30 @@ impl DynamoStore {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<bool, StoreError> {
+        let held = " AND (attribute_not_exists(reportLease) OR reportLease <= :now)";
         let update = self
-            .update(job_pk(job), JOB_SK)
+            .owed_report_update(job, round, held)
             .update_expression("SET reportLease = :until")
-            .condition_expression(format!(
-                "reportOwed = :true AND {} AND (attribute_not_exists(reportLease) OR reportLease <= :now)",
-                round_is(round)
-            ))
-            .expression_attribute_values(":true", AttributeValue::Bool(true))
-            .expression_attribute_values(":round", n(round))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":until", n(until_ms));
+        self.send_if_owed(job, update).await
+    }
+
+    /// An update of the job item on condition that it owes round `round`'s
+    /// report (and `more`).
+    fn owed_report_update(&self, job: &JobId, round: u32, more: &str) -> UpdateItemFluentBuilder {
+        self.update(job_pk(job), JOB_SK)
+            .condition_expression(format!("reportOwed = :true AND {}{more}", round_is(round)))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":round", n(round))
+    }
+
+    /// False when the report was not owed.
+    async fn send_if_owed(
+        &self,
+        job: &JobId,
+        update: UpdateItemFluentBuilder,
+    ) -> Result<bool, StoreError> {
         match self.send_update(job, update, write(SMALL_ITEM_BYTES)).await {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failed(&e) => Ok(false),
