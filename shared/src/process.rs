@@ -223,26 +223,17 @@ impl Worker<'_> {
                     c
                 }
                 Claim::Wait => {
-                    // Prepare is still writing batches: poll, backing off,
-                    // with reads (cheaper than a failing cursor write) until
-                    // there is something new to claim.
-                    loop {
-                        self.settings
-                            .backoff
-                            .sleep(waits.min(4), self.clock, self.rng)
-                            .await;
-                        waits += 1;
-                        let Some(j) = self.store.get_job(job).await? else {
-                            break;
-                        };
-                        let nothing_new = !j.prepared && j.batches_handed_out >= j.batches_ready;
-                        let out_of_time = deadline.is_some_and(|d| {
-                            d.saturating_duration_since(now()) < self.settings.deadline_margin
-                        });
-                        if j.status.is_final() || !nothing_new || out_of_time {
-                            break;
-                        }
-                    }
+                    // Prepare is still writing batches (or a retry putting
+                    // them back): wait, backing off, and claim again. A
+                    // claim that finds nothing only reads, and reads the
+                    // job item once: cheaper than a failing cursor write,
+                    // and as cheap as reading the job to see whether
+                    // anything is new. The deadline is checked above.
+                    self.settings
+                        .backoff
+                        .sleep(waits.min(4), self.clock, self.rng)
+                        .await;
+                    waits += 1;
                     continue;
                 }
                 Claim::NoneAvailable => {

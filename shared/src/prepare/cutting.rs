@@ -11,8 +11,8 @@ impl Preparer<'_> {
     /// (cutting is deterministic, so they are identical).
     ///
     /// Reading and writing overlap: the reader cuts batches while up to
-    /// `writes_in_flight` (4) writes of earlier ones are out, each carrying
-    /// the batches cut meanwhile, up to `batches_per_write` (4) (and at most
+    /// `writes_in_flight` (16) writes of earlier ones are out, each carrying
+    /// the batches cut meanwhile, up to `batches_per_write` (8) (and at most
     /// `MAX_BYTES_IN_FLIGHT` of records held). Batches are published in
     /// order as the writes before them complete, so the protocol sees the
     /// same sequence as a one-at-a-time prepare.
@@ -239,12 +239,12 @@ impl Preparer<'_> {
 }
 
 /// Writes in flight at once while the file is read on.
-pub const MAX_WRITES_IN_FLIGHT: usize = 4;
-/// Batches in one write at most. With `MAX_WRITES_IN_FLIGHT`, 16 batches in
-/// flight: at 10 ms a request that is some 400,000 records a second of the
-/// demo's, past what one vCPU parses, while the memory they hold (records,
-/// packed chunks, request bodies) stays a few MiB.
-pub const MAX_BATCHES_PER_WRITE: usize = 4;
+pub const MAX_WRITES_IN_FLIGHT: usize = 16;
+/// Batches in one write at most. With `MAX_WRITES_IN_FLIGHT`, 128 batches in
+/// flight: at 10 ms a request that is millions of records a second, past
+/// what one vCPU parses, while the memory they hold (records, packed
+/// chunks, request bodies) stays within `MAX_BYTES_IN_FLIGHT`.
+pub const MAX_BATCHES_PER_WRITE: usize = 8;
 /// Records held for writes in flight (and the batch waiting to be sent)
 /// at most, whatever the batch size.
 pub const MAX_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;

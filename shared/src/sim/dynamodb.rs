@@ -60,6 +60,11 @@ pub struct DynamoStats {
     /// numbers left out: `UpdateItem J#<id>#K#<n>`), to tell the items a
     /// batch costs apart.
     pub shapes: BTreeMap<String, u64>,
+    /// Requests by shape that a spent partition refused in whole or in
+    /// part (throttled, or items left unprocessed), and writes refused for
+    /// a transaction holding an item (`conflict on <key shape>`): what
+    /// saturates.
+    pub refused: BTreeMap<String, u64>,
 }
 
 impl DynamoStats {
@@ -200,6 +205,15 @@ impl SimDynamo {
         }
     }
 
+    /// Holds the item under `key` of `table` until `until`, as a
+    /// transaction in flight would (for tests of what meets a held item).
+    pub fn hold(&self, table: &str, key: &Value, until: Instant) {
+        let mut state = self.state.lock().unwrap();
+        let schema = self.schema(&state, table).expect("the table exists");
+        let (_, at) = self.locate(&schema, table, key);
+        state.holds.insert(at.id, until);
+    }
+
     /// Serves a request on the data alone, unbilled and untraced.
     pub fn serve_direct(&self, op: &str, body: &str) -> Answer {
         self.primary.call(op, body)
@@ -223,11 +237,25 @@ impl SimDynamo {
         };
         let mut state = self.state.lock().unwrap();
         *state.stats.requests.entry(op.to_owned()).or_default() += 1;
-        *state
-            .stats
-            .shapes
-            .entry(shape_of(op, &request))
-            .or_default() += 1;
+        let shape = shape_of(op, &request);
+        *state.stats.shapes.entry(shape.clone()).or_default() += 1;
+        let throttled = state.stats.throttled;
+        let answer = self.dispatch(&mut state, now, op, body, &request, took);
+        if state.stats.throttled > throttled {
+            *state.stats.refused.entry(shape).or_default() += 1;
+        }
+        answer
+    }
+
+    fn dispatch(
+        &self,
+        state: &mut State,
+        now: Instant,
+        op: &str,
+        body: &str,
+        request: &Value,
+        took: std::time::Duration,
+    ) -> Answer {
         let mutating = matches!(
             op,
             "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" | "TransactWriteItems"
@@ -242,19 +270,19 @@ impl SimDynamo {
             );
         }
         match op {
-            "CreateTable" => self.create_table(&mut state, op, body, &request),
+            "CreateTable" => self.create_table(state, op, body, request),
             "PutItem" | "UpdateItem" | "DeleteItem" => {
-                self.single_write(&mut state, now, op, body, &request)
+                self.single_write(state, now, op, body, request)
             }
-            "GetItem" => self.get_item(&mut state, now, body, &request),
-            "Query" => self.query(&mut state, now, body, &request),
-            "BatchWriteItem" => self.batch_write(&mut state, now, &request),
-            "BatchGetItem" => self.batch_get(&mut state, now, &request),
-            "TransactWriteItems" => self.transact(&mut state, now, body, &request, took),
+            "GetItem" => self.get_item(state, now, body, request),
+            "Query" => self.query(state, now, body, request),
+            "BatchWriteItem" => self.batch_write(state, now, request),
+            "BatchGetItem" => self.batch_get(state, now, request),
+            "TransactWriteItems" => self.transact(state, now, body, request, took),
             _ => {
                 let answer = self.primary.call(op, body);
                 if answer.status == 200 && mutating {
-                    self.lag(&mut state, now, op, body.to_owned());
+                    self.lag(state, now, op, body.to_owned());
                 }
                 answer
             }
@@ -479,6 +507,8 @@ impl SimDynamo {
         let (key, at) = self.locate(&schema, &table, item);
         if self.held(state, &at.id, now) {
             state.stats.conflicts += 1;
+            let held = shape_of("conflict on", &json!({ "Key": item }));
+            *state.stats.refused.entry(held).or_default() += 1;
             return Answer::error(
                 "TransactionConflictException",
                 "Transaction is ongoing for the item",
@@ -752,6 +782,8 @@ impl SimDynamo {
         let mut refused = None;
         for (i, (_, table, schema, _, at, put)) in located.iter().enumerate() {
             if self.held(state, &at.id, now) {
+                let held = shape_of("conflict on", &json!({ "Key": located[i].3 }));
+                *state.stats.refused.entry(held).or_default() += 1;
                 reasons[i] = json!({ "Code": "TransactionConflict", "Message": "Transaction is ongoing for the item" });
                 refused = Some("conflict");
                 break;
@@ -865,7 +897,7 @@ fn shape_of(op: &str, request: &Value) -> String {
                 .unwrap_or("");
             format!("{index} {pk}")
         }
-        "GetItem" | "UpdateItem" | "DeleteItem" => {
+        "GetItem" | "UpdateItem" | "DeleteItem" | "conflict on" => {
             request["Key"]["pk"]["S"].as_str().unwrap_or("").to_owned()
         }
         "PutItem" => request["Item"]["pk"]["S"].as_str().unwrap_or("").to_owned(),
@@ -888,7 +920,20 @@ fn shape_of(op: &str, request: &Value) -> String {
         "BatchGetItem" => request["RequestItems"]
             .as_object()
             .and_then(|t| t.values().next())
-            .map(|spec| format!("{} keys", spec["Keys"].as_array().map_or(0, Vec::len)))
+            .map(|spec| {
+                let keys = spec["Keys"].as_array().map_or(&[][..], Vec::as_slice);
+                let first = keys
+                    .first()
+                    .and_then(|k| k["pk"]["S"].as_str())
+                    .unwrap_or("");
+                let count = match keys.len() {
+                    1 => "one key",
+                    2 => "two keys",
+                    3..=9 => "a few keys",
+                    _ => "many keys",
+                };
+                format!("{first} ({count})")
+            })
             .unwrap_or_default(),
         _ => String::new(),
     };

@@ -270,6 +270,11 @@ impl FleetReport {
         for (shape, n) in shapes.into_iter().take(8) {
             let _ = writeln!(out, "    {:.2} a batch: {shape}", *n as f64 / batches);
         }
+        let mut refused: Vec<(&String, &u64)> = d.refused.iter().collect();
+        refused.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        for (shape, n) in refused.into_iter().take(6) {
+            let _ = writeln!(out, "  refused: {n} {shape}");
+        }
         for (partition, units) in super::dynamodb::DynamoStats::top(&d.partition_writes, 3) {
             let _ = writeln!(
                 out,

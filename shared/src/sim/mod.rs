@@ -297,3 +297,5 @@ impl SimAws {
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod shards;

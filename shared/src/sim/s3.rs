@@ -157,6 +157,7 @@ impl ObjectSource for SimS3 {
                 at: range.start,
                 end,
                 bytes_per_sec: self.bytes_per_sec,
+                began: (range.start, tokio::time::Instant::now()),
                 pacing: None,
             }),
         })
@@ -178,12 +179,15 @@ impl ObjectVersions for SimS3 {
 }
 
 /// A generated body, paced: each chunk handed out is followed by the time
-/// it takes at `bytes_per_sec`.
+/// it takes at `bytes_per_sec`, counted from the start of the stream (the
+/// timer's millisecond would otherwise round up every small read's wait).
 struct Stream {
     file: Generated,
     at: u64,
     end: u64,
     bytes_per_sec: f64,
+    /// Where the stream started, and when.
+    began: (u64, tokio::time::Instant),
     pacing: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -223,8 +227,9 @@ impl AsyncRead for Stream {
         }
         self.at += written;
         if self.bytes_per_sec.is_finite() && self.bytes_per_sec > 0.0 {
-            let wait = Duration::from_secs_f64(written as f64 / self.bytes_per_sec);
-            self.pacing = Some(Box::pin(tokio::time::sleep(wait)));
+            let (from, at) = self.began;
+            let due = at + Duration::from_secs_f64((self.at - from) as f64 / self.bytes_per_sec);
+            self.pacing = Some(Box::pin(tokio::time::sleep_until(due)));
         }
         Poll::Ready(Ok(()))
     }

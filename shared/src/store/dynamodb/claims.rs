@@ -10,7 +10,8 @@ impl DynamoStore {
         &self,
         job: &JobId,
     ) -> Result<Option<(JobItem, Vec<CursorItem>)>, StoreError> {
-        self.view_of(job, &(0..SHARDS).collect::<Vec<_>>()).await
+        let shards = self.shards(job).await?;
+        self.view_of(job, &(0..shards).collect::<Vec<_>>()).await
     }
 
     /// The job item and the cursors of `shards` (in that order), in one
@@ -27,6 +28,7 @@ impl DynamoStore {
             return Ok(None);
         };
         let job_item: JobItem = from_item(job_item).map_err(|e| corrupt(job, e))?;
+        self.remember_shards(job, &job_item);
         let cursors = items
             .map(|i| match i {
                 Some(i) => from_item(i).map_err(|e| corrupt(job, e)),
@@ -36,13 +38,29 @@ impl DynamoStore {
         Ok(Some((job_item, cursors)))
     }
 
+    /// The cursors of `shards` (in that order), in one consistent read.
+    async fn cursors_of(&self, job: &JobId, shards: &[u64]) -> Result<Vec<CursorItem>, StoreError> {
+        let keys = shards
+            .iter()
+            .map(|&c| key(cursor_pk(job, c), CURSOR_SK))
+            .collect();
+        self.get_many(job, keys)
+            .await?
+            .into_iter()
+            .map(|i| match i {
+                Some(i) => from_item(i).map_err(|e| corrupt(job, e)),
+                None => Ok(CursorItem::default()),
+            })
+            .collect()
+    }
+
     /// Advances cursor shard `shard` unless it already handed out its
     /// `limit` published batches; the batch index it handed out, or `None`
     /// when another worker got there first.
     async fn advance_cursor(
         &self,
         job: &JobId,
-        shard: u64,
+        (shards, shard): (u64, u64),
         limit: u64,
     ) -> Result<Option<u64>, StoreError> {
         let mut values: Item = HashMap::from([
@@ -65,7 +83,7 @@ impl DynamoStore {
                     .and_then(|v| v.as_n().ok())
                     .and_then(|v| v.parse::<u64>().ok())
                     .ok_or_else(|| corrupt(job, "cursor update returned no cursor"))?;
-                Ok(Some(shard_batch(shard, k - 1)))
+                Ok(Some(shard_batch(shards, shard, k - 1)))
             }
             Err(e) if is_condition_failed(&e) => Ok(None),
             Err(e) => Err(StoreError::backend("UpdateItem", e)),
@@ -166,34 +184,37 @@ impl DynamoStore {
         // that another worker advanced a cursor or claimed a batch, and
         // there are finitely many of both.
         //
-        // A pass reads the job and the worker's home cursor only, while
-        // that one has batches to hand out: every claim of a large fleet
-        // reading every cursor made the cursors the hottest items of the
-        // table. Once the home cursor has none, passes read them all.
-        let home = shard_of(worker);
-        let all: Vec<u64> = (0..SHARDS).map(|i| (home + i) % SHARDS).collect();
-        let mut home_only = true;
+        // The job item is read once, with the worker's home cursor: every
+        // claim of a large fleet reads it, so it is the hottest item a job
+        // has. The other cursors are read only once the home one has
+        // nothing to hand out (every claim reading every cursor made them
+        // the hottest items of the table), and a pass that lost a race
+        // reads the cursors again, not the job.
+        let shards = self.shards(job).await?;
+        let home = shard_of(worker, shards);
+        let all: Vec<u64> = (0..shards).map(|i| (home + i) % shards).collect();
+        let Some((item, mut cursors)) = self.view_of(job, &all[..1]).await? else {
+            return Err(StoreError::JobNotFound(job.clone()));
+        };
+        if item.status.is_final() {
+            return Ok(Claim::JobFinished(item.status));
+        }
+        let ready = item.batches_ready;
+        let mut looked = &all[..1];
         loop {
-            let shards = if home_only { &all[..1] } else { &all[..] };
-            let Some((item, cursors)) = self.view_of(job, shards).await? else {
-                return Err(StoreError::JobNotFound(job.clone()));
-            };
-            if item.status.is_final() {
-                return Ok(Claim::JobFinished(item.status));
-            }
-            let ready = item.batches_ready;
-            let open = shards
+            let open = looked
                 .iter()
                 .zip(&cursors)
-                .find(|(&c, cursor)| cursor.k < shard_len(ready, c))
+                .find(|(&c, cursor)| cursor.k < shard_len(shards, ready, c))
                 .map(|(&c, _)| c);
-            if open.is_none() && home_only {
-                home_only = false;
+            if open.is_none() && looked.len() < all.len() {
+                looked = &all[..];
+                cursors = self.cursors_of(job, looked).await?;
                 continue;
             }
             if let Some(shard) = open {
                 if let Some(index) = self
-                    .advance_cursor(job, shard, shard_len(ready, shard))
+                    .advance_cursor(job, (shards, shard), shard_len(shards, ready, shard))
                     .await?
                 {
                     if let Some(c) = self
@@ -203,6 +224,7 @@ impl DynamoStore {
                         return Ok(Claim::Batch(c));
                     }
                 }
+                cursors = self.cursors_of(job, looked).await?;
                 continue;
             }
             // Every published batch was handed out: look for abandoned ones.
@@ -212,8 +234,7 @@ impl DynamoStore {
             if !item.prepared && !self.search_due(job, now_ms, lease_ms) {
                 return Ok(Claim::Wait);
             }
-            for i in 0..SHARDS {
-                let shard = (home + i) % SHARDS;
+            for &shard in &all {
                 for index in self.expired(job, shard, now_ms, ready).await? {
                     if let Some(c) = self
                         .try_claim(job, index, worker, now_ms, lease_ms, item.retries)

@@ -55,6 +55,7 @@ impl DynamoStore {
         next: Option<u64>,
     ) -> Result<(), StoreError> {
         let job = &claim.job_id;
+        let shards = self.shards(job).await?;
         // A rerun's chained batch was released by the first run.
         let next = next.filter(|_| claim.rerun.is_none());
         let failed = fit_failures(&outcome.failed);
@@ -175,7 +176,7 @@ impl DynamoStore {
         with_cost(&mut counter_values, cost);
         let expiry = self.expiry_clause(&mut counter_values);
         let counter_update = self.counter_shard_update(
-            job,
+            (job, shards),
             format!(
                 "{ADD_COST}, batchesDone :one, #processed :p, failed :f, retryable :r, duplicates :d SET updatedAt = :at{expiry}"
             ),
@@ -196,7 +197,7 @@ impl DynamoStore {
                 .set_expression_attribute_values(Some(HashMap::from([
                     (":pending".into(), s(BatchState::Pending.as_str())),
                     (":waiting".into(), s(BatchState::Waiting.as_str())),
-                    (":gpk".into(), s(lease_gpk(job, next))),
+                    (":gpk".into(), s(lease_gpk(job, shards, next))),
                     (":zero".into(), n(0)),
                 ])))
                 .build()
@@ -226,12 +227,15 @@ impl DynamoStore {
             &claim.version.to_string(),
             &next.map_or(String::new(), |n| n.to_string()),
         ]);
-        match self.transact(job, items, own, Some(tok)).await {
+        // The counter shard's update is second.
+        let counter = Some((1, shards));
+        match self.transact(job, items, counter, own, Some(tok)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(Cancelled::TokenReused)) => {
-                // A commit of this very claim went out before (its answer
-                // lost, or a second call): if it landed, the batch is
-                // committed at this version and counted once.
+            Ok(Err(refused)) => {
+                // A commit of this very claim may have gone out before (its
+                // answer lost, or a second call, under this token or one of
+                // a retry on another counter shard): if it landed, the batch
+                // is committed at this version and counted once.
                 self.meter.restore(job, cost);
                 match self.batch_info(job, claim.index).await? {
                     Some(b)
@@ -240,17 +244,15 @@ impl DynamoStore {
                     {
                         Ok(())
                     }
-                    _ => Err(StoreError::claim_lost(claim)),
+                    _ => {
+                        let at = match refused {
+                            Cancelled::Condition(at) => Some(at),
+                            _ => None,
+                        };
+                        tracing::debug!(job_id = %job, batch = claim.index, item = ?at, "commit refused by its condition");
+                        Err(StoreError::claim_lost(claim))
+                    }
                 }
-            }
-            Ok(Err(refused)) => {
-                let at = match refused {
-                    Cancelled::Condition(at) => Some(at),
-                    _ => None,
-                };
-                tracing::debug!(job_id = %job, batch = claim.index, item = ?at, "commit refused by its condition");
-                self.meter.restore(job, cost);
-                Err(StoreError::claim_lost(claim))
             }
             Err(e) => {
                 self.meter.restore(job, cost);
@@ -264,11 +266,12 @@ impl DynamoStore {
     /// An update of one of the job's counter shards, picked at random, not
     /// the job item: transactions running at the same time rarely meet on
     /// one item (a transaction holds its items), and each shard takes about
-    /// 1/SHARDS of them. The pick is made once, so a retry of the
-    /// transaction sends the same one.
+    /// 1/shards of them (`shards`, the job's count). The pick is made
+    /// once; a retry of the transaction sends the same one unless that one
+    /// was busy (see `transact`).
     pub(super) fn counter_shard_update(
         &self,
-        job: &JobId,
+        (job, shards): (&JobId, u64),
         expression: String,
         values: Item,
         names: Option<HashMap<String, String>>,
@@ -276,7 +279,7 @@ impl DynamoStore {
         Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(
-                counter_pk(job, self.rng.below(SHARDS)),
+                counter_pk(job, self.rng.below(shards)),
                 COUNTERS_SK,
             )))
             .update_expression(expression)
@@ -284,6 +287,20 @@ impl DynamoStore {
             .set_expression_attribute_values(Some(values))
             .build()
             .expect("update is complete")
+    }
+
+    /// `item`, a counter shard's update, moved to another of `shards`.
+    pub(super) fn other_counter_shard(
+        &self,
+        (job, shards): (&JobId, u64),
+        item: &TransactWriteItem,
+    ) -> TransactWriteItem {
+        let Some(update) = item.update() else {
+            return item.clone();
+        };
+        let mut moved = update.clone();
+        moved.key = key(counter_pk(job, self.rng.below(shards)), COUNTERS_SK);
+        TransactWriteItem::builder().update(moved).build()
     }
 
     /// Sort keys of a batch's failure items.

@@ -78,6 +78,21 @@ pub(super) fn cancellation<R>(
     }
 }
 
+/// The position of the item a cancelled transaction found held by
+/// another one, if that is why it was cancelled.
+pub(super) fn conflict_at<R>(
+    e: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> Option<usize> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
+    match e.as_service_error()? {
+        E::TransactionCanceledException(c) => c
+            .cancellation_reasons()
+            .iter()
+            .position(|r| r.code() == Some("TransactionConflict")),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

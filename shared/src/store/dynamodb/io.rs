@@ -251,20 +251,28 @@ impl DynamoStore {
     /// Runs a transaction, retrying cancellations caused by conflicts or
     /// throttling (and nothing else: a validation error would fail again).
     /// `Ok(Err(i))` when the condition on item `i` failed.
+    /// Sends a transaction, retrying it while it is busy. `counter` is
+    /// the position of a counter shard's update among `items`, if any, and
+    /// the job's shard count: a
+    /// conflict on that shard moves the update to another shard, picked at
+    /// random, and retries at once (under a token of its own, since the
+    /// request changed) instead of waiting for the busy one.
     pub(super) async fn transact(
         &self,
         job: &JobId,
-        items: Vec<TransactWriteItem>,
+        mut items: Vec<TransactWriteItem>,
+        counter: Option<(usize, u64)>,
         computed: Cost,
         token: Option<String>,
     ) -> Result<Result<(), Cancelled>, StoreError> {
         let mut attempt = 0;
+        let mut sent_token = token.clone();
         loop {
             let result = self
                 .client
                 .transact_write_items()
                 .set_transact_items(Some(items.clone()))
-                .set_client_request_token(token.clone())
+                .set_client_request_token(sent_token.clone())
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
@@ -280,7 +288,15 @@ impl DynamoStore {
                         self.meter.record(job, computed, &[]);
                         self.meter.conflict(job);
                         attempt += 1;
-                        self.backoff.sleep(attempt, &self.clock, &self.rng).await;
+                        match counter.filter(|&(at, _)| conflict_at(&e) == Some(at)) {
+                            Some((at, shards)) => {
+                                items[at] = self.other_counter_shard((job, shards), &items[at]);
+                                sent_token = token
+                                    .as_deref()
+                                    .map(|t| super::token(&[t, &attempt.to_string()]));
+                            }
+                            None => self.backoff.sleep(attempt, &self.clock, &self.rng).await,
+                        }
                     }
                     _ => return Err(StoreError::backend("TransactWriteItems", e)),
                 },

@@ -22,10 +22,18 @@ pub const DEFINITION_SK: &str = "DEFINITION";
 /// Failed records are spread over this many partitions per job, so a job
 /// with many failures does not write to one hot partition.
 pub const FAILURE_SHARDS: u64 = 16;
-/// Claim cursors, counters and lease-index partitions per job. Batch `i`
-/// belongs to shard `i % SHARDS` everywhere, so each of these items and
-/// partitions sees 1/SHARDS of a job's per-batch writes.
-pub const SHARDS: u64 = 8;
+/// Claim cursors, counters and lease-index partitions of a job. Batch `i`
+/// belongs to shard `i % shards` everywhere, so each of these items and
+/// partitions sees 1/shards of a job's per-batch writes. A job keeps the
+/// count it was created with (its item's `shards`).
+pub const SHARDS: u64 = 32;
+/// The count of a job whose item names none (created before the count was
+/// kept on the item).
+pub const FIRST_SHARDS: u64 = 8;
+
+fn first_shards() -> u64 {
+    FIRST_SHARDS
+}
 
 pub fn job_pk(job: &JobId) -> String {
     format!("J#{job}")
@@ -43,24 +51,24 @@ pub fn counter_pk(job: &JobId, shard: u64) -> String {
     format!("J#{job}#N#{shard}")
 }
 
-/// Lease-index partition of a batch.
-pub fn lease_gpk(job: &JobId, index: u64) -> String {
-    format!("J#{job}#L#{}", index % SHARDS)
+/// Lease-index partition of a batch, of a job of `shards` shards.
+pub fn lease_gpk(job: &JobId, shards: u64, index: u64) -> String {
+    format!("J#{job}#L#{}", index % shards)
 }
 
 pub fn lease_shard_gpk(job: &JobId, shard: u64) -> String {
     format!("J#{job}#L#{shard}")
 }
 
-/// Batches of shard `shard` among the first `ready`: those `i < ready`
-/// with `i % SHARDS == shard`.
-pub fn shard_len(ready: u64, shard: u64) -> u64 {
-    ready / SHARDS + u64::from(shard < ready % SHARDS)
+/// Batches of shard `shard` (of `shards`) among the first `ready`: those
+/// `i < ready` with `i % shards == shard`.
+pub fn shard_len(shards: u64, ready: u64, shard: u64) -> u64 {
+    ready / shards + u64::from(shard < ready % shards)
 }
 
 /// The batch a shard's cursor hands out as its `k`-th (0-based).
-pub fn shard_batch(shard: u64, k: u64) -> u64 {
-    shard + k * SHARDS
+pub fn shard_batch(shards: u64, shard: u64, k: u64) -> u64 {
+    shard + k * shards
 }
 
 pub fn chunk_sk(n: usize) -> String {
@@ -139,6 +147,9 @@ pub struct JobItem {
     /// Times the job was retried.
     #[serde(default)]
     pub retries: u32,
+    /// Cursor, counter and lease-index shards, fixed at creation.
+    #[serde(default = "first_shards")]
+    pub shards: u64,
     /// The current round's requeue pass is running (removed when it ends).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requeuing: bool,
@@ -261,6 +272,7 @@ impl JobItem {
             read_units: 0.0,
             conflicts: 0,
             retries: 0,
+            shards: SHARDS,
             requeuing: false,
             requeue_cursor: None,
             requeued_at: 0,

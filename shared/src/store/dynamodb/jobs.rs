@@ -8,9 +8,10 @@ impl DynamoStore {
     /// The job item, its cursor shards and its counter shards: one
     /// BatchGetItem, the same cost whatever the job's size.
     pub(super) async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError> {
+        let shards = self.shards(job).await?;
         let mut keys = vec![key(job_pk(job), JOB_SK)];
-        keys.extend((0..SHARDS).map(|c| key(cursor_pk(job, c), CURSOR_SK)));
-        keys.extend((0..SHARDS).map(|c| key(counter_pk(job, c), COUNTERS_SK)));
+        keys.extend((0..shards).map(|c| key(cursor_pk(job, c), CURSOR_SK)));
+        keys.extend((0..shards).map(|c| key(counter_pk(job, c), COUNTERS_SK)));
         let mut items = self.get_many(job, keys).await?.into_iter();
         let Some(Some(job_item)) = items.next() else {
             return Ok(None);
@@ -18,7 +19,7 @@ impl DynamoStore {
         let job_item: JobItem = from_item(job_item).map_err(|e| corrupt(job, e))?;
         let cursors = items
             .by_ref()
-            .take(SHARDS as usize)
+            .take(shards as usize)
             .map(|i| i.map(from_item).transpose().map(Option::unwrap_or_default))
             .collect::<Result<Vec<CursorItem>, _>>()
             .map_err(|e| corrupt(job, e))?;
@@ -446,14 +447,15 @@ impl DynamoStore {
         job: &JobId,
         now_ms: i64,
     ) -> Result<LeaseView, StoreError> {
-        let Some((_, cursors)) = self.claim_view(job).await? else {
+        let Some((item, cursors)) = self.claim_view(job).await? else {
             return Ok(LeaseView::default());
         };
         // The index also holds batches no cursor has handed out yet (PENDING
         // too); only those behind their shard's cursor are stalled.
-        let handed_out = |index: u64| index / SHARDS < cursors[(index % SHARDS) as usize].k;
+        let shards = item.shards;
+        let handed_out = |index: u64| index / shards < cursors[(index % shards) as usize].k;
         let mut view = LeaseView::default();
-        for shard in 0..SHARDS {
+        for shard in 0..shards {
             let gpk = lease_shard_gpk(job, shard);
             if !view.live {
                 let live = self

@@ -18,7 +18,7 @@ pub mod table;
 mod throttle;
 
 use self::cost::{item_size, read_units, write, write_units, Meter};
-use self::errors::{cancellation, is_busy, is_condition_failed, Cancelled};
+use self::errors::{cancellation, conflict_at, is_busy, is_condition_failed, Cancelled};
 use self::items::*;
 use super::*;
 use crate::clock::Clock;
@@ -65,6 +65,8 @@ pub struct DynamoStore {
     /// When each job's lease index was last searched in vain while its
     /// prepare was still running (see `claim_batch`).
     searched: std::sync::Mutex<HashMap<JobId, i64>>,
+    /// Each job's shard count, as its item names it (fixed at creation).
+    shards: std::sync::Mutex<HashMap<JobId, u64>>,
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -86,12 +88,12 @@ fn corrupt(job: &JobId, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// A worker's home cursor shard.
-fn shard_of(worker: &str) -> u64 {
+/// A worker's home cursor shard, of `shards`.
+fn shard_of(worker: &str, shards: u64) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     worker.hash(&mut h);
-    h.finish() % SHARDS
+    h.finish() % shards
 }
 
 /// The batch index of a lease-index entry (its `pk`).
@@ -115,7 +117,32 @@ impl DynamoStore {
             clock: Clock::system(),
             rng: Rng::from_entropy(),
             searched: Default::default(),
+            shards: Default::default(),
         }
+    }
+
+    /// The shard count of `job`: remembered, or read from its item once
+    /// (`FIRST_SHARDS` when there is none yet).
+    async fn shards(&self, job: &JobId) -> Result<u64, StoreError> {
+        if let Some(&known) = self.shards.lock().expect("shard counts poisoned").get(job) {
+            return Ok(known);
+        }
+        match self.get(job, job_pk(job), JOB_SK).await? {
+            Some(item) => {
+                let item: JobItem = from_item(item).map_err(|e| corrupt(job, e))?;
+                Ok(self.remember_shards(job, &item))
+            }
+            None => Ok(FIRST_SHARDS),
+        }
+    }
+
+    /// Notes the shard count a job item names; returns it.
+    fn remember_shards(&self, job: &JobId, item: &JobItem) -> u64 {
+        self.shards
+            .lock()
+            .expect("shard counts poisoned")
+            .insert(job.clone(), item.shards);
+        item.shards
     }
 
     /// Reads time from `clock` (the deployment's, `Deps::clock`) rather

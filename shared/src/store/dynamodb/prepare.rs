@@ -32,7 +32,10 @@ impl DynamoStore {
         let result = self.retry_busy(&id, || put.clone().send()).await;
         self.meter.record(&id, write(size), &[]);
         match result {
-            Ok(_) => Ok(CreateOutcome::Created(item.into_job(&[], &[]))),
+            Ok(_) => {
+                self.remember_shards(&id, &item);
+                Ok(CreateOutcome::Created(item.into_job(&[], &[])))
+            }
             Err(e) if is_condition_failed(&e) => {
                 let job = self
                     .get_job(&id)
@@ -151,10 +154,11 @@ impl DynamoStore {
         }
         // The records and the batches' own items at once: nothing written
         // here is claimable before `publish`, which comes after both.
+        let shards = self.shards(job).await?;
         let puts = batches
             .iter()
             .zip(chunk_counts)
-            .map(|(batch, chunks)| self.put_batch_item(job, batch, chunks, expires_at));
+            .map(|(batch, chunks)| self.put_batch_item((job, shards), batch, chunks, expires_at));
         futures::future::try_join(
             self.put_all(job, records),
             futures::future::try_join_all(puts),
@@ -167,7 +171,7 @@ impl DynamoStore {
     /// or done already.
     async fn put_batch_item(
         &self,
-        job: &JobId,
+        (job, shards): (&JobId, u64),
         batch: &NewBatch<'_>,
         chunks: u64,
         expires_at: Option<i64>,
@@ -189,7 +193,7 @@ impl DynamoStore {
             worker: None,
             lease_until: 0,
             // A waiting batch joins the lease index when it is released.
-            gpk: (!waits).then(|| lease_gpk(job, batch.index)),
+            gpk: (!waits).then(|| lease_gpk(job, shards, batch.index)),
             gsk: (!waits).then_some(0),
             processed: 0,
             failed: 0,
@@ -250,6 +254,7 @@ impl DynamoStore {
 
     /// Makes a waiting batch pending, with its lease index entry.
     pub(super) async fn release_waiting(&self, job: &JobId, index: u64) -> Result<(), StoreError> {
+        let shards = self.shards(job).await?;
         let update = self
             .update(batch_pk(job, index), BATCH_SK)
             .update_expression("SET #state = :pending, gpk = :gpk, gsk = :zero")
@@ -257,7 +262,7 @@ impl DynamoStore {
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":pending", s(BatchState::Pending.as_str()))
             .expression_attribute_values(":waiting", s(BatchState::Waiting.as_str()))
-            .expression_attribute_values(":gpk", s(lease_gpk(job, index)))
+            .expression_attribute_values(":gpk", s(lease_gpk(job, shards, index)))
             .expression_attribute_values(":zero", n(0));
         let cost = Cost {
             requests: 1,

@@ -55,6 +55,7 @@ impl DynamoStore {
             return Ok(None);
         };
         let batch: BatchItem = from_item(item).map_err(|e| corrupt(job, e))?;
+        let shards = self.shards(job).await?;
         let ran_this_round = batch.round.is_some_and(|r| r >= round);
         if !matches!(batch.state, BatchState::Done | BatchState::Failed) || ran_this_round {
             return Ok(None);
@@ -95,7 +96,7 @@ impl DynamoStore {
                 (":done".into(), s(BatchState::Done.as_str())),
                 (":failed".into(), s(BatchState::Failed.as_str())),
                 (":zero".into(), n(0)),
-                (":gpk".into(), s(lease_gpk(job, index))),
+                (":gpk".into(), s(lease_gpk(job, shards, index))),
                 (":kept".into(), n(kept)),
                 (":v".into(), n(batch.version)),
                 (":round".into(), n(round)),
@@ -132,7 +133,7 @@ impl DynamoStore {
         counter_values.insert(":now".into(), n(self.clock.now_ms()));
         let expiry = self.expiry_clause(&mut counter_values);
         let counter_update = self.counter_shard_update(
-            job,
+            (job, shards),
             format!(
                 "{ADD_COST}, batchesDone :minus_one, failed :minus_rerun, retryable :minus_rerun SET updatedAt = :now{expiry}"
             ),
@@ -151,7 +152,7 @@ impl DynamoStore {
         // DynamoDB refuses a token reused with other parameters. The batch
         // condition fences a second requeue instead; an SDK retry after a
         // lost answer finds the batch requeued and says so.
-        match self.transact(job, items, own, None).await {
+        match self.transact(job, items, None, own, None).await {
             Ok(Ok(())) => Ok(Some(rerun)),
             // Requeued by a racing pass, or the pass is over.
             Ok(Err(_)) => {

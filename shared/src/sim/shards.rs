@@ -1,0 +1,225 @@
+//! The DynamoDB store's shards on the simulated DynamoDB: a job keeps the
+//! shard count it was created with, and a commit that meets a busy counter
+//! shard moves to another.
+
+use super::{SimAws, SimConfig, ORIGIN_MS};
+use crate::job::{JobId, SourceRef, StagedRecord};
+use crate::store::dynamodb::table::create_state_table;
+use crate::store::dynamodb::DynamoStore;
+use crate::store::{
+    BatchOutcome, BatchState, Claim, ClaimStore, CreateOutcome, JobControl, NewBatch, PrepareLease,
+    PrepareStore,
+};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const TABLE: &str = "state";
+const LEASE: i64 = 60_000;
+
+async fn world() -> SimAws {
+    let aws = SimAws::new(SimConfig::exact(11));
+    create_state_table(&aws.clients().dynamodb, TABLE)
+        .await
+        .expect("create the state table");
+    aws
+}
+
+/// A store as a new process has it: nothing remembered.
+fn store(aws: &SimAws) -> DynamoStore {
+    DynamoStore::new(aws.clients().dynamodb, TABLE, true)
+        .with_clock(aws.clock)
+        .with_rng(crate::rng::Rng::seeded(5))
+}
+
+fn owner() -> PrepareLease {
+    PrepareLease {
+        owner: "orchestrator".into(),
+        lease_ms: LEASE,
+    }
+}
+
+/// A prepared job of `batches` batches of one record each; `legacy`: its
+/// item names no shard count, as an older version wrote it.
+async fn job(aws: &SimAws, store: &DynamoStore, batches: u64, legacy: bool) -> JobId {
+    let source = SourceRef {
+        bucket: "uploads".into(),
+        key: "users.csv".into(),
+        version: "v1".into(),
+    };
+    let now = ORIGIN_MS;
+    let CreateOutcome::Created(job) = store.create_job(&source, &owner(), now).await.unwrap()
+    else {
+        panic!("the job is new");
+    };
+    if legacy {
+        let remove = json!({
+            "TableName": TABLE,
+            "Key": key(&format!("J#{}", job.id), "JOB"),
+            "UpdateExpression": "REMOVE shards",
+        });
+        let answer = aws.dynamodb.serve_direct("UpdateItem", &remove.to_string());
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    for index in 0..batches {
+        let records = vec![StagedRecord {
+            line: index + 2,
+            values: vec![Some(format!("u{index}@example.com"))].into(),
+            issue: None,
+        }];
+        let batch = NewBatch {
+            index,
+            records: &records,
+            after: None,
+        };
+        store.write_batch(&job.id, batch, now).await.unwrap();
+    }
+    store
+        .finish_prepare(&job.id, &owner(), batches, batches)
+        .await
+        .unwrap();
+    job.id
+}
+
+fn done() -> BatchOutcome {
+    BatchOutcome {
+        state: BatchState::Done,
+        processed: 1,
+        failed: vec![],
+        error: None,
+        duplicates: 0,
+    }
+}
+
+fn key(pk: &str, sk: &str) -> Value {
+    json!({ "pk": { "S": pk }, "sk": { "S": sk } })
+}
+
+/// The shard numbers of the items of `job` named `J#<job>#<kind>#<n>`.
+fn shards_written(aws: &SimAws, job: &JobId, kind: char) -> Vec<u64> {
+    let prefix = format!("J#{job}#{kind}#");
+    let mut found: Vec<u64> = aws
+        .dynamodb
+        .scan(TABLE)
+        .iter()
+        .filter_map(|i| i["pk"]["S"].as_str()?.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_created_before_shard_counts_were_kept_runs_on_eight() {
+    let aws = world().await;
+    // Created by an older version; its workers are of this one, each in
+    // its own process.
+    let job = job(&aws, &store(&aws), 40, true).await;
+    for worker in 0..40 {
+        let store = store(&aws);
+        let Claim::Batch(claim) = store
+            .claim_batch(&job, &format!("w{worker}"), ORIGIN_MS, LEASE)
+            .await
+            .unwrap()
+        else {
+            panic!("batch {worker} is claimable");
+        };
+        store
+            .commit_batch(&claim, &done(), ORIGIN_MS)
+            .await
+            .unwrap();
+    }
+    let j = store(&aws).get_job(&job).await.unwrap().unwrap();
+    assert!(j.all_batches_done(), "{j:?}");
+    assert_eq!(j.processed, 40);
+    assert_eq!(shards_written(&aws, &job, 'K'), (0..8).collect::<Vec<_>>());
+    assert!(shards_written(&aws, &job, 'N').iter().all(|&s| s < 8));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_job_spreads_its_batches_over_its_own_shard_count() {
+    let aws = world().await;
+    let store = store(&aws);
+    let job = job(&aws, &store, 64, false).await;
+    let item = aws
+        .dynamodb
+        .item(TABLE, &key(&format!("J#{job}"), "JOB"))
+        .unwrap();
+    assert_eq!(item["shards"]["N"], "32");
+    while let Claim::Batch(c) = store
+        .claim_batch(&job, "w", ORIGIN_MS, LEASE)
+        .await
+        .unwrap()
+    {
+        store.commit_batch(&c, &done(), ORIGIN_MS).await.unwrap();
+    }
+    assert_eq!(shards_written(&aws, &job, 'K'), (0..32).collect::<Vec<_>>());
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!((j.processed, j.batches_done), (64, 64));
+}
+
+/// A commit whose counter shard a transaction holds moves to another
+/// shard: it neither waits for the busy one nor lands on it.
+#[tokio::test(start_paused = true)]
+async fn a_commit_that_meets_a_busy_counter_shard_moves_to_another() {
+    let aws = world().await;
+    let store = store(&aws);
+    let job = job(&aws, &store, 24, false).await;
+    // Half the shards busy for an hour.
+    let busy: Vec<Value> = (0..16)
+        .map(|s| key(&format!("J#{job}#N#{s}"), "COUNTERS"))
+        .collect();
+    let until = tokio::time::Instant::now() + Duration::from_secs(3600);
+    for shard in &busy {
+        aws.dynamodb.hold(TABLE, shard, until);
+    }
+    while let Claim::Batch(c) = store
+        .claim_batch(&job, "w", ORIGIN_MS, LEASE)
+        .await
+        .unwrap()
+    {
+        store.commit_batch(&c, &done(), ORIGIN_MS).await.unwrap();
+    }
+    assert!(tokio::time::Instant::now() < until, "a commit waited");
+    assert!(busy.iter().all(|s| aws.dynamodb.item(TABLE, s).is_none()));
+    let j = store.get_job(&job).await.unwrap().unwrap();
+    assert_eq!((j.processed, j.batches_done), (24, 24));
+    assert!(
+        aws.dynamodb.stats().conflicts > 0,
+        "no commit met the busy shard"
+    );
+}
+
+/// Read units spent on the job item of `job` so far.
+fn job_item_reads(aws: &SimAws, job: &JobId) -> f64 {
+    let item = format!("{TABLE}|{{\"S\":\"J#{job}\"}}|{{\"S\":\"JOB\"}}");
+    let stats = aws.dynamodb.stats();
+    stats.item_reads.get(&item).copied().unwrap_or_default()
+}
+
+/// The job item is the one item every claim of a job reads: a claim reads
+/// it once, however many cursors it has to look at or races it loses.
+#[tokio::test(start_paused = true)]
+async fn a_claim_reads_the_job_item_once() {
+    let aws = world().await;
+    let store = store(&aws);
+    let job = job(&aws, &store, 64, false).await;
+    // Learn the shard count first, as a process does once.
+    let before = {
+        store.get_job(&job).await.unwrap();
+        job_item_reads(&aws, &job)
+    };
+    let mut claims = 0;
+    loop {
+        claims += 1;
+        let Claim::Batch(c) = store
+            .claim_batch(&job, "w", ORIGIN_MS, LEASE)
+            .await
+            .unwrap()
+        else {
+            break;
+        };
+        store.commit_batch(&c, &done(), ORIGIN_MS).await.unwrap();
+    }
+    assert_eq!(claims, 65);
+    assert_eq!(job_item_reads(&aws, &job) - before, f64::from(claims));
+}
