@@ -173,6 +173,8 @@ pub struct FleetReport {
     /// claim, or crashed before committing).
     pub reprocessed: u64,
     pub sweeps: u64,
+    /// DynamoDB requests the sweeper's invocations sent.
+    pub sweeper_requests: u64,
     /// Error reports written (a report rewritten by a caller that took
     /// over from one that died counts again).
     pub reports_written: usize,
@@ -326,6 +328,13 @@ impl FleetReport {
         );
         let _ = writeln!(
             out,
+            "sweeper: {} passes, {} DynamoDB requests ({:.1} a pass)",
+            self.sweeps,
+            self.sweeper_requests,
+            self.sweeper_requests as f64 / self.sweeps.max(1) as f64
+        );
+        let _ = writeln!(
+            out,
             "trace: {} requests, digest {:016x}",
             self.trace.requests, self.trace.digest
         );
@@ -464,6 +473,8 @@ struct Fleet {
     prepare_url: String,
     idle: Mutex<HashMap<&'static str, Vec<Container>>>,
     containers: AtomicU64,
+    /// DynamoDB requests of the sweeper's containers.
+    sweeper_requests: Arc<AtomicU64>,
     invocations: Mutex<Invocations>,
     finished: tokio::sync::Notify,
     start: Instant,
@@ -478,9 +489,12 @@ fn key_of(function: Function) -> &'static str {
 }
 
 impl Fleet {
-    fn container(&self) -> Container {
+    fn container(&self, function: Function) -> Container {
         let n = self.containers.fetch_add(1, Ordering::Relaxed);
-        let clients = self.aws.clients();
+        let clients = match function {
+            Function::Sweeper => self.aws.counted_clients(self.sweeper_requests.clone()),
+            _ => self.aws.clients(),
+        };
         let clock: Clock = self.aws.clock;
         let rng = Rng::seeded(
             self.config
@@ -551,7 +565,7 @@ impl Fleet {
             .pop();
         match reused {
             Some(c) => (c, false),
-            None => (self.container(), true),
+            None => (self.container(function), true),
         }
     }
 
@@ -841,6 +855,7 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
         prepare_url: prepare_url.clone(),
         idle: Mutex::default(),
         containers: AtomicU64::new(0),
+        sweeper_requests: Arc::default(),
         invocations: Mutex::default(),
         finished: tokio::sync::Notify::new(),
         start: Instant::now(),
@@ -959,6 +974,7 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
         claim_waits,
         reprocessed,
         sweeps,
+        sweeper_requests: fleet.sweeper_requests.load(Ordering::Relaxed),
         reports_written,
         trace: aws.world.traced(),
         violations,

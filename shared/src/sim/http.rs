@@ -20,6 +20,8 @@ pub(super) struct SimHttp {
     aws: SimAws,
     /// Straight to the data (`SimAws::direct_clients`).
     direct: bool,
+    /// Where the DynamoDB requests sent through these clients are counted.
+    counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl std::fmt::Debug for SimHttp {
@@ -29,8 +31,16 @@ impl std::fmt::Debug for SimHttp {
 }
 
 impl SimHttp {
-    pub(super) fn shared(aws: SimAws, direct: bool) -> SharedHttpClient {
-        SharedHttpClient::new(SimHttp { aws, direct })
+    pub(super) fn shared(
+        aws: SimAws,
+        direct: bool,
+        counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> SharedHttpClient {
+        SharedHttpClient::new(SimHttp {
+            aws,
+            direct,
+            counted,
+        })
     }
 }
 
@@ -46,7 +56,7 @@ impl HttpClient for SimHttp {
 
 impl HttpConnector for SimHttp {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let (aws, direct) = (self.aws.clone(), self.direct);
+        let (aws, direct, counted) = (self.aws.clone(), self.direct, self.counted.clone());
         let target = request
             .headers()
             .get("x-amz-target")
@@ -60,6 +70,9 @@ impl HttpConnector for SimHttp {
         HttpConnectorFuture::new(async move {
             let (answer, content_type) = if let Some(op) = target.strip_prefix("DynamoDB_20120810.")
             {
+                if let Some(counted) = &counted {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let answer = if direct {
                     aws.dynamodb.serve_direct(op, &body)
                 } else {

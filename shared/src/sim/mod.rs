@@ -239,13 +239,18 @@ impl SimAws {
     /// with the backoff's jitter off so that a seed repeats. Each
     /// simulated Lambda container gets its own, as each has its own.
     pub fn clients(&self) -> Clients {
-        self.clients_through(http::SimHttp::shared(self.clone(), false))
+        self.clients_through(http::SimHttp::shared(self.clone(), false, None))
+    }
+
+    /// `clients`, counting their DynamoDB requests into `counted`.
+    pub fn counted_clients(&self, counted: Arc<std::sync::atomic::AtomicU64>) -> Clients {
+        self.clients_through(http::SimHttp::shared(self.clone(), false, Some(counted)))
     }
 
     /// Clients whose DynamoDB requests go straight to the data, without
     /// latency, billing, limits or faults: for looking at a run.
     pub fn direct_clients(&self) -> Clients {
-        self.clients_through(http::SimHttp::shared(self.clone(), true))
+        self.clients_through(http::SimHttp::shared(self.clone(), true, None))
     }
 
     fn clients_through(

@@ -41,6 +41,16 @@ fn owner() -> PrepareLease {
 /// A prepared job of `batches` batches of one record each; `legacy`: its
 /// item names no shard count, as an older version wrote it.
 async fn job(aws: &SimAws, store: &DynamoStore, batches: u64, legacy: bool) -> JobId {
+    let job = open_job(aws, store, batches, legacy).await;
+    store
+        .finish_prepare(&job, &owner(), batches, batches)
+        .await
+        .unwrap();
+    job
+}
+
+/// `job`, its prepare still running with `batches` published.
+async fn open_job(aws: &SimAws, store: &DynamoStore, batches: u64, legacy: bool) -> JobId {
     let source = SourceRef {
         bucket: "uploads".into(),
         key: "users.csv".into(),
@@ -55,7 +65,7 @@ async fn job(aws: &SimAws, store: &DynamoStore, batches: u64, legacy: bool) -> J
         let remove = json!({
             "TableName": TABLE,
             "Key": key(&format!("J#{}", job.id), "JOB"),
-            "UpdateExpression": "REMOVE shards",
+            "UpdateExpression": "REMOVE shards, counters",
         });
         let answer = aws.dynamodb.serve_direct("UpdateItem", &remove.to_string());
         assert_eq!(answer.status, 200, "{}", answer.body);
@@ -74,7 +84,7 @@ async fn job(aws: &SimAws, store: &DynamoStore, batches: u64, legacy: bool) -> J
         store.write_batch(&job.id, batch, now).await.unwrap();
     }
     store
-        .finish_prepare(&job.id, &owner(), batches, batches)
+        .publish(&job.id, &owner(), batches, None, now)
         .await
         .unwrap();
     job.id
@@ -145,6 +155,7 @@ async fn a_new_job_spreads_its_batches_over_its_own_shard_count() {
         .item(TABLE, &key(&format!("J#{job}"), "JOB"))
         .unwrap();
     assert_eq!(item["shards"]["N"], "32");
+    assert_eq!(item["counters"]["N"], "64");
     while let Claim::Batch(c) = store
         .claim_batch(&job, "w", ORIGIN_MS, LEASE)
         .await
@@ -197,17 +208,15 @@ fn job_item_reads(aws: &SimAws, job: &JobId) -> f64 {
 }
 
 /// The job item is the one item every claim of a job reads: a claim reads
-/// it once, however many cursors it has to look at or races it loses.
+/// it once, at half a read unit (not consistently), however many cursors it
+/// has to look at or races it loses; the claim that finds nothing left
+/// reads it again, consistently, before it sends the worker away.
 #[tokio::test(start_paused = true)]
 async fn a_claim_reads_the_job_item_once() {
     let aws = world().await;
     let store = store(&aws);
     let job = job(&aws, &store, 64, false).await;
-    // Learn the shard count first, as a process does once.
-    let before = {
-        store.get_job(&job).await.unwrap();
-        job_item_reads(&aws, &job)
-    };
+    let before = job_item_reads(&aws, &job);
     let mut claims = 0;
     loop {
         claims += 1;
@@ -221,5 +230,80 @@ async fn a_claim_reads_the_job_item_once() {
         store.commit_batch(&c, &done(), ORIGIN_MS).await.unwrap();
     }
     assert_eq!(claims, 65);
-    assert_eq!(job_item_reads(&aws, &job) - before, f64::from(claims));
+    assert_eq!(
+        job_item_reads(&aws, &job) - before,
+        0.5 * f64::from(claims) + 1.0
+    );
+}
+
+/// Read units spent on the cursors of `job` so far.
+fn cursor_reads(aws: &SimAws, job: &JobId) -> f64 {
+    let prefix = format!("{TABLE}|{{\"S\":\"J#{job}#K#");
+    let stats = aws.dynamodb.stats();
+    stats
+        .item_reads
+        .iter()
+        .filter(|(item, _)| item.starts_with(&prefix))
+        .map(|(_, units)| units)
+        .sum()
+}
+
+/// A worker that has claimed everything published and waits for more
+/// reads the job item and nothing else: it knows where the cursors it
+/// saw stand, and they only move forward.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_worker_reads_only_the_job_item() {
+    let aws = world().await;
+    let store = store(&aws);
+    let job = open_job(&aws, &store, 40, false).await;
+    while let Claim::Batch(c) = store
+        .claim_batch(&job, "w", ORIGIN_MS, LEASE)
+        .await
+        .unwrap()
+    {
+        store.commit_batch(&c, &done(), ORIGIN_MS).await.unwrap();
+    }
+    let (jobs, cursors) = (job_item_reads(&aws, &job), cursor_reads(&aws, &job));
+    let searches = || {
+        let stats = aws.dynamodb.stats();
+        stats
+            .shapes
+            .get("Query leases J#<id>#L#<n>")
+            .copied()
+            .unwrap_or_default()
+    };
+    for _ in 0..10 {
+        let claim = store.claim_batch(&job, "w", ORIGIN_MS, LEASE).await;
+        assert!(matches!(claim.unwrap(), Claim::Wait));
+    }
+    assert_eq!(cursor_reads(&aws, &job), cursors);
+    assert_eq!(job_item_reads(&aws, &job) - jobs, 5.0);
+    // Nor does it search for abandoned batches before a quarter lease:
+    // none can have expired yet.
+    assert_eq!(searches(), 0);
+    // Once more are published, they are claimed.
+    let owner = owner();
+    let records = vec![StagedRecord {
+        line: 100,
+        values: vec![Some("late@example.com".to_owned())].into(),
+        issue: None,
+    }];
+    let batch = NewBatch {
+        index: 40,
+        records: &records,
+        after: None,
+    };
+    store.write_batch(&job, batch, ORIGIN_MS).await.unwrap();
+    store
+        .publish(&job, &owner, 41, None, ORIGIN_MS)
+        .await
+        .unwrap();
+    let Claim::Batch(c) = store
+        .claim_batch(&job, "w2", ORIGIN_MS, LEASE)
+        .await
+        .unwrap()
+    else {
+        panic!("the batch published last is claimable");
+    };
+    assert_eq!(c.index, 40);
 }

@@ -38,13 +38,15 @@ impl DynamoStore {
         Ok(Some((job_item, cursors)))
     }
 
-    /// The cursors of `shards` (in that order), in one consistent read.
+    /// The cursors of `shards` (in that order), in one read that need not
+    /// be consistent: a cursor seen behind where it is costs a failed
+    /// advance, and half the read units of a fleet's reads of them.
     async fn cursors_of(&self, job: &JobId, shards: &[u64]) -> Result<Vec<CursorItem>, StoreError> {
         let keys = shards
             .iter()
             .map(|&c| key(cursor_pk(job, c), CURSOR_SK))
             .collect();
-        self.get_many(job, keys)
+        self.get_many_read(job, keys, false)
             .await?
             .into_iter()
             .map(|i| match i {
@@ -137,7 +139,9 @@ impl DynamoStore {
                     attempt: item.version - item.queued_version,
                     rerun: item.rerun(),
                     last_error: item.last_error,
-                    round,
+                    // A batch put back for a retry names its round, which a
+                    // claim's read of the job may not show yet.
+                    round: round.max(item.round.unwrap_or_default()),
                     content: item.content,
                     next: item.next,
                 }))
@@ -180,88 +184,158 @@ impl DynamoStore {
         lease_ms: i64,
     ) -> Result<Claim, StoreError> {
         // Each worker starts at its own shard, so workers rarely race for
-        // one cursor. The loop ends: every pass either claims, or finds
-        // that another worker advanced a cursor or claimed a batch, and
-        // there are finitely many of both.
+        // one cursor. The loop ends: every pass either claims, or learns
+        // that a shard has nothing left to hand out (its cursor reached
+        // the published batches of the shard), and there are finitely many
+        // shards.
         //
-        // The job item is read once, with the worker's home cursor: every
-        // claim of a large fleet reads it, so it is the hottest item a job
-        // has. The other cursors are read only once the home one has
-        // nothing to hand out (every claim reading every cursor made them
-        // the hottest items of the table), and a pass that lost a race
-        // reads the cursors again, not the job.
-        let shards = self.shards(job).await?;
-        let home = shard_of(worker, shards);
-        let all: Vec<u64> = (0..shards).map(|i| (home + i) % shards).collect();
-        let Some((item, mut cursors)) = self.view_of(job, &all[..1]).await? else {
+        // The job item is read once, not consistently: every claim of a
+        // large fleet reads it, so it is the hottest item a job has, and
+        // half a read unit doubles what its partition serves. A stale copy
+        // hands out fewer batches (the published count only grows), and
+        // what would send the worker away is read again consistently.
+        //
+        // Where the cursors stand is remembered (they only move forward,
+        // so what was seen is a floor): a claim tries its home cursor
+        // without reading it, reads all of them only when that one has
+        // nothing left and another may, and reads none while all are known
+        // to have handed out everything published.
+        let Some(item) = self.claim_item(job).await? else {
             return Err(StoreError::JobNotFound(job.clone()));
         };
         if item.status.is_final() {
             return Ok(Claim::JobFinished(item.status));
         }
+        let shards = item.shards;
+        let home = shard_of(worker, shards);
+        let all: Vec<u64> = (0..shards).map(|i| (home + i) % shards).collect();
         let ready = item.batches_ready;
-        let mut looked = &all[..1];
+        let limit = |c: u64| shard_len(shards, ready, c);
+        let mut floors = self.floors(job, shards);
+        let mut read_all = false;
         loop {
-            let open = looked
-                .iter()
-                .zip(&cursors)
-                .find(|(&c, cursor)| cursor.k < shard_len(shards, ready, c))
-                .map(|(&c, _)| c);
-            if open.is_none() && looked.len() < all.len() {
-                looked = &all[..];
-                cursors = self.cursors_of(job, looked).await?;
+            let open = |floors: &[u64], shards: &[u64]| {
+                shards
+                    .iter()
+                    .copied()
+                    .find(|&c| floors[c as usize] < limit(c))
+            };
+            let looked = if read_all { &all[..] } else { &all[..1] };
+            let Some(shard) = open(&floors, looked) else {
+                if read_all || open(&floors, &all).is_none() {
+                    break;
+                }
+                read_all = true;
+                let cursors = self.cursors_of(job, &all).await?;
+                for (&c, cursor) in all.iter().zip(&cursors) {
+                    floors[c as usize] = floors[c as usize].max(cursor.k);
+                }
+                self.remember_floors(job, &floors);
                 continue;
-            }
-            if let Some(shard) = open {
-                if let Some(index) = self
-                    .advance_cursor(job, (shards, shard), shard_len(shards, ready, shard))
+            };
+            let advanced = self
+                .advance_cursor(job, (shards, shard), limit(shard))
+                .await?;
+            let at = &mut floors[shard as usize];
+            *at = match advanced {
+                Some(index) => (*at).max(index / shards + 1),
+                // The cursor is at the shard's limit already.
+                None => limit(shard),
+            };
+            self.remember_floors(job, &floors);
+            if let Some(index) = advanced {
+                if let Some(c) = self
+                    .try_claim(job, index, worker, now_ms, lease_ms, item.retries)
                     .await?
                 {
-                    if let Some(c) = self
-                        .try_claim(job, index, worker, now_ms, lease_ms, item.retries)
-                        .await?
-                    {
-                        return Ok(Claim::Batch(c));
-                    }
-                }
-                cursors = self.cursors_of(job, looked).await?;
-                continue;
-            }
-            // Every published batch was handed out: look for abandoned ones.
-            // While prepare runs, workers come back here each time they wake
-            // to wait; a lease expires only after `lease_ms`, so searching
-            // more often than every quarter lease finds nothing new.
-            if !item.prepared && !self.search_due(job, now_ms, lease_ms) {
-                return Ok(Claim::Wait);
-            }
-            for &shard in &all {
-                for index in self.expired(job, shard, now_ms, ready).await? {
-                    if let Some(c) = self
-                        .try_claim(job, index, worker, now_ms, lease_ms, item.retries)
-                        .await?
-                    {
-                        return Ok(Claim::Batch(c));
-                    }
+                    return Ok(Claim::Batch(c));
                 }
             }
-            self.searched
-                .lock()
-                .expect("search times poisoned")
-                .insert(job.clone(), now_ms);
-            // A requeue pass puts batches back as it goes: wait for it.
-            return Ok(if item.prepared && !item.requeuing {
-                Claim::NoneAvailable
-            } else {
-                Claim::Wait
-            });
+        }
+        // Every published batch was handed out: look for abandoned ones.
+        // While prepare runs, workers come back here each time they wake
+        // to wait; a lease expires only after `lease_ms`, so searching
+        // more often than every quarter lease finds nothing new.
+        if !item.prepared && !self.search_due(job, now_ms, lease_ms) {
+            return Ok(Claim::Wait);
+        }
+        for &shard in &all {
+            for index in self.expired(job, shard, now_ms, ready).await? {
+                if let Some(c) = self
+                    .try_claim(job, index, worker, now_ms, lease_ms, item.retries)
+                    .await?
+                {
+                    return Ok(Claim::Batch(c));
+                }
+            }
+        }
+        self.searched
+            .lock()
+            .expect("search times poisoned")
+            .insert(job.clone(), now_ms);
+        // A requeue pass puts batches back as it goes: wait for it.
+        if !item.prepared || item.requeuing {
+            return Ok(Claim::Wait);
+        }
+        // Sending the worker away: on the job as it is now.
+        let Some(now) = self.job_item(job, true).await? else {
+            return Err(StoreError::JobNotFound(job.clone()));
+        };
+        Ok(if now.status.is_final() {
+            Claim::JobFinished(now.status)
+        } else if now.requeuing || now.batches_ready > ready {
+            Claim::Wait
+        } else {
+            Claim::NoneAvailable
+        })
+    }
+
+    /// The job item as a claim reads it: not consistently, unless that
+    /// finds no job or a final one (which would send the worker away).
+    async fn claim_item(&self, job: &JobId) -> Result<Option<JobItem>, StoreError> {
+        match self.job_item(job, false).await? {
+            Some(item) if !item.status.is_final() => Ok(Some(item)),
+            _ => self.job_item(job, true).await,
         }
     }
 
+    async fn job_item(&self, job: &JobId, consistent: bool) -> Result<Option<JobItem>, StoreError> {
+        let Some(item) = self
+            .get_read(job, (job_pk(job), JOB_SK), consistent)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let item: JobItem = from_item(item).map_err(|e| corrupt(job, e))?;
+        self.remember_shards(job, &item);
+        Ok(Some(item))
+    }
+
+    /// Where this process last saw each cursor of `job` (of `shards`).
+    fn floors(&self, job: &JobId, shards: u64) -> Vec<u64> {
+        let floors = self.floors.lock().expect("cursor floors poisoned");
+        let mut seen = floors.get(job).cloned().unwrap_or_default();
+        seen.resize(shards as usize, 0);
+        seen
+    }
+
+    fn remember_floors(&self, job: &JobId, seen: &[u64]) {
+        let mut floors = self.floors.lock().expect("cursor floors poisoned");
+        let known = floors.entry(job.clone()).or_default();
+        known.resize(seen.len(), 0);
+        for (known, &seen) in known.iter_mut().zip(seen) {
+            *known = (*known).max(seen);
+        }
+    }
+
+    /// Whether a claim that waits for prepare searches the lease index: a
+    /// quarter lease after this process last searched, or first waited
+    /// (before that, what a search finds are mostly batches whose claims
+    /// are on their way, and a fleet's first waits would all search).
     fn search_due(&self, job: &JobId, now_ms: i64, lease_ms: i64) -> bool {
-        let searched = self.searched.lock().expect("search times poisoned");
-        searched
-            .get(job)
-            .is_none_or(|last| now_ms - last >= lease_ms / 4 || now_ms < *last)
+        let mut searched = self.searched.lock().expect("search times poisoned");
+        let last = *searched.entry(job.clone()).or_insert(now_ms);
+        now_ms - last >= lease_ms / 4 || now_ms < last
     }
 
     pub(super) async fn claim_index(

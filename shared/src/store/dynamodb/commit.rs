@@ -55,7 +55,7 @@ impl DynamoStore {
         next: Option<u64>,
     ) -> Result<(), StoreError> {
         let job = &claim.job_id;
-        let shards = self.shards(job).await?;
+        let (shards, counters) = self.sharding(job).await?;
         // A rerun's chained batch was released by the first run.
         let next = next.filter(|_| claim.rerun.is_none());
         let failed = fit_failures(&outcome.failed);
@@ -176,7 +176,7 @@ impl DynamoStore {
         with_cost(&mut counter_values, cost);
         let expiry = self.expiry_clause(&mut counter_values);
         let counter_update = self.counter_shard_update(
-            (job, shards),
+            (job, counters),
             format!(
                 "{ADD_COST}, batchesDone :one, #processed :p, failed :f, retryable :r, duplicates :d SET updatedAt = :at{expiry}"
             ),
@@ -228,7 +228,7 @@ impl DynamoStore {
             &next.map_or(String::new(), |n| n.to_string()),
         ]);
         // The counter shard's update is second.
-        let counter = Some((1, shards));
+        let counter = Some((1, counters));
         match self.transact(job, items, counter, own, Some(tok)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(refused)) => {

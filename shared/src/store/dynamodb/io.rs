@@ -16,12 +16,23 @@ impl DynamoStore {
         pk: String,
         sk: &str,
     ) -> Result<Option<Item>, StoreError> {
+        self.get_read(job, (pk, sk), true).await
+    }
+
+    /// `get`, read consistently or not (half the read units, and it may
+    /// miss the latest writes).
+    pub(super) async fn get_read(
+        &self,
+        job: &JobId,
+        (pk, sk): (String, &str),
+        consistent: bool,
+    ) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key(pk, sk)))
-            .consistent_read(true)
+            .consistent_read(consistent)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
@@ -29,7 +40,7 @@ impl DynamoStore {
         let size = out.item().map(item_size).unwrap_or(0);
         let computed = Cost {
             requests: 1,
-            read_units: read_units(size, true),
+            read_units: read_units(size, consistent),
             ..Cost::default()
         };
         self.meter
@@ -44,11 +55,21 @@ impl DynamoStore {
         job: &JobId,
         keys: Vec<Item>,
     ) -> Result<Vec<Option<Item>>, StoreError> {
+        self.get_many_read(job, keys, true).await
+    }
+
+    /// `get_many`, read consistently or not.
+    pub(super) async fn get_many_read(
+        &self,
+        job: &JobId,
+        keys: Vec<Item>,
+        consistent: bool,
+    ) -> Result<Vec<Option<Item>>, StoreError> {
         let mut found: Vec<Item> = Vec::with_capacity(keys.len());
         for group in keys.chunks(100) {
             let mut pending = KeysAndAttributes::builder()
                 .set_keys(Some(group.to_vec()))
-                .consistent_read(true)
+                .consistent_read(consistent)
                 .build()
                 .expect("keys are set");
             let mut attempt = 0;
@@ -68,7 +89,8 @@ impl DynamoStore {
                     job,
                     Cost {
                         requests: 1,
-                        read_units: read_units(size, true).max(items.len() as f64),
+                        read_units: read_units(size, consistent)
+                            .max(items.len() as f64 / if consistent { 1.0 } else { 2.0 }),
                         ..Cost::default()
                     },
                     out.consumed_capacity.as_deref().unwrap_or_default(),
@@ -253,7 +275,7 @@ impl DynamoStore {
     /// `Ok(Err(i))` when the condition on item `i` failed.
     /// Sends a transaction, retrying it while it is busy. `counter` is
     /// the position of a counter shard's update among `items`, if any, and
-    /// the job's shard count: a
+    /// the job's counter shard count: a
     /// conflict on that shard moves the update to another shard, picked at
     /// random, and retries at once (under a token of its own, since the
     /// request changed) instead of waiting for the busy one.
@@ -289,11 +311,18 @@ impl DynamoStore {
                         self.meter.conflict(job);
                         attempt += 1;
                         match counter.filter(|&(at, _)| conflict_at(&e) == Some(at)) {
-                            Some((at, shards)) => {
-                                items[at] = self.other_counter_shard((job, shards), &items[at]);
+                            Some((at, counters)) => {
+                                items[at] = self.other_counter_shard((job, counters), &items[at]);
                                 sent_token = token
                                     .as_deref()
                                     .map(|t| super::token(&[t, &attempt.to_string()]));
+                                // Busy again after moving: the shards are
+                                // crowded, so wait as well.
+                                if attempt > 1 {
+                                    self.backoff
+                                        .sleep(attempt - 1, &self.clock, &self.rng)
+                                        .await;
+                                }
                             }
                             None => self.backoff.sleep(attempt, &self.clock, &self.rng).await,
                         }

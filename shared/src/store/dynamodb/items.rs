@@ -22,13 +22,18 @@ pub const DEFINITION_SK: &str = "DEFINITION";
 /// Failed records are spread over this many partitions per job, so a job
 /// with many failures does not write to one hot partition.
 pub const FAILURE_SHARDS: u64 = 16;
-/// Claim cursors, counters and lease-index partitions of a job. Batch `i`
-/// belongs to shard `i % shards` everywhere, so each of these items and
-/// partitions sees 1/shards of a job's per-batch writes. A job keeps the
-/// count it was created with (its item's `shards`).
+/// Claim cursors and lease-index partitions of a job. Batch `i` belongs
+/// to shard `i % shards`, so each of these items and partitions sees
+/// 1/shards of a job's claims. A job keeps the count it was created with
+/// (its item's `shards`).
 pub const SHARDS: u64 = 32;
+/// Counter shards of a job, each taking a commit's transaction at random:
+/// a transaction holds its items, so these see more contention than the
+/// cursors. With the cursors and the job item, one `BatchGetItem` (100
+/// keys) still reads a job's status.
+pub const COUNTER_SHARDS: u64 = 64;
 /// The count of a job whose item names none (created before the count was
-/// kept on the item).
+/// kept on the item): 8 of each.
 pub const FIRST_SHARDS: u64 = 8;
 
 fn first_shards() -> u64 {
@@ -147,9 +152,12 @@ pub struct JobItem {
     /// Times the job was retried.
     #[serde(default)]
     pub retries: u32,
-    /// Cursor, counter and lease-index shards, fixed at creation.
+    /// Cursor and lease-index shards, fixed at creation.
     #[serde(default = "first_shards")]
     pub shards: u64,
+    /// Counter shards, fixed at creation (as many as `shards` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<u64>,
     /// The current round's requeue pass is running (removed when it ends).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requeuing: bool,
@@ -273,6 +281,7 @@ impl JobItem {
             conflicts: 0,
             retries: 0,
             shards: SHARDS,
+            counters: Some(COUNTER_SHARDS),
             requeuing: false,
             requeue_cursor: None,
             requeued_at: 0,

@@ -8,10 +8,10 @@ impl DynamoStore {
     /// The job item, its cursor shards and its counter shards: one
     /// BatchGetItem, the same cost whatever the job's size.
     pub(super) async fn get_job(&self, job: &JobId) -> Result<Option<Job>, StoreError> {
-        let shards = self.shards(job).await?;
+        let (shards, counters) = self.sharding(job).await?;
         let mut keys = vec![key(job_pk(job), JOB_SK)];
         keys.extend((0..shards).map(|c| key(cursor_pk(job, c), CURSOR_SK)));
-        keys.extend((0..shards).map(|c| key(counter_pk(job, c), COUNTERS_SK)));
+        keys.extend((0..counters).map(|c| key(counter_pk(job, c), COUNTERS_SK)));
         let mut items = self.get_many(job, keys).await?.into_iter();
         let Some(Some(job_item)) = items.next() else {
             return Ok(None);

@@ -66,7 +66,9 @@ pub struct DynamoStore {
     /// prepare was still running (see `claim_batch`).
     searched: std::sync::Mutex<HashMap<JobId, i64>>,
     /// Each job's shard count, as its item names it (fixed at creation).
-    shards: std::sync::Mutex<HashMap<JobId, u64>>,
+    shards: std::sync::Mutex<HashMap<JobId, (u64, u64)>>,
+    /// Where this process last saw each job's cursors (see `claim_batch`).
+    floors: std::sync::Mutex<HashMap<JobId, Vec<u64>>>,
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -118,12 +120,18 @@ impl DynamoStore {
             rng: Rng::from_entropy(),
             searched: Default::default(),
             shards: Default::default(),
+            floors: Default::default(),
         }
     }
 
     /// The shard count of `job`: remembered, or read from its item once
     /// (`FIRST_SHARDS` when there is none yet).
     async fn shards(&self, job: &JobId) -> Result<u64, StoreError> {
+        Ok(self.sharding(job).await?.0)
+    }
+
+    /// The cursor and counter shard counts of `job`, as `shards`.
+    async fn sharding(&self, job: &JobId) -> Result<(u64, u64), StoreError> {
         if let Some(&known) = self.shards.lock().expect("shard counts poisoned").get(job) {
             return Ok(known);
         }
@@ -132,17 +140,18 @@ impl DynamoStore {
                 let item: JobItem = from_item(item).map_err(|e| corrupt(job, e))?;
                 Ok(self.remember_shards(job, &item))
             }
-            None => Ok(FIRST_SHARDS),
+            None => Ok((FIRST_SHARDS, FIRST_SHARDS)),
         }
     }
 
-    /// Notes the shard count a job item names; returns it.
-    fn remember_shards(&self, job: &JobId, item: &JobItem) -> u64 {
+    /// Notes the shard counts a job item names (cursors, counters).
+    fn remember_shards(&self, job: &JobId, item: &JobItem) -> (u64, u64) {
+        let counts = (item.shards, item.counters.unwrap_or(item.shards));
         self.shards
             .lock()
             .expect("shard counts poisoned")
-            .insert(job.clone(), item.shards);
-        item.shards
+            .insert(job.clone(), counts);
+        counts
     }
 
     /// Reads time from `clock` (the deployment's, `Deps::clock`) rather

@@ -55,7 +55,7 @@ impl DynamoStore {
             return Ok(None);
         };
         let batch: BatchItem = from_item(item).map_err(|e| corrupt(job, e))?;
-        let shards = self.shards(job).await?;
+        let (shards, counters) = self.sharding(job).await?;
         let ran_this_round = batch.round.is_some_and(|r| r >= round);
         if !matches!(batch.state, BatchState::Done | BatchState::Failed) || ran_this_round {
             return Ok(None);
@@ -133,7 +133,7 @@ impl DynamoStore {
         counter_values.insert(":now".into(), n(self.clock.now_ms()));
         let expiry = self.expiry_clause(&mut counter_values);
         let counter_update = self.counter_shard_update(
-            (job, shards),
+            (job, counters),
             format!(
                 "{ADD_COST}, batchesDone :minus_one, failed :minus_rerun, retryable :minus_rerun SET updatedAt = :now{expiry}"
             ),
