@@ -158,6 +158,12 @@ enum Unfinished {
     Failed(WorkError),
 }
 
+/// Past a lease's expiry, before a watcher looks at it: the holder's and
+/// the watcher's clocks may differ by this much.
+const LEASE_SLACK: Duration = Duration::from_millis(500);
+/// How often a worker waiting for a lease to run out looks at it.
+const LEASE_WATCH: Duration = Duration::from_secs(1);
+
 impl Worker<'_> {
     /// Works on `job` until nothing is claimable or `deadline` is near.
     pub async fn run(
@@ -240,7 +246,20 @@ impl Worker<'_> {
                     // Whoever finds nothing left after the last commit
                     // finalizes; every committer looks once more before it
                     // leaves, so the last one always sees the full count.
-                    report.finalized |= self.complete(job, deadline).await?;
+                    let Some(current) = self.store.get_job(job).await? else {
+                        return Err(StoreError::JobNotFound(job.clone()).into());
+                    };
+                    report.finalized |= self.finalizer(deadline).complete(&current).await?;
+                    // Batches are held: if a lease this worker watches runs
+                    // out before its deadline, wait for it and look again,
+                    // in case its holder died (the sweeper would find it
+                    // only on its next pass).
+                    if !report.finalized
+                        && !current.status.is_final()
+                        && self.watch_lease(job, worker_id, deadline).await?
+                    {
+                        continue;
+                    }
                     report.stop = StopReason::NoWork;
                     return Ok(report);
                 }
@@ -407,6 +426,48 @@ impl Worker<'_> {
             .unwrap_or("record failed");
         let reason = format!("line {}: {message} (continueOnError is false)", first.line);
         Ok(self.finalizer(deadline).fail(job, reason).await?)
+    }
+
+    /// Waits while the first lease `worker_id` watches runs out, if that
+    /// leaves the margin before the deadline: true once it ran out (or its
+    /// batch was committed), so that a claim may find it; false, and at
+    /// once, when there is none to watch or no room, or when its holder
+    /// shows it is alive by renewing it. It looks every `LEASE_WATCH`, one
+    /// query each time.
+    async fn watch_lease(
+        &self,
+        job: &JobId,
+        worker_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<bool, StoreError> {
+        let now_ms = self.clock.now_ms();
+        let Some(first) = self.store.next_expiry(job, worker_id, now_ms).await? else {
+            return Ok(false);
+        };
+        let left = Duration::from_millis((first - now_ms).max(0) as u64) + LEASE_SLACK;
+        let room = deadline.is_none_or(|d| {
+            d.saturating_duration_since(self.clock.instant()) > left + self.settings.deadline_margin
+        });
+        if !room {
+            return Ok(false);
+        }
+        loop {
+            let now_ms = self.clock.now_ms();
+            let wait = Duration::from_millis((first - now_ms).max(0) as u64) + LEASE_SLACK;
+            self.clock.sleep(wait.min(LEASE_WATCH)).await;
+            match self
+                .store
+                .next_expiry(job, worker_id, self.clock.now_ms())
+                .await?
+            {
+                Some(until) if until > first => return Ok(false),
+                Some(_) => {}
+                None => return Ok(true),
+            }
+            if self.clock.now_ms() > first + LEASE_SLACK.as_millis() as i64 {
+                return Ok(true);
+            }
+        }
     }
 
     /// Completes the job if prepare has finished and every batch is terminal.

@@ -468,6 +468,18 @@ pub trait JobControl: Send + Sync {
     /// Whether anyone is working on `job` and what is waiting for a worker.
     async fn lease_view(&self, job: &JobId, now_ms: i64) -> Result<LeaseView, StoreError>;
 
+    /// When the first of the live leases of `job` that `worker` watches
+    /// runs out (`None`: it watches none). A worker with nothing to claim
+    /// waits for it, in case its holder died. A store may share a job's
+    /// leases out among workers, so that each has a few watchers rather
+    /// than the whole fleet.
+    async fn next_expiry(
+        &self,
+        job: &JobId,
+        worker: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError>;
+
     /// Jobs newest first (by creation), optionally only those in `status`
     /// and of `kind`; at most `limit`. Filtered by kind, a listing reads at
     /// most `MAX_LISTED` jobs of each status looking for matches.

@@ -49,6 +49,9 @@ struct Args {
     /// Partitions of each table and index.
     #[arg(long)]
     partitions: Option<u32>,
+    /// A claim's lease, in seconds (`LEASE_SECONDS` of the deployment).
+    #[arg(long)]
+    lease: Option<u64>,
     /// Threads of a sweep.
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     threads: usize,
@@ -82,6 +85,9 @@ impl Args {
         f.index_lag_ms = self.index_lag_ms.unwrap_or(f.index_lag_ms);
         if let Some(v) = self.partitions {
             c.sim.partitions = v;
+        }
+        if let Some(v) = self.lease {
+            c.lease = std::time::Duration::from_secs(v);
         }
         c
     }

@@ -40,23 +40,29 @@ async fn worker_whose_lease_was_taken_stops_and_drops_its_result() {
     else {
         panic!()
     };
-    // The slow worker's next heartbeat finds the claim gone and stops.
-    let report = run.await.unwrap();
+    // The slow worker's next heartbeat finds the claim gone and stops
+    // working on it; it watches the new holder's lease until that one
+    // commits.
+    let commit = async {
+        tokio::time::sleep(f.settings.lease).await;
+        f.store
+            .commit_batch(
+                &fresh,
+                &BatchOutcome {
+                    state: BatchState::Done,
+                    processed: 1,
+                    failed: vec![],
+                    error: None,
+                    duplicates: 0,
+                },
+                now_ms(),
+            )
+            .await
+            .unwrap();
+    };
+    let (report, ()) = tokio::join!(&mut run, commit);
+    let report = report.unwrap();
     assert_eq!((report.lost_claims, report.batches), (1, 0));
-    f.store
-        .commit_batch(
-            &fresh,
-            &BatchOutcome {
-                state: BatchState::Done,
-                processed: 1,
-                failed: vec![],
-                error: None,
-                duplicates: 0,
-            },
-            now_ms(),
-        )
-        .await
-        .unwrap();
     assert_eq!(f.store.get_job(&id).await.unwrap().unwrap().processed, 1);
 }
 

@@ -169,3 +169,34 @@ pub async fn lease_view_tells_live_workers_from_stalled_batches(store: &dyn JobS
     let j = store.get_job(&job).await.unwrap().unwrap();
     assert_eq!(j.batches_handed_out, 2);
 }
+
+/// A worker with nothing to claim can watch the live leases for one that
+/// runs out: each live lease has a watcher, told when it runs out.
+pub async fn a_live_lease_has_watchers_told_when_it_runs_out(store: &dyn JobStore) {
+    let job = job_with(store, "watched", 3, false).await;
+    let watchers: Vec<String> = (0..256).map(|w| format!("watcher-{w}")).collect();
+    for w in &watchers {
+        assert_eq!(store.next_expiry(&job, w, T0).await.unwrap(), None);
+    }
+    let held = claim(store, &job, "holder", T0).await;
+    let told: Vec<Option<i64>> = {
+        let mut told = Vec::new();
+        for w in &watchers {
+            told.push(store.next_expiry(&job, w, T0).await.unwrap());
+        }
+        told
+    };
+    assert!(told.contains(&Some(T0 + LEASE)), "nobody watches the lease");
+    assert!(told.iter().all(|t| t.is_none() || *t == Some(T0 + LEASE)));
+    // Run out, or committed: nothing left to watch.
+    for w in &watchers {
+        assert_eq!(
+            store.next_expiry(&job, w, T0 + LEASE + 1).await.unwrap(),
+            None
+        );
+    }
+    store.commit_batch(&held, &done(3), T0).await.unwrap();
+    for w in &watchers {
+        assert_eq!(store.next_expiry(&job, w, T0).await.unwrap(), None);
+    }
+}

@@ -164,6 +164,7 @@ macro_rules! conformance_tests {
                 released_batch_is_reclaimable_at_once_and_keeps_its_error,
                 yielded_batch_is_reclaimable_at_once_without_an_attempt,
                 lease_view_tells_live_workers_from_stalled_batches,
+                a_live_lease_has_watchers_told_when_it_runs_out,
             ],
             commits: [
                 zombie_worker_cannot_commit_reclaimed_batch,

@@ -475,6 +475,25 @@ impl DynamoStore {
         Ok(view)
     }
 
+    /// The first expiry among the live leases of the worker's own shard:
+    /// one query of its lease-index partition, and each lease watched by
+    /// the workers of its shard, not the whole fleet.
+    pub(super) async fn next_expiry(
+        &self,
+        job: &JobId,
+        worker: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let shards = self.shards(job).await?;
+        let gpk = lease_shard_gpk(job, shard_of(worker, shards));
+        let live = self
+            .index_query(job, "gpk = :gpk AND gsk >= :now", gpk, now_ms, 1)
+            .await?;
+        Ok(live
+            .first()
+            .and_then(|i| i.get("gsk")?.as_n().ok()?.parse().ok()))
+    }
+
     pub(super) async fn batch_info(
         &self,
         job: &JobId,

@@ -432,6 +432,15 @@ impl JobControl for DynamoStore {
         Self::lease_view(self, job, now_ms).await
     }
 
+    async fn next_expiry(
+        &self,
+        job: &JobId,
+        worker: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        Self::next_expiry(self, job, worker, now_ms).await
+    }
+
     async fn batch_info(&self, job: &JobId, index: u64) -> Result<Option<BatchInfo>, StoreError> {
         Self::batch_info(self, job, index).await
     }

@@ -130,6 +130,22 @@ impl JobControl for MemoryStore {
         })
     }
 
+    async fn next_expiry(
+        &self,
+        job: &JobId,
+        _worker: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.with_job(job, |s| {
+            Ok(s.batches
+                .values()
+                .filter(|b| b.info.state == BatchState::Processing)
+                .map(|b| b.info.lease_until_ms)
+                .filter(|until| *until >= now_ms)
+                .min())
+        })
+    }
+
     async fn batch_info(&self, job: &JobId, index: u64) -> Result<Option<BatchInfo>, StoreError> {
         self.with_job(job, |s| Ok(s.batches.get(&index).map(|b| b.info.clone())))
     }
