@@ -139,8 +139,8 @@ impl Preparer<'_> {
     }
 
     /// The writing half: up to `writes_in_flight` writes at once, of up to
-    /// `batches_per_write` batches each, completed in order; publishes as
-    /// they complete. Each batch is not claimable until published, with the
+    /// `batches_per_write` batches each, taken up in order whatever order
+    /// they complete in; publishes as they are taken up. Each batch is not claimable until published, with the
     /// checkpoint of the batch after it.
     pub(super) async fn write_cuts(
         &self,
@@ -154,7 +154,8 @@ impl Preparer<'_> {
         let in_flight = self.settings.writes_in_flight.max(1);
         let mut written = cuts
             .ready_chunks(self.settings.batches_per_write.max(1))
-            .map(|group| async move {
+            .enumerate()
+            .map(|(seq, group)| async move {
                 let batches: Vec<NewBatch<'_>> = group
                     .iter()
                     .map(|cut| NewBatch {
@@ -167,13 +168,20 @@ impl Preparer<'_> {
                     .write_batches(&job.id, &batches, self.clock.now_ms())
                     .await
                     .map(|()| {
-                        group
+                        let done = group
                             .into_iter()
                             .map(|cut| (cut.index, cut.next_start, cut.after))
-                            .collect::<Vec<_>>()
+                            .collect::<Vec<_>>();
+                        (seq, done)
                     })
             })
-            .buffered(in_flight);
+            // Writes complete in any order, so one slow write (a throttled
+            // request waiting out its backoff) does not hold back those
+            // behind it; they are taken up in order below. What waits there
+            // is a few numbers a batch, for as long as the slow write retries.
+            .buffer_unordered(in_flight);
+        let mut completed = std::collections::BTreeMap::new();
+        let mut next_seq = 0usize;
         // One publication at a time, while the writes go on: the latest
         // publishable point waits for the one in flight.
         let mut publishing: Option<futures::future::BoxFuture<'_, Result<u64, StoreError>>> = None;
@@ -196,26 +204,30 @@ impl Preparer<'_> {
                         .await
                         .map_err(|e| Stop::Error(e.into()))?;
                 }
-                // `Buffered::next` is cancel-safe: a write completing while
+                // `BufferUnordered::next` is cancel-safe: a write completing while
                 // a publication does stays in the stream.
                 done = written.next(), if writing => match done {
                     None => writing = false,
                     Some(done) => {
-                        let done = done.map_err(|e| Stop::Error(e.into()))?;
-                        // Writes complete in order: whatever a batch is
-                        // chained after is written by now.
-                        let links = done.iter().filter_map(|(index, _, after)| Some((after.as_ref()?, index)));
-                        for (after, index) in links {
-                            self.store
-                                .link_batch(&job.id, *after, *index)
-                                .await
-                                .map_err(|e| Stop::Error(e.into()))?;
-                        }
-                        for (index, next_start, _) in done {
-                            progress.written = index + 1;
-                            // The last batch is published by `finish_prepare`.
-                            if let Some(next_start) = next_start {
-                                publishable = Some((index + 1, next_start));
+                        let (seq, done) = done.map_err(|e| Stop::Error(e.into()))?;
+                        completed.insert(seq, done);
+                        while let Some(done) = completed.remove(&next_seq) {
+                            next_seq += 1;
+                            // Taken in order: whatever a batch is chained
+                            // after is written by now.
+                            let links = done.iter().filter_map(|(index, _, after)| Some((after.as_ref()?, index)));
+                            for (after, index) in links {
+                                self.store
+                                    .link_batch(&job.id, *after, *index)
+                                    .await
+                                    .map_err(|e| Stop::Error(e.into()))?;
+                            }
+                            for (index, next_start, _) in done {
+                                progress.written = index + 1;
+                                // The last batch is published by `finish_prepare`.
+                                if let Some(next_start) = next_start {
+                                    publishable = Some((index + 1, next_start));
+                                }
                             }
                         }
                     }

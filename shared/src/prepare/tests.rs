@@ -277,3 +277,53 @@ async fn an_abort_stops_prepare_at_its_next_publication_and_nothing_more_is_clai
         Claim::JobFinished(JobStatus::Aborted)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_write_does_not_hold_back_the_writes_behind_it() {
+    let def = Definition::from_json(
+        r#"{"fields": [{"name": "n", "type": "integer"}], "batchSize": 1}"#,
+        "t",
+    )
+    .unwrap();
+    let objects = MemoryObjects::default();
+    let rows: String = (0..40).map(|n| format!("{n}\n")).collect();
+    objects.put("b", "k.csv", format!("n\n{rows}"));
+    let (store, queue, events, reports) = (
+        MemoryStore::new(),
+        MemoryQueue::default(),
+        MemoryEvents::default(),
+        MemoryReports::default(),
+    );
+    // The first write is held until the writes behind it have gone well
+    // past the number in flight, as a throttled request waiting out its
+    // backoff would be.
+    store.hold_write(0, 10);
+    let settings = PrepareSettings {
+        writes_in_flight: 2,
+        batches_per_write: 1,
+        ..PrepareSettings::default()
+    };
+    let clock = Clock::simulated(now_ms());
+    let preparer = Preparer {
+        store: &store,
+        objects: &objects,
+        queue: &queue,
+        events: &events,
+        reports: &reports,
+        metrics: &crate::metrics::NoMetrics,
+        definition: &def,
+        settings: &settings,
+        clock: &clock,
+        processors: None,
+    };
+    let source = SourceRef {
+        bucket: "b".into(),
+        key: "k.csv".into(),
+        version: "v".into(),
+    };
+    let run = tokio::time::timeout(Duration::from_secs(600), preparer.run(&source, "o"));
+    let Ok(Ok(PrepareOutcome::Prepared(job))) = run.await else {
+        panic!("the writes behind the slow one waited for it")
+    };
+    assert_eq!((job.total_records, job.total_batches), (40, 40));
+}

@@ -9,7 +9,7 @@ mod prepare;
 
 use super::*;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]
 struct StoredBatch {
@@ -55,6 +55,9 @@ pub struct MemoryStore {
     jobs: Mutex<HashMap<JobId, JobState>>,
     definitions: Mutex<HashMap<JobId, String>>,
     columns: Mutex<HashMap<JobId, Vec<String>>>,
+    /// Writes held back: the write carrying a batch waits until another
+    /// batch is written (see `hold_write`).
+    held_writes: Mutex<Vec<(u64, u64, Arc<tokio::sync::Notify>)>>,
 }
 
 impl MemoryStore {
@@ -67,6 +70,37 @@ impl MemoryStore {
     pub fn prepare_renewals(&self, job: &JobId) -> u64 {
         let jobs = self.jobs.lock().expect("memory store poisoned");
         jobs.get(job).map_or(0, |s| s.renewals)
+    }
+
+    /// Holds the write carrying batch `held` (of any job) until a write
+    /// carrying batch `until` comes: a slow write, for tests of what the
+    /// writes behind it do meanwhile.
+    pub fn hold_write(&self, held: u64, until: u64) {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut holds = self.held_writes.lock().expect("memory store poisoned");
+        holds.push((held, until, gate));
+    }
+
+    /// Waits out a hold on any of `indexes`, and releases the holds that
+    /// wait for one of them.
+    async fn pass_holds(&self, indexes: &[u64]) {
+        let gates: Vec<_> = {
+            let holds = self.held_writes.lock().expect("memory store poisoned");
+            for (_, until, gate) in holds.iter() {
+                if indexes.contains(until) {
+                    // A permit is kept if the held write is not waiting yet.
+                    gate.notify_one();
+                }
+            }
+            holds
+                .iter()
+                .filter(|(held, _, _)| indexes.contains(held))
+                .map(|(_, _, gate)| gate.clone())
+                .collect()
+        };
+        for gate in gates {
+            gate.notified().await;
+        }
     }
 
     /// The batch chained after batch `index` of `job` in its key

@@ -109,6 +109,8 @@ impl PrepareStore for MemoryStore {
         batches: &[NewBatch<'_>],
         _now_ms: i64,
     ) -> Result<(), StoreError> {
+        let indexes: Vec<u64> = batches.iter().map(|b| b.index).collect();
+        self.pass_holds(&indexes).await;
         self.with_job(job, |s| {
             for batch in batches {
                 s.batches.entry(batch.index).or_insert_with(|| StoredBatch {
