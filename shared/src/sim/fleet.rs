@@ -175,6 +175,10 @@ pub struct FleetReport {
     pub sweeps: u64,
     /// DynamoDB requests the sweeper's invocations sent.
     pub sweeper_requests: u64,
+    /// Each pass that found jobs active (and wrote no error report): how
+    /// many, and the DynamoDB requests it sent (passes do not overlap at
+    /// the intervals run).
+    pub active_sweeps: Vec<(u64, u64)>,
     /// Error reports written (a report rewritten by a caller that took
     /// over from one that died counts again).
     pub reports_written: usize,
@@ -333,6 +337,23 @@ impl FleetReport {
             self.sweeper_requests,
             self.sweeper_requests as f64 / self.sweeps.max(1) as f64
         );
+        if !self.active_sweeps.is_empty() {
+            let passes = self.active_sweeps.len() as f64;
+            let jobs: u64 = self.active_sweeps.iter().map(|p| p.0).sum();
+            let requests: u64 = self.active_sweeps.iter().map(|p| p.1).sum();
+            let most = self.active_sweeps.iter().max_by_key(|p| (p.1, p.0));
+            let (most_jobs, most_requests) = most.copied().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {} passes over active jobs: {:.1} jobs and {:.1} requests a pass ({:.2} a job); the costliest {} requests over {} jobs",
+                self.active_sweeps.len(),
+                jobs as f64 / passes,
+                requests as f64 / passes,
+                requests as f64 / jobs.max(1) as f64,
+                most_requests,
+                most_jobs
+            );
+        }
         let _ = writeln!(
             out,
             "trace: {} requests, digest {:016x}",
@@ -475,6 +496,8 @@ struct Fleet {
     containers: AtomicU64,
     /// DynamoDB requests of the sweeper's containers.
     sweeper_requests: Arc<AtomicU64>,
+    /// Passes that found jobs active: how many, and the requests sent.
+    active_sweeps: Mutex<Vec<(u64, u64)>>,
     invocations: Mutex<Invocations>,
     finished: tokio::sync::Notify,
     start: Instant,
@@ -793,19 +816,28 @@ impl Fleet {
             let fleet = self.clone();
             sweeps += 1;
             tokio::spawn(async move {
-                let ok = fleet
+                let before = fleet.sweeper_requests.load(Ordering::Relaxed);
+                let swept = fleet
                     .invoke(
                         Function::Sweeper,
                         Duration::from_secs(900),
                         |deps, ctx| async move {
                             sweeper::handle(&deps, LambdaEvent::new(event, ctx))
                                 .await
-                                .is_ok()
+                                .ok()
                         },
                     )
                     .await;
-                if ok == Some(false) {
-                    fleet.failed();
+                match swept {
+                    Some(None) => fleet.failed(),
+                    // A report a pass writes costs a read of the job's
+                    // failures and records, once a job: not a pass's cost.
+                    Some(Some(report)) if report.active_jobs > 0 && report.reports_written == 0 => {
+                        let sent = fleet.sweeper_requests.load(Ordering::Relaxed) - before;
+                        let mut passes = fleet.active_sweeps.lock().unwrap();
+                        passes.push((report.active_jobs, sent));
+                    }
+                    _ => {}
                 }
             });
         }
@@ -856,6 +888,7 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
         idle: Mutex::default(),
         containers: AtomicU64::new(0),
         sweeper_requests: Arc::default(),
+        active_sweeps: Mutex::default(),
         invocations: Mutex::default(),
         finished: tokio::sync::Notify::new(),
         start: Instant::now(),
@@ -964,6 +997,7 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
     let invocations = fleet.invocations.lock().unwrap().clone();
     let claim_waits = fleet.probe.waits.lock().unwrap().clone();
     let reports_written = fleet.reports.reports.lock().unwrap().len();
+    let active_sweeps = fleet.active_sweeps.lock().unwrap().clone();
     FleetReport {
         jobs: runs,
         elapsed,
@@ -975,6 +1009,7 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
         reprocessed,
         sweeps,
         sweeper_requests: fleet.sweeper_requests.load(Ordering::Relaxed),
+        active_sweeps,
         reports_written,
         trace: aws.world.traced(),
         violations,

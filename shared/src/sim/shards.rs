@@ -307,3 +307,40 @@ async fn a_waiting_worker_reads_only_the_job_item() {
     };
     assert_eq!(c.index, 40);
 }
+
+/// The sweeper's look at a job someone works on costs one query of the
+/// lease index, whatever the shard count: a live lease ends the look.
+/// Only a job nobody works on gets every shard read.
+#[tokio::test(start_paused = true)]
+async fn a_sweep_of_a_busy_job_reads_one_lease_partition() {
+    let aws = world().await;
+    let store = store(&aws);
+    let job = job(&aws, &store, 64, false).await;
+    let Claim::Batch(_held) = store
+        .claim_batch(&job, "w", ORIGIN_MS, LEASE)
+        .await
+        .unwrap()
+    else {
+        panic!("a batch is claimable");
+    };
+    let searches = || {
+        let stats = aws.dynamodb.stats();
+        stats
+            .shapes
+            .get("Query leases J#<id>#L#<n>")
+            .copied()
+            .unwrap_or_default()
+    };
+    // The index lags the table: a look once it has caught up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = searches();
+    let view = store.lease_view(&job, ORIGIN_MS + 1_000).await.unwrap();
+    assert!(view.live);
+    assert_eq!(searches() - before, 1);
+    // Once the lease has run out, every shard is read: for a live lease,
+    // then for stalled batches.
+    let before = searches();
+    let view = store.lease_view(&job, ORIGIN_MS + 2 * LEASE).await.unwrap();
+    assert_eq!((view.live, view.reclaimable), (false, 1));
+    assert_eq!(searches() - before, 2 * 32);
+}

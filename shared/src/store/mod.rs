@@ -465,7 +465,8 @@ pub trait JobControl: Send + Sync {
     /// Jobs still PROCESSING (the sweeper's worklist).
     async fn active_jobs(&self) -> Result<Vec<JobId>, StoreError>;
 
-    /// Whether anyone is working on `job` and what is waiting for a worker.
+    /// Whether anyone is working on `job`, and, when nobody is, what is
+    /// waiting for a worker.
     async fn lease_view(&self, job: &JobId, now_ms: i64) -> Result<LeaseView, StoreError>;
 
     /// When the first of the live leases of `job` that `worker` watches
@@ -573,6 +574,7 @@ pub struct LeaseView {
     /// Some batch is held under a live lease (a worker is alive).
     pub live: bool,
     /// Batches handed out whose lease expired or that were never claimed
-    /// (counted up to a small cap).
+    /// (counted up to a small cap), when no lease is live; 0 when one is:
+    /// its worker takes them as it claims on.
     pub reclaimable: u64,
 }

@@ -52,6 +52,9 @@ struct Args {
     /// A claim's lease, in seconds (`LEASE_SECONDS` of the deployment).
     #[arg(long)]
     lease: Option<u64>,
+    /// Seconds between the sweeper's scheduled passes (60 deployed).
+    #[arg(long)]
+    sweep_every: Option<u64>,
     /// Threads of a sweep.
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     threads: usize,
@@ -88,6 +91,9 @@ impl Args {
         }
         if let Some(v) = self.lease {
             c.lease = std::time::Duration::from_secs(v);
+        }
+        if let Some(v) = self.sweep_every {
+            c.sweep_every = std::time::Duration::from_secs(v.max(1));
         }
         c
     }

@@ -163,8 +163,18 @@ pub async fn lease_view_tells_live_workers_from_stalled_batches(store: &dyn JobS
         view,
         LeaseView {
             live: true,
-            reclaimable: 1
-        }
+            reclaimable: 0
+        },
+        "a live worker takes the stalled batch itself"
+    );
+    let view = store.lease_view(&job, T0 + 2 * LEASE).await.unwrap();
+    assert_eq!(
+        view,
+        LeaseView {
+            live: false,
+            reclaimable: 2
+        },
+        "once every lease has run out, both are stalled"
     );
     let j = store.get_job(&job).await.unwrap().unwrap();
     assert_eq!(j.batches_handed_out, 2);

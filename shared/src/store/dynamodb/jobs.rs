@@ -3,6 +3,11 @@
 
 use super::*;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+use futures::{StreamExt, TryStreamExt};
+
+/// Lease-index partitions read at once when a job's stalled batches are
+/// counted.
+const PARALLEL_SHARD_READS: usize = 8;
 
 impl DynamoStore {
     /// The job item, its cursor shards and its counter shards: one
@@ -442,11 +447,29 @@ impl DynamoStore {
         Ok(ids)
     }
 
+    /// A live lease anywhere ends the look: its worker claims on, and
+    /// takes what is stalled itself. So a busy job costs the first query
+    /// that finds one (its first, mostly), and only a job nobody works on
+    /// gets every shard read, its stalled batches counted a few shards at
+    /// a time.
     pub(super) async fn lease_view(
         &self,
         job: &JobId,
         now_ms: i64,
     ) -> Result<LeaseView, StoreError> {
+        let shards = self.shards(job).await?;
+        for shard in 0..shards {
+            let gpk = lease_shard_gpk(job, shard);
+            let live = self
+                .index_query(job, "gpk = :gpk AND gsk >= :now", gpk, now_ms, 1)
+                .await?;
+            if !live.is_empty() {
+                return Ok(LeaseView {
+                    live: true,
+                    reclaimable: 0,
+                });
+            }
+        }
         let Some((item, cursors)) = self.claim_view(job).await? else {
             return Ok(LeaseView::default());
         };
@@ -454,25 +477,24 @@ impl DynamoStore {
         // too); only those behind their shard's cursor are stalled.
         let shards = item.shards;
         let handed_out = |index: u64| index / shards < cursors[(index % shards) as usize].k;
-        let mut view = LeaseView::default();
-        for shard in 0..shards {
-            let gpk = lease_shard_gpk(job, shard);
-            if !view.live {
-                let live = self
-                    .index_query(job, "gpk = :gpk AND gsk >= :now", gpk.clone(), now_ms, 1)
-                    .await?;
-                view.live = !live.is_empty();
-            }
-            let stale = self
-                .index_query(job, "gpk = :gpk AND gsk < :now", gpk, now_ms, 25)
-                .await?;
-            view.reclaimable += stale
-                .iter()
-                .filter_map(|i| batch_index(job, i))
-                .filter(|index| handed_out(*index))
-                .count() as u64;
-        }
-        Ok(view)
+        let stale = futures::stream::iter(0..shards)
+            .map(|shard| {
+                let gpk = lease_shard_gpk(job, shard);
+                self.index_query(job, "gpk = :gpk AND gsk < :now", gpk, now_ms, 25)
+            })
+            .buffer_unordered(PARALLEL_SHARD_READS)
+            .try_fold(0u64, |count, stale| {
+                let stalled = stale
+                    .iter()
+                    .filter_map(|i| batch_index(job, i))
+                    .filter(|index| handed_out(*index))
+                    .count() as u64;
+                futures::future::ready(Ok(count + stalled))
+            });
+        Ok(LeaseView {
+            live: false,
+            reclaimable: stale.await?,
+        })
     }
 
     /// The first expiry among the live leases of the worker's own shard:

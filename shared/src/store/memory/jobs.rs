@@ -126,6 +126,9 @@ impl JobControl for MemoryStore {
                     BatchState::Waiting | BatchState::Done | BatchState::Failed => {}
                 }
             }
+            if view.live {
+                view.reclaimable = 0;
+            }
             Ok(view)
         })
     }
