@@ -85,8 +85,17 @@ impl DynamoStats {
 struct Schema {
     hash: String,
     range: Option<String>,
-    /// Global secondary indexes: name and partition-key attribute.
-    indexes: Vec<(String, String)>,
+    indexes: Vec<Index>,
+}
+
+/// A global secondary index: its keys and what it projects.
+#[derive(Debug, Clone)]
+struct Index {
+    name: String,
+    hash: String,
+    range: Option<String>,
+    /// Non-key attributes projected: `None` for all of them.
+    projects: Option<Vec<String>>,
 }
 
 struct Bucket {
@@ -298,10 +307,25 @@ impl SimDynamo {
                 .into_iter()
                 .flatten()
                 .filter_map(|i| {
-                    Some((
-                        i["IndexName"].as_str()?.to_owned(),
-                        name_of(&i["KeySchema"])?,
-                    ))
+                    let projection = &i["Projection"];
+                    let projects = match projection["ProjectionType"].as_str() {
+                        Some("ALL") => None,
+                        Some("INCLUDE") => Some(
+                            projection["NonKeyAttributes"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|a| a.as_str().map(str::to_owned))
+                                .collect(),
+                        ),
+                        _ => Some(Vec::new()),
+                    };
+                    Some(Index {
+                        name: i["IndexName"].as_str()?.to_owned(),
+                        hash: name_of(&i["KeySchema"])?,
+                        range: range_of(&i["KeySchema"]),
+                        projects,
+                    })
                 })
                 .collect();
             let table = request["TableName"].as_str().unwrap_or_default().to_owned();
@@ -393,29 +417,71 @@ impl SimDynamo {
             .or_default() += units;
     }
 
-    /// The index partitions an item's images touch.
-    fn index_partitions(
+    /// An item's entry in an index: the index partition it is in, its
+    /// index key, and what the index stores of it. `None` when the item
+    /// lacks the index's keys (a sparse index leaves it out).
+    fn entry(
         &self,
         schema: &Schema,
         table: &str,
-        images: &[Option<&Value>],
+        index: &Index,
+        image: &Value,
+    ) -> Option<(String, Value, Map<String, Value>)> {
+        let pk = image.get(&index.hash)?;
+        let sk = match &index.range {
+            Some(range) => Some(image.get(range)?),
+            None => None,
+        };
+        let partition = self.partition_of(table, Some(&index.name), &pk.to_string());
+        let keys = [Some(&schema.hash), schema.range.as_ref(), Some(&index.hash)]
+            .into_iter()
+            .chain([index.range.as_ref()])
+            .flatten();
+        let stored = image
+            .as_object()?
+            .iter()
+            .filter(|(name, _)| {
+                keys.clone().any(|k| k == *name)
+                    || index.projects.as_ref().is_none_or(|p| p.contains(name))
+            })
+            .map(|(name, v)| (name.clone(), v.clone()))
+            .collect();
+        Some((partition, json!([pk, sk]), stored))
+    }
+
+    /// The index partitions a write from `before` to `after` writes, as
+    /// DynamoDB bills them: an entry put, deleted or moved to another key
+    /// (two writes), or changed in what the index stores; nothing for an
+    /// index whose entry the write leaves as it was.
+    fn index_writes(
+        &self,
+        schema: &Schema,
+        table: &str,
+        before: Option<&Value>,
+        after: Option<&Value>,
     ) -> Vec<String> {
-        let mut touched = Vec::new();
-        for (index, hash) in &schema.indexes {
-            for image in images.iter().flatten() {
-                if let Some(pk) = image.get(hash) {
-                    let p = self.partition_of(table, Some(index), &pk.to_string());
-                    if !touched.contains(&p) {
-                        touched.push(p);
+        let mut written = Vec::new();
+        for index in &schema.indexes {
+            let old = before.and_then(|i| self.entry(schema, table, index, i));
+            let new = after.and_then(|i| self.entry(schema, table, index, i));
+            match (old, new) {
+                (None, None) => {}
+                (Some((p, _, _)), None) | (None, Some((p, _, _))) => written.push(p),
+                (Some((old_p, old_key, old)), Some((new_p, new_key, new))) => {
+                    if old_key != new_key {
+                        written.push(old_p);
+                        written.push(new_p);
+                    } else if old != new {
+                        written.push(new_p);
                     }
                 }
             }
         }
-        touched
+        written
     }
 
     /// Bills a write of one item: its table partition, and one unit on
-    /// each index partition either image is in.
+    /// each index partition the write changes.
     fn bill_item(
         &self,
         state: &mut State,
@@ -427,7 +493,7 @@ impl SimDynamo {
         let [before, after] = images;
         let size = before.map_or(0, item_size).max(after.map_or(0, item_size));
         self.bill_write(state, now, at, factor * write_units(size));
-        for partition in self.index_partitions(schema, table, &[before, after]) {
+        for partition in self.index_writes(schema, table, before, after) {
             let index_at = Located {
                 id: partition.clone(),
                 partition,
@@ -436,22 +502,48 @@ impl SimDynamo {
         }
     }
 
-    /// A write would be throttled: its partition, or an index partition
-    /// its item is (or is about to be) in, is spent.
+    /// A write would be throttled: its partition is spent, or an index
+    /// partition it changes (from `before` to `after`) is.
     fn throttles(
         &self,
         state: &mut State,
         now: Instant,
-        schema: &Schema,
-        table: &str,
-        at: &Located,
-        images: &[Option<&Value>],
+        (schema, table, at): (&Schema, &str, &Located),
+        before: Option<&Value>,
+        after: Option<&Value>,
     ) -> bool {
-        if self.write_spent(state, &at.partition, now) {
-            return true;
-        }
-        let partitions = self.index_partitions(schema, table, images);
+        self.write_spent(state, &at.partition, now)
+            || self.index_spent(state, now, (schema, table), before, after)
+    }
+
+    /// An index partition the write from `before` to `after` changes is
+    /// spent: DynamoDB refuses a table write its indexes cannot take.
+    fn index_spent(
+        &self,
+        state: &mut State,
+        now: Instant,
+        (schema, table): (&Schema, &str),
+        before: Option<&Value>,
+        after: Option<&Value>,
+    ) -> bool {
+        let partitions = self.index_writes(schema, table, before, after);
         partitions.iter().any(|p| self.write_spent(state, p, now))
+    }
+
+    /// Puts an item back as it was before a write that is refused after
+    /// all (an index it changed could not take it).
+    fn restore(&self, table: &str, key: &Value, before: Option<&Value>) {
+        let answer = match before {
+            Some(item) => self.primary.call(
+                "PutItem",
+                &json!({ "TableName": table, "Item": item }).to_string(),
+            ),
+            None => self.primary.call(
+                "DeleteItem",
+                &json!({ "TableName": table, "Key": key }).to_string(),
+            ),
+        };
+        debug_assert!(answer.status == 200, "restoring {key}: {}", answer.body);
     }
 
     fn held(&self, state: &State, id: &str, now: Instant) -> bool {
@@ -515,13 +607,22 @@ impl SimDynamo {
             );
         }
         let before = self.primary.item(&table, &key);
-        let put = (op == "PutItem").then_some(item);
-        if self.throttles(state, now, &schema, &table, &at, &[before.as_ref(), put]) {
+        if self.write_spent(state, &at.partition, now) {
             state.stats.throttled += 1;
             return exceeded();
         }
+        // What an update makes of the item is known once it is applied: an
+        // index that cannot take the change undoes it.
         let answer = self.primary.call(op, body);
         let after = self.primary.item(&table, &key);
+        let located = (&schema, table.as_str());
+        if self.index_spent(state, now, located, before.as_ref(), after.as_ref()) {
+            if answer.status == 200 {
+                self.restore(&table, &key, before.as_ref());
+            }
+            state.stats.throttled += 1;
+            return exceeded();
+        }
         self.bill_item(
             state,
             now,
@@ -570,8 +671,8 @@ impl SimDynamo {
             Some(name) => schema
                 .indexes
                 .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, h)| h.clone()),
+                .find(|i| &i.name == name)
+                .map(|i| i.hash.clone()),
             None => Some(schema.hash.clone()),
         };
         let pk = hash
@@ -616,8 +717,8 @@ impl SimDynamo {
                 let item = put.unwrap_or(&write["DeleteRequest"]["Key"]);
                 let (key, at) = self.locate(&schema, table, item);
                 let before = self.primary.item(table, &key);
-                let spent =
-                    self.throttles(state, now, &schema, table, &at, &[before.as_ref(), put]);
+                let located = (&schema, table.as_str(), &at);
+                let spent = self.throttles(state, now, located, before.as_ref(), put);
                 throttled += u64::from(spent);
                 if spent
                     || self.held(state, &at.id, now)
@@ -769,18 +870,17 @@ impl SimDynamo {
                 &action["Key"]
             };
             let (key, at) = self.locate(&schema, &table, item);
-            let put = (kind == "Put").then(|| item.clone());
-            located.push((kind.clone(), table, schema, key, at, put));
+            located.push((kind.clone(), table, schema, key, at));
         }
         // The items as they are before: for the throttling check and the
         // bill (the larger of each item's images).
         let befores: Vec<Option<Value>> = located
             .iter()
-            .map(|(_, table, _, key, _, _)| self.primary.item(table, key))
+            .map(|(_, table, _, key, _)| self.primary.item(table, key))
             .collect();
         let mut reasons = vec![json!({ "Code": "None" }); located.len()];
         let mut refused = None;
-        for (i, (_, table, schema, _, at, put)) in located.iter().enumerate() {
+        for (i, (_, _, _, _, at)) in located.iter().enumerate() {
             if self.held(state, &at.id, now) {
                 let held = shape_of("conflict on", &json!({ "Key": located[i].3 }));
                 *state.stats.refused.entry(held).or_default() += 1;
@@ -788,17 +888,44 @@ impl SimDynamo {
                 refused = Some("conflict");
                 break;
             }
-            if self.throttles(
-                state,
-                now,
-                schema,
-                table,
-                at,
-                &[befores[i].as_ref(), put.as_ref()],
-            ) {
-                reasons[i] = json!({ "Code": "ThrottlingError", "Message": "Throughput exceeds the current capacity for one or more global secondary indexes." });
+            if self.write_spent(state, &at.partition, now) {
+                reasons[i] = json!({ "Code": "ThrottlingError", "Message": "Throughput exceeds the current capacity of your table or index." });
                 refused = Some("throttle");
                 break;
+            }
+        }
+        let mut answer = None;
+        if refused.is_none() {
+            // What the updates make of their items is known once applied:
+            // an index that cannot take a change undoes them all.
+            let applied = self.primary.call("TransactWriteItems", body);
+            let afters: Vec<Option<Value>> = located
+                .iter()
+                .map(|(_, table, _, key, _)| self.primary.item(table, key))
+                .collect();
+            let spent = located
+                .iter()
+                .enumerate()
+                .find(|(i, (kind, table, schema, ..))| {
+                    kind != "ConditionCheck"
+                        && self.index_spent(
+                            state,
+                            now,
+                            (schema, table),
+                            befores[*i].as_ref(),
+                            afters[*i].as_ref(),
+                        )
+                });
+            if let Some((i, _)) = spent {
+                if applied.status == 200 {
+                    for ((_, table, _, key, _), before) in located.iter().zip(&befores) {
+                        self.restore(table, key, before.as_ref());
+                    }
+                }
+                reasons[i] = json!({ "Code": "ThrottlingError", "Message": "Throughput exceeds the current capacity for one or more global secondary indexes." });
+                refused = Some("throttle");
+            } else {
+                answer = Some((applied, afters));
             }
         }
         if let Some(why) = refused {
@@ -821,13 +948,14 @@ impl SimDynamo {
                 .to_string(),
             };
         }
-        let answer = self.primary.call("TransactWriteItems", body);
-        for ((kind, table, schema, key, at, _), before) in located.iter().zip(&befores) {
+        let (answer, afters) = answer.expect("applied unless refused");
+        for (((kind, table, schema, _, at), before), after) in
+            located.iter().zip(&befores).zip(afters)
+        {
             if kind == "ConditionCheck" {
                 self.bill_read(state, now, &at.partition, 2.0);
                 continue;
             }
-            let after = self.primary.item(table, key);
             self.bill_item(
                 state,
                 now,
@@ -838,7 +966,7 @@ impl SimDynamo {
         }
         if answer.status == 200 {
             let until = now + took;
-            for (_, _, _, _, at, _) in &located {
+            for (_, _, _, _, at) in &located {
                 state.holds.insert(at.id.clone(), until);
             }
             self.lag(state, now, "TransactWriteItems", body.to_owned());

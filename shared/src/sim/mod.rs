@@ -303,4 +303,6 @@ impl SimAws {
 #[cfg(test)]
 mod conformance;
 #[cfg(test)]
+mod indexes;
+#[cfg(test)]
 mod shards;

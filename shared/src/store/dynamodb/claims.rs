@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Cursors a claim reads at once when its own has nothing left.
+const CURSORS_READ_AT_ONCE: usize = 8;
+
 impl DynamoStore {
     /// The job item and every cursor shard, in one consistent read.
     pub(super) async fn claim_view(
@@ -197,9 +200,11 @@ impl DynamoStore {
         //
         // Where the cursors stand is remembered (they only move forward,
         // so what was seen is a floor): a claim tries its home cursor
-        // without reading it, reads all of them only when that one has
-        // nothing left and another may, and reads none while all are known
-        // to have handed out everything published.
+        // without reading it; when that one has nothing left, it reads the
+        // next few that may have something (in ring order from its home,
+        // so a fleet spreads its reads), and reads none while all are
+        // known to have handed out everything published. Every claim
+        // reading every cursor made each cursor as hot as the job item.
         let Some(item) = self.claim_item(job).await? else {
             return Err(StoreError::JobNotFound(job.clone()));
         };
@@ -212,7 +217,9 @@ impl DynamoStore {
         let ready = item.batches_ready;
         let limit = |c: u64| shard_len(shards, ready, c);
         let mut floors = self.floors(job, shards);
-        let mut read_all = false;
+        // The shards this claim knows where they stand: its home (tried
+        // without reading), then those read, a few at a time.
+        let mut looked = vec![home];
         loop {
             let open = |floors: &[u64], shards: &[u64]| {
                 shards
@@ -220,17 +227,22 @@ impl DynamoStore {
                     .copied()
                     .find(|&c| floors[c as usize] < limit(c))
             };
-            let looked = if read_all { &all[..] } else { &all[..1] };
-            let Some(shard) = open(&floors, looked) else {
-                if read_all || open(&floors, &all).is_none() {
+            let Some(shard) = open(&floors, &looked) else {
+                let next: Vec<u64> = all
+                    .iter()
+                    .copied()
+                    .filter(|c| !looked.contains(c) && floors[*c as usize] < limit(*c))
+                    .take(CURSORS_READ_AT_ONCE)
+                    .collect();
+                if next.is_empty() {
                     break;
                 }
-                read_all = true;
-                let cursors = self.cursors_of(job, &all).await?;
-                for (&c, cursor) in all.iter().zip(&cursors) {
+                let cursors = self.cursors_of(job, &next).await?;
+                for (&c, cursor) in next.iter().zip(&cursors) {
                     floors[c as usize] = floors[c as usize].max(cursor.k);
                 }
                 self.remember_floors(job, &floors);
+                looked.extend(next);
                 continue;
             };
             let advanced = self
