@@ -344,3 +344,39 @@ async fn a_sweep_of_a_busy_job_reads_one_lease_partition() {
     assert_eq!((view.live, view.reclaimable), (false, 1));
     assert_eq!(searches() - before, 2 * 32);
 }
+
+/// A claim whose own cursor has nothing left reads the next few cursors
+/// that may have something, not all of them: with every claim of a fleet
+/// reading all 32, each cursor was as hot as the job item.
+#[tokio::test(start_paused = true)]
+async fn a_claim_past_its_own_cursor_reads_a_few_others() {
+    let aws = world().await;
+    let store = store(&aws);
+    let job = job(&aws, &store, 64, false).await;
+    let read = cursor_reads(&aws, &job);
+    // Two batches a shard: the first two claims empty the home cursor.
+    for _ in 0..2 {
+        let Claim::Batch(c) = store
+            .claim_batch(&job, "w", ORIGIN_MS, LEASE)
+            .await
+            .unwrap()
+        else {
+            panic!("the home cursor has batches");
+        };
+        store.commit_batch(&c, &done(), ORIGIN_MS).await.unwrap();
+    }
+    assert_eq!(
+        cursor_reads(&aws, &job),
+        read,
+        "the home cursor is not read"
+    );
+    let Claim::Batch(_) = store
+        .claim_batch(&job, "w", ORIGIN_MS, LEASE)
+        .await
+        .unwrap()
+    else {
+        panic!("other cursors have batches");
+    };
+    // Eight cursors, half a unit each.
+    assert_eq!(cursor_reads(&aws, &job) - read, 4.0);
+}
