@@ -113,8 +113,16 @@ struct State {
     /// Writes the replica has yet to apply, with when it does.
     lagging: VecDeque<(Instant, String, String)>,
     last_visible: Option<Instant>,
+    /// Client request tokens of the transactions that succeeded: the
+    /// digest of their items, and when. Kept here, not by the engine: a
+    /// transaction is applied on trial (an index it changes may refuse
+    /// it), and one undone must leave no token behind.
+    tokens: HashMap<String, (u64, Instant)>,
     stats: DynamoStats,
 }
+
+/// How long DynamoDB keeps a transaction's client request token.
+const TOKEN_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub struct SimDynamo {
     world: Arc<World>,
@@ -287,7 +295,7 @@ impl SimDynamo {
             "Query" => self.query(state, now, body, request),
             "BatchWriteItem" => self.batch_write(state, now, request),
             "BatchGetItem" => self.batch_get(state, now, request),
-            "TransactWriteItems" => self.transact(state, now, body, request, took),
+            "TransactWriteItems" => self.transact(state, now, request, took),
             _ => {
                 let answer = self.primary.call(op, body);
                 if answer.status == 200 && mutating {
@@ -847,7 +855,6 @@ impl SimDynamo {
         &self,
         state: &mut State,
         now: Instant,
-        body: &str,
         request: &Value,
         took: std::time::Duration,
     ) -> Answer {
@@ -855,6 +862,28 @@ impl SimDynamo {
             .as_array()
             .cloned()
             .unwrap_or_default();
+        // A token seen with the same items in the last ten minutes: the
+        // transaction succeeded already, and is not applied again.
+        let token = request["ClientRequestToken"].as_str().map(str::to_owned);
+        let digest = stable_hash(&request["TransactItems"].to_string());
+        if let Some(token) = &token {
+            state.tokens.retain(|_, (_, at)| *at + TOKEN_WINDOW > now);
+            match state.tokens.get(token) {
+                Some((seen, _)) if *seen == digest => return Answer::ok("{}".into()),
+                Some(_) => {
+                    return Answer::error(
+                        "IdempotentParameterMismatchException",
+                        "The request uses the same client token as a previous, but non-identical request.",
+                    )
+                }
+                None => {}
+            }
+        }
+        let mut untokened = request.clone();
+        if let Some(fields) = untokened.as_object_mut() {
+            fields.remove("ClientRequestToken");
+        }
+        let body = &untokened.to_string();
         let mut located = Vec::new();
         for entry in &items {
             let Some((kind, action)) = entry.as_object().and_then(|o| o.iter().next()) else {
@@ -965,6 +994,9 @@ impl SimDynamo {
             );
         }
         if answer.status == 200 {
+            if let Some(token) = token {
+                state.tokens.insert(token, (digest, now));
+            }
             let until = now + took;
             for (_, _, _, _, at) in &located {
                 state.holds.insert(at.id.clone(), until);

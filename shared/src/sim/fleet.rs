@@ -1017,6 +1017,26 @@ pub async fn run_on(config: FleetConfig) -> FleetReport {
     }
 }
 
+/// How many of a job's batches are in each state, and the first few not
+/// final: what a job that did not end waits for.
+fn batch_states(fleet: &Fleet, job: &JobId) -> String {
+    let prefix = format!("J#{job}#B#");
+    let mut states: BTreeMap<String, u64> = BTreeMap::new();
+    let mut open = Vec::new();
+    for item in fleet.aws.dynamodb.scan(STATE_TABLE) {
+        let pk = item["pk"]["S"].as_str().unwrap_or_default();
+        if !pk.starts_with(&prefix) || item["sk"]["S"] != "BATCH" {
+            continue;
+        }
+        let state = item["state"]["S"].as_str().unwrap_or("?").to_owned();
+        if !matches!(state.as_str(), "DONE" | "FAILED") && open.len() < 5 {
+            open.push(item.to_string());
+        }
+        *states.entry(state).or_default() += 1;
+    }
+    format!("{states:?}; not final: {}", open.join(" "))
+}
+
 /// The invariants of a run.
 async fn check(fleet: &Fleet, watcher: &DynamoStore, runs: &[JobRun]) -> Vec<String> {
     let mut violations = Vec::new();
@@ -1032,9 +1052,18 @@ async fn check(fleet: &Fleet, watcher: &DynamoStore, runs: &[JobRun]) -> Vec<Str
     for run in runs {
         let id = run.id.as_str();
         let Some(status) = run.status else {
+            let at = match watcher.get_job(&run.id).await {
+                Ok(Some(j)) => format!(
+                    "{:?}, prepared {}, {} of {} batches done, {} ready, {} handed out, {} records processed and {} failed of {}",
+                    j.status, j.prepared, j.batches_done, j.total_batches, j.batches_ready,
+                    j.batches_handed_out, j.processed, j.failed, j.total_records
+                ),
+                other => format!("unreadable: {other:?}"),
+            };
             violations.push(format!(
-                "job {id} did not end within {:?}",
-                fleet.config.time_limit
+                "job {id} did not end within {:?}: {at}; batches by state: {}",
+                fleet.config.time_limit,
+                batch_states(fleet, &run.id)
             ));
             continue;
         };

@@ -105,3 +105,40 @@ async fn a_spent_index_partition_refuses_only_the_writes_that_change_it() {
     );
     assert_eq!(item(&aws, "i0")["status"], json!({"S": "OPEN"}));
 }
+
+/// A transaction an index refuses is undone, and leaves no trace of its
+/// client request token: retried with it once the index has room, it is
+/// applied, not taken for a success already seen.
+#[tokio::test(start_paused = true)]
+async fn a_transaction_an_index_refused_is_applied_when_retried_with_its_token() {
+    let aws = world().await;
+    assert_eq!(update(&aws, "a", "status", json!({"S": "DONE"})).await, 200);
+    let mut pk = 0;
+    while update(&aws, &format!("i{pk}"), "status", json!({"S": "OPEN"})).await == 200 {
+        pk += 1;
+    }
+    let transaction = json!({
+        "ClientRequestToken": "commit-a",
+        "TransactItems": [{"Update": {
+            "TableName": TABLE,
+            "Key": {"pk": {"S": "a"}},
+            "UpdateExpression": "SET #s = :open",
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeValues": {":open": {"S": "OPEN"}},
+        }}],
+    })
+    .to_string();
+    let refused = aws.dynamodb.serve("TransactWriteItems", &transaction).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(item(&aws, "a")["status"], json!({"S": "DONE"}));
+    // A second later the partition has room again.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let retried = aws.dynamodb.serve("TransactWriteItems", &transaction).await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_eq!(item(&aws, "a")["status"], json!({"S": "OPEN"}));
+    // Once applied, the token makes a repeat a no-op that succeeds.
+    assert_eq!(update(&aws, "a", "status", json!({"S": "DONE"})).await, 200);
+    let repeated = aws.dynamodb.serve("TransactWriteItems", &transaction).await;
+    assert_eq!(repeated.status, 200, "{}", repeated.body);
+    assert_eq!(item(&aws, "a")["status"], json!({"S": "DONE"}));
+}
