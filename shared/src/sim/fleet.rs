@@ -251,6 +251,31 @@ impl FleetReport {
         }
         if self.jobs.len() > 5 {
             let _ = writeln!(out, "  ... and {} more jobs", self.jobs.len() - 5);
+            // Each job's own rate, from its upload to its end, summed: what
+            // the fleet gives jobs at once, beside the total above (first
+            // upload to last end).
+            let mut took: Vec<f64> = self
+                .jobs
+                .iter()
+                .filter_map(|j| Some(j.took()?.as_secs_f64()))
+                .collect();
+            took.sort_by(f64::total_cmp);
+            let rates: f64 = self
+                .jobs
+                .iter()
+                .filter_map(|j| Some(j.records as f64 / j.took()?.as_secs_f64()))
+                .sum();
+            let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+            if !took.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  jobs: {:.0} records/s summed over jobs; upload to end {:.1} s at least, {:.1} s median, {:.1} s at most",
+                    rates,
+                    at(0.0),
+                    at(0.5),
+                    at(1.0)
+                );
+            }
         }
         let _ = writeln!(
             out,
