@@ -85,6 +85,7 @@ impl DynamoStats {
 struct Schema {
     hash: String,
     range: Option<String>,
+    /// Global secondary indexes.
     indexes: Vec<Index>,
 }
 
@@ -489,53 +490,38 @@ impl SimDynamo {
     }
 
     /// Bills a write of one item: its table partition, and one unit on
-    /// each index partition the write changes.
+    /// each index partition the write changes (`index_writes`).
     fn bill_item(
         &self,
         state: &mut State,
         now: Instant,
-        (schema, table, at): (&Schema, &str, &Located),
+        at: &Located,
         images: [Option<&Value>; 2],
+        index: &[String],
         factor: f64,
     ) {
         let [before, after] = images;
         let size = before.map_or(0, item_size).max(after.map_or(0, item_size));
         self.bill_write(state, now, at, factor * write_units(size));
-        for partition in self.index_writes(schema, table, before, after) {
+        for partition in index {
             let index_at = Located {
                 id: partition.clone(),
-                partition,
+                partition: partition.clone(),
             };
             self.bill_write(state, now, &index_at, factor);
         }
     }
 
     /// A write would be throttled: its partition is spent, or an index
-    /// partition it changes (from `before` to `after`) is.
-    fn throttles(
-        &self,
-        state: &mut State,
-        now: Instant,
-        (schema, table, at): (&Schema, &str, &Located),
-        before: Option<&Value>,
-        after: Option<&Value>,
-    ) -> bool {
-        self.write_spent(state, &at.partition, now)
-            || self.index_spent(state, now, (schema, table), before, after)
+    /// partition it changes is.
+    fn throttles(&self, state: &mut State, now: Instant, at: &Located, index: &[String]) -> bool {
+        self.write_spent(state, &at.partition, now) || self.index_spent(state, now, index)
     }
 
-    /// An index partition the write from `before` to `after` changes is
-    /// spent: DynamoDB refuses a table write its indexes cannot take.
-    fn index_spent(
-        &self,
-        state: &mut State,
-        now: Instant,
-        (schema, table): (&Schema, &str),
-        before: Option<&Value>,
-        after: Option<&Value>,
-    ) -> bool {
-        let partitions = self.index_writes(schema, table, before, after);
-        partitions.iter().any(|p| self.write_spent(state, p, now))
+    /// One of the index partitions a write changes is spent: DynamoDB
+    /// refuses a table write its indexes cannot take.
+    fn index_spent(&self, state: &mut State, now: Instant, index: &[String]) -> bool {
+        index.iter().any(|p| self.write_spent(state, p, now))
     }
 
     /// Puts an item back as it was before a write that is refused after
@@ -623,21 +609,16 @@ impl SimDynamo {
         // index that cannot take the change undoes it.
         let answer = self.primary.call(op, body);
         let after = self.primary.item(&table, &key);
-        let located = (&schema, table.as_str());
-        if self.index_spent(state, now, located, before.as_ref(), after.as_ref()) {
+        let index = self.index_writes(&schema, &table, before.as_ref(), after.as_ref());
+        if self.index_spent(state, now, &index) {
             if answer.status == 200 {
                 self.restore(&table, &key, before.as_ref());
             }
             state.stats.throttled += 1;
             return exceeded();
         }
-        self.bill_item(
-            state,
-            now,
-            (&schema, &table, &at),
-            [before.as_ref(), after.as_ref()],
-            1.0,
-        );
+        let images = [before.as_ref(), after.as_ref()];
+        self.bill_item(state, now, &at, images, &index, 1.0);
         if answer.status == 200 {
             self.lag(state, now, op, body.to_owned());
         }
@@ -725,8 +706,9 @@ impl SimDynamo {
                 let item = put.unwrap_or(&write["DeleteRequest"]["Key"]);
                 let (key, at) = self.locate(&schema, table, item);
                 let before = self.primary.item(table, &key);
-                let located = (&schema, table.as_str(), &at);
-                let spent = self.throttles(state, now, located, before.as_ref(), put);
+                // A put's item is what it writes; a delete leaves nothing.
+                let index = self.index_writes(&schema, table, before.as_ref(), put);
+                let spent = self.throttles(state, now, &at, &index);
                 throttled += u64::from(spent);
                 if spent
                     || self.held(state, &at.id, now)
@@ -735,7 +717,7 @@ impl SimDynamo {
                     left.push(write.clone());
                 } else {
                     done.push(write.clone());
-                    billed.push((table.clone(), schema.clone(), key, at, before));
+                    billed.push((at, before, put.cloned(), index));
                 }
             }
             if !done.is_empty() {
@@ -762,15 +744,9 @@ impl SimDynamo {
             if answer.status != 200 {
                 return answer;
             }
-            for (table, schema, key, at, before) in billed {
-                let after = self.primary.item(&table, &key);
-                self.bill_item(
-                    state,
-                    now,
-                    (&schema, &table, &at),
-                    [before.as_ref(), after.as_ref()],
-                    1.0,
-                );
+            for (at, before, after, index) in billed {
+                let images = [before.as_ref(), after.as_ref()];
+                self.bill_item(state, now, &at, images, &index, 1.0);
             }
             self.lag(state, now, "BatchWriteItem", body);
             answer
@@ -932,20 +908,18 @@ impl SimDynamo {
                 .iter()
                 .map(|(_, table, _, key, _)| self.primary.item(table, key))
                 .collect();
-            let spent = located
+            let index: Vec<Vec<String>> = located
                 .iter()
-                .enumerate()
-                .find(|(i, (kind, table, schema, ..))| {
-                    kind != "ConditionCheck"
-                        && self.index_spent(
-                            state,
-                            now,
-                            (schema, table),
-                            befores[*i].as_ref(),
-                            afters[*i].as_ref(),
-                        )
-                });
-            if let Some((i, _)) = spent {
+                .zip(befores.iter().zip(&afters))
+                .map(|((kind, table, schema, ..), (before, after))| {
+                    if kind == "ConditionCheck" {
+                        return Vec::new();
+                    }
+                    self.index_writes(schema, table, before.as_ref(), after.as_ref())
+                })
+                .collect();
+            let spent = index.iter().position(|p| self.index_spent(state, now, p));
+            if let Some(i) = spent {
                 if applied.status == 200 {
                     for ((_, table, _, key, _), before) in located.iter().zip(&befores) {
                         self.restore(table, key, before.as_ref());
@@ -954,7 +928,7 @@ impl SimDynamo {
                 reasons[i] = json!({ "Code": "ThrottlingError", "Message": "Throughput exceeds the current capacity for one or more global secondary indexes." });
                 refused = Some("throttle");
             } else {
-                answer = Some((applied, afters));
+                answer = Some((applied, afters, index));
             }
         }
         if let Some(why) = refused {
@@ -977,21 +951,16 @@ impl SimDynamo {
                 .to_string(),
             };
         }
-        let (answer, afters) = answer.expect("applied unless refused");
-        for (((kind, table, schema, _, at), before), after) in
-            located.iter().zip(&befores).zip(afters)
+        let (answer, afters, index) = answer.expect("applied unless refused");
+        for (((kind, _, _, _, at), before), (after, index)) in
+            located.iter().zip(&befores).zip(afters.iter().zip(&index))
         {
             if kind == "ConditionCheck" {
                 self.bill_read(state, now, &at.partition, 2.0);
                 continue;
             }
-            self.bill_item(
-                state,
-                now,
-                (schema, table, at),
-                [before.as_ref(), after.as_ref()],
-                2.0,
-            );
+            let images = [before.as_ref(), after.as_ref()];
+            self.bill_item(state, now, at, images, index, 2.0);
         }
         if answer.status == 200 {
             if let Some(token) = token {

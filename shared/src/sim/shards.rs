@@ -248,6 +248,16 @@ fn cursor_reads(aws: &SimAws, job: &JobId) -> f64 {
         .sum()
 }
 
+/// Queries of the lease index so far.
+fn lease_queries(aws: &SimAws) -> u64 {
+    let stats = aws.dynamodb.stats();
+    stats
+        .shapes
+        .get("Query leases J#<id>#L#<n>")
+        .copied()
+        .unwrap_or_default()
+}
+
 /// A worker that has claimed everything published and waits for more
 /// reads the job item and nothing else: it knows where the cursors it
 /// saw stand, and they only move forward.
@@ -264,14 +274,7 @@ async fn a_waiting_worker_reads_only_the_job_item() {
         store.commit_batch(&c, &done(), ORIGIN_MS).await.unwrap();
     }
     let (jobs, cursors) = (job_item_reads(&aws, &job), cursor_reads(&aws, &job));
-    let searches = || {
-        let stats = aws.dynamodb.stats();
-        stats
-            .shapes
-            .get("Query leases J#<id>#L#<n>")
-            .copied()
-            .unwrap_or_default()
-    };
+    let searches = || lease_queries(&aws);
     for _ in 0..10 {
         let claim = store.claim_batch(&job, "w", ORIGIN_MS, LEASE).await;
         assert!(matches!(claim.unwrap(), Claim::Wait));
@@ -323,14 +326,7 @@ async fn a_sweep_of_a_busy_job_reads_one_lease_partition() {
     else {
         panic!("a batch is claimable");
     };
-    let searches = || {
-        let stats = aws.dynamodb.stats();
-        stats
-            .shapes
-            .get("Query leases J#<id>#L#<n>")
-            .copied()
-            .unwrap_or_default()
-    };
+    let searches = || lease_queries(&aws);
     // The index lags the table: a look once it has caught up.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = searches();
