@@ -119,11 +119,32 @@ struct State {
     /// transaction is applied on trial (an index it changes may refuse
     /// it), and one undone must leave no token behind.
     tokens: HashMap<String, (u64, Instant)>,
+    /// The same tokens in the order they were kept, to let them go when
+    /// their window ends without a pass over all of them.
+    token_order: VecDeque<(Instant, String)>,
     stats: DynamoStats,
 }
 
 /// How long DynamoDB keeps a transaction's client request token.
 const TOKEN_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Lets go of the tokens whose window has ended, oldest first.
+fn forget_tokens(state: &mut State, now: Instant) {
+    while let Some((at, _)) = state.token_order.front() {
+        if *at + TOKEN_WINDOW > now {
+            break;
+        }
+        let (at, token) = state.token_order.pop_front().expect("a front");
+        // Kept again since (its window had ended): that one stays.
+        if state
+            .tokens
+            .get(&token)
+            .is_some_and(|(_, kept)| *kept == at)
+        {
+            state.tokens.remove(&token);
+        }
+    }
+}
 
 pub struct SimDynamo {
     world: Arc<World>,
@@ -296,7 +317,7 @@ impl SimDynamo {
             "Query" => self.query(state, now, body, request),
             "BatchWriteItem" => self.batch_write(state, now, request),
             "BatchGetItem" => self.batch_get(state, now, request),
-            "TransactWriteItems" => self.transact(state, now, request, took),
+            "TransactWriteItems" => self.transact(state, now, body, request, took),
             _ => {
                 let answer = self.primary.call(op, body);
                 if answer.status == 200 && mutating {
@@ -831,6 +852,7 @@ impl SimDynamo {
         &self,
         state: &mut State,
         now: Instant,
+        body: &str,
         request: &Value,
         took: std::time::Duration,
     ) -> Answer {
@@ -840,26 +862,35 @@ impl SimDynamo {
             .unwrap_or_default();
         // A token seen with the same items in the last ten minutes: the
         // transaction succeeded already, and is not applied again.
-        let token = request["ClientRequestToken"].as_str().map(str::to_owned);
-        let digest = stable_hash(&request["TransactItems"].to_string());
-        if let Some(token) = &token {
-            state.tokens.retain(|_, (_, at)| *at + TOKEN_WINDOW > now);
-            match state.tokens.get(token) {
-                Some((seen, _)) if *seen == digest => return Answer::ok("{}".into()),
-                Some(_) => {
-                    return Answer::error(
-                        "IdempotentParameterMismatchException",
-                        "The request uses the same client token as a previous, but non-identical request.",
-                    )
+        let token = request["ClientRequestToken"].as_str().map(|token| {
+            (
+                token.to_owned(),
+                stable_hash(&request["TransactItems"].to_string()),
+            )
+        });
+        let untokened;
+        let body = match &token {
+            Some((token, digest)) => {
+                forget_tokens(state, now);
+                match state.tokens.get(token) {
+                    Some((seen, _)) if seen == digest => return Answer::ok("{}".into()),
+                    Some(_) => {
+                        return Answer::error(
+                            "IdempotentParameterMismatchException",
+                            "The request uses the same client token as a previous, but non-identical request.",
+                        )
+                    }
+                    None => {}
                 }
-                None => {}
+                let mut request = request.clone();
+                if let Some(fields) = request.as_object_mut() {
+                    fields.remove("ClientRequestToken");
+                }
+                untokened = request.to_string();
+                untokened.as_str()
             }
-        }
-        let mut untokened = request.clone();
-        if let Some(fields) = untokened.as_object_mut() {
-            fields.remove("ClientRequestToken");
-        }
-        let body = &untokened.to_string();
+            None => body,
+        };
         let mut located = Vec::new();
         for entry in &items {
             let Some((kind, action)) = entry.as_object().and_then(|o| o.iter().next()) else {
@@ -963,7 +994,8 @@ impl SimDynamo {
             self.bill_item(state, now, at, images, index, 2.0);
         }
         if answer.status == 200 {
-            if let Some(token) = token {
+            if let Some((token, digest)) = token {
+                state.token_order.push_back((now, token.clone()));
                 state.tokens.insert(token, (digest, now));
             }
             let until = now + took;
